@@ -1,0 +1,296 @@
+"""The panel: a long (date, symbol) table on disk, dense [days, stocks, features] arrays in memory.
+
+Models see windows of `lookback` days; they are gathered by fancy indexing from the dense array, so memory
+stays O(days x stocks x features) whatever the lookback. Missing data never reaches a model as NaN: absent rows
+and missing values become 0.0 after normalisation (the cross-sectional centre) and a sample needs its END day
+valid and a finite label (see docs/data.md, "NaN policy").
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from crnn_ray.io import CliError, write_parquet_atomic
+
+#: Parquet schema-metadata key holding the panel description (JSON)
+META_KEY = "crnn_ray"
+#: panel format version written into the metadata
+PANEL_VERSION = 1
+#: raw / bookkeeping columns that are never features when a file has no metadata (CSV)
+NON_FEATURE_COLUMNS = {"date", "symbol", "open", "high", "low", "close", "volume", "suspect_jump"}
+_LABEL_RE = re.compile(r"^y(\d+)$")
+#: MAD -> standard deviation for normal data
+MAD_SCALE = 1.4826
+
+
+@dataclass
+class Panel:
+    """Dense view of a panel file; `X` is NaN where a row is absent or a value missing."""
+
+    X: np.ndarray
+    mask: np.ndarray
+    labels: dict[str, np.ndarray]
+    dates: np.ndarray
+    symbols: np.ndarray
+    features: list[str]
+    meta: dict = field(default_factory=dict)
+
+    def label(self, name: str) -> np.ndarray:
+        if name not in self.labels:
+            raise CliError(f"label {name!r} not in panel {self.meta.get('path', '')} (has {sorted(self.labels)})")
+        return self.labels[name]
+
+    @property
+    def n_days(self) -> int:
+        return int(self.X.shape[0])
+
+    @property
+    def n_stocks(self) -> int:
+        return int(self.X.shape[1])
+
+    def horizon(self, label: str) -> int:
+        """Label horizon in days, from the metadata or the `yH` name."""
+        horizons = self.meta.get("horizons") or {}
+        if label in horizons:
+            return int(horizons[label])
+        m = _LABEL_RE.match(label)
+        if m:
+            return int(m.group(1))
+        raise CliError(f"label {label!r}: horizon unknown (no 'horizons' metadata and not named yH)")
+
+
+# ----------------------------------------------------------------------------------------------- load / save
+def _read_table(path: Path) -> tuple[pd.DataFrame, dict]:
+    """Read a Parquet or CSV panel file; returns the frame and the `crnn_ray` metadata ({} when absent)."""
+    if not path.exists():
+        raise CliError(f"{path}: no such file")
+    suffixes = "".join(path.suffixes).lower()
+    if suffixes.endswith((".csv", ".csv.gz", ".txt")):
+        try:
+            return pd.read_csv(path), {}
+        except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+            raise CliError(f"{path}: not a readable CSV ({type(exc).__name__}: {str(exc).splitlines()[0]})")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise CliError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})")
+    raw = (table.schema.metadata or {}).get(META_KEY.encode())
+    meta: dict = {}
+    if raw:
+        try:
+            meta = json.loads(raw)
+        except json.JSONDecodeError:
+            raise CliError(f"{path}: metadata key {META_KEY!r} is not valid JSON")
+    table = table.replace_schema_metadata({k: v for k, v in (table.schema.metadata or {}).items() if k != b"pandas"})
+    return table.to_pandas(date_as_object=False), meta
+
+
+def _parse_dates(values: pd.Series, where: str) -> np.ndarray:
+    try:
+        parsed = pd.to_datetime(values, errors="raise")
+    except (ValueError, TypeError) as exc:
+        bad = _first_unparsable(values)
+        raise CliError(f"{where}: unparsable date {bad!r} ({type(exc).__name__})")
+    if getattr(parsed.dt, "tz", None) is not None:
+        parsed = parsed.dt.tz_localize(None)
+    if parsed.isna().any():
+        raise CliError(f"{where}: {int(parsed.isna().sum())} missing date(s)")
+    return parsed.to_numpy().astype("datetime64[D]")
+
+
+def _first_unparsable(values: pd.Series) -> Any:
+    coerced = pd.to_datetime(values, errors="coerce")
+    bad = values[coerced.isna() & values.notna()]
+    return bad.iloc[0] if len(bad) else None
+
+
+def check_numeric(df: pd.DataFrame, columns: list[str], where: str, allow_inf: bool = False) -> None:
+    """One-line CliError for a non-numeric or infinite column (names file and column)."""
+    for col in columns:
+        s = df[col]
+        if s.dtype == bool:
+            continue
+        if not pd.api.types.is_numeric_dtype(s):
+            bad = pd.to_numeric(s, errors="coerce")
+            sample = s[bad.isna() & s.notna()]
+            first = sample.iloc[0] if len(sample) else None
+            raise CliError(f"{where}: column {col!r} is not numeric (dtype {s.dtype}, e.g. {first!r})")
+        if not allow_inf:
+            v = s.to_numpy(dtype=np.float64, na_value=np.nan)
+            n_inf = int(np.isinf(v).sum())
+            if n_inf:
+                raise CliError(f"{where}: column {col!r} has {n_inf} infinite value(s)")
+
+
+def check_duplicates(dates: np.ndarray, symbols: np.ndarray, where: str) -> None:
+    """CliError naming the first few duplicated (date, symbol) keys."""
+    keys = pd.DataFrame({"date": dates, "symbol": symbols})
+    dup = keys.duplicated(keep="first")
+    if dup.any():
+        first = keys[dup].drop_duplicates().head(3)
+        shown = ", ".join(f"({str(d)[:10]}, {s})" for d, s in zip(first["date"], first["symbol"]))
+        raise CliError(f"{where}: {int(dup.sum())} duplicate (date, symbol) row(s), first: {shown}")
+
+
+def load_panel(path: str | Path, features: list[str] | None = None, labels: list[str] | None = None) -> Panel:
+    """Load a panel file into dense arrays (vectorised scatter of the long rows)."""
+    path = Path(path)
+    df, meta = _read_table(path)
+    where = str(path)
+    for col in ("date", "symbol"):
+        if col not in df.columns:
+            raise CliError(f"{where}: missing column {col!r}")
+    file_labels = list(meta.get("labels") or [c for c in df.columns if _LABEL_RE.match(str(c))])
+    file_features = list(
+        meta.get("features")
+        or [c for c in df.columns if c not in NON_FEATURE_COLUMNS and c not in file_labels
+            and not str(c).startswith("oracle_") and pd.api.types.is_numeric_dtype(df[c])]
+    )
+    feats = list(features) if features is not None else file_features
+    labs = list(labels) if labels is not None else file_labels
+    for col in feats:
+        if col not in df.columns:
+            raise CliError(f"{where}: missing feature column {col!r}")
+    for col in labs:
+        if col not in df.columns:
+            raise CliError(f"{where}: missing label column {col!r}")
+    if not feats:
+        raise CliError(f"{where}: no feature columns")
+    check_numeric(df, feats + labs, where)
+
+    dates = _parse_dates(df["date"], f"{where}: column 'date'")
+    if df["symbol"].isna().any():
+        raise CliError(f"{where}: column 'symbol' has {int(df['symbol'].isna().sum())} missing value(s)")
+    symbols = df["symbol"].astype(str).to_numpy(dtype=object)
+    check_duplicates(dates, symbols, where)
+
+    uniq_dates, day_idx = np.unique(dates, return_inverse=True)
+    uniq_syms, sym_idx = np.unique(symbols.astype(str), return_inverse=True)
+    D, S, F = len(uniq_dates), len(uniq_syms), len(feats)
+    X = np.full((D, S, F), np.nan, dtype=np.float32)
+    X[day_idx, sym_idx] = df[feats].to_numpy(dtype=np.float32, na_value=np.nan)
+    mask = np.isfinite(X).all(axis=2)
+    lab_arrays = {}
+    for name in labs:
+        arr = np.full((D, S), np.nan, dtype=np.float32)
+        arr[day_idx, sym_idx] = df[name].to_numpy(dtype=np.float32, na_value=np.nan)
+        lab_arrays[name] = arr
+    meta = dict(meta)
+    meta.setdefault("version", PANEL_VERSION)
+    meta["features"], meta["labels"] = feats, labs
+    horizons = dict(meta.get("horizons") or {})
+    for name in labs:
+        m = _LABEL_RE.match(name)
+        if name not in horizons and m:
+            horizons[name] = int(m.group(1))
+    meta["horizons"] = horizons
+    meta.setdefault("source", "file")
+    meta["path"] = str(path.resolve())
+    return Panel(X=X, mask=mask, labels=lab_arrays, dates=uniq_dates, symbols=uniq_syms.astype(object),
+                 features=feats, meta=meta)
+
+
+def save_panel(df: pd.DataFrame, path: str | Path, meta: dict) -> None:
+    """Write the long table atomically as Parquet (date as date32, sorted by date, symbol) with its metadata."""
+    import pyarrow as pa
+
+    where = str(path)
+    for col in ["date", "symbol", *meta.get("features", []), *meta.get("labels", [])]:
+        if col not in df.columns:
+            raise CliError(f"{where}: cannot save, missing column {col!r}")
+    meta = {"version": PANEL_VERSION, **{k: v for k, v in meta.items() if k != "path"}}
+    dates = _parse_dates(df["date"], f"{where}: column 'date'")
+    order = np.lexsort((df["symbol"].astype(str).to_numpy(), dates))
+    out = df.iloc[order].reset_index(drop=True)
+    columns = {"date": pa.array(dates[order], type=pa.date32()),
+               "symbol": pa.array(out["symbol"].astype(str).to_numpy(dtype=object), type=pa.string())}
+    for col in out.columns:
+        if col in columns:
+            continue
+        s = out[col]
+        if s.dtype == bool:
+            columns[col] = pa.array(s.to_numpy(), type=pa.bool_())
+        elif pd.api.types.is_numeric_dtype(s):
+            columns[col] = pa.array(s.to_numpy(dtype=np.float64, na_value=np.nan).astype(
+                np.float32 if s.dtype == np.float32 else np.float64), from_pandas=True)
+        else:
+            columns[col] = pa.array(s.astype(str).to_numpy(dtype=object), type=pa.string())
+    write_parquet_atomic(pa.table(columns), path, metadata={META_KEY: meta})
+
+
+# ----------------------------------------------------------------------------------------------- transforms
+def normalize_features(X: np.ndarray, mask: np.ndarray, clip: float = 5.0) -> np.ndarray:
+    """Per-date, per-feature robust z-score over the valid stocks, clipped to +-clip; invalid -> 0.0.
+
+    Robust (median / MAD) because daily cross-sections have fat tails; when MAD is 0 (many ties) the
+    standard deviation is used instead, and a constant cross-section becomes all 0.
+    """
+    X = np.asarray(X, dtype=np.float32)
+    valid = np.asarray(mask, dtype=bool)[:, :, None] & np.isfinite(X)
+    x = np.where(valid, X, np.nan)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN days (no valid stock) are expected
+        med = np.nanmedian(x, axis=1, keepdims=True)
+        mad = np.nanmedian(np.abs(x - med), axis=1, keepdims=True) * MAD_SCALE
+        std = np.nanstd(x, axis=1, keepdims=True)
+        scale = np.where(mad > 1e-12, mad, std)
+        z = (x - med) / np.where(scale > 1e-12, scale, np.inf)
+    return np.where(valid, np.clip(z, -clip, clip), 0.0).astype(np.float32)
+
+
+def rank_label(y: np.ndarray) -> np.ndarray:
+    """Per-date average ranks of the finite entries scaled to [-0.5, 0.5]; NaN stays NaN.
+
+    Ranking removes the market move and fat tails from the training target (the report trains on ranks).
+    """
+    from scipy.stats import rankdata
+
+    y = np.asarray(y, dtype=np.float64)
+    finite = np.isfinite(y)
+    ranks = rankdata(np.where(finite, y, np.inf), method="average", axis=1)
+    n = finite.sum(axis=1, keepdims=True).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scaled = np.where(n > 1, (ranks - 1.0) / np.maximum(n - 1.0, 1.0) - 0.5, 0.0)
+    return np.where(finite, scaled, np.nan).astype(np.float32)
+
+
+def sample_index(mask: np.ndarray, label: np.ndarray, lookback: int, day_lo: int, day_hi: int) -> np.ndarray:
+    """(day, stock) pairs, day in [day_lo, day_hi], day >= lookback-1, END day valid and label finite."""
+    if lookback < 1:
+        raise CliError(f"lookback must be >= 1 (got {lookback})")
+    lo = max(int(day_lo), int(lookback) - 1, 0)
+    hi = min(int(day_hi), mask.shape[0] - 1)
+    if hi < lo:
+        return np.zeros((0, 2), dtype=np.int64)
+    ok = np.asarray(mask[lo:hi + 1], dtype=bool) & np.isfinite(np.asarray(label[lo:hi + 1]))
+    days, stocks = np.nonzero(ok)
+    return np.stack([days.astype(np.int64) + lo, stocks.astype(np.int64)], axis=1)
+
+
+def gather_windows(X, days, stocks, lookback: int):
+    """X[days - L + 1 .. days, stocks] -> [N, L, F] by one fancy-index; numpy arrays or torch tensors."""
+    L = int(lookback)
+    if type(X).__module__.split(".")[0] == "torch":
+        import torch
+
+        days_t = torch.as_tensor(days, device=X.device, dtype=torch.long)
+        stocks_t = torch.as_tensor(stocks, device=X.device, dtype=torch.long)
+        offs = torch.arange(L, device=X.device, dtype=torch.long) - (L - 1)
+        return X[days_t[:, None] + offs[None, :], stocks_t[:, None]]
+    days = np.asarray(days, dtype=np.int64)
+    stocks = np.asarray(stocks, dtype=np.int64)
+    if days.size and int(days.min()) < L - 1:
+        raise ValueError(f"gather_windows: day {int(days.min())} has fewer than lookback={L} days of history")
+    offs = np.arange(L, dtype=np.int64) - (L - 1)
+    return X[days[:, None] + offs[None, :], stocks[:, None]]

@@ -1,0 +1,123 @@
+"""Train / valid / test as inclusive day-index ranges, separated by an embargo.
+
+The label at day t looks H days ahead, so the last training labels overlap the first validation days unless
+at least H days are left out between parts: the embargo defaults to the horizon and may not be smaller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from crnn_ray.io import CliError
+
+PARTS = ("train", "valid", "test")
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: tuple[int, int]
+    valid: tuple[int, int]
+    test: tuple[int, int]
+    embargo: int
+
+    def dates(self, panel_dates) -> dict:
+        """The parts as ISO dates (what checkpoints and reports record)."""
+        d = np.asarray(panel_dates).astype("datetime64[D]")
+        out: dict[str, Any] = {p: [str(d[getattr(self, p)[0]]), str(d[getattr(self, p)[1]])] for p in PARTS}
+        out["embargo"] = int(self.embargo)
+        return out
+
+
+def _to_day(value: Any, key: str) -> np.datetime64 | None:
+    if value is None:
+        return None
+    try:
+        ts = pd.Timestamp(value)
+    except (ValueError, TypeError):
+        raise CliError(f"splits.{key}: unparsable date {value!r}")
+    if pd.isna(ts):
+        return None
+    return np.datetime64(ts.date(), "D")
+
+
+def _fraction_parts(n_days: int, fractions: Any, embargo: int) -> list[tuple[int, int]]:
+    if not isinstance(fractions, (list, tuple)) or len(fractions) != 3:
+        raise CliError(f"splits.fractions: expected 3 numbers [train, valid, test], got {fractions!r}")
+    try:
+        fr = np.array([float(f) for f in fractions])
+    except (TypeError, ValueError):
+        raise CliError(f"splits.fractions: not numbers: {fractions!r}")
+    if not np.isfinite(fr).all() or (fr <= 0).any():
+        raise CliError(f"splits.fractions: every part needs a positive fraction, got {fractions!r}")
+    if fr.sum() > 1.0 + 1e-9:
+        raise CliError(f"splits.fractions: sum {fr.sum():g} > 1")
+    usable = n_days - 2 * embargo
+    sizes = np.floor(fr * usable + 1e-9).astype(int)
+    if fr.sum() > 1 - 1e-9:  # fractions that add up to 1 cover the panel: the test part takes the rest
+        sizes[2] = usable - sizes[0] - sizes[1]
+    for name, size in zip(PARTS, sizes):
+        if size <= 0:
+            raise CliError(f"splits.fractions: part {name!r} is empty ({n_days} days, embargo {embargo})")
+    parts, start = [], 0
+    for size in sizes:
+        parts.append((start, start + int(size) - 1))
+        start += int(size) + embargo
+    return parts
+
+
+def _date_parts(dates: np.ndarray, spec: dict) -> list[tuple[int, int]]:
+    parts = []
+    for name in PARTS:
+        if name not in spec:
+            raise CliError(f"splits.{name}: missing (give train, valid and test date ranges, or fractions)")
+        rng = spec[name]
+        if not isinstance(rng, (list, tuple)) or len(rng) != 2:
+            raise CliError(f"splits.{name}: expected [first_date, last_date], got {rng!r}")
+        d0, d1 = _to_day(rng[0], name), _to_day(rng[1], name)
+        if d0 is not None and d1 is not None and d0 > d1:
+            raise CliError(f"splits.{name}: reversed range {rng[0]} > {rng[1]}")
+        lo = 0 if d0 is None else int(np.searchsorted(dates, d0, side="left"))
+        hi = len(dates) - 1 if d1 is None else int(np.searchsorted(dates, d1, side="right")) - 1
+        if hi < lo:
+            raise CliError(f"splits.{name}: no panel dates in [{rng[0]}, {rng[1]}] "
+                           f"(panel has {dates[0]} .. {dates[-1]})")
+        parts.append((lo, hi))
+    return parts
+
+
+def make_splits(dates, spec: dict, horizon: int) -> Splits:
+    """Splits from {"fractions": [a, b, c]} or {"train": [d0, d1], "valid": ..., "test": ...} (+ "embargo")."""
+    dates = np.asarray(dates).astype("datetime64[D]")
+    if len(dates) == 0:
+        raise CliError("splits: the panel has no dates")
+    if not isinstance(spec, dict):
+        raise CliError(f"splits: expected a mapping, got {type(spec).__name__}")
+    unknown = set(spec) - {"fractions", "embargo", *PARTS}
+    if unknown:
+        raise CliError(f"splits.{sorted(unknown)[0]}: unknown key (allowed: fractions, train, valid, test, embargo)")
+    embargo = spec.get("embargo")
+    embargo = int(horizon) if embargo is None else embargo
+    if not isinstance(embargo, (int, np.integer)) or isinstance(embargo, bool):
+        raise CliError(f"splits.embargo: expected an integer number of days, got {embargo!r}")
+    if embargo < horizon:
+        raise CliError(f"splits.embargo: {embargo} is smaller than the label horizon {horizon} "
+                       f"(training labels would overlap the next part)")
+    if "fractions" in spec:
+        if any(p in spec for p in PARTS):
+            raise CliError("splits.fractions: give either fractions or date ranges, not both")
+        parts = _fraction_parts(len(dates), spec["fractions"], int(embargo))
+    else:
+        parts = _date_parts(dates, spec)
+        for (prev_name, prev), (name, cur) in zip(zip(PARTS, parts), zip(PARTS[1:], parts[1:])):
+            if cur[0] <= prev[1]:
+                raise CliError(f"splits.{name}: overlaps or precedes {prev_name} "
+                               f"({dates[cur[0]]} <= {dates[prev[1]]})")
+            gap = cur[0] - prev[1] - 1
+            if gap < embargo:
+                raise CliError(f"splits.{name}: starts {gap} trading day(s) after {prev_name} ends; "
+                               f"embargo needs {embargo}")
+    return Splits(train=parts[0], valid=parts[1], test=parts[2], embargo=int(embargo))

@@ -1,0 +1,215 @@
+"""The synthetic market: the embedded default data set, with a planted nonlinear signal of known strength.
+
+The research report's features (raw3/raw5) are private, so the quickstart needs data where a model that sees
+a window of days can demonstrably learn something. Prices follow a market + sector factor model with
+GARCH-like volatility; stocks list, delist and halt; and a planted expected return, a NONLINEAR function of
+past features, drives the next H days. The oracle IC (planted expected return vs realised label) is stored in
+the metadata as the ceiling a model could reach.
+
+Planted score at day t (each term standardised across stocks that day):
+  * interaction   char_a_t * char_b_t                         (a linear model on today's features misses it)
+  * trend         tanh(3 * (char_c_t - char_c_{t-10}))         (needs the window)
+  * attention     -[max(volume_rel_{t-4..t}) > 1]               (threshold over recent days)
+The score s_t adds a drift of k*s_t/H to each of days t+1..t+H, so the planted expected H-day return known
+at t is  sum_{m=0..H-1} k*(H-m)/H * s_{t-m}.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+from scipy.signal import lfilter
+
+from crnn_ray.data.ingest import compute_features, forward_return
+from crnn_ray.data.panel import PANEL_VERSION
+from crnn_ray.io import CliError
+
+#: OHLCV-derived features the synthetic panel keeps (computed by the ingest feature code)
+OHLCV_FEATURES = ["ret1", "open_gap", "high_rel", "low_rel", "volume_rel"]
+#: slow per-stock 'characteristics' standing in for the report's private raw3 features
+CHAR_FEATURES = ["char_a", "char_b", "char_c"]
+FEATURES = OHLCV_FEATURES + CHAR_FEATURES
+N_SECTORS = 10
+BURN_IN = 40
+#: planted signal strength: total H-day drift per unit of score (tuned for an oracle IC around 0.15)
+SIGNAL_STRENGTH = 0.0018
+
+
+def _zscore_rows(a: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Cross-sectional z-score per day over valid entries; invalid -> 0."""
+    x = np.where(valid, a, np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # days with no valid stock
+        mu = np.nanmean(x, axis=1, keepdims=True)
+        sd = np.nanstd(x, axis=1, keepdims=True)
+        z = (x - mu) / np.where(sd > 1e-12, sd, np.inf)
+    return np.where(valid & np.isfinite(z), z, 0.0)
+
+
+def daily_pearson_ic(signal: np.ndarray, label: np.ndarray, valid: np.ndarray, min_stocks: int = 10) -> float:
+    """Mean over days of the cross-sectional Pearson correlation (days with < min_stocks valid pairs skipped)."""
+    ok = valid & np.isfinite(signal) & np.isfinite(label)
+    n = ok.sum(axis=1)
+    s = np.where(ok, signal, 0.0)
+    y = np.where(ok, label, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sm = s.sum(1, keepdims=True) / np.maximum(n, 1)[:, None]
+        ym = y.sum(1, keepdims=True) / np.maximum(n, 1)[:, None]
+        sc, yc = np.where(ok, s - sm, 0.0), np.where(ok, y - ym, 0.0)
+        ic = (sc * yc).sum(1) / np.sqrt((sc ** 2).sum(1) * (yc ** 2).sum(1))
+    keep = (n >= min_stocks) & np.isfinite(ic)
+    return float(ic[keep].mean()) if keep.any() else float("nan")
+
+
+def synthesize(n_symbols: int = 300, n_days: int = 600, seed: int = 0, horizon: int = 5,
+               signal_strength: float = SIGNAL_STRENGTH) -> tuple[pd.DataFrame, dict]:
+    """Generate the synthetic panel: (long DataFrame with features, label, raw OHLCV, oracle; metadata)."""
+    if n_symbols < 10:
+        raise CliError(f"--symbols must be >= 10 (got {n_symbols})")
+    if n_days < 60:
+        raise CliError(f"--days must be >= 60 (got {n_days})")
+    if horizon < 1:
+        raise CliError(f"--horizon must be >= 1 (got {horizon})")
+    rng = np.random.default_rng(seed)
+    S, T = int(n_symbols), int(n_days) + BURN_IN
+    H = int(horizon)
+
+    # --- universe: sectors, betas, listing / delisting, halts --------------------------------------------
+    sector = rng.integers(0, N_SECTORS, S)
+    beta = np.clip(rng.normal(1.0, 0.3, S), 0.2, 2.0)
+    sector_load = np.clip(rng.normal(1.0, 0.3, S), 0.2, 2.0)
+    list_day = np.where(rng.random(S) < 0.25, rng.integers(BURN_IN, BURN_IN + int(0.6 * n_days), S), 0)
+    delist_day = np.where(rng.random(S) < 0.15, rng.integers(BURN_IN + int(0.4 * n_days), T, S), T)
+    delist_day = np.maximum(delist_day, list_day + 60)
+    t_idx = np.arange(T)[:, None]
+    listed = (t_idx >= list_day[None, :]) & (t_idx < delist_day[None, :])
+    halted = rng.random((T, S)) < 0.004
+    # a few multi-day halts
+    for _ in range(max(1, S // 20)):
+        s, t0, length = rng.integers(S), rng.integers(T), rng.integers(2, 10)
+        halted[t0:t0 + length, s] = True
+    present = listed & ~halted
+
+    # --- exogenous state: characteristics, volatility (GARCH), shocks, volume -----------------------------
+    rho = np.array([0.98, 0.97, 0.95])
+    chars = []
+    for k in range(3):
+        eps = rng.standard_normal((T, S)) * np.sqrt(1 - rho[k] ** 2)
+        eps[0] = rng.standard_normal(S)
+        chars.append(lfilter([1.0], [1.0, -rho[k]], eps, axis=0))
+    omega_m, alpha, gbeta = 0.01 ** 2 * 0.05, 0.08, 0.87
+    idio_base = np.exp(rng.normal(np.log(0.018), 0.3, S))
+    var_m = 0.01 ** 2
+    var_i = idio_base ** 2
+    z_m = rng.standard_normal(T)
+    z_sec = rng.standard_normal((T, N_SECTORS)) * 0.006
+    z_i = rng.standard_normal((T, S))
+    r_m = np.empty(T)
+    r_i = np.empty((T, S))
+    sig_i = np.empty((T, S))
+    for t in range(T):  # GARCH(1,1): today's variance from yesterday's shock
+        r_m[t] = np.sqrt(var_m) * z_m[t]
+        sig_i[t] = np.sqrt(var_i)
+        r_i[t] = sig_i[t] * z_i[t]
+        var_m = omega_m + alpha * r_m[t] ** 2 + gbeta * var_m
+        var_i = idio_base ** 2 * (1 - alpha - gbeta) + alpha * r_i[t] ** 2 + gbeta * var_i
+    vol_regime = lfilter([1.0], [1.0, -0.9], rng.standard_normal((T, S)) * 0.25, axis=0)
+    spikes = (rng.random((T, S)) < 0.03) * rng.uniform(0.8, 2.0, (T, S))
+    log_vol = (np.log(rng.uniform(2e5, 5e6, S))[None, :] + vol_regime + spikes
+               + 0.4 * np.abs(z_i) + rng.normal(0, 0.2, (T, S)))
+    volume = np.round(np.exp(log_vol))
+
+    # --- planted score from exogenous published features (exact functions of the panel's columns) --------
+
+    def nan_where_absent(a: np.ndarray) -> np.ndarray:
+        return np.where(present, a, np.nan)
+
+    vol_feats, _ = compute_features({"close": pd.DataFrame(nan_where_absent(np.ones((T, S)))),
+                                     "volume": pd.DataFrame(nan_where_absent(volume))})
+    volume_rel = vol_feats["volume_rel"].to_numpy()
+    ca, cb, cc = (nan_where_absent(c) for c in chars)
+    ok = present & np.isfinite(volume_rel)
+    cc_lag = np.vstack([np.full((10, S), np.nan), cc[:-10]])
+    term_inter = _zscore_rows(ca * cb, ok)
+    term_trend = _zscore_rows(np.tanh(3.0 * (cc - cc_lag)), ok & np.isfinite(cc_lag))
+    vr_max = pd.DataFrame(volume_rel).rolling(5, min_periods=1).max().to_numpy()
+    term_attn = _zscore_rows(-(vr_max > 1.0).astype(float), ok)
+    score = _zscore_rows(term_inter + term_trend + 0.7 * term_attn, ok)
+
+    # drift: s_t spreads k*s_t over days t+1..t+H; oracle = the part of E[y_t] known at t
+    k = float(signal_strength)
+    drift = np.zeros((T, S))
+    oracle = np.zeros((T, S))
+    for m in range(H):
+        drift[m + 1:] += (k / H) * score[:T - m - 1]
+        oracle[m:] += k * (H - m) / H * score[:T - m]
+
+    # --- prices and OHLC -----------------------------------------------------------------------------------
+    r = beta[None, :] * r_m[:, None] + sector_load[None, :] * z_sec[:, sector] + r_i + drift
+    log_close = np.log(rng.uniform(10, 200, S))[None, :] + np.cumsum(r, axis=0)
+    close = np.exp(log_close)
+    prev_close = np.vstack([close[:1], close[:-1]])
+    overnight = 0.3 * r + rng.normal(0, 0.3, (T, S)) * sig_i
+    open_ = prev_close * np.exp(overnight)
+    hi_ext = np.abs(rng.normal(0, 0.5, (T, S))) * sig_i
+    lo_ext = np.abs(rng.normal(0, 0.5, (T, S))) * sig_i
+    high = np.maximum(open_, close) * np.exp(hi_ext)
+    low = np.minimum(open_, close) * np.exp(-lo_ext)
+
+    wide = {name: pd.DataFrame(nan_where_absent(a)) for name, a in
+            (("open", open_), ("high", high), ("low", low), ("close", close), ("volume", volume))}
+    feats, jump = compute_features(wide)
+    label = f"y{H}"
+    y = forward_return(wide["close"], H, jump).to_numpy()
+
+    # --- drop burn-in, long table ---------------------------------------------------------------------------
+    keep = slice(BURN_IN, T)
+    dates = pd.bdate_range("2018-01-02", periods=n_days).to_numpy().astype("datetime64[D]")
+    symbols = np.array([f"S{i:04d}" for i in range(S)], dtype=object)
+    pres = present[keep]
+    di, si = np.nonzero(pres)
+    cols: dict[str, np.ndarray] = {"date": dates[di], "symbol": symbols[si]}
+    for name in OHLCV_FEATURES:
+        cols[name] = feats[name].to_numpy()[keep][di, si].astype(np.float32)
+    for name, c in zip(CHAR_FEATURES, chars):
+        cols[name] = c[keep][di, si].astype(np.float32)
+    cols[label] = y[keep][di, si].astype(np.float32)
+    for name in ("open", "high", "low", "close", "volume"):
+        cols[name] = wide[name].to_numpy()[keep][di, si]
+    oracle_col = f"oracle_{label}"
+    cols[oracle_col] = oracle[keep][di, si].astype(np.float32)
+    df = pd.DataFrame(cols)
+
+    # oracle IC on what a model can be scored on: rows with all features finite and a finite label
+    feat_ok = np.isfinite(df[FEATURES].to_numpy()).all(axis=1) & np.isfinite(df[label].to_numpy())
+    D = len(dates)
+    grid_sig, grid_lab = np.full((D, S), np.nan), np.full((D, S), np.nan)
+    grid_sig[di[feat_ok], si[feat_ok]] = df[oracle_col].to_numpy(np.float64)[feat_ok]
+    grid_lab[di[feat_ok], si[feat_ok]] = df[label].to_numpy(np.float64)[feat_ok]
+    oracle_ic = daily_pearson_ic(grid_sig, grid_lab, np.isfinite(grid_sig))
+
+    meta = {
+        "version": PANEL_VERSION,
+        "features": FEATURES,
+        "labels": [label],
+        "horizons": {label: H},
+        "source": "synth",
+        "oracle_ic": {label: round(oracle_ic, 6)},
+        "params": {"n_symbols": S, "n_days": int(n_days), "seed": int(seed), "horizon": H,
+                   "signal_strength": k, "n_sectors": N_SECTORS, "burn_in": BURN_IN,
+                   "oracle_columns": {label: oracle_col},
+                   "oracle_ic_rows": "all features finite and label finite; days with >= 10 stocks"},
+    }
+    return df, meta
+
+
+def summary(df: pd.DataFrame, meta: dict) -> str:
+    """One paragraph: what was generated and how strong the planted signal is."""
+    label = meta["labels"][0]
+    return (f"synthetic market: {len(df)} rows, {df['symbol'].nunique()} symbols x {df['date'].nunique()} days "
+            f"({pd.Timestamp(df['date'].min()).date()} .. {pd.Timestamp(df['date'].max()).date()}), "
+            f"{len(meta['features'])} features ({', '.join(meta['features'])}), label {label} "
+            f"(forward return over t+1..t+{meta['horizons'][label]}), seed {meta['params']['seed']}; "
+            f"oracle IC {meta['oracle_ic'][label]:.4f} (planted expected return vs realised {label}).")

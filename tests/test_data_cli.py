@@ -1,0 +1,107 @@
+"""`python -m crnn_ray.data`: synth / ingest / inspect, exit 2 + one-line error + no output on bad input."""
+
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from crnn_ray.data import load_panel
+from crnn_ray.data.__main__ import main
+
+
+def _leftovers(directory):
+    return sorted(p.name for p in directory.iterdir())
+
+
+def test_synth_is_byte_identical_per_seed_and_prints_summary(tmp_path, capsys):
+    a, b, c = tmp_path / "a.parquet", tmp_path / "b.parquet", tmp_path / "c.parquet"
+    for path, seed in ((a, 5), (b, 5), (c, 6)):
+        assert main(["synth", "--symbols", "30", "--days", "90", "--seed", str(seed), "--out", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "30 symbols x 90 days" in out and "oracle IC" in out
+    assert a.read_bytes() == b.read_bytes() and a.read_bytes() != c.read_bytes()
+    p = load_panel(a)
+    assert p.X.shape[1:] == (30, 8) and p.meta["params"]["seed"] == 5
+    assert f"{p.meta['oracle_ic']['y5']:.4f}" in out
+
+
+def test_synth_horizon_names_the_label(tmp_path):
+    out = tmp_path / "h.parquet"
+    assert main(["synth", "--symbols", "20", "--days", "80", "--horizon", "10", "--out", str(out)]) == 0
+    p = load_panel(out)
+    assert list(p.labels) == ["y10"] and p.horizon("y10") == 10 and "y10" in p.meta["oracle_ic"]
+
+
+def test_inspect_prints_shape_coverage_and_metadata(tmp_path, capsys):
+    out = tmp_path / "p.parquet"
+    main(["synth", "--symbols", "25", "--days", "70", "--seed", "1", "--out", str(out)])
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 0
+    text = capsys.readouterr().out
+    for needle in ("days     70", "symbols  25", "features 8: ret1", "coverage", "label    y5 (horizon 5)",
+                   "oracle IC y5", "source   synth"):
+        assert needle in text
+
+
+def _ohlcv_csv(path, n_days=40):
+    rng = np.random.default_rng(0)
+    dates = pd.bdate_range("2023-01-02", periods=n_days)
+    rows = []
+    for sym in ("AAA", "BBB", "CCC"):
+        close = 20 * np.exp(np.cumsum(rng.normal(0, 0.02, n_days)))
+        rows.append(pd.DataFrame({"TradeDate": dates, "Ticker": sym, "close": close,
+                                  "volume": rng.integers(100, 1000, n_days)}))
+    df = pd.concat(rows)
+    df.to_csv(path, index=False)
+    return df
+
+
+def test_ingest_writes_a_loadable_panel(tmp_path, capsys):
+    src, out = tmp_path / "ohlcv.csv", tmp_path / "real.parquet"
+    _ohlcv_csv(src)
+    rc = main(["ingest", "--ohlcv", str(src), "--out", str(out), "--horizon", "3", "--date-col", "TradeDate"])
+    assert rc == 0 and "120 rows, 3 symbols x 40 days" in capsys.readouterr().out
+    p = load_panel(out)
+    assert p.features == ["ret1", "ret5", "ma20_gap", "vol20", "volume_rel"] and list(p.labels) == ["y3"]
+    assert p.meta["source"] == "ingest" and p.mask[25:].all()
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda df: df.drop(columns=["close"]), "missing column 'close'"),
+    (lambda df: pd.concat([df, df.iloc[[2]]]), r"duplicate \(date, symbol\) row\(s\), first: \(2023-01-04, AAA\)"),
+    (lambda df: df.assign(close=df["close"].astype(object).where(np.arange(len(df)) != 3, "abc")),
+     "column 'close' is not numeric"),
+    (lambda df: df.assign(close=df["close"].where(np.arange(len(df)) != 3, np.inf)), "'close' has 1 infinite"),
+    (lambda df: df.assign(TradeDate=df["TradeDate"].astype(str).where(np.arange(len(df)) != 3, "31/31/2023")),
+     "unparsable date '31/31/2023'"),
+])
+def test_ingest_bad_input_exit_2_one_line_no_output(tmp_path, capsys, edit, match):
+    src, out = tmp_path / "ohlcv.csv", tmp_path / "out" / "real.parquet"
+    edit(_ohlcv_csv(tmp_path / "good.csv")).to_csv(src, index=False)
+    before = _leftovers(tmp_path)
+    rc = main(["ingest", "--ohlcv", str(src), "--out", str(out), "--date-col", "TradeDate"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1 and str(src) in err
+    assert re.search(match, err), err
+    assert not out.exists() and _leftovers(tmp_path) == before
+
+
+def test_ingest_missing_date_column_flag_and_missing_file(tmp_path, capsys):
+    src = tmp_path / "ohlcv.csv"
+    _ohlcv_csv(src)
+    assert main(["ingest", "--ohlcv", str(src), "--out", str(tmp_path / "x.parquet"), "--date-col", "when"]) == 2
+    assert "missing column 'when' (--date-col)" in capsys.readouterr().err
+    assert main(["inspect", str(tmp_path / "nope.parquet")]) == 2
+    assert "nope.parquet: no such file" in capsys.readouterr().err
+    assert not (tmp_path / "x.parquet").exists()
+
+
+def test_synth_bad_size_and_real_process_exit_status(tmp_path):
+    out = tmp_path / "s.parquet"
+    proc = subprocess.run([sys.executable, "-m", "crnn_ray.data", "synth", "--symbols", "3", "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: --symbols must be >= 10 (got 3)"
+    assert not out.exists() and list(tmp_path.iterdir()) == []
