@@ -1,0 +1,138 @@
+"""`python -m crnn_ray.evaluate`: score a signal table against a label table and write metrics JSON.
+
+Researchers bring signals from anywhere (our scorer, a notebook, another library), so the command takes two
+long tables keyed on (date, symbol) -- parquet files, a date-partitioned parquet directory such as the
+scorer's `signals/`, or CSV -- checks them, prints a readable summary and writes it atomically as JSON.
+
+    python -m crnn_ray.evaluate --signals S.parquet --labels L.parquet --label y5 --json metrics.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from crnn_ray.io import CliError, atomic_path, cli_main, write_json_atomic
+from crnn_ray.metrics import Evaluation, evaluate_frames
+
+
+def read_table(path: str | Path, columns: list[str]) -> pd.DataFrame:
+    """Read the named columns of a parquet file / parquet directory / CSV; CliError names the file."""
+    path = Path(path)
+    if not path.exists():
+        raise CliError(f"{path}: no such file or directory")
+    try:
+        if path.is_dir() or path.suffix.lower() in (".parquet", ".pq"):
+            import pyarrow.dataset as ds
+
+            # partitioning=None: the scorer's date=YYYY-MM-DD folders repeat the `date` column in the files
+            dataset = ds.dataset(str(path), format="parquet", partitioning=None)
+            present = dataset.schema.names
+            missing = [c for c in columns if c not in present]
+            if missing:
+                raise CliError(f"{path}: missing column {missing[0]!r} (has {', '.join(present[:12])})")
+            return dataset.to_table(columns=columns).to_pandas()
+        if path.suffix.lower() in (".csv", ".gz", ".txt"):
+            header = pd.read_csv(path, nrows=0).columns
+            missing = [c for c in columns if c not in header]
+            if missing:
+                raise CliError(f"{path}: missing column {missing[0]!r} (has {', '.join(map(str, header[:12]))})")
+            return pd.read_csv(path, usecols=columns, dtype={"symbol": str})
+    except CliError:
+        raise
+    except Exception as exc:  # a corrupt or unreadable file: one line naming it
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+        raise CliError(f"{path}: cannot read ({type(exc).__name__}: {first})") from None
+    raise CliError(f"{path}: unknown file type {path.suffix!r} (expected .parquet, a parquet directory or .csv)")
+
+
+def format_summary(ev: Evaluation) -> str:
+    """The numbers a researcher reads first, one per line."""
+    s, p = ev.summary, ev.params
+    lines = [
+        f"days evaluated {s['n_days']}  skipped {s['n_days_skipped']} (< {p['min_stocks']} valid pairs)  "
+        f"mean stocks/day {s['mean_stocks']:.1f}",
+        f"IC       {s['ic']:+.4f}  ICIR {s['icir']:+.3f}  t {s['ic_tstat']:+.2f}  (ICIR not annualised)",
+        f"RankIC   {s['rank_ic']:+.4f}  ICIR {s['rank_icir']:+.3f}  t {s['rank_ic_tstat']:+.2f}",
+        f"long-short (top-bottom of {p['quantiles']}, /horizon {p['horizon']}): pnl {s['pnl_long_short']:+.4f}  "
+        f"ann {s['ann_return']:+.4f}  sharpe {s['sharpe']:+.3f}  maxDD {s['max_drawdown']:+.4f}",
+        f"long (top-mean):  pnl {s['pnl_long']:+.4f}  ann {s['ann_return_long']:+.4f}  sharpe {s['sharpe_long']:+.3f}",
+        f"turnover ls {s['turnover']:.4f}/day  top {s['turnover_top']:.3f}  bottom {s['turnover_bottom']:.3f}  "
+        f"signal autocorr {s['signal_autocorr']:+.3f}",
+        f"net of {p['cost_bps']:g} bps: ls pnl {s['pnl_long_short_net']:+.4f}  sharpe {s['sharpe_net']:+.3f}  "
+        f"long pnl {s['pnl_long_net']:+.4f}",
+        "quantile mean label (1=lowest signal): "
+        + "  ".join(f"q{q + 1} {v:+.5f}" for q, v in enumerate(ev.quantile_returns)),
+    ]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m crnn_ray.evaluate",
+        description="IC / RankIC / quantile returns / long-short and long pnl of a signal against a label "
+        "(formulas: docs/metrics.md).",
+    )
+    ap.add_argument("--signals", required=True, help="long table with date, symbol, signal (parquet, dir or csv)")
+    ap.add_argument("--labels", required=True, help="long table with date, symbol and the label column")
+    ap.add_argument("--label", required=True, help="label column, e.g. y5")
+    ap.add_argument("--signal-col", default="signal", help="signal column (default: signal)")
+    ap.add_argument("--quantiles", type=int, default=5, help="number of signal quantile buckets (default 5)")
+    ap.add_argument("--cost-bps", type=float, default=0.0, help="cost per unit of traded notional, bps")
+    ap.add_argument("--min-stocks", type=int, default=10, help="skip days with fewer valid pairs (default 10)")
+    ap.add_argument("--horizon", type=int, default=1, help="label horizon H in days: daily pnl = label / H")
+    ap.add_argument("--periods-per-year", type=float, default=252.0, help="annualisation (default 252)")
+    ap.add_argument("--json", required=True, help="output JSON (written atomically)")
+    ap.add_argument("--daily", help="optional CSV of the per-day series (written atomically)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    signals = read_table(args.signals, ["date", "symbol", args.signal_col])
+    labels = read_table(args.labels, ["date", "symbol", args.label])
+    ev = evaluate_frames(
+        signals,
+        labels,
+        args.label,
+        args.signal_col,
+        signals_name=str(args.signals),
+        labels_name=str(args.labels),
+        quantiles=args.quantiles,
+        cost_bps=args.cost_bps,
+        min_stocks=args.min_stocks,
+        horizon=args.horizon,
+        periods_per_year=args.periods_per_year,
+    )
+    if ev.summary["n_days"] == 0:
+        most = int(ev.daily["n"].max())
+        raise CliError(
+            f"no day has >= {args.min_stocks} valid (signal, {args.label}) pairs (at most {most}); "
+            f"lower --min-stocks"
+        )
+    out: dict[str, Any] = ev.to_dict()
+    out["inputs"] = {
+        "signals": str(Path(args.signals).resolve()),
+        "labels": str(Path(args.labels).resolve()),
+        "label": args.label,
+        "signal_col": args.signal_col,
+        "first_date": str(pd.Timestamp(ev.daily["date"].iloc[0]).date()),
+        "last_date": str(pd.Timestamp(ev.daily["date"].iloc[-1]).date()),
+    }
+    print(format_summary(ev))
+    if args.daily:
+        with atomic_path(args.daily) as tmp:
+            ev.daily.to_csv(tmp, index=False)
+    write_json_atomic(args.json, out)
+    print(f"wrote {args.json}")
+    return 0
+
+
+main = cli_main(main)
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,636 @@
+"""Cross-sectional evaluation of a signal against a forward-return label over a [days x stocks] panel.
+
+Everything is computed on [days x stocks] arrays with masks -- no per-day Python loop: sorting rows ranks all
+days at once, with ties averaged -- in cache-sized blocks of days that run on a few threads. Definitions
+follow Qlib and alphalens (docs/metrics.md gives every formula and where our numbers differ from theirs).
+
+A pair (d, s) is valid when both signal and label are finite. A day with fewer than `min_stocks` valid pairs
+is skipped: NaN in `Evaluation.daily`, counted in `summary["n_days_skipped"]`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from crnn_ray.io import CliError
+
+__all__ = [
+    "Evaluation",
+    "average_ranks",
+    "daily_ic",
+    "daily_rank_ic",
+    "quantile_buckets",
+    "evaluate",
+    "align_frames",
+    "evaluate_frames",
+]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# building blocks
+# ----------------------------------------------------------------------------------------------------------
+
+
+#: elements per block of days: a block's float64 temporaries (~2 MB) stay in cache across the ~40 numpy
+#: passes over it, instead of streaming (and page-faulting) full-panel temporaries through memory
+_BLOCK_ELEMENTS = 1 << 18
+
+
+def _as_panel(a: Any, name: str) -> np.ndarray:
+    arr = np.asarray(a)
+    if arr.ndim != 2:
+        raise CliError(f"{name}: expected a [days x stocks] array, got shape {arr.shape}")
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise CliError(f"{name}: expected a numeric array, got dtype {arr.dtype}")
+    return arr
+
+
+def _check_shapes(signal: np.ndarray, label: np.ndarray) -> None:
+    if signal.shape != label.shape:
+        raise CliError(f"signal shape {signal.shape} != label shape {label.shape}")
+
+
+def _check_min_stocks(min_stocks: int) -> int:
+    if int(min_stocks) != min_stocks or min_stocks < 2:
+        raise CliError(f"min_stocks must be an integer >= 2 (a correlation needs two stocks), got {min_stocks}")
+    return int(min_stocks)
+
+
+def _day_blocks(n_days: int, n_stocks: int):
+    step = max(1, _BLOCK_ELEMENTS // max(n_stocks, 1))
+    if n_days == 0:
+        yield 0, 0
+    for lo in range(0, n_days, step):
+        yield lo, min(lo + step, n_days)
+
+
+def _ranks_zero_filled(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Average ranks 1..n of x[valid] per row, 0.0 where not valid.
+
+    Sort each row once (invalid entries pushed to the end as +inf), find the runs of equal values, and give
+    every member of a run the mean of the run's first and last position: scipy.stats.rankdata's "average"
+    rule for all rows at once. Ranks are half-integers, so sums of their products are exact in float64.
+    """
+    n_rows, n_cols = x.shape
+    ranks = np.zeros((n_rows, n_cols), dtype=np.float64)
+    if n_cols == 0 or n_rows == 0:
+        return ranks
+    filled = np.where(valid, x, np.inf)
+    order = np.argsort(filled, axis=1)
+    ordered = np.take_along_axis(filled, order, axis=1)
+    # runs of equal values; every row starts a run, so no run crosses rows (the invalid +inf tail is one run)
+    run_start = np.empty((n_rows, n_cols), dtype=bool)
+    run_start[:, 0] = True
+    np.not_equal(ordered[:, 1:], ordered[:, :-1], out=run_start[:, 1:])
+    starts = np.flatnonzero(run_start)
+    lengths = np.diff(starts, append=n_rows * n_cols)
+    run_rank = (starts % n_cols) + (lengths + 1) * 0.5  # 1-based mean rank of the run's members
+    np.put_along_axis(ranks, order, np.repeat(run_rank, lengths).reshape(n_rows, n_cols), axis=1)
+    ranks *= valid
+    return ranks
+
+
+def average_ranks(x: np.ndarray) -> np.ndarray:
+    """Per-row (per-day) ranks 1..n with ties given their average rank; NaN stays NaN and is not counted."""
+    x = _as_panel(x, "x").astype(np.float64, copy=False)
+    ranks = _ranks_zero_filled(x, ~np.isnan(x))
+    ranks[np.isnan(x)] = np.nan
+    return ranks
+
+
+def _rank_pearson(rx: np.ndarray, ry: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Row-wise Pearson of zero-filled average ranks over the same n valid entries (means are (n+1)/2).
+
+    Returns (r, constant_x, constant_y): a row whose ranks are all tied had a constant input.
+    """
+    centre = n * ((n + 1) * 0.5) ** 2
+    sxy = np.einsum("ij,ij->i", rx, ry) - centre
+    sxx = np.einsum("ij,ij->i", rx, rx) - centre
+    syy = np.einsum("ij,ij->i", ry, ry) - centre
+    const_x, const_y = sxx < 0.125, syy < 0.125  # exact arithmetic: 0 when tied, >= 0.25 otherwise
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.clip(sxy / np.sqrt(sxx * syy), -1.0, 1.0)
+    r[const_x | const_y] = np.nan
+    return r, const_x, const_y
+
+
+def _value_pearson(x: np.ndarray, y: np.ndarray, valid: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise Pearson over the valid entries (two-pass, centred: accurate at any level), and sum of y."""
+    safe_n = np.maximum(n, 1)[:, None]
+    dx = np.where(valid, x, 0.0)
+    dy = np.where(valid, y, 0.0)
+    sum_y = dy.sum(axis=1)
+    dx -= dx.sum(axis=1, keepdims=True) / safe_n
+    dy -= sum_y[:, None] / safe_n
+    dx *= valid
+    dy *= valid
+    sxy = np.einsum("ij,ij->i", dx, dy)
+    sxx = np.einsum("ij,ij->i", dx, dx)
+    syy = np.einsum("ij,ij->i", dy, dy)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.clip(sxy / np.sqrt(sxx * syy), -1.0, 1.0)
+    return r, sum_y
+
+
+def _moment_pearson(x: np.ndarray, y: np.ndarray, both: np.ndarray) -> np.ndarray:
+    """Row-wise Pearson of two zero-filled rank arrays over `both` (ranks are small exact numbers)."""
+    x = x * both
+    y = y * both
+    n = both.sum(axis=1)
+    sx, sy = x.sum(axis=1), y.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sxy = np.einsum("ij,ij->i", x, y) - sx * sy / n
+        sxx = np.einsum("ij,ij->i", x, x) - sx * sx / n
+        syy = np.einsum("ij,ij->i", y, y) - sy * sy / n
+        r = np.clip(sxy / np.sqrt(sxx * syy), -1.0, 1.0)
+    r[(n < 2) | (sxx < 1e-6) | (syy < 1e-6)] = np.nan
+    return r
+
+
+def quantile_buckets(ranks: np.ndarray, n: np.ndarray, quantiles: int) -> np.ndarray:
+    """Bucket 1..Q of each ranked entry (0 where the rank is NaN or 0), equal-sized as pandas.qcut makes them.
+
+    For a day with n distinct values, the stock at 0-based sorted position i lands in bucket
+    max(1, ceil(i * Q / (n - 1))) -- exactly what `pd.qcut(x, Q, labels=False) + 1` (alphalens'
+    quantize_factor) gives. Tied stocks share their average position, so they always share a bucket.
+    Positions are half-integers and the quotient is at least 1/(2(n-1)) from any non-hit integer, so the
+    float ceil below is exact.
+    """
+    ranks = np.nan_to_num(np.asarray(ranks, dtype=np.float64), nan=0.0)
+    has_rank = ranks >= 1.0
+    denom = np.maximum(np.asarray(n, dtype=np.float64) - 1.0, 1.0)[:, None]
+    bucket = np.ceil((ranks - 1.0) * (float(quantiles) / denom))
+    np.clip(bucket, 1, quantiles, out=bucket)
+    bucket *= has_rank
+    return bucket.astype(np.int64)
+
+
+def _bucket_sums(values: np.ndarray, bucket: np.ndarray, quantiles: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-day sum of `values` in each bucket 1..Q and the bucket sizes, both [D, Q]."""
+    n_days = values.shape[0]
+    width = quantiles + 1
+    index = (bucket + (np.arange(n_days, dtype=np.int64) * width)[:, None]).ravel()
+    sums = np.bincount(index, weights=values.ravel(), minlength=n_days * width).reshape(n_days, width)[:, 1:]
+    counts = np.bincount(index, minlength=n_days * width).reshape(n_days, width)[:, 1:]
+    return sums, counts
+
+
+def _block_stats(sig: np.ndarray, lab: np.ndarray, min_stocks: int, quantiles: int, portfolios: bool) -> dict:
+    """All statistics of one block of days that need no other day (fully vectorised over the block)."""
+    sig = np.asarray(sig, dtype=np.float64)
+    lab = np.asarray(lab, dtype=np.float64)
+    valid = np.isfinite(sig)
+    valid &= np.isfinite(lab)
+    n_pairs = valid.sum(axis=1)
+    use_day = n_pairs >= min_stocks
+    valid &= use_day[:, None]  # skipped days take no part in anything below
+    n = np.where(use_day, n_pairs, 0)
+
+    rank_sig = _ranks_zero_filled(sig, valid)
+    rank_lab = _ranks_zero_filled(lab, valid)
+    rank_ic, const_sig, const_lab = _rank_pearson(rank_sig, rank_lab, n)
+    del rank_lab
+    ic, sum_lab = _value_pearson(sig, lab, valid, n)
+    ic[const_sig | const_lab] = np.nan  # constant input: correlation undefined (scipy gives NaN too)
+    ic[~use_day] = np.nan
+    rank_ic[~use_day] = np.nan
+    stats = {"n": n_pairs, "use_day": use_day, "ic": ic, "rank_ic": rank_ic}
+    if not portfolios:
+        return stats
+
+    bucket = quantile_buckets(rank_sig, n, quantiles)
+    q_sums, q_counts = _bucket_sums(np.where(valid, lab, 0.0), bucket, quantiles)
+    n_top, n_bottom = q_counts[:, -1], q_counts[:, 0]
+    book = use_day & (n_top > 0) & (n_bottom > 0)
+    top = (bucket == quantiles) & book[:, None]
+    bottom = (bucket == 1) & book[:, None]
+    w_long = top / np.maximum(n_top, 1)[:, None]
+    stats.update(q_sums=q_sums, q_counts=q_counts, sum_lab=sum_lab, book=book, top=top, bottom=bottom,
+                 w_long=w_long, w=w_long - bottom / np.maximum(n_bottom, 1)[:, None], rank_sig=rank_sig)
+    return stats
+
+
+def scan_threads() -> int:
+    """Worker threads for the block scan: the CPUs this process may use, capped by OMP_NUM_THREADS if set
+    (a Ray worker's CPU quota sets it), so a trial never uses more cores than it was granted."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    if omp.isdigit() and int(omp) > 0:
+        cpus = min(cpus, int(omp))
+    return max(1, min(cpus, 8))
+
+
+def _scan(signal: np.ndarray, label: np.ndarray, min_stocks: int, quantiles: int, horizon: int,
+          portfolios: bool = True) -> dict[str, np.ndarray]:
+    """Every per-day statistic, block of days by block of days.
+
+    Blocks are independent (numpy releases the GIL, so they run on a few threads); the books of the last
+    `horizon` days are then carried from block to block, in order, for the turnover figures.
+    """
+    n_days, n_stocks = signal.shape
+    blocks = list(_day_blocks(n_days, n_stocks))
+    work = lambda span: _block_stats(signal[span[0]:span[1]], label[span[0]:span[1]],  # noqa: E731
+                                     min_stocks, quantiles, portfolios)
+    threads = min(scan_threads(), len(blocks))
+    pool = ThreadPoolExecutor(max_workers=threads) if threads > 1 else None
+    results = pool.map(work, blocks) if pool else map(work, blocks)
+
+    out: dict[str, list[np.ndarray]] = {}
+    # books of the previous `horizon` days (zeros before the first day: the first books are opened from cash)
+    prev_w = np.zeros((horizon, n_stocks))
+    prev_w_long = np.zeros((horizon, n_stocks))
+    prev_top = np.zeros((horizon, n_stocks), dtype=bool)
+    prev_bottom = np.zeros((horizon, n_stocks), dtype=bool)
+    prev_rank = np.zeros((horizon, n_stocks))
+    try:
+        for stats in results:
+            if portfolios:
+                size = stats["w"].shape[0]
+                w, w_long, top, bottom, rank_sig = (stats.pop(k) for k in ("w", "w_long", "top", "bottom", "rank_sig"))
+                # the book formed `horizon` days before each day of this block
+                all_w = np.concatenate([prev_w, w])
+                all_w_long = np.concatenate([prev_w_long, w_long])
+                all_top = np.concatenate([prev_top, top])
+                all_bottom = np.concatenate([prev_bottom, bottom])
+                all_rank = np.concatenate([prev_rank, rank_sig])
+                stats["traded"] = np.abs(w - all_w[:size]).sum(axis=1)
+                stats["traded_long"] = np.abs(w_long - all_w_long[:size]).sum(axis=1)
+                stats["new_top"] = (top & ~all_top[:size]).sum(axis=1)
+                stats["new_bottom"] = (bottom & ~all_bottom[:size]).sum(axis=1)
+                stats["autocorr"] = _moment_pearson(rank_sig, all_rank[:size],
+                                                    (rank_sig > 0) & (all_rank[:size] > 0))
+                prev_w, prev_w_long = all_w[-horizon:], all_w_long[-horizon:]
+                prev_top, prev_bottom, prev_rank = all_top[-horizon:], all_bottom[-horizon:], all_rank[-horizon:]
+            for key, value in stats.items():
+                out.setdefault(key, []).append(value)
+    finally:
+        if pool:
+            pool.shutdown()
+    return {key: np.concatenate(parts) for key, parts in out.items()}
+
+
+def daily_ic(signal: Any, label: Any, min_stocks: int = 10) -> np.ndarray:
+    """Pearson correlation of signal and label across stocks, one value per day (NaN on skipped days)."""
+    signal, label = _as_panel(signal, "signal"), _as_panel(label, "label")
+    _check_shapes(signal, label)
+    return _scan(signal, label, _check_min_stocks(min_stocks), 2, 1, portfolios=False)["ic"]
+
+
+def daily_rank_ic(signal: Any, label: Any, min_stocks: int = 10) -> np.ndarray:
+    """Spearman correlation per day: Pearson of the average ranks over the valid pairs of that day."""
+    signal, label = _as_panel(signal, "signal"), _as_panel(label, "label")
+    _check_shapes(signal, label)
+    return _scan(signal, label, _check_min_stocks(min_stocks), 2, 1, portfolios=False)["rank_ic"]
+
+
+def _std(x: np.ndarray) -> float:
+    x = x[np.isfinite(x)]
+    return float(np.std(x, ddof=1)) if x.size >= 2 else math.nan
+
+
+def _mean(x: np.ndarray) -> float:
+    x = x[np.isfinite(x)]
+    return float(np.mean(x)) if x.size else math.nan
+
+
+def _ratio(num: float, den: float) -> float:
+    return num / den if (math.isfinite(num) and math.isfinite(den) and den > 0) else math.nan
+
+
+def _perf(pnl: np.ndarray, periods_per_year: float) -> dict[str, float]:
+    """Total, annualised mean, annualised vol, Sharpe and max drawdown of a daily (summed, not compounded) pnl."""
+    mean, std = _mean(pnl), _std(pnl)
+    cum = np.cumsum(np.nan_to_num(pnl, nan=0.0))
+    drawdown = cum - np.maximum.accumulate(np.maximum(cum, 0.0)) if cum.size else cum
+    has = np.isfinite(pnl).any()
+    return {
+        "total": float(np.nansum(pnl)) if has else math.nan,
+        "ann_return": mean * periods_per_year,
+        "ann_vol": std * math.sqrt(periods_per_year) if math.isfinite(std) else math.nan,
+        "sharpe": _ratio(mean, std) * math.sqrt(periods_per_year),
+        "max_drawdown": float(drawdown.min()) if has else math.nan,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# evaluation
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Evaluation:
+    """Result of `evaluate`: JSON-safe summary, one row per day, mean label by signal quantile."""
+
+    summary: dict[str, Any]
+    daily: pd.DataFrame
+    quantile_returns: np.ndarray
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The summary, the quantile returns and the parameters: what `python -m crnn_ray.evaluate` writes."""
+        return {
+            "summary": dict(self.summary),
+            "quantile_returns": {str(q + 1): float(v) for q, v in enumerate(self.quantile_returns)},
+            "params": dict(self.params),
+        }
+
+
+def evaluate(
+    signal: Any,
+    label: Any,
+    *,
+    quantiles: int = 5,
+    cost_bps: float = 0.0,
+    min_stocks: int = 10,
+    horizon: int = 1,
+    periods_per_year: float = 252,
+    dates: Any = None,
+) -> Evaluation:
+    """IC / RankIC / quantile returns / long-short and long-only pnl / turnover / drawdown of a signal.
+
+    `label` is an H-day forward return (`horizon` = H). Every day opens a book held H days, so the daily pnl
+    attributed to day d is its H-day return divided by H (the overlapping-portfolio convention); pnl is summed,
+    not compounded. See docs/metrics.md.
+    """
+    signal, label = _as_panel(signal, "signal"), _as_panel(label, "label")
+    _check_shapes(signal, label)
+    min_stocks = _check_min_stocks(min_stocks)
+    if int(quantiles) != quantiles or quantiles < 2:
+        raise CliError(f"quantiles must be an integer >= 2, got {quantiles}")
+    if int(horizon) != horizon or horizon < 1:
+        raise CliError(f"horizon must be an integer >= 1, got {horizon}")
+    if not (math.isfinite(cost_bps) and cost_bps >= 0):
+        raise CliError(f"cost_bps must be a finite number >= 0, got {cost_bps}")
+    if not (math.isfinite(periods_per_year) and periods_per_year > 0):
+        raise CliError(f"periods_per_year must be > 0, got {periods_per_year}")
+    quantiles, horizon = int(quantiles), int(horizon)
+    n_days_total = signal.shape[0]
+    if dates is None:
+        dates = np.arange(n_days_total)
+    else:
+        dates = np.asarray(dates)
+        if dates.shape != (n_days_total,):
+            raise CliError(f"dates: expected {n_days_total} dates (one per row of signal), got {dates.shape}")
+
+    day = _scan(signal, label, min_stocks, quantiles, horizon)
+    n, use_day, ic, rank_ic, book = day["n"], day["use_day"], day["ic"], day["rank_ic"], day["book"]
+    n_used = np.where(use_day, n, 0)
+
+    # mean label of each signal quantile bucket (1 = lowest signal) per day, and its mean over days
+    q_counts = day["q_counts"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        q_means = np.where(q_counts > 0, day["q_sums"] / q_counts, np.nan)
+        cs_mean = np.where(use_day, day["sum_lab"] / np.maximum(n_used, 1), np.nan)
+    q_mean_over_days = np.array([_mean(q_means[:, q]) for q in range(quantiles)])  # Q values, not days
+
+    # books: long-short = +1 spread equally over the top bucket, -1 over the bottom one; long = the top bucket
+    ls = np.where(book, (q_means[:, -1] - q_means[:, 0]) / horizon, np.nan)
+    long = np.where(book, (q_means[:, -1] - cs_mean) / horizon, np.nan)
+    # one H-th of the capital is re-formed each day, replacing the book formed H days earlier
+    turnover = np.where(book, day["traded"] / horizon, np.nan)
+    turnover_long = np.where(book, day["traded_long"] / horizon, np.nan)
+    cost = cost_bps * 1e-4
+    ls_net = ls - cost * turnover
+    long_net = long - cost * turnover_long
+    # alphalens quantile_turnover: share of today's top (bottom) names not in the bucket `horizon` days ago
+    with np.errstate(invalid="ignore", divide="ignore"):
+        turnover_top = np.where(book, day["new_top"] / q_counts[:, -1], np.nan)
+        turnover_bottom = np.where(book, day["new_bottom"] / q_counts[:, 0], np.nan)
+    turnover_top[:horizon] = np.nan
+    turnover_bottom[:horizon] = np.nan
+    # alphalens factor_rank_autocorrelation: rank correlation of the signal with itself `horizon` days ago
+    signal_autocorr = day["autocorr"]
+
+    perf_ls, perf_long = _perf(ls, periods_per_year), _perf(long, periods_per_year)
+    perf_ls_net, perf_long_net = _perf(ls_net, periods_per_year), _perf(long_net, periods_per_year)
+    cum_ls = np.cumsum(np.nan_to_num(ls, nan=0.0))
+    cum_long = np.cumsum(np.nan_to_num(long, nan=0.0))
+    cum_ls_net = np.cumsum(np.nan_to_num(ls_net, nan=0.0))
+
+    ic_mean, ic_std, n_ic = _mean(ic), _std(ic), int(np.isfinite(ic).sum())
+    ric_mean, ric_std, n_ric = _mean(rank_ic), _std(rank_ic), int(np.isfinite(rank_ic).sum())
+    summary: dict[str, Any] = {
+        "ic": ic_mean,
+        "ic_std": ic_std,
+        "icir": _ratio(ic_mean, ic_std),
+        "ic_tstat": _ratio(ic_mean, ic_std) * math.sqrt(n_ic),
+        "ic_positive": _mean(np.where(np.isfinite(ic), ic > 0, np.nan)),
+        "rank_ic": ric_mean,
+        "rank_ic_std": ric_std,
+        "rank_icir": _ratio(ric_mean, ric_std),
+        "rank_ic_tstat": _ratio(ric_mean, ric_std) * math.sqrt(n_ric),
+        "n_days": int(use_day.sum()),
+        "n_days_skipped": int(n_days_total - use_day.sum()),
+        "n_days_ic": n_ic,
+        "n_days_book": int(book.sum()),
+        "mean_stocks": _mean(np.where(use_day, n, np.nan)),
+        "pnl_long_short": perf_ls["total"],
+        "pnl_long": perf_long["total"],
+        "pnl_long_short_net": perf_ls_net["total"],
+        "pnl_long_net": perf_long_net["total"],
+        "ls_mean": _mean(ls),
+        "long_mean": _mean(long),
+        "ann_return": perf_ls["ann_return"],
+        "ann_vol": perf_ls["ann_vol"],
+        "sharpe": perf_ls["sharpe"],
+        "max_drawdown": perf_ls["max_drawdown"],
+        "ann_return_net": perf_ls_net["ann_return"],
+        "sharpe_net": perf_ls_net["sharpe"],
+        "max_drawdown_net": perf_ls_net["max_drawdown"],
+        "ann_return_long": perf_long["ann_return"],
+        "sharpe_long": perf_long["sharpe"],
+        "max_drawdown_long": perf_long["max_drawdown"],
+        "ann_return_long_net": perf_long_net["ann_return"],
+        "sharpe_long_net": perf_long_net["sharpe"],
+        "turnover": _mean(turnover),
+        "turnover_long": _mean(turnover_long),
+        "turnover_top": _mean(turnover_top),
+        "turnover_bottom": _mean(turnover_bottom),
+        "signal_autocorr": _mean(signal_autocorr),
+        "quantile_spread": float(q_mean_over_days[-1] - q_mean_over_days[0]),
+    }
+    summary = {k: (v if isinstance(v, int) else float(v)) for k, v in summary.items()}
+
+    daily = pd.DataFrame(
+        {
+            "date": dates,
+            "n": n.astype(np.int64),  # valid pairs, also on skipped days
+            "ic": ic,
+            "rank_ic": rank_ic,
+            "ls": ls,
+            "long": long,
+            "turnover": turnover,
+            "ls_net": ls_net,
+            "long_net": long_net,
+            "turnover_long": turnover_long,
+            "cum_ls": cum_ls,
+            "cum_long": cum_long,
+            "cum_ls_net": cum_ls_net,
+            "drawdown": cum_ls - np.maximum.accumulate(np.maximum(cum_ls, 0.0)),
+            **{f"q{q + 1}": q_means[:, q] for q in range(quantiles)},
+        }
+    )
+    params = {
+        "quantiles": quantiles,
+        "cost_bps": float(cost_bps),
+        "min_stocks": min_stocks,
+        "horizon": horizon,
+        "periods_per_year": float(periods_per_year),
+    }
+    return Evaluation(summary=summary, daily=daily, quantile_returns=q_mean_over_days, params=params)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# long tables
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _check_table(df: pd.DataFrame, value_col: str, name: str, *, require_variation: bool) -> tuple[np.ndarray, ...]:
+    """Validate one long table; return its days (datetime64[D]), symbols and float values. CliError names the fault."""
+    for col in ("date", "symbol", value_col):
+        if col not in df.columns:
+            raise CliError(f"{name}: missing column {col!r} (has {', '.join(map(str, df.columns[:12]))})")
+    values = df[value_col]
+    if pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):
+        raise CliError(f"{name}: column {value_col!r} must be numeric, got dtype {values.dtype}")
+    values = values.to_numpy(dtype=np.float64, na_value=np.nan)
+    n_inf = int(np.isinf(values).sum())
+    if n_inf:
+        raise CliError(f"{name}: column {value_col!r} has {n_inf} infinite value(s); use NaN for missing")
+    if require_variation:
+        finite = values[np.isfinite(values)]
+        if finite.size == 0 or finite.min() == finite.max():
+            raise CliError(f"{name}: column {value_col!r} is constant (or all missing) over all rows")
+    dates = df["date"]
+    if pd.api.types.is_datetime64_any_dtype(dates):
+        parsed = dates
+    elif pd.api.types.is_integer_dtype(dates):  # vendor-style 20240102
+        parsed = pd.to_datetime(dates.astype("int64").astype(str), format="%Y%m%d", errors="coerce")
+        if parsed.isna().any():
+            bad = parsed.isna()
+            raise CliError(
+                f"{name}: column 'date' holds integers that are not YYYYMMDD dates, e.g. {dates[bad].iloc[0]}"
+            )
+    else:
+        try:
+            parsed = pd.to_datetime(dates, errors="coerce")
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise CliError(f"{name}: column 'date' has unparsable dates ({str(exc).splitlines()[0][:120]})") from None
+        bad = parsed.isna() & dates.notna()
+        if bad.any():
+            raise CliError(
+                f"{name}: column 'date' has {int(bad.sum())} unparsable date(s), e.g. {dates[bad].iloc[0]!r} "
+                f"(row {int(np.flatnonzero(bad.to_numpy())[0])})"
+            )
+    if parsed.isna().any():
+        raise CliError(f"{name}: column 'date' has {int(parsed.isna().sum())} missing date(s)")
+    parsed = parsed.dt.tz_localize(None) if getattr(parsed.dt, "tz", None) is not None else parsed
+    symbols = df["symbol"]
+    if symbols.isna().any():
+        raise CliError(f"{name}: column 'symbol' has {int(symbols.isna().sum())} missing symbol(s)")
+    days = parsed.to_numpy(dtype="datetime64[ns]").astype("datetime64[D]")
+    return days, symbols.to_numpy(), values
+
+
+def _codes(keys: np.ndarray, common: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Code each row's key; return (a code of its own, unique per key) and its index in `common` (-1: absent).
+
+    Dates and integer symbols go through a lookup table over their range (one gather, no hashing);
+    other keys (text symbols) are factorized.
+    """
+    if keys.dtype.kind in "iuM" and len(keys):
+        as_int = keys.view(np.int64) if keys.dtype.kind == "M" else keys.astype(np.int64, copy=False)
+        lo, hi = int(as_int.min()), int(as_int.max())
+        if hi - lo <= 4 * len(keys) + 4096:
+            common_int = common.view(np.int64) if common.dtype.kind == "M" else common.astype(np.int64)
+            lut = np.full(hi - lo + 1, -1, dtype=np.int64)
+            inside = (common_int >= lo) & (common_int <= hi)
+            lut[common_int[inside] - lo] = np.flatnonzero(inside)
+            own = as_int - lo
+            return own, lut[own]
+    own, uniques = pd.factorize(keys)
+    return own, pd.Index(common).get_indexer(uniques)[own]
+
+
+def _check_unique(day_code: np.ndarray, sym_code: np.ndarray, days: np.ndarray, symbols: np.ndarray,
+                  name: str) -> None:
+    key = day_code.astype(np.int64) * (int(sym_code.max(initial=0)) + 1) + sym_code
+    ordered = np.sort(key)
+    repeated = ordered[1:] == ordered[:-1]
+    if repeated.any():
+        first = np.flatnonzero(key == ordered[1:][repeated][0])[0]
+        raise CliError(
+            f"{name}: {int(repeated.sum())} duplicate (date, symbol) key(s), e.g. ({days[first]}, {symbols[first]})"
+        )
+
+
+def align_frames(
+    signals_df: pd.DataFrame,
+    labels_df: pd.DataFrame,
+    label_col: str,
+    signal_col: str = "signal",
+    *,
+    signals_name: str = "signals",
+    labels_name: str = "labels",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Inner-join two long tables on (date, symbol) into signal[D,S], label[D,S], dates[D], symbols[S].
+
+    Keys are factorized and values scattered straight into the grids (no DataFrame merge): only the dates and
+    symbols with at least one (date, symbol) row in both tables are kept.
+    """
+    sig_days, sig_syms, sig_vals = _check_table(signals_df, signal_col, signals_name, require_variation=False)
+    lab_days, lab_syms, lab_vals = _check_table(labels_df, label_col, labels_name, require_variation=True)
+    if pd.api.types.is_numeric_dtype(sig_syms.dtype) != pd.api.types.is_numeric_dtype(lab_syms.dtype):
+        sig_syms, lab_syms = sig_syms.astype(str), lab_syms.astype(str)  # e.g. 600000 vs "600000"
+
+    common_days = np.intersect1d(pd.unique(sig_days), pd.unique(lab_days))
+    common_syms = np.intersect1d(pd.unique(sig_syms), pd.unique(lab_syms))
+    sig_day_own, sig_day = _codes(sig_days, common_days)
+    sig_sym_own, sig_sym = _codes(sig_syms, common_syms)
+    lab_day_own, lab_day = _codes(lab_days, common_days)
+    lab_sym_own, lab_sym = _codes(lab_syms, common_syms)
+    _check_unique(sig_day_own, sig_sym_own, sig_days, sig_syms, signals_name)
+    _check_unique(lab_day_own, lab_sym_own, lab_days, lab_syms, labels_name)
+
+    shape = (len(common_days), len(common_syms))
+    signal = np.full(shape, np.nan)
+    label = np.full(shape, np.nan)
+    has_signal = np.zeros(shape, dtype=bool)
+    has_label = np.zeros(shape, dtype=bool)
+    rows = (sig_day >= 0) & (sig_sym >= 0)
+    signal[sig_day[rows], sig_sym[rows]] = sig_vals[rows]
+    has_signal[sig_day[rows], sig_sym[rows]] = True
+    rows = (lab_day >= 0) & (lab_sym >= 0)
+    label[lab_day[rows], lab_sym[rows]] = lab_vals[rows]
+    has_label[lab_day[rows], lab_sym[rows]] = True
+    pair = has_signal & has_label
+    keep_days, keep_syms = pair.any(axis=1), pair.any(axis=0)
+    if not keep_days.any():
+        raise CliError(
+            f"no overlapping (date, symbol) rows between {signals_name} ({len(sig_vals)} rows) "
+            f"and {labels_name} ({len(lab_vals)} rows)"
+        )
+    signal[~pair] = np.nan  # a signal without a label row (or vice versa) is not a pair
+    label[~pair] = np.nan
+    if not (keep_days.all() and keep_syms.all()):
+        signal, label = signal[keep_days][:, keep_syms], label[keep_days][:, keep_syms]
+    return signal, label, common_days[keep_days], np.asarray(common_syms[keep_syms], dtype=object)
+
+
+def evaluate_frames(
+    signals_df: pd.DataFrame, labels_df: pd.DataFrame, label_col: str, signal_col: str = "signal", **kw: Any
+) -> Evaluation:
+    """`evaluate` on long tables aligned on (date, symbol); `Evaluation.daily["date"]` holds the real dates."""
+    names = {k: kw.pop(k) for k in ("signals_name", "labels_name") if k in kw}
+    signal, label, dates, _ = align_frames(signals_df, labels_df, label_col, signal_col, **names)
+    return evaluate(signal, label, dates=dates, **kw)

@@ -1,0 +1,139 @@
+"""`python -m crnn_ray.evaluate`: the numbers it writes, and one-line errors with no output on bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from crnn_ray.evaluate import main
+from crnn_ray.metrics import evaluate
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_tables(days: int = 40, stocks: int = 30, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    dates = pd.bdate_range("2024-01-02", periods=days)
+    symbols = [f"S{i:03d}" for i in range(stocks)]
+    grid = pd.MultiIndex.from_product([dates, symbols], names=["date", "symbol"]).to_frame(index=False)
+    signal = rng.normal(size=len(grid))
+    label = 0.3 * signal + rng.normal(size=len(grid))
+    label[rng.random(len(grid)) < 0.05] = np.nan
+    signals = grid.assign(signal=signal, other=rng.normal(size=len(grid)))
+    labels = grid.assign(y5=label, y1=rng.normal(size=len(grid)))
+    return signals, labels, signal.reshape(days, stocks), label.reshape(days, stocks)
+
+
+@pytest.fixture
+def tables(tmp_path):
+    signals, labels, signal, label = make_tables()
+    sig_path, lab_path = tmp_path / "signals.parquet", tmp_path / "labels.parquet"
+    signals.to_parquet(sig_path, index=False)
+    labels.to_parquet(lab_path, index=False)
+    return sig_path, lab_path, signals, labels, signal, label
+
+
+def test_cli_writes_the_evaluation_as_json(tables, tmp_path, capsys):
+    sig_path, lab_path, _, _, signal, label = tables
+    out, daily = tmp_path / "m" / "metrics.json", tmp_path / "daily.csv"
+    rc = main(["--signals", str(sig_path), "--labels", str(lab_path), "--label", "y5", "--quantiles", "4",
+               "--cost-bps", "5", "--min-stocks", "10", "--horizon", "5", "--json", str(out), "--daily", str(daily)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "RankIC" in printed and "long-short" in printed
+    got = json.loads(out.read_text())
+    ref = evaluate(signal, label, quantiles=4, cost_bps=5, min_stocks=10, horizon=5)
+    for key in ("ic", "rank_ic", "icir", "pnl_long_short", "pnl_long", "sharpe", "turnover", "pnl_long_short_net"):
+        assert got["summary"][key] == pytest.approx(ref.summary[key], abs=1e-12), key
+    assert got["summary"]["n_days"] == 40
+    assert list(got["quantile_returns"]) == ["1", "2", "3", "4"]
+    assert got["quantile_returns"]["4"] == pytest.approx(ref.quantile_returns[3], abs=1e-12)
+    assert got["params"]["horizon"] == 5 and got["inputs"]["first_date"] == "2024-01-02"
+    frame = pd.read_csv(daily)
+    assert len(frame) == 40 and frame["date"].iloc[0] == "2024-01-02"
+    assert f"{got['summary']['ic']:+.4f}" in printed
+
+
+def test_cli_reads_csv_a_partitioned_signal_directory_and_another_signal_column(tables, tmp_path):
+    _, lab_path, signals, labels, _, _ = tables
+    sig_dir = tmp_path / "signals"
+    for date, part in signals.groupby("date"):  # the scorer's layout: date=YYYY-MM-DD/part-0.parquet
+        folder = sig_dir / f"date={date.date()}"
+        folder.mkdir(parents=True)
+        part.to_parquet(folder / "part-0.parquet", index=False)
+    lab_csv = tmp_path / "labels.csv"
+    labels.assign(date=labels["date"].dt.strftime("%Y-%m-%d")).to_csv(lab_csv, index=False)
+    out_a, out_b = tmp_path / "a.json", tmp_path / "b.json"
+    assert main(["--signals", str(sig_dir), "--labels", str(lab_csv), "--label", "y5", "--json", str(out_a)]) == 0
+    assert main(["--signals", str(sig_dir), "--labels", str(lab_path), "--label", "y5", "--json", str(out_b)]) == 0
+    a, b = json.loads(out_a.read_text()), json.loads(out_b.read_text())
+    assert a["summary"]["ic"] == pytest.approx(b["summary"]["ic"], abs=1e-12)
+    out_c = tmp_path / "c.json"
+    assert main(["--signals", str(sig_dir), "--labels", str(lab_path), "--label", "y5", "--signal-col", "other",
+                 "--json", str(out_c)]) == 0
+    assert json.loads(out_c.read_text())["summary"]["ic"] != pytest.approx(a["summary"]["ic"], abs=1e-6)
+
+
+def _write(df: pd.DataFrame, path: Path) -> Path:
+    if path.suffix == ".csv":
+        df.to_csv(path, index=False)
+    else:
+        df.to_parquet(path, index=False)
+    return path
+
+
+BAD_CASES = {
+    "missing_file": (lambda s, l, d: (d / "nope.parquet", None), "nope.parquet", "no such file"),
+    "missing_column": (lambda s, l, d: (_write(s.drop(columns="signal"), d / "s.parquet"), None), "s.parquet",
+                       "'signal'"),
+    "duplicate_keys": (lambda s, l, d: (_write(pd.concat([s, s.iloc[5:6]]), d / "s.parquet"), None), "s.parquet",
+                       "duplicate (date, symbol)"),
+    "inf_label": (lambda s, l, d: (None, _write(l.assign(y5=l["y5"].where(l.index != 7, np.inf)), d / "l.parquet")),
+                  "l.parquet", "'y5'"),
+    "bad_dates": (lambda s, l, d: (_write(s.assign(date=s["date"].dt.strftime("%Y-%m-%d")
+                                                   .where(s.index != 2, "2024-13-45")), d / "s.csv"), None),
+                  "s.csv", "unparsable"),
+    "constant_label": (lambda s, l, d: (None, _write(l.assign(y5=0.01), d / "l.parquet")), "l.parquet", "constant"),
+    "text_signal": (lambda s, l, d: (_write(s.assign(signal=s["signal"].astype(str)), d / "s.parquet"), None),
+                    "s.parquet", "numeric"),
+    "no_overlap": (lambda s, l, d: (_write(s.assign(date=s["date"] + pd.Timedelta(days=3650)), d / "s.parquet"), None),
+                   "no overlapping", "labels"),
+    "too_few_stocks": (lambda s, l, d: (_write(s[s["symbol"] < "S005"], d / "s.parquet"), None), "--min-stocks",
+                       "valid"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CASES))
+def test_cli_bad_input_is_one_line_exit_2_and_no_json(case, tables, tmp_path, capsys):
+    sig_path, lab_path, signals, labels, _, _ = tables
+    make, name, needle = BAD_CASES[case]
+    bad_dir = tmp_path / "bad"
+    bad_dir.mkdir()
+    new_sig, new_lab = make(signals, labels, bad_dir)
+    out = tmp_path / "out.json"
+    rc = main(["--signals", str(new_sig or sig_path), "--labels", str(new_lab or lab_path), "--label", "y5",
+               "--json", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert err.startswith("error: ") and "\n" not in err
+    assert name in err and needle in err, err
+    assert not out.exists() and not list(tmp_path.glob(".out.json*"))
+
+
+def test_module_entry_point_exits_2_on_a_missing_label_column(tables, tmp_path):
+    sig_path, lab_path, *_ = tables
+    out = tmp_path / "m.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "crnn_ray.evaluate", "--signals", str(sig_path), "--labels", str(lab_path),
+         "--label", "y99", "--json", str(out)],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"error: {lab_path}: missing column 'y99' (has date, symbol, y5, y1)"
+    assert not out.exists()
