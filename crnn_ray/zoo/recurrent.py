@@ -1,0 +1,120 @@
+"""ConvGRU / ConvLSTM stacks whose input-to-gate transforms are the spec's op pipelines.
+
+The report replaced the recurrent cell's first linear map (input -> gates) with small conv pipelines that
+slide over the FEATURE axis (the cross-section of one day), then kept one linear readout. Each layer's
+state is a map [channels, positions]; the cell equations are exactly torch.nn.GRU / torch.nn.LSTM's with
+the two matrix products replaced by convs (so a bn/kernel-1 layer with a bare `conv` IS torch's cell).
+
+Speed: the input pipeline does not depend on the hidden state, so it runs once over all B*L timesteps;
+the Python loop over the lookback only does the hidden conv and the gate arithmetic (no data-dependent
+control flow, so torch.compile can trace it).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from crnn_ray.zoo.ops import OpContext, build_pipeline, hidden_width
+from crnn_ray.zoo.spec import Layer, RecurrentSpec, spec_error
+
+GATES = {"convgru": 3, "convlstm": 4}
+
+
+class ConvRecurrentLayer(nn.Module):
+    """One convGRU/convLSTM layer over a sequence of maps [B, L, C_in, P] -> [B, L, C, P]."""
+
+    def __init__(self, family: str, ops: tuple, layer: Layer, in_channels: int, positions: int,
+                 default_width: int, text: str):
+        super().__init__()
+        if layer.kernel % 2 == 0:
+            raise spec_error(text, layer.pos, f"kernel {layer.kernel} must be odd (the conv keeps the length)")
+        if layer.kernel > positions:
+            raise spec_error(text, layer.pos, f"kernel {layer.kernel} is larger than the {positions} positions "
+                             f"of layout b{layer.layout} here (bn has 1 position: use k1)")
+        self.family = family
+        self.gates = GATES[family]
+        self.hidden = hidden_width(ops, default_width)
+        self.positions = positions
+        ctx = OpContext(text, in_channels, positions, layer.kernel, default_width)
+        self.input_transform = build_pipeline(ops, ctx, self.gates * self.hidden)
+        self.hidden_transform = nn.Conv1d(self.hidden, self.gates * self.hidden, layer.kernel,
+                                          padding=layer.kernel // 2)
+
+    def _hidden_gates(self, h: torch.Tensor) -> torch.Tensor:
+        if self.positions == 1:  # pointwise layout: a plain matrix product is the same map, and faster
+            w = self.hidden_transform.weight[:, :, 0]
+            return F.linear(h[:, :, 0], w, self.hidden_transform.bias).unsqueeze(-1)
+        return self.hidden_transform(h)
+
+    def forward(self, x: torch.Tensor, keep_sequence: bool = True) -> torch.Tensor:
+        b, steps, c_in, p = x.shape
+        gi = self.input_transform(x.reshape(b * steps, c_in, p)).reshape(b, steps, self.gates * self.hidden, p)
+        # unbind once: indexing gi[:, t] per step would make autograd build a full-size zero gradient per step
+        gi_steps = gi.unbind(1)
+        h = x.new_zeros(b, self.hidden, p)
+        c = x.new_zeros(b, self.hidden, p)
+        outs = []
+        for t in range(steps):
+            gh = self._hidden_gates(h)
+            if self.gates == 3:  # torch.nn.GRU: r, z, n; the reset gate scales the hidden transform
+                i_r, i_z, i_n = gi_steps[t].chunk(3, dim=1)
+                h_r, h_z, h_n = gh.chunk(3, dim=1)
+                r = torch.sigmoid(i_r + h_r)
+                z = torch.sigmoid(i_z + h_z)
+                n = torch.tanh(i_n + r * h_n)
+                h = (1.0 - z) * n + z * h
+            else:  # torch.nn.LSTM: i, f, g, o
+                i_g, f_g, g_g, o_g = (gi_steps[t] + gh).chunk(4, dim=1)
+                c = torch.sigmoid(f_g) * c + torch.sigmoid(i_g) * torch.tanh(g_g)
+                h = torch.sigmoid(o_g) * torch.tanh(c)
+            if keep_sequence:
+                outs.append(h)
+        return torch.stack(outs, dim=1) if keep_sequence else h.unsqueeze(1)
+
+
+def layout_input(x: torch.Tensor, layout: str) -> torch.Tensor:
+    """Lay a sequence of states [B, L, C, P] out for a layer: b1 slides along positions (a plain vector,
+    P == 1, becomes one channel along which the conv slides); bn makes every entry a channel."""
+    b, steps, c, p = x.shape
+    if layout == "n":
+        return x.reshape(b, steps, c * p, 1)
+    if p == 1:
+        return x.reshape(b, steps, 1, c)
+    return x
+
+
+class ConvRecurrentNet(nn.Module):
+    """A stack of conv-recurrent layers over [B, L, F] and one linear readout of the last state -> [B]."""
+
+    def __init__(self, spec: RecurrentSpec, n_features: int, lookback: int):
+        super().__init__()
+        self.spec_text = spec.text
+        width = spec.option("w")
+        layers = []
+        channels, positions = n_features, 1  # the raw feature vector, as a [F, 1] map before layout
+        for i, layer in enumerate(spec.layers):
+            if layer.layout == "n":
+                channels, positions = channels * positions, 1
+            elif positions == 1:
+                channels, positions = 1, channels
+            module = ConvRecurrentLayer(spec.family, spec.pipeline_for(i), layer, channels, positions, width,
+                                        spec.text)
+            layers.append(module)
+            channels = module.hidden
+        self.layers = nn.ModuleList(layers)
+        self.layouts = [layer.layout for layer in spec.layers]
+        self.state_size = channels * positions
+        self.readout = nn.Linear(self.state_size, 1)
+
+    def sequence(self, x: torch.Tensor, keep_sequence: bool = True) -> torch.Tensor:
+        """States of the last layer [B, L, C*P] (or only the last step, [B, 1, C*P])."""
+        h = x.unsqueeze(-1)  # [B, L, F, 1]
+        last = len(self.layers) - 1
+        for i, (layer, layout) in enumerate(zip(self.layers, self.layouts)):
+            h = layer(layout_input(h, layout), keep_sequence=keep_sequence or i < last)
+        return h.flatten(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.readout(self.sequence(x, keep_sequence=False)[:, -1]).squeeze(-1)
