@@ -1,0 +1,297 @@
+"""train_one on small synthetic markets: determinism, exact resume, divergence, checkpoints, early stopping,
+the IC loss, learning a real signal, and the (Ray-free) GPU check in its CPU smoke version."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from crnn_ray.data import load_panel, make_splits, normalize_features, sample_index, save_panel, synthesize
+from crnn_ray.io import CliError
+from crnn_ray.metrics import evaluate
+from crnn_ray.train import CpuSampler, TrainConfig, load_checkpoint, train_one
+from crnn_ray.train.checkpoint import META_KEYS
+from crnn_ray.train.loop import _epoch_order, _mean_daily_pearson
+from crnn_ray.zoo import build_model, load_zoo
+
+REPO = Path(__file__).resolve().parents[1]
+# small, fast, and with both batchnorm (buffers in the state dict) and dropout (the per-epoch RNG stream)
+SPEC = "cnn1d(c3s1+batchnorm+relu+dropout+avgpool)"
+TIMING_KEYS = {"samples_per_s", "epoch_s", "cpu_percent", "threads"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread, as the sweep's quota gives a 1-CPU trial: on a shared CI box a second thread only
+    makes the small recurrent ops thrash."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _panel(tmp_path_factory, name: str, symbols: int, days: int):
+    df, meta = synthesize(n_symbols=symbols, n_days=days, seed=0)
+    path = tmp_path_factory.mktemp(name) / "panel.parquet"
+    save_panel(df, path, meta)
+    panel = load_panel(path)
+    return panel, make_splits(panel.dates, {"fractions": [0.6, 0.2, 0.2]}, panel.horizon("y5"))
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    return _panel(tmp_path_factory, "small", 40, 100)
+
+
+@pytest.fixture(scope="module")
+def market(tmp_path_factory):
+    return _panel(tmp_path_factory, "market", 100, 300)
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = dict(epochs=3, batch_size=64, max_steps_per_epoch=6, lr=3e-3, patience=5, eval_batch_size=512, seed=1)
+    return TrainConfig(**{**base, **kw})
+
+
+def _comparable(history: list[dict]) -> list[dict]:
+    """History without wall-clock figures, NaN as None (so == compares numbers exactly)."""
+    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in h.items() if k not in TIMING_KEYS}
+            for h in history]
+
+
+def _weights(path: Path) -> dict:
+    return torch.load(path, weights_only=True)
+
+
+def _assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
+
+
+def test_same_seed_same_history_other_seed_differs(small, tmp_path):
+    panel, splits = small
+    runs = [train_one(SPEC, panel, splits, _cfg(epochs=2, seed=s), workdir=tmp_path / f"r{i}")
+            for i, s in enumerate((1, 1, 2))]
+    assert [r.status for r in runs] == ["ok"] * 3
+    assert _comparable(runs[0].history) == _comparable(runs[1].history)
+    _assert_same_weights(runs[0].checkpoint_dir / "last.pt", runs[1].checkpoint_dir / "last.pt")
+    assert _comparable(runs[0].history) != _comparable(runs[2].history)
+    assert all(math.isfinite(h["train_loss"]) and math.isfinite(h["valid_ic"]) for h in runs[0].history)
+
+
+def test_resume_after_a_crash_equals_the_uninterrupted_run(small, tmp_path):
+    panel, splits = small
+    cfg = _cfg(epochs=3)
+    full = train_one(SPEC, panel, splits, cfg, workdir=tmp_path / "full")
+    saved = tmp_path / "saved"
+
+    def crash_after_first_epoch(metrics, checkpoint_dir):
+        assert metrics["epoch"] == 1 and metrics["status"] == "running"
+        shutil.copytree(checkpoint_dir, saved)  # what ray.train.report would have persisted
+        raise RuntimeError("worker lost")
+
+    with pytest.raises(RuntimeError, match="worker lost"):
+        train_one(SPEC, panel, splits, cfg, workdir=tmp_path / "crashed", on_epoch=crash_after_first_epoch)
+    seen = []
+    resumed = train_one(SPEC, panel, splits, cfg, workdir=tmp_path / "resumed", resume_from=saved,
+                        on_epoch=lambda m, d: seen.append(m["epoch"]))
+    assert seen == [2, 3]
+    assert _comparable(resumed.history) == _comparable(full.history)
+    assert (resumed.status, resumed.best_epoch) == (full.status, full.best_epoch)
+    for name in ("last.pt", "best.pt"):
+        _assert_same_weights(resumed.checkpoint_dir / name, full.checkpoint_dir / name)
+
+
+def test_a_finished_run_extended_with_more_epochs_matches_a_longer_run(small, tmp_path):
+    panel, splits = small
+    full = train_one(SPEC, panel, splits, _cfg(epochs=3), workdir=tmp_path / "full")
+    one = train_one(SPEC, panel, splits, _cfg(epochs=1), workdir=tmp_path / "one")
+    assert one.status == "ok" and one.reason == "completed 1 epochs"
+    more = train_one(SPEC, panel, splits, _cfg(epochs=3), workdir=tmp_path / "more", resume_from=one.checkpoint_dir)
+    # epoch 1 of the short run was its last ("ok"); everything numeric is identical
+    strip = lambda hs: [{k: v for k, v in h.items() if k not in ("status", "reason")} for h in _comparable(hs)]
+    assert strip(more.history) == strip(full.history)
+    _assert_same_weights(more.checkpoint_dir / "last.pt", full.checkpoint_dir / "last.pt")
+    # resuming a run that is already complete trains nothing
+    again = train_one(SPEC, panel, splits, _cfg(epochs=3), workdir=tmp_path / "again", resume_from=more.checkpoint_dir)
+    assert len(again.history) == 3 and again.checkpoint_dir == more.checkpoint_dir
+
+
+@pytest.mark.parametrize("how", ["overflowing label", "huge learning rate"])
+def test_divergence_is_reported_not_raised(small, tmp_path, how):
+    panel, splits = small
+    if how == "overflowing label":  # (pred - 1e30 * y)^2 overflows float32 on the first step
+        panel = dataclasses.replace(panel, labels={"y5": panel.labels["y5"] * np.float32(1e30)})
+        cfg = _cfg(rank_label=False, epochs=3)
+    else:
+        cfg = _cfg(lr=1e30, grad_clip=None, epochs=4, max_steps_per_epoch=10, patience=10)
+    reports = []
+    result = train_one(SPEC, panel, splits, cfg, workdir=tmp_path / "w", on_epoch=lambda m, d: reports.append(m))
+    print(how, "->", result.reason)
+    assert result.status == "diverged"
+    assert "non-finite" in result.reason and f"epoch {result.history[-1]['epoch']}" in result.reason
+    assert reports[-1]["status"] == "diverged" and reports[-1]["reason"] == result.reason
+    assert len(result.history) < cfg.epochs or how == "huge learning rate"
+    meta, _ = load_checkpoint(result.checkpoint_dir)
+    assert meta["status"] == "diverged"
+    if how == "overflowing label":
+        assert result.reason.startswith("non-finite loss") and "epoch 1 step 1" in result.reason
+    # a diverged checkpoint is final: resuming it trains nothing
+    again = train_one(SPEC, panel, splits, cfg, workdir=tmp_path / "again", resume_from=result.checkpoint_dir)
+    assert again.status == "diverged" and len(again.history) == len(result.history)
+
+
+def test_checkpoint_files_meta_and_best_weights(small, tmp_path):
+    panel, splits = small
+    seen_dirs = []
+
+    def on_epoch(metrics, checkpoint_dir):
+        assert sorted(p.name for p in checkpoint_dir.iterdir()) == ["best.pt", "last.pt", "meta.json", "state.pt"]
+        assert {"cpu_percent", "threads", "samples_per_s", "best_epoch", "best_valid_ic"} <= set(metrics)
+        seen_dirs.append(checkpoint_dir)
+
+    result = train_one(SPEC, panel, splits, _cfg(epochs=3), workdir=tmp_path / "w", sampler=CpuSampler(),
+                       on_epoch=on_epoch, meta_extra={"variant_id": "test/v1", "trial_id": "t0"})
+    assert len(set(seen_dirs)) == 3 and [p for p in (tmp_path / "w").iterdir()] == [result.checkpoint_dir]
+    ckpt = result.checkpoint_dir
+    for name in ("best.pt", "last.pt", "state.pt"):
+        torch.load(ckpt / name, weights_only=True)
+    state = torch.load(ckpt / "state.pt", weights_only=True)
+    assert state["epoch"] == 3 and len(state["history"]) == 3 and "optimizer" in state and "torch" in state["rng"]
+    assert state["early_stopping"]["best_epoch"] == result.best_epoch
+
+    meta = json.loads((ckpt / "meta.json").read_text())
+    assert set(META_KEYS) <= set(meta)
+    assert meta["spec"] == SPEC and meta["variant_id"] == "test/v1" and meta["trial_id"] == "t0"
+    assert meta["splits"] == splits.dates(panel.dates) and meta["panel"] == panel.meta["path"]
+    assert meta["features"] == panel.features and meta["n_features"] == panel.X.shape[2]
+    assert (meta["label"], meta["horizon"], meta["lookback"]) == ("y5", 5, 20)
+    assert meta["normalisation"] == {"method": "robust_z", "clip": 5.0} and meta["rank_label"] is True
+    assert meta["best_epoch"] == result.best_epoch and meta["epoch"] == 3 and meta["status"] == "ok"
+    assert meta["params"] == result.params > 0
+
+    # best.pt really is the best epoch: rebuilding the model from meta + best.pt reproduces its valid IC
+    meta2, best = load_checkpoint(ckpt)
+    model = build_model(meta2["spec"], meta2["n_features"], meta2["lookback"])
+    model.load_state_dict(best)
+    model.eval()
+    X = normalize_features(panel.X, panel.mask, clip=meta2["normalisation"]["clip"])
+    lo, hi = splits.valid
+    idx = sample_index(panel.mask, panel.label("y5"), 20, lo, hi)
+    windows = torch.from_numpy(X[idx[:, 0][:, None] - 19 + np.arange(20), idx[:, 1][:, None]])
+    with torch.no_grad():
+        pred = model(windows).numpy()
+    signal = np.full((hi - lo + 1, panel.X.shape[1]), np.nan)
+    signal[idx[:, 0] - lo, idx[:, 1]] = pred
+    ic = evaluate(signal, panel.label("y5")[lo : hi + 1], horizon=5).summary["ic"]
+    assert ic == pytest.approx(result.best_metrics["valid_ic"], abs=1e-5)
+    assert meta["valid_metrics"]["valid_ic"] == pytest.approx(result.best_metrics["valid_ic"])
+
+
+def test_load_checkpoint_names_the_bad_file(small, tmp_path):
+    panel, splits = small
+    result = train_one(SPEC, panel, splits, _cfg(epochs=1, max_steps_per_epoch=2), workdir=tmp_path / "w")
+    broken = tmp_path / "broken"
+    shutil.copytree(result.checkpoint_dir, broken)
+    (broken / "best.pt").write_bytes(b"not a torch file")
+    with pytest.raises(CliError, match=r"best\.pt"):
+        load_checkpoint(broken)
+    (broken / "meta.json").unlink()
+    with pytest.raises(CliError, match=r"meta\.json"):
+        load_checkpoint(broken)
+    with pytest.raises(CliError, match="not found"):
+        load_checkpoint(tmp_path / "nowhere")
+    with pytest.raises(CliError, match="spec"):
+        train_one("cnn1d(c3s1+relu+avgpool)", panel, splits, _cfg(epochs=2), resume_from=result.checkpoint_dir)
+
+
+def test_early_stopping_stops_after_patience(small, tmp_path):
+    panel, splits = small
+    # lr so small that float32 weights never change: valid IC is flat, so no epoch beats the first
+    result = train_one(SPEC, panel, splits, _cfg(lr=1e-30, epochs=10, patience=2, max_steps_per_epoch=2),
+                       workdir=tmp_path / "w")
+    assert result.status == "ok" and "early stopped at epoch 3" in result.reason
+    assert len(result.history) == 3 and result.best_epoch == 1
+    assert [h["status"] for h in result.history] == ["running", "running", "ok"]
+    again = train_one(SPEC, panel, splits, _cfg(lr=1e-30, epochs=10, patience=2), resume_from=result.checkpoint_dir,
+                      workdir=tmp_path / "again")
+    assert len(again.history) == 3  # an early-stopped run is over
+
+
+def test_ic_loss_batches_whole_days_and_trains(small, tmp_path):
+    panel, splits = small
+    days = np.repeat(np.arange(12), np.arange(3, 15))  # 12 days of 3..14 samples, sorted by day
+    starts = np.concatenate([[0], np.cumsum(np.arange(3, 15))[:-1]])
+    order = _epoch_order(_cfg(loss="ic", batch_size=20), 1, starts, np.arange(3, 15), torch.device("cpu"))
+    covered = []
+    for lo, hi, (ordinal, n_days) in order.batches:
+        rows = order.perm_dev[lo:hi].numpy()
+        batch_days = days[rows]
+        assert len(set(batch_days)) == n_days and ordinal.max().item() == n_days - 1
+        for d in set(batch_days):  # every day of the batch is whole
+            assert (batch_days == d).sum() == (days == d).sum()
+        assert hi - lo >= 20 or hi == len(days)
+        covered.extend(rows)
+    assert sorted(covered) == list(range(len(days)))
+
+    gen = torch.Generator().manual_seed(0)
+    pred, target = torch.randn(60, generator=gen), torch.randn(60, generator=gen)
+    day = torch.arange(60) // 20
+    expected = np.mean([np.corrcoef(pred[day == d], target[day == d])[0, 1] for d in range(3)])
+    assert _mean_daily_pearson(pred, target, day, 3).item() == pytest.approx(expected, abs=1e-5)
+
+    result = train_one(SPEC, panel, splits, _cfg(loss="ic", epochs=2, batch_size=80), workdir=tmp_path / "w")
+    assert result.status == "ok"
+    assert all(-1.0 <= h["train_loss"] <= 1.0 and math.isfinite(h["valid_ic"]) for h in result.history)
+
+
+def test_bad_config_and_label_are_one_line_errors(small):
+    panel, splits = small
+    with pytest.raises(CliError, match="'loss'"):
+        train_one(SPEC, panel, splits, TrainConfig(loss="huber"))
+    with pytest.raises(CliError, match="'early_stopping_metric'"):
+        TrainConfig(early_stopping_metric="sharpe").validate()
+    with pytest.raises(CliError, match="'bogus'"):
+        TrainConfig.from_dict({"lr": 1e-3, "bogus": 1})
+    with pytest.raises(CliError, match="'y9'"):
+        train_one(SPEC, panel, splits, _cfg(label="y9"))
+    assert TrainConfig.from_dict({"epochs": 2, "loss": "ic"}) == TrainConfig(epochs=2, loss="ic")
+
+
+@pytest.mark.parametrize("variant, steps", [("convgru/m06", 150), ("cnn1d/m06", 300)])
+def test_zoo_variants_learn_the_planted_signal(market, tmp_path, variant, steps):
+    panel, splits = market
+    spec = load_zoo()[variant].spec
+    cfg = TrainConfig(epochs=1, batch_size=64, lr=3e-3, max_steps_per_epoch=steps, seed=0)
+    result = train_one(spec, panel, splits, cfg, workdir=tmp_path / "w", meta_extra={"variant_id": variant})
+    ic = result.best_metrics["valid_ic"]
+    print(f"{variant}: valid IC {ic:.4f} after {steps} steps (panel oracle IC {panel.meta['oracle_ic']['y5']:.4f})")
+    assert result.status == "ok"
+    assert ic > 0.02
+
+
+def test_gpu_check_smoke_runs_without_ray():
+    out = subprocess.run([str(REPO / "bench" / "gpu_check.sh"), "--smoke"], capture_output=True, text=True,
+                         timeout=300, env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable})
+    print(out.stdout[-3000:], out.stderr[-3000:])
+    assert out.returncode == 0, out.stderr
+    assert "ray imported: no" in out.stdout
+    figures = json.loads(out.stdout.split("GPU_CHECK_JSON ", 1)[1].splitlines()[0])
+    assert [r["n_models"] for r in figures["concurrent"]] == [1, 2]
+    assert all(r["aggregate_samples_per_s"] > 0 and r["statuses"] == ["ok"] for r in figures["concurrent"])
+    cmp = figures["step_comparison"]
+    assert cmp["convgru_ms"] > 0 and cmp["gru_ms"] > 0 and cmp["gru_state_ms"] > 0
+    assert cmp["ratio"] == pytest.approx(cmp["convgru_ms"] / cmp["gru_ms"])
+    assert (cmp["hidden"], cmp["layers"], cmp["state_size"]) == (4, 1, 32)  # the smoke convGRU: 4 channels x 8 features
+    assert figures["ray_imported"] is False
