@@ -151,6 +151,53 @@ def test_average_ranks_match_scipy_rankdata_with_ties_and_nans():
         np.testing.assert_allclose(got[ok], st.rankdata(row[ok], method="average"), atol=0, rtol=0)
 
 
+def _near_ties(rng, shape):
+    """Values one ulp apart (and -0.0 beside 0.0): their sort keys collide, so ranking falls back to argsort."""
+    base = rng.choice([1.0, -1.0, 0.0, -0.0, 2.5, -2.5, 1e-300], size=shape)
+    step = rng.choice([np.inf, -np.inf], size=shape)
+    return np.where(rng.random(shape) < 0.5, base, np.nextafter(base, step))
+
+
+@pytest.mark.parametrize("kind", ["float32", "float64", "near_ties", "wide_range"])
+def test_average_ranks_match_scipy_on_every_key_path(kind):
+    """float32 data sorts as exact packed keys; other float64 data is checked run by run (and re-ranked)."""
+    rng = np.random.default_rng(7)
+    shape = (9, 57)
+    if kind == "float32":
+        x = np.round(rng.normal(size=shape).astype(np.float32), 1).astype(np.float64)
+    elif kind == "float64":
+        x = np.round(rng.normal(size=shape), 2) + 1e-3 * rng.normal(size=shape).round(1)
+    elif kind == "near_ties":
+        x = _near_ties(rng, shape)
+    else:
+        x = rng.normal(size=shape) * 10.0 ** rng.integers(-300, 300, size=shape)
+    x[rng.random(shape) < 0.15] = np.nan
+    x[0, :5] = np.inf
+    x[1, :5] = -np.inf
+    x[2, :] = np.nan  # an empty row
+    for xx in (x, np.asfortranarray(x)):
+        ranks = average_ranks(xx)
+        for row, got in zip(xx, ranks):
+            ok = ~np.isnan(row)
+            np.testing.assert_array_equal(np.isnan(got), ~ok)
+            if ok.any():
+                np.testing.assert_array_equal(got[ok], st.rankdata(row[ok], method="average"))
+
+
+@pytest.mark.parametrize("kind", ["float32", "near_ties"])
+def test_rank_ic_equals_scipy_on_float32_and_near_tied_panels(kind):
+    rng = np.random.default_rng(11)
+    signal, label = random_panel(5)
+    if kind == "float32":
+        signal, label = signal.astype(np.float32).astype(np.float64), label.astype(np.float32).astype(np.float64)
+    else:
+        signal = np.where(np.isnan(signal), np.nan, _near_ties(rng, signal.shape))
+    ic, ric, _ = oracle_ic(signal, label, min_stocks=10)
+    ev = evaluate(signal, label, min_stocks=10)
+    np.testing.assert_allclose(ev.daily["ic"], ic, atol=TOL, rtol=0, equal_nan=True)
+    np.testing.assert_allclose(ev.daily["rank_ic"], ric, atol=TOL, rtol=0, equal_nan=True)
+
+
 @pytest.mark.parametrize(
     "seed,quantiles,horizon,cost_bps", [(0, 5, 1, 10.0), (1, 10, 5, 25.0), (2, 3, 2, 0.0)]
 )
