@@ -1,0 +1,277 @@
+"""Cluster and job configs are checked the way Ray and the operator will use them, without a cloud.
+
+The launcher YAML goes through Ray's own prepare_config + validate_config (schema, defaults merge; no cloud
+calls), and broken copies must fail there. The KubeRay manifest is checked for the autoscaling fields that
+make a GPU group scale from zero. The job scripts are run for real: bad arguments exit 2 with a usage or a
+one-line error, and with RAY_CLI=echo they print the exact `ray job submit` line they would run.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import jsonschema
+import pytest
+import ray
+import yaml
+from ray.autoscaler._private.util import prepare_config, validate_config
+
+ROOT = Path(__file__).resolve().parents[1]
+AWS = ROOT / "cluster" / "aws-gpu.yaml"
+KUBERAY = ROOT / "cluster" / "kuberay.yaml"
+LOCAL = ROOT / "cluster" / "local" / "autoscale.yaml"
+RUNTIME_ENV = ROOT / "jobs" / "runtime_env.yaml"
+SUBMIT = ROOT / "jobs" / "submit_sweep.sh"
+SCORE = ROOT / "jobs" / "score_daily.sh"
+TORCH_PIN = re.compile(r"torch==(\d+\.\d+\.\d+)")
+
+
+def _aws() -> dict:
+    return yaml.safe_load(AWS.read_text())
+
+
+def _validate(config: dict) -> dict:
+    prepared = prepare_config(copy.deepcopy(config))
+    validate_config(prepared)
+    return prepared
+
+
+def _tested_torch() -> str:
+    """The torch release the project is tested with (the Makefile's pin)."""
+    return TORCH_PIN.search((ROOT / "Makefile").read_text()).group(1)
+
+
+# ------------------------------------------------------------------------------------------- aws launcher
+def test_aws_config_passes_rays_own_validation():
+    prepared = _validate(_aws())
+    types = prepared["available_node_types"]
+    head = types[prepared["head_node_type"]]
+    assert head["resources"]["CPU"] == 0  # the head runs no trials
+    assert head["max_workers"] == 0
+    workers = {name: t for name, t in types.items() if name != prepared["head_node_type"]}
+    gpus = sorted(t["resources"]["GPU"] for t in workers.values())
+    assert gpus[0] == 1 and gpus[-1] > 1, "want a 1-GPU and a multi-GPU worker type"
+    for name, t in workers.items():
+        assert t["min_workers"] == 0, name  # scale from zero
+        assert 1 <= t["max_workers"] <= prepared["max_workers"], name
+        assert {"CPU", "GPU", "memory"} <= set(t["resources"]), name
+        assert t["node_config"]["InstanceType"].startswith(("g5.", "g6.", "p4d.", "p5.")), name
+    assert 0 < prepared["idle_timeout_minutes"] <= 30
+
+
+def test_aws_config_installs_the_pinned_cuda_torch_and_the_package():
+    config = _aws()
+    setup = "\n".join(config["setup_commands"])
+    pins = TORCH_PIN.findall(setup)
+    assert pins == [_tested_torch()], setup  # PyPI's Linux wheel of that release is the CUDA build
+    assert "--index-url" not in setup and "/whl/cpu" not in setup  # not the CPU-only wheel index
+    assert "pip install" in setup and "crnn_ray" in setup
+    # the cluster runs the Ray release the package pins
+    images = [config["docker"]["head_image"], config["docker"]["worker_image"]]
+    assert all(image.split(":")[1].startswith(ray.__version__) for image in images), images
+    assert config["docker"]["worker_image"].endswith("-gpu")
+
+
+def test_aws_dashboard_and_job_server_are_not_public():
+    text = AWS.read_text()
+    assert "0.0.0.0" not in text  # no open security-group rule, no dashboard bound to every interface
+    config = _aws()
+    head_start = " ".join(config["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head_start
+    assert "RAY_AUTH_MODE=token" in head_start
+    assert all("RAY_AUTH_MODE=token" in c for c in config["worker_start_ray_commands"] if "ray start" in c)
+    # every node type names its security group, so Ray never creates one that opens SSH to the world
+    for name, t in config["available_node_types"].items():
+        assert t["node_config"].get("SecurityGroupIds"), name
+    assert "~/.ray/auth_token" in config["file_mounts"].values()
+
+
+@pytest.mark.parametrize(
+    "breakage, needle",
+    [
+        (lambda c: c.__setitem__("idle_timeout_minuts", 5), "idle_timeout_minuts"),
+        (lambda c: c["available_node_types"]["ray.worker.gpu1"].__setitem__(
+            "min_worker", c["available_node_types"]["ray.worker.gpu1"].pop("min_workers")), "min_worker"),
+        (lambda c: c["available_node_types"]["ray.worker.gpu1"]["resources"].__setitem__("GPU", 0.5), "0.5"),
+        (lambda c: c["available_node_types"]["ray.worker.gpu4"]["resources"].__setitem__("GPU", "4"), "'4'"),
+        (lambda c: c["available_node_types"]["ray.worker.gpu1"].pop("resources"), "resources"),
+    ],
+    ids=["typo-top-level-key", "typo-node-type-key", "fractional-gpu-count", "string-gpu-count",
+         "missing-resources"],
+)
+def test_broken_aws_copies_fail_validation(breakage, needle):
+    config = _aws()
+    _validate(config)  # the pristine copy passes...
+    breakage(config)
+    with pytest.raises(jsonschema.ValidationError) as err:  # ...the broken one names what is wrong
+        _validate(config)
+    assert needle in str(err.value).splitlines()[0]
+
+
+# ------------------------------------------------------------------------------------------------ kuberay
+def _raycluster() -> dict:
+    docs = [d for d in yaml.safe_load_all(KUBERAY.read_text()) if d]
+    clusters = [d for d in docs if d.get("kind") == "RayCluster"]
+    assert len(clusters) == 1
+    assert clusters[0]["apiVersion"] == "ray.io/v1"
+    return clusters[0]
+
+
+def test_kuberay_autoscaling_fields():
+    spec = _raycluster()["spec"]
+    assert spec["enableInTreeAutoscaling"] is True
+    assert spec["autoscalerOptions"]["version"] == "v2"
+    assert spec["rayVersion"] == ray.__version__
+    head = spec["headGroupSpec"]
+    assert head["rayStartParams"]["num-cpus"] == "0"  # a string, as KubeRay requires
+    head_container = head["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in head_container.get("env", [])}
+    assert env.get("RAY_enable_autoscaler_v2") == "1"  # for operators older than autoscalerOptions.version
+    gpu_groups = [g for g in spec["workerGroupSpecs"]
+                  if "nvidia.com/gpu" in g["template"]["spec"]["containers"][0]["resources"].get("limits", {})]
+    assert gpu_groups, "no worker group requests nvidia.com/gpu in its limits"
+    for group in gpu_groups:
+        assert group["minReplicas"] == 0
+        assert group["maxReplicas"] >= 1
+        assert group.get("replicas", 0) == 0
+        container = group["template"]["spec"]["containers"][0]
+        assert int(container["resources"]["limits"]["nvidia.com/gpu"]) >= 1
+        assert container["image"].endswith("-gpu")
+        assert group["template"]["spec"].get("restartPolicy") == "Never"  # autoscaler v2 replaces pods
+
+
+def test_kuberay_images_and_install_match_the_tested_versions():
+    spec = _raycluster()["spec"]
+    containers = [spec["headGroupSpec"]["template"]["spec"]["containers"][0]] + [
+        g["template"]["spec"]["containers"][0] for g in spec["workerGroupSpecs"]
+    ]
+    for c in containers:
+        assert c["image"].split(":")[1].startswith(ray.__version__), c["image"]
+        assert TORCH_PIN.findall(" ".join(c.get("command", []))) == [_tested_torch()], c.get("command")
+
+
+# -------------------------------------------------------------------------------------------- local config
+def test_local_fake_multinode_config_is_complete():
+    # The wheel lacks the provider's example.yaml, so nothing can be filled in from defaults: the file must
+    # pass the schema exactly as written.
+    config = yaml.safe_load(LOCAL.read_text())
+    validate_config(config)
+    assert config["provider"]["type"] == "fake_multinode"
+    head = config["available_node_types"][config["head_node_type"]]
+    assert head["resources"].get("GPU", 0) == 0
+    gpu_types = [t for n, t in config["available_node_types"].items()
+                 if n != config["head_node_type"] and t["resources"].get("GPU", 0) >= 1]
+    assert gpu_types and all(t["min_workers"] == 0 for t in gpu_types)
+    assert config["idle_timeout_minutes"] <= 0.5
+
+
+# ---------------------------------------------------------------------------------------------- jobs/
+def test_runtime_env_uploads_the_repo_and_lists_the_small_deps():
+    env = yaml.safe_load(RUNTIME_ENV.read_text())
+    assert env["working_dir"] == "."
+    assert {".venv", "runs", ".git"} <= set(env["excludes"])
+    packages = env["pip"]["packages"] if isinstance(env["pip"], dict) else env["pip"]
+    names = {re.split(r"[<>=\[ ]", p, maxsplit=1)[0].lower() for p in packages}
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    wanted = {re.split(r"[<>=\[ ]", d, maxsplit=1)[0].lower() for d in deps} - {"torch", "ray"}
+    assert names == wanted  # torch and Ray come with the cluster image, everything else with the job
+
+
+def _run(script: Path, *args: str, **env_overrides: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "CRNN_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(env_overrides)
+    return subprocess.run(["bash", str(script), *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+@pytest.mark.parametrize("script", [SUBMIT, SCORE], ids=["submit_sweep", "score_daily"])
+def test_job_scripts_are_strict_bash_and_print_usage(script):
+    text = script.read_text()
+    assert text.startswith("#!/usr/bin/env bash") and "set -euo pipefail" in text
+    assert os.access(script, os.X_OK)
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    done = _run(script)
+    assert done.returncode == 2
+    assert done.stderr.startswith("usage: jobs/")
+
+
+@pytest.fixture
+def token_file(tmp_path):
+    path = tmp_path / "auth_token"
+    path.write_text("0" * 64)
+    return str(path)
+
+
+def test_submit_sweep_rejects_bad_input_with_one_line(tmp_path, token_file):
+    ok = dict(RAY_ADDRESS="http://127.0.0.1:8265", RAY_AUTH_TOKEN_PATH=token_file, RAY_CLI="echo")
+    outside = tmp_path / "sweep.yaml"
+    outside.write_text("name: x\n")
+    cases = [
+        (("configs/sweeps/nope.yaml", "n1"), ok, "nope.yaml: no such file"),
+        ((str(outside), "n1"), ok, "must be inside"),
+        (("configs/sweeps/tiny.yaml", "bad name"), ok, "NAME 'bad name'"),
+        (("configs/sweeps/tiny.yaml", "n1"), {**ok, "RAY_ADDRESS": ""}, "RAY_ADDRESS"),
+        (("configs/sweeps/tiny.yaml", "n1"), {**ok, "CRNN_STORAGE": "runs"}, "CRNN_STORAGE 'runs'"),
+        (("configs/sweeps/tiny.yaml", "n1"),
+         {**ok, "RAY_AUTH_TOKEN_PATH": str(tmp_path / "none"), "HOME": str(tmp_path)}, "no Ray auth token"),
+    ]  # fmt: skip
+    for args, env, needle in cases:
+        done = _run(SUBMIT, *args, **env)
+        assert done.returncode == 2, (args, done.stdout, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], (args, done.stderr)
+
+
+def test_submit_sweep_builds_the_job_submission(token_file):
+    done = _run(SUBMIT, "configs/sweeps/tiny.yaml", "exp1", "--resume",
+                RAY_ADDRESS="http://127.0.0.1:8265", RAY_AUTH_TOKEN_PATH=token_file, RAY_CLI="echo",
+                CRNN_STORAGE="/mnt/crnn/runs")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    line = done.stdout.strip()
+    assert line.startswith("job submit --address http://127.0.0.1:8265 --submission-id crnn-sweep-exp1-")
+    assert "--working-dir . --runtime-env jobs/runtime_env.yaml -- python -m crnn_ray.sweep" in line
+    assert line.endswith("--config configs/sweeps/tiny.yaml --storage /mnt/crnn/runs --name exp1 --resume")
+    # an absolute path inside the repository is sent as the relative path the job will see
+    done = _run(SUBMIT, str(ROOT / "configs" / "sweeps" / "tiny.yaml"), "exp1",
+                RAY_ADDRESS="http://x:8265", RAY_AUTH_TOKEN="t", RAY_CLI="echo")  # fmt: skip
+    assert "--config configs/sweeps/tiny.yaml --storage /mnt/crnn/runs --name exp1" in done.stdout
+
+
+def test_local_cluster_script_refuses_down_without_a_cluster(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "cluster" / "local" / "fake_gpu_cluster.py"),
+                           "--dir", str(tmp_path), "down"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"error: no cluster recorded in {tmp_path.resolve() / 'cluster.json'}"
+
+
+def test_score_daily_rejects_bad_input_and_builds_the_job(token_file):
+    ok = dict(RAY_ADDRESS="http://127.0.0.1:8265", RAY_AUTH_TOKEN_PATH=token_file, RAY_CLI="echo")
+    cases = [
+        (("exp1", "2024-13-01"), ok, "DATE '2024-13-01'"),
+        (("exp1", "yesterday"), ok, "DATE 'yesterday'"),
+        (("../exp1",), ok, "NAME '../exp1'"),
+        (("exp1",), {**ok, "CRNN_DATA": "panels/today.parquet"}, "CRNN_DATA 'panels/today.parquet'"),
+        (("exp1",), {**ok, "RAY_ADDRESS": ""}, "RAY_ADDRESS"),
+    ]
+    for args, env, needle in cases:
+        done = _run(SCORE, *args, **env)
+        assert done.returncode == 2, (args, done.stdout, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], (args, done.stderr)
+    assert _run(SCORE, "a", "2024-06-03", "extra", **ok).stderr.startswith("usage: ")
+
+    done = _run(SCORE, "exp1", "2024-06-03", **ok, CRNN_DATA="/mnt/crnn/panels/today.parquet")
+    assert done.returncode == 0, done.stderr
+    line = done.stdout.strip()
+    assert line.startswith("job submit --address http://127.0.0.1:8265 --submission-id crnn-score-exp1-2024-06-03-")
+    assert "--working-dir . --runtime-env jobs/runtime_env.yaml -- sh -c" in line
+    # the remote script's arguments: experiment, output, panel, date
+    assert line.endswith("score_daily /mnt/crnn/runs/exp1 /mnt/crnn/signals/exp1 "
+                         "/mnt/crnn/panels/today.parquet 2024-06-03")
