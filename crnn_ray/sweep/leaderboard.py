@@ -1,0 +1,232 @@
+"""Trial rows and the per-variant leaderboard (plain pandas: no Ray here).
+
+A trial row summarises one (variant, seed, hyperparameters) run from what it reported to Tune; the
+leaderboard ranks variants by the mean over seeds of their best-epoch validation metric. Diverged and failed
+trials are listed in trials.parquet but never ranked. The scorer reads both files (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from crnn_ray.io import write_parquet_atomic
+from crnn_ray.sweep.config import VALID_METRICS
+
+TRIAL_COLUMNS = [
+    "trial_id", "variant_id", "spec", "family", "seed", "status", "reason", "epochs_run", "best_epoch",
+    "valid_ic", "valid_rank_ic", "valid_icir", "valid_pnl_long_short", "valid_pnl_long", "checkpoint", "params",
+    "cpu_percent", "threads", "samples_per_s", "node_ip", "gpu_ids", "hparams",
+    # beyond the contract (additive): the Ray node id (IPs repeat on one-machine clusters), the OS thread
+    # count of the worker process (Ray's own threads included), the epoch a restarted worker resumed from
+    "node_id", "os_threads", "resumed_from_epoch",
+]
+LEADERBOARD_COLUMNS = [
+    "variant_id", "spec", "family", "n_seeds", "n_ok", "status",
+    "valid_ic_mean", "valid_ic_std", "valid_rank_ic_mean", "valid_rank_ic_std", "valid_icir_mean",
+    "valid_icir_std", "valid_pnl_long_short_mean", "valid_pnl_long_short_std", "best_checkpoint", "params",
+    "cpu_percent", "samples_per_s", "seed_ic", "seed_pnl",
+]
+#: trial statuses whose checkpoints are ranked ("pruned": stopped early by the ASHA scheduler)
+RANKED = ("ok", "pruned")
+
+
+def _num(value: Any) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return out if math.isfinite(out) else math.nan
+
+
+def _first_line(text: Any) -> str:
+    lines = [ln.strip() for ln in str(text or "").splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else ""
+
+
+def trial_row(trial: dict, results: list[dict], error: str | None, family: str) -> dict:
+    """One trial's row from its config (the grid entry), its reported results (in order) and its error."""
+    final = next((r for r in reversed(results) if r.get("final") == 1), None)
+    epochs = [r for r in results if r.get("final") != 1 and "epoch" in r]
+    last = epochs[-1] if epochs else {}
+    checkpoint = next((r["checkpoint_path"] for r in reversed(results) if r.get("checkpoint_path")), None)
+
+    if final is not None:
+        status, reason, src = final.get("status", "ok"), final.get("reason", ""), final
+        best_epoch = final.get("best_epoch", -1)
+    else:
+        if error:
+            status, reason = "failed", _first_line(error)
+        elif last.get("status") in ("ok", "diverged"):
+            status, reason = last["status"], last.get("reason", "")
+        elif last:
+            status, reason = "pruned", f"stopped by the scheduler after epoch {last.get('epoch')}"
+        else:
+            status, reason = "failed", "no result reported"
+        best_epoch = last.get("best_epoch")
+        best_epoch = -1 if best_epoch is None or (isinstance(best_epoch, float) and math.isnan(best_epoch)) \
+            else int(best_epoch)
+        src = next((r for r in reversed(epochs) if r.get("epoch") == best_epoch), {})
+        src = {**src, "cpu_percent": _mean(epochs, "cpu_percent"), "samples_per_s": _mean(epochs, "samples_per_s"),
+               "os_threads": _mean(epochs, "os_threads"), "params": last.get("params"),
+               "epochs_run": last.get("epoch", 0), "threads": last.get("threads"),
+               "resumed_from_epoch": last.get("resumed_from_epoch", 0)}
+    where = final or last
+    row = {
+        "trial_id": trial["key"],
+        "variant_id": trial["variant_id"],
+        "spec": trial["spec"],
+        "family": family,
+        "seed": int(trial["seed"]),
+        "status": status,
+        "reason": str(reason or ""),
+        "epochs_run": int(_num(src.get("epochs_run", where.get("epoch", 0))) or 0)
+        if not math.isnan(_num(src.get("epochs_run", where.get("epoch", 0)))) else 0,
+        "best_epoch": int(best_epoch) if best_epoch is not None else -1,
+        **{k: (_num(src.get(k)) if status != "diverged" else math.nan) for k in VALID_METRICS},
+        "checkpoint": checkpoint,
+        "params": int(_num(src.get("params"))) if not math.isnan(_num(src.get("params"))) else -1,
+        "cpu_percent": _num(src.get("cpu_percent")),
+        "threads": int(_num(src.get("threads"))) if not math.isnan(_num(src.get("threads"))) else -1,
+        "samples_per_s": _num(src.get("samples_per_s")),
+        "node_ip": str(where.get("worker_node_ip") or ""),
+        "gpu_ids": str(where.get("gpu_ids") or "[]"),
+        "hparams": json.dumps(trial.get("hparams") or {}, sort_keys=True),
+        "node_id": str(where.get("worker_node_id") or ""),
+        "os_threads": _num(src.get("os_threads")),
+        "resumed_from_epoch": int(_num(src.get("resumed_from_epoch")) or 0)
+        if not math.isnan(_num(src.get("resumed_from_epoch"))) else 0,
+    }
+    return row
+
+
+def _mean(rows: list[dict], key: str) -> float:
+    vals = [_num(r.get(key)) for r in rows]
+    vals = [v for v in vals if not math.isnan(v)]
+    return float(np.mean(vals)) if vals else math.nan
+
+
+def trials_frame(rows: list[dict]) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=TRIAL_COLUMNS)
+    return df.sort_values("trial_id", kind="stable").reset_index(drop=True)
+
+
+def _std(values: pd.Series) -> float:
+    return float(values.std(ddof=1)) if values.notna().sum() >= 2 else math.nan
+
+
+def build_leaderboard(trials: pd.DataFrame, zoo: dict, rank_metric: str = "valid_ic") -> pd.DataFrame:
+    """One row per variant: mean ± std over seeds of its best hyperparameter setting, ranked by rank_metric."""
+    rows = []
+    for variant_id, vt in trials.groupby("variant_id", sort=False):
+        groups = []
+        for hp, g in vt.groupby("hparams", sort=False):
+            ok = g[g["status"].isin(RANKED)]
+            score = ok[rank_metric].mean() if len(ok) else math.nan
+            groups.append((score, hp, g, ok))
+        ranked = [x for x in groups if len(x[3]) and not math.isnan(x[0])]
+        if ranked:
+            _, hp, g, ok = max(ranked, key=lambda x: x[0])
+        else:
+            _, hp, g, ok = groups[0]
+        entry = zoo.get(variant_id)
+        row: dict[str, Any] = {
+            "variant_id": variant_id,
+            "spec": vt["spec"].iloc[0],
+            "family": vt["family"].iloc[0],
+            "n_seeds": int(len(g)),
+            "n_ok": int(len(ok)),
+        }
+        if len(ok):
+            row["status"] = "ok"
+        else:
+            row["status"] = g["status"].value_counts().idxmax()
+        for m in ("valid_ic", "valid_rank_ic", "valid_icir", "valid_pnl_long_short"):
+            row[f"{m}_mean"] = float(ok[m].mean()) if len(ok) else math.nan
+            row[f"{m}_std"] = _std(ok[m]) if len(ok) else math.nan
+        if len(ok) and ok[rank_metric].notna().any():
+            best = ok.loc[ok[rank_metric].idxmax()]
+            row["best_checkpoint"] = best["checkpoint"]
+        else:
+            row["best_checkpoint"] = None
+        params = vt["params"][vt["params"] > 0]
+        row["params"] = int(params.iloc[0]) if len(params) else -1
+        row["cpu_percent"] = float(ok["cpu_percent"].mean()) if len(ok) else math.nan
+        row["samples_per_s"] = float(ok["samples_per_s"].mean()) if len(ok) else math.nan
+        row["seed_ic"] = _num(entry.seed_ic) if entry is not None else math.nan
+        row["seed_pnl"] = _num(entry.seed_pnl) if entry is not None else math.nan
+        row["_hparams"] = hp
+        rows.append(row)
+    lb = pd.DataFrame(rows, columns=LEADERBOARD_COLUMNS + ["_hparams"])
+    key = f"{rank_metric}_mean" if f"{rank_metric}_mean" in lb.columns else None
+    if key is None:  # valid_pnl_long has no leaderboard column: rank by its trial mean
+        lb["_rank"] = [trials[(trials.variant_id == v) & trials.status.isin(RANKED)
+                              & (trials.hparams == hp)][rank_metric].mean() for v, hp in zip(lb.variant_id, lb._hparams)]
+        key = "_rank"
+    lb["_ranked"] = lb["status"].eq("ok") & lb[key].notna()
+    lb = lb.sort_values(["_ranked", key], ascending=[False, False], kind="stable", na_position="last")
+    return lb.reset_index(drop=True)
+
+
+def leaderboard_markdown(lb: pd.DataFrame, title: str, rank_metric: str, grid_keys=(), note: str = "") -> str:
+    """The leaderboard as a Markdown table (also what the CLI prints at the end).
+
+    With a hyperparameter grid, each variant shows its best setting (`grid_keys` only: the rest is fixed).
+    """
+
+    def f(x: Any, fmt: str) -> str:
+        x = _num(x)
+        return "—" if math.isnan(x) else format(x, fmt)
+
+    def pm(mean: Any, std: Any, fmt: str = "+.4f") -> str:
+        s = f(mean, fmt)
+        return s if math.isnan(_num(std)) else f"{s} ± {f(std, '.4f')}"
+
+    lines = [f"# {title}", "", f"Ranked by mean {rank_metric} over seeds (best epoch of each seed, validation "
+             "split); ± is the sample std over seeds. Diverged / failed variants are listed last, unranked. "
+             "seed IC / seed pnl: the research report's figures on its private data (reference only).", ""]
+    if note:
+        lines += [note, ""]
+    grid_keys = list(grid_keys)
+    lines.append("| # | variant | family | seeds ok | valid IC | RankIC | ICIR | pnl L/S | params | CPU % | "
+                 "samples/s | status |" + (" hparams |" if grid_keys else "") + " seed IC | seed pnl |")
+    lines.append("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|" + ("---|" if grid_keys else "")
+                 + "---:|---:|")
+    rank = 0
+    for _, r in lb.iterrows():
+        ranked = bool(r.get("_ranked", r["status"] == "ok"))
+        rank += ranked
+        hp = {k: v for k, v in json.loads(r.get("_hparams") or "{}").items() if k in grid_keys}
+        lines.append("| " + " | ".join([
+            str(rank) if ranked else "–",
+            f"`{r['variant_id']}`",
+            str(r["family"]),
+            f"{r['n_ok']}/{r['n_seeds']}",
+            pm(r["valid_ic_mean"], r["valid_ic_std"]),
+            pm(r["valid_rank_ic_mean"], r["valid_rank_ic_std"]),
+            pm(r["valid_icir_mean"], r["valid_icir_std"], "+.3f"),
+            pm(r["valid_pnl_long_short_mean"], r["valid_pnl_long_short_std"]),
+            f"{int(r['params']):,}" if _num(r["params"]) > 0 else "—",
+            f(r["cpu_percent"], ".0f"),
+            f(r["samples_per_s"], ",.0f"),
+            str(r["status"]),
+            *([", ".join(f"{k}={v}" for k, v in hp.items())] if grid_keys else []),
+            f(r["seed_ic"], ".4f"),
+            f(r["seed_pnl"], ".3f"),
+        ]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(exp_dir: Path, trials: pd.DataFrame, lb: pd.DataFrame, markdown: str) -> None:
+    """trials.parquet, leaderboard.parquet (contract columns only) and leaderboard.md, each atomically."""
+    from crnn_ray.io import atomic_path
+
+    write_parquet_atomic(trials, exp_dir / "trials.parquet")
+    write_parquet_atomic(lb[LEADERBOARD_COLUMNS], exp_dir / "leaderboard.parquet")
+    with atomic_path(exp_dir / "leaderboard.md") as tmp:
+        tmp.write_text(markdown)

@@ -1,0 +1,339 @@
+"""One trial = one Ray Train run, driven from a Tune function trainable ("Train-in-Tune", Train V2).
+
+Why this shape: Tune owns the grid, the scheduler and trial-level retries; Train owns placement of the one
+worker on a (node, GPU) with its CPU grant, worker restarts from the last checkpoint, and checkpoint
+persistence. The Tune trainable (`trial_driver`) holds no CPU or GPU (only a little memory); it builds a
+TorchTrainer whose single worker runs `train_worker`, which calls the plain-PyTorch `train_one`.
+
+A Train run is named `<experiment>-<trial key>` under `<experiment dir>/train/`, so a trial that Tune reruns
+(or an experiment resumed with `--resume`) picks up the same run and continues from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from crnn_ray.io import CliError
+
+#: test-only hook: SIGKILL the Train worker once, right after it reported this epoch's checkpoint
+KILL_HOOK_ENV = "CRNN_RAY_TEST_KILL_AFTER_EPOCH"
+
+
+# ------------------------------------------------------------------------------------------------ placement
+@dataclass
+class Placement:
+    """What each trial asks the cluster for, decided once from the config and the cluster."""
+
+    cpus_per_trial: float
+    gpus_per_trial: float
+    max_concurrent_trials: int
+    cpu_quota: bool = True
+    driver_memory_mb: int = 256
+    cluster: str = ""                       # one line: what the cluster offers
+
+    @property
+    def use_gpu(self) -> bool:
+        return self.gpus_per_trial > 0
+
+    @property
+    def threads(self) -> int:
+        """The worker's torch thread quota: its CPU grant, at least one thread."""
+        return max(1, math.ceil(self.cpus_per_trial - 1e-9))
+
+    def worker_resources(self) -> dict:
+        res = {"CPU": float(self.cpus_per_trial)}
+        if self.gpus_per_trial > 0:
+            res["GPU"] = float(self.gpus_per_trial)
+        return res
+
+
+def cluster_nodes() -> tuple[list[dict], list[tuple[dict, int]]]:
+    """(resources of each alive node, [(resources, max_count)] of the autoscaler's node types, if any)."""
+    import ray
+
+    nodes = [dict(n.get("Resources") or {}) for n in ray.nodes() if n.get("Alive")]
+    node_types: list[tuple[dict, int]] = []
+    try:
+        from ray._private.state import state
+
+        config = state.get_cluster_config()
+        if config is not None:
+            for group in config.node_group_configs:
+                node_types.append(({k: float(v) for k, v in group.resources.items()}, int(group.max_count)))
+    except Exception:  # no autoscaler (a plain local cluster): the alive nodes are all there is
+        node_types = []
+    return nodes, node_types
+
+
+def _slots(node: dict, cpus: float, gpus: float) -> int:
+    """How many trial workers fit on one node of these resources."""
+    by_cpu = math.floor(node.get("CPU", 0.0) / cpus + 1e-9)
+    if gpus <= 0:
+        return by_cpu
+    return min(by_cpu, math.floor(node.get("GPU", 0.0) / gpus + 1e-9))
+
+
+def _describe(res: dict) -> str:
+    return "{" + ", ".join(f"{k}: {res.get(k, 0):g}" for k in ("CPU", "GPU") if k in res or k == "CPU") + "}"
+
+
+def plan_placement(resources, n_trials: int, nodes: list[dict], node_types: list[tuple[dict, int]],
+                   source: str = "config.yaml") -> Placement:
+    """Resolve `auto` values and check that one trial's worker fits on some node, now or after autoscaling.
+
+    Fails fast with a CliError naming the key: Train V2 would otherwise wait for resources that never come.
+    """
+    total_gpus = sum(n.get("GPU", 0.0) for n in nodes)
+    scalable_gpus = any(t.get("GPU", 0.0) > 0 and count != 0 for t, count in node_types)
+    gpus = resources.gpus_per_trial
+    if gpus == "auto":
+        gpus = 1.0 if (total_gpus > 0 or scalable_gpus) else 0.0
+    cpus = float(resources.cpus_per_trial)
+    need = {"CPU": cpus, **({"GPU": float(gpus)} if gpus > 0 else {})}
+    offered = [n for n in nodes] + [t for t, count in node_types if count != 0]
+    if not any(_slots(n, cpus, gpus) >= 1 for n in offered):
+        largest = max(offered, key=lambda n: (n.get("GPU", 0.0), n.get("CPU", 0.0)), default={})
+        key = "resources.gpus_per_trial" if gpus > 0 and largest.get("GPU", 0.0) < gpus else "resources.cpus_per_trial"
+        raise CliError(
+            f"{source}: {key}: a trial needs {_describe(need)} on one node, but no node of the cluster"
+            f"{' or its autoscaler node types' if node_types else ''} has that "
+            f"(largest: {_describe(largest)}; {len(nodes)} node(s), {total_gpus:g} GPU(s) in all)")
+    slots = sum(_slots(n, cpus, gpus) for n in nodes)
+    for t, count in node_types:
+        if count == -1:
+            slots = max(slots, n_trials)
+        elif count > 0:
+            slots += _slots(t, cpus, gpus) * count
+    if resources.max_concurrent_trials == "auto":
+        concurrent = max(1, min(slots, n_trials))
+    else:
+        concurrent = int(resources.max_concurrent_trials)
+    cluster = (f"{len(nodes)} node(s), {sum(n.get('CPU', 0.0) for n in nodes):g} CPU(s), {total_gpus:g} GPU(s)"
+               + (f", autoscaler node types: {len(node_types)}" if node_types else ""))
+    return Placement(cpus_per_trial=cpus, gpus_per_trial=float(gpus), max_concurrent_trials=concurrent,
+                     cpu_quota=bool(getattr(resources, "cpu_quota", True)),
+                     driver_memory_mb=int(resources.driver_memory_mb), cluster=cluster)
+
+
+# ------------------------------------------------------------------------------------------ shared context
+@dataclass
+class TrialContext:
+    """What every trial of one sweep shares (passed once through tune.with_parameters)."""
+
+    experiment: str                         # the sweep's name (prefix of every Train run name)
+    experiment_dir: str                     # absolute DIR/NAME
+    panel_refs: list                        # [ObjectRef of the Panel]: a list so Tune does not resolve it
+    splits: dict                            # Splits fields: {"train": (lo, hi), "valid": ..., "test": ..., "embargo"}
+    train_kwargs: dict                      # trial key -> TrainConfig kwargs
+    placement: Placement
+    max_failures: int = 2
+    start_timeout_s: float = 120.0
+    start_retries: int = 2
+    hooks: dict = field(default_factory=dict)
+
+    @property
+    def train_storage(self) -> str:
+        return str(Path(self.experiment_dir) / "train")
+
+
+def run_name(experiment: str, trial_key: str) -> str:
+    return f"{experiment}-{trial_key}"
+
+
+# ------------------------------------------------------------------------------------------- Tune trainable
+class TrialProgress(tune.Callback):
+    """One line per trial start / end / error (the workers print one line per epoch)."""
+
+    @staticmethod
+    def _tag(trial) -> str:
+        t = trial.config["trial"]
+        grid = " ".join(f"{k}={v}" for k, v in t.get("grid", {}).items())
+        return f"{t['key']} {t['variant_id']} seed {t['seed']}{' ' + grid if grid else ''}"
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        print(f"[sweep] started {self._tag(trial)}", flush=True)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        r = trial.last_result or {}
+        ic = r.get("valid_ic")
+        ic = f", valid IC {ic:+.4f}" if isinstance(ic, float) and math.isfinite(ic) else ""
+        print(f"[sweep] finished {self._tag(trial)}: {r.get('status', '?')}{ic}", flush=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        print(f"[sweep] error in {self._tag(trial)}; see {trial.local_path}", flush=True)
+
+
+def trial_driver(config: dict, ctx: TrialContext) -> None:
+    """Tune function trainable: run this trial's Train run; its reports reach Tune via TuneReportCallback."""
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trial = config["trial"]
+    # Train V2 reads these in the controller (propagated from this process): bound how long a worker group
+    # may wait for its placement group; start-up failures are then retried `start_retries` times.
+    os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(ctx.start_timeout_s)
+    # train_one prints one line per epoch; Train's print patch would log each line a second time
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+
+    p = ctx.placement
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"trial": trial, "ctx": ctx},
+        # One worker per trial: there are no collectives, so gloo works everywhere (real GPUs, fake GPUs
+        # declared as Ray resources, CPU-only torch builds); the model itself goes to CUDA when present.
+        torch_config=TorchConfig(backend="gloo"),
+        scaling_config=ScalingConfig(num_workers=1, use_gpu=p.use_gpu, resources_per_worker=p.worker_resources()),
+        run_config=RunConfig(
+            name=run_name(ctx.experiment, trial["key"]),
+            storage_path=ctx.train_storage,
+            failure_config=FailureConfig(max_failures=ctx.max_failures,
+                                         controller_failure_limit=ctx.start_retries),
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+            callbacks=[TuneReportCallback()],
+            logging_config=LoggingConfig(log_level="WARNING"),  # Train's per-report INFO lines are noise here
+        ),
+    )
+    trainer.fit()
+
+
+# -------------------------------------------------------------------------------------------- Train worker
+def train_worker(loop_config: dict) -> None:
+    """The Ray Train worker: quota first, then train_one with a report (and checkpoint) per epoch."""
+    trial: dict = loop_config["trial"]
+    ctx: TrialContext = loop_config["ctx"]
+    p = ctx.placement
+
+    from crnn_ray.train import CpuSampler, apply_cpu_quota  # torch is already imported by Ray Train here
+
+    if p.cpu_quota:
+        quota = apply_cpu_quota(p.threads)
+    else:  # the seed report's setting: torch free to use every core of the node
+        quota = apply_cpu_quota(os.cpu_count() or 1)
+
+    import ray
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from crnn_ray.data import Splits
+    from crnn_ray.train import TrainConfig, train_one
+
+    _quiet_report_log()
+    panel = ray.get(ctx.panel_refs[0])
+    splits = Splits(**{k: tuple(v) if isinstance(v, (list, tuple)) else int(v) for k, v in ctx.splits.items()})
+    cfg = TrainConfig(**ctx.train_kwargs[trial["key"]])
+    device = ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")
+    # `worker_` prefixes: Tune stamps every result with its own pid / node_ip (the trial driver's)
+    where = {
+        "trial_id": trial["key"],
+        "worker_node_ip": ray.util.get_node_ip_address(),
+        "worker_node_id": ray.get_runtime_context().get_node_id(),
+        "gpu_ids": json.dumps([str(g) for g in ray.get_gpu_ids()]),
+        "device": str(device),
+        "worker_pid": os.getpid(),
+        "cpu_quota": float(p.cpus_per_trial) if p.cpu_quota else 0.0,
+        "quota_threads": int(quota["threads"]),
+    }
+    kill_epoch = int(ctx.hooks.get("kill_after_epoch") or 0)
+    kill_marker = Path(ctx.train_storage) / f".killed-{trial['key']}"
+
+    checkpoint = ray.train.get_checkpoint()
+    resumed_from = 0
+    state = {"status": None}
+
+    def on_epoch(metrics: dict, checkpoint_dir: Path) -> None:
+        metrics = {**metrics, **where, "torch_threads": torch.get_num_threads(),
+                   "os_threads": metrics.get("threads"), "resumed_from_epoch": resumed_from, "final": 0}
+        metrics["threads"] = metrics["torch_threads"]
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint_dir)))
+        state["status"] = metrics["status"]
+        if (kill_epoch and metrics["epoch"] == kill_epoch and metrics["status"] == "running"
+                and not kill_marker.exists()):
+            kill_marker.parent.mkdir(parents=True, exist_ok=True)
+            kill_marker.write_text(str(os.getpid()))
+            time.sleep(5.0)  # let the controller register this checkpoint before the worker dies
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    workdir = Path(tempfile.mkdtemp(prefix=f"crnn_{trial['key']}_"))
+    meta_extra = {"variant_id": trial["variant_id"], "trial_id": trial["key"], "experiment": ctx.experiment}
+    try:
+        if checkpoint is not None:
+            with checkpoint.as_directory() as resume_dir:
+                resumed_from = _checkpoint_epoch(resume_dir)
+                print(f"[{trial['variant_id']}] resuming {trial['key']} from epoch {resumed_from} "
+                      f"({checkpoint.path})", flush=True)
+                result = train_one(trial["spec"], panel, splits, cfg, device=device, resume_from=resume_dir,
+                                   on_epoch=on_epoch, workdir=workdir, sampler=CpuSampler(), meta_extra=meta_extra)
+        else:
+            result = train_one(trial["spec"], panel, splits, cfg, device=device, on_epoch=on_epoch,
+                               workdir=workdir, sampler=CpuSampler(), meta_extra=meta_extra)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    ray.train.report(summarize(result, where, resumed_from))
+
+
+def _quiet_report_log() -> None:
+    """Train V2 logs every report (all metrics) at INFO under a logger named after its file, which
+    LoggingConfig does not reach; train_one already prints one line per epoch."""
+    import logging
+
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+    except ImportError:  # a Ray without that module: nothing to quiet
+        return
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+
+
+def _checkpoint_epoch(directory: str) -> int:
+    try:
+        return int(json.loads((Path(directory) / "meta.json").read_text()).get("epoch") or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def _mean(rows: list[dict], key: str) -> float:
+    vals = [float(r[key]) for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(float(r[key]))]
+    return sum(vals) / len(vals) if vals else math.nan
+
+
+def summarize(result, where: dict, resumed_from: int) -> dict:
+    """The trial's final report: best-epoch validation metrics and the run's averages (key `final` = 1)."""
+    from crnn_ray.sweep.config import VALID_METRICS
+
+    history = list(result.history or [])
+    best = result.best_metrics or {}
+    out: dict[str, Any] = {
+        "final": 1,
+        "status": result.status,
+        "reason": result.reason or "",
+        "epoch": int(history[-1]["epoch"]) if history else 0,
+        "epochs_run": int(history[-1]["epoch"]) if history else 0,
+        "best_epoch": int(result.best_epoch) if result.best_epoch is not None else -1,
+        "params": int(result.params),
+        "samples_per_s": _mean(history, "samples_per_s"),
+        "cpu_percent": _mean(history, "cpu_percent"),
+        "os_threads": _mean(history, "threads"),
+        "resumed_from_epoch": resumed_from,
+        **where,
+    }
+    import torch
+
+    out["torch_threads"] = torch.get_num_threads()
+    out["threads"] = out["torch_threads"]
+    for key in VALID_METRICS:
+        value = best.get(key, math.nan) if result.status != "diverged" or best else math.nan
+        out[key] = float(value) if value is not None else math.nan
+    return out
