@@ -164,6 +164,18 @@ def test_infeasible_request_fails_fast_with_the_key():
     assert p.gpus_per_trial == 1.0 and p.max_concurrent_trials == 6
 
 
+def test_launcher_head_reads_gpu_node_types_from_its_bootstrap_config():
+    """On a cluster-launcher head (autoscaler v1) the GPU types come from the launcher config, so a GPU sweep
+    submitted while no GPU node is up yet is feasible and its concurrency follows the scalable GPUs."""
+    from crnn_ray.sweep.trial import launcher_node_types
+
+    types = launcher_node_types(REPO / "cluster" / "aws-gpu.yaml")
+    assert sorted((t["GPU"], n) for t, n in types) == [(1.0, 8), (4.0, 2)]  # the head type is left out
+    p = plan_placement(_res(gpus_per_trial=1), 100, [{"CPU": 0.0}], types)
+    assert p.use_gpu and p.max_concurrent_trials == 8 * 1 + 2 * 4
+    assert launcher_node_types(REPO / "no-such-config.yaml") == []
+
+
 # ---------------------------------------------------------------------------------------------- leaderboard
 def _trial(key, variant, seed, lr=1e-3):
     return {"key": key, "variant_id": variant, "spec": f"spec-{variant}", "seed": seed,

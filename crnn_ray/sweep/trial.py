@@ -59,7 +59,12 @@ class Placement:
 
 
 def cluster_nodes() -> tuple[list[dict], list[tuple[dict, int]]]:
-    """(resources of each alive node, [(resources, max_count)] of the autoscaler's node types, if any)."""
+    """(resources of each alive node, [(resources, max_count)] of the autoscaler's node types, if any).
+
+    Node types come from the autoscaler v2 cluster-config record (KubeRay, local fake clusters) or, on a
+    cluster-launcher head (autoscaler v1 publishes no such record), from its ~/ray_bootstrap_config.yaml:
+    a sweep submitted with `ray job submit` runs its driver on the head, where that file lives.
+    """
     import ray
 
     nodes = [dict(n.get("Resources") or {}) for n in ray.nodes() if n.get("Alive")]
@@ -73,7 +78,25 @@ def cluster_nodes() -> tuple[list[dict], list[tuple[dict, int]]]:
                 node_types.append(({k: float(v) for k, v in group.resources.items()}, int(group.max_count)))
     except Exception:  # no autoscaler (a plain local cluster): the alive nodes are all there is
         node_types = []
+    if not node_types:
+        node_types = launcher_node_types(Path(os.path.expanduser("~/ray_bootstrap_config.yaml")))
     return nodes, node_types
+
+
+def launcher_node_types(path: Path) -> list[tuple[dict, int]]:
+    """[(resources, max_workers)] of the worker node types in a cluster-launcher config; [] if none is there."""
+    if not path.is_file():
+        return []
+    try:
+        import yaml
+
+        config = yaml.safe_load(path.read_text()) or {}
+        types = config.get("available_node_types") or {}
+        head = config.get("head_node_type")
+        return [({k: float(v) for k, v in (t.get("resources") or {}).items()}, int(t.get("max_workers", 0)))
+                for name, t in types.items() if name != head]
+    except Exception:  # unreadable: fall back to the alive nodes only
+        return []
 
 
 def _slots(node: dict, cpus: float, gpus: float) -> int:
