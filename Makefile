@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: venv
-	$(BIN)/python -m crnn_ray.sweep --config configs/sweeps/quickstart.yaml --storage $(STORAGE) --name $(NAME)
+	$(BIN)/python -m crnn_ray.sweep --config configs/sweeps/quickstart.yaml --storage $(STORAGE) --name $(NAME) --overwrite
 	$(BIN)/python -m crnn_ray.score --experiment $(STORAGE)/$(NAME) --out $(STORAGE)/$(NAME)/score
 	@echo "report: $(STORAGE)/$(NAME)/score/report.html"
 
