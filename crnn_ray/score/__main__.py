@@ -1,0 +1,83 @@
+"""`python -m crnn_ray.score`: ensemble a sweep's top-K models into daily signals, evaluate, write a tear sheet.
+
+    python -m crnn_ray.score --experiment runs/quickstart --out runs/quickstart/score
+    python -m crnn_ray.score --experiment runs/quickstart --data today.parquet --start 2024-06-03 \\
+        --end 2024-06-03 --out prod/score            # the daily job: adds one partition
+
+Defaults come from configs/score/default.yaml (override with --config; flags override both). Exit status 2
+with a one-line `error:` on bad input, and nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+from crnn_ray.io import CliError, cli_main
+from crnn_ray.score import ScoreOptions, merge_config, run_score
+from crnn_ray.score.ensemble import METHODS
+
+DEFAULT_CONFIG_FILE = Path(__file__).resolve().parents[2] / "configs" / "score" / "default.yaml"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m crnn_ray.score", description=__doc__.splitlines()[0])
+    ap.add_argument("--experiment", required=True, help="sweep experiment directory DIR/NAME")
+    ap.add_argument("--out", required=True, help="output directory (signals/, metrics.json, report.html)")
+    ap.add_argument("--config", help="score config YAML (default: configs/score/default.yaml)")
+    ap.add_argument("--top-k", type=int, help="number of members (default from config: 5)")
+    ap.add_argument("--select-by", help="validation metric that ranks trials (default valid_ic)")
+    ap.add_argument("--method", choices=METHODS, help="how member z-scores combine (default mean)")
+    ap.add_argument("--data", help="panel to score (default: the experiment's own panel)")
+    ap.add_argument("--start", help="first date to score YYYY-MM-DD (default: the members' test period)")
+    ap.add_argument("--end", help="last date to score (default: test end; with --data the panel's last date)")
+    ap.add_argument("--allow-in-sample", action="store_true",
+                    help="score dates inside a member's train/valid window (+embargo); flagged in the output")
+    where = ap.add_mutually_exclusive_group()
+    where.add_argument("--in-process", dest="path", action="store_const", const="in_process",
+                       help="run the predictor in this process (default: auto by job size)")
+    where.add_argument("--ray", dest="path", action="store_const", const="ray",
+                       help="run the predictor on Ray Data actors")
+    return ap
+
+
+def load_score_config(path: str | None) -> dict:
+    file = Path(path) if path else DEFAULT_CONFIG_FILE
+    if not file.is_file():
+        if path:
+            raise CliError(f"{file}: score config not found")
+        return merge_config({})
+    try:
+        user = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise CliError(f"{file}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(user, dict):
+        raise CliError(f"{file}: expected a mapping of keys")
+    try:
+        return merge_config(user)
+    except CliError as exc:
+        raise CliError(f"{file}: {exc}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = load_score_config(args.config)
+    opts = ScoreOptions(
+        experiment=Path(args.experiment), out=Path(args.out),
+        top_k=args.top_k if args.top_k is not None else int(cfg["top_k"]),
+        select_by=args.select_by or str(cfg["select_by"]),
+        method=args.method or str(cfg["method"]),
+        data=Path(args.data) if args.data else None, start=args.start, end=args.end,
+        allow_in_sample=bool(args.allow_in_sample), path=args.path or str(cfg["path"]), config=cfg,
+    )
+    run_score(opts)
+    return 0
+
+
+main = cli_main(main)
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""`EnsemblePredictor`: all K members and the normalised features in one object, scoring (date, symbol) rows.
+
+The same class is the Ray Data callable (one instance per actor, built once, fed batches of keys) and the
+in-process scorer for small jobs, so both paths run identical code. Plain PyTorch, no Ray import.
+
+Each row's lookback window is gathered by index from the features held in memory (on the GPU when there is
+one), never materialised for the whole panel. Rows are pushed through the models in fixed-size chunks, the
+last one padded: a CPU kernel's result for a row can depend on the batch size it runs in (by ~1e-8), and
+fixed chunks make every row's prediction independent of how Ray Data happened to cut the batches -- so the
+Ray Data and in-process paths agree bit for bit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from crnn_ray.data import gather_windows
+from crnn_ray.zoo import build_model
+
+__all__ = ["EnsemblePredictor", "member_payload", "build_member_model"]
+
+
+def member_payload(name: str, meta: dict, state_dict: dict, feature_index: list[int], input_key: str) -> dict:
+    """What the predictor needs of one member (plain data, cheap to ship to a Ray actor)."""
+    return {
+        "name": name, "spec": meta["spec"], "lookback": int(meta["lookback"]),
+        "feature_index": [int(i) for i in feature_index], "input": input_key,
+        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+    }
+
+
+def build_member_model(payload: dict, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The member's module with its weights, in eval mode (dropout off, batchnorm on running stats)."""
+    model = build_model(payload["spec"], len(payload["feature_index"]), int(payload["lookback"]))
+    model.load_state_dict(payload["state_dict"], strict=True)
+    return model.to(device).eval()
+
+
+class EnsemblePredictor:
+    """Callable over batches of (date, symbol) keys -> the keys plus one raw prediction column per member.
+
+    inputs:  {input key: normalised features float32 [D, S, F]} (one per normalisation; usually one)
+    dates:   datetime64[D] [D] of the inputs' first axis; symbols: [S] of the second axis
+    threads: torch intra-op threads (a Ray actor passes its CPU grant; None leaves torch's default)
+    """
+
+    def __init__(self, members: list[dict], inputs: dict[str, np.ndarray], dates: np.ndarray,
+                 symbols: np.ndarray, *, device: str = "auto", chunk_rows: int = 1024,
+                 threads: int | None = None):
+        if threads is not None:
+            torch.set_num_threads(max(1, int(threads)))
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        elif str(device).startswith("cuda") and not torch.cuda.is_available():
+            device = "cpu"  # a fake (declared) GPU: same code path, CPU tensors
+        self.device = torch.device(device)
+        self.chunk_rows = int(chunk_rows)
+        self.dates = np.asarray(dates, dtype="datetime64[D]")
+        self.symbol_index = pd.Index(np.asarray(symbols).astype(str))
+        self.inputs = {k: torch.as_tensor(np.ascontiguousarray(v, dtype=np.float32), device=self.device)
+                       for k, v in inputs.items()}
+        self.members = members
+        self.names = [m["name"] for m in members]
+        self.models = [build_member_model(m, self.device) for m in members]
+        self.max_lookback = {k: max(int(m["lookback"]) for m in members if m["input"] == k) for k in inputs}
+        self.feature_index = [torch.as_tensor(m["feature_index"], device=self.device, dtype=torch.long)
+                              for m in members]
+
+    # ------------------------------------------------------------------------------------------- lookup
+    def locate(self, date_values: Any, symbol_values: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Day and stock indices of the keys; ValueError on a key the predictor does not hold."""
+        days_of = pd.to_datetime(pd.Series(np.asarray(date_values))).to_numpy().astype("datetime64[D]")
+        day = np.searchsorted(self.dates, days_of)
+        day_ok = (day < len(self.dates)) & (self.dates[np.minimum(day, len(self.dates) - 1)] == days_of)
+        stock = self.symbol_index.get_indexer(np.asarray(symbol_values).astype(str))
+        bad = ~day_ok | (stock < 0)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"key ({days_of[i]}, {np.asarray(symbol_values)[i]}) not in the predictor's panel")
+        return day.astype(np.int64), stock.astype(np.int64)
+
+    # ------------------------------------------------------------------------------------------- predict
+    @torch.no_grad()
+    def predict_indices(self, day: np.ndarray, stock: np.ndarray) -> np.ndarray:
+        """float32 [N, K] raw predictions of every member for rows (day, stock)."""
+        n = len(day)
+        out = np.empty((n, len(self.models)), dtype=np.float32)
+        if n == 0:
+            return out
+        too_early = [k for k, lb in self.max_lookback.items() if int(day.min()) < lb - 1]
+        if too_early:
+            raise ValueError(f"day {int(day.min())} has fewer than {self.max_lookback[too_early[0]]} days of history")
+        C = self.chunk_rows
+        for lo in range(0, n, C):
+            d = torch.as_tensor(day[lo:lo + C], device=self.device)
+            s = torch.as_tensor(stock[lo:lo + C], device=self.device)
+            m = len(d)
+            if m < C:  # pad with the chunk's first row: the same batch shape for every chunk
+                d = torch.cat([d, d[:1].expand(C - m)])
+                s = torch.cat([s, s[:1].expand(C - m)])
+            windows = {k: gather_windows(x, d, s, self.max_lookback[k]) for k, x in self.inputs.items()}
+            for j, (member, model) in enumerate(zip(self.members, self.models)):
+                w = windows[member["input"]][:, -int(member["lookback"]):, :]
+                w = w.index_select(2, self.feature_index[j])
+                out[lo:lo + m, j] = model(w.contiguous())[:m].float().cpu().numpy()
+        return out
+
+    def __call__(self, batch: dict[str, np.ndarray] | pd.DataFrame) -> dict[str, np.ndarray]:
+        """Ray Data batch (numpy dict or DataFrame) with `date`, `symbol` -> keys + member columns."""
+        dates, symbols = np.asarray(batch["date"]), np.asarray(batch["symbol"])
+        day, stock = self.locate(dates, symbols)
+        preds = self.predict_indices(day, stock)
+        out = {"date": self.dates[day], "symbol": np.asarray(self.symbol_index[stock], dtype=object)}
+        for j, name in enumerate(self.names):
+            out[name] = preds[:, j]
+        return out

@@ -1,0 +1,365 @@
+"""Evaluation of the ensemble beside its members, metrics.json, the printed tables and the HTML tear sheet.
+
+The figures come from the same `crnn_ray.metrics.evaluate_frames` that `python -m crnn_ray.evaluate` runs, on
+the same (signal, label) pairs the scorer writes to signals/ and labels.parquet, so anyone can recompute them.
+Nothing here carries a timestamp: rerunning the same command rewrites the same bytes.
+"""
+
+from __future__ import annotations
+
+import html as _html
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from crnn_ray.io import atomic_path, write_json_atomic
+
+__all__ = ["print_plan", "evaluate_all", "metrics_document", "render_figures", "render_html", "write_report",
+           "print_evaluation", "recompute_command"]
+
+#: the ensemble's key numbers, in the order a PM reads them: (summary key, label, format)
+KEY_NUMBERS = [
+    ("ic", "IC", "{:+.4f}"), ("rank_ic", "RankIC", "{:+.4f}"), ("icir", "ICIR (daily)", "{:+.3f}"),
+    ("ic_tstat", "IC t-stat", "{:+.2f}"), ("ic_positive", "days IC > 0", "{:.0%}"),
+    ("pnl_long_short", "long-short pnl (sum)", "{:+.4f}"), ("ann_return", "long-short ann. return", "{:+.2%}"),
+    ("sharpe", "long-short Sharpe", "{:+.2f}"), ("max_drawdown", "long-short max drawdown", "{:+.4f}"),
+    ("pnl_long", "long-only pnl vs mean (sum)", "{:+.4f}"), ("sharpe_long", "long-only Sharpe", "{:+.2f}"),
+    ("turnover", "turnover / day", "{:.3f}"), ("n_days", "days evaluated", "{:d}"),
+]
+#: columns of the members-vs-ensemble table
+SIDE_BY_SIDE = [("ic", "IC", "{:+.4f}"), ("rank_ic", "RankIC", "{:+.4f}"), ("icir", "ICIR", "{:+.3f}"),
+                ("pnl_long_short", "LS pnl", "{:+.4f}"), ("pnl_long", "long pnl", "{:+.4f}"),
+                ("sharpe", "Sharpe", "{:+.2f}"), ("turnover", "turnover", "{:.3f}")]
+
+
+def _fmt(value: Any, fmt: str) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    try:
+        return fmt.format(int(value) if fmt.endswith("d}") else value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+# ----------------------------------------------------------------------------------------------- printing
+def print_plan(plan, opts) -> None:
+    print(f"experiment {opts.experiment}: {len(plan.members)} member(s) by {opts.select_by}, method {opts.method}")
+    for m, w in zip(plan.members, plan.weights):
+        chosen = f"{opts.select_by} {m.select_value:+.4f}  " if opts.select_by != "valid_ic" else ""
+        print(f"  {m.name:<32} trial {m.trial_id:<8} {chosen}valid_ic {m.valid_ic:+.4f}  weight {w:.3f}  "
+              f"lookback {m.lookback}  {m.spec}")
+    if plan.weight_note:
+        print(f"note: {plan.weight_note}")
+    print(f"data {plan.panel_path}: {plan.period[0]}..{plan.period[1]}, {len(plan.keys)} rows, "
+          f"{plan.keys['date'].nunique()} dates, label {plan.label} (horizon {plan.horizon})")
+    for name, (a, b) in plan.in_sample.items():
+        print(f"WARNING in-sample: {a}..{b} lies inside member {name}'s train/valid window (+embargo); "
+              f"these scores are not out-of-sample")
+
+
+def print_evaluation(plan, ev: dict, metrics: dict) -> None:
+    head = f"{'':<34}" + "".join(f"{lab:>10}" for _, lab, _ in SIDE_BY_SIDE) + f"{'weight':>8}{'valid IC':>10}"
+    print(f"\nevaluation on {plan.label} ({ev['ensemble'].summary['n_days']} days, "
+          f"{int(np.isfinite(plan.label_values).sum())} labelled rows):")
+    print(head)
+    rows = [("ENSEMBLE (" + metrics["method"] + ")", ev["ensemble"].summary, "", "")]
+    rows += [(m.name, ev["members"][m.name].summary, f"{w:.3f}", f"{m.valid_ic:+.4f}")
+             for m, w in zip(plan.members, plan.weights)]
+    for name, s, w, vic in rows:
+        print(f"{name[:33]:<34}" + "".join(f"{_fmt(s.get(k), f):>10}" for k, _, f in SIDE_BY_SIDE)
+              + f"{w:>8}{vic:>10}")
+    if metrics.get("oracle_ic") is not None:
+        print(f"ensemble test IC {ev['ensemble'].summary['ic']:+.4f} vs the data's oracle IC "
+              f"{metrics['oracle_ic']:+.4f} on the same rows (panel-wide {metrics.get('oracle_ic_panel')}); "
+              f"ratio {metrics['ic_vs_oracle']:.2f}")
+    corr = ev["correlation"]
+    print("member correlation (mean daily cross-sectional Pearson):")
+    width = max(len(n) for n in corr.index[:12]) + 2
+    print(" " * width + "".join(f"{i:>8}" for i in range(len(corr))))
+    for i, name in enumerate(corr.index):
+        print(f"{name:<{width}}" + "".join(f"{v:>+8.2f}" for v in corr.iloc[i].to_numpy()))
+    print(f"recompute: {metrics['recompute']}")
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+def evaluate_all(plan, scored: pd.DataFrame, ecfg: dict) -> dict | None:
+    """Ensemble, members and oracle evaluated on the labelled rows; None when no scored row has a label."""
+    from crnn_ray.metrics import evaluate_frames
+    from crnn_ray.score.ensemble import member_correlation
+
+    if plan.label_values is None or not np.isfinite(plan.label_values).any():
+        return None
+    finite = np.isfinite(plan.label_values)
+    labels = pd.DataFrame({"date": scored["date"].to_numpy()[finite], "symbol": scored["symbol"].to_numpy()[finite],
+                           plan.label: plan.label_values[finite]})
+    if labels[plan.label].nunique() < 2:
+        return None
+    kw = dict(quantiles=int(ecfg["quantiles"]), cost_bps=float(ecfg["cost_bps"]),
+              min_stocks=int(ecfg["min_stocks"]), horizon=int(plan.horizon),
+              periods_per_year=float(ecfg["periods_per_year"]))
+    ensemble = evaluate_frames(scored[["date", "symbol", "signal"]], labels, plan.label, "signal", **kw)
+    if ensemble.summary["n_days"] == 0:
+        print(f"labels present on {int(finite.sum())} rows but no day has >= {kw['min_stocks']} "
+              f"labelled stocks: evaluation skipped")
+        return None
+    members = {m.name: evaluate_frames(scored[["date", "symbol", m.name]], labels, plan.label, m.name, **kw)
+               for m in plan.members}
+    oracle = None
+    if plan.oracle_values is not None and np.isfinite(plan.oracle_values).any():
+        frame = scored[["date", "symbol"]].assign(oracle=plan.oracle_values)
+        oracle = evaluate_frames(frame, labels, plan.label, "oracle", **kw)
+    cols = {m.name: scored[m.name].to_numpy() for m in plan.members}
+    cols["signal"] = scored["signal"].to_numpy()
+    correlation = member_correlation(scored["date"].to_numpy(), cols)
+    return {"ensemble": ensemble, "members": members, "oracle": oracle, "correlation": correlation,
+            "labels": labels, "params": kw}
+
+
+def recompute_command(out: Path, label: str, params: dict) -> str:
+    return (f"python -m crnn_ray.evaluate --signals {out / 'signals'} --labels {out / 'labels.parquet'} "
+            f"--label {label} --horizon {params['horizon']} --quantiles {params['quantiles']} "
+            f"--cost-bps {params['cost_bps']:g} --min-stocks {params['min_stocks']} "
+            f"--periods-per-year {params['periods_per_year']:g} --json metrics_check.json")
+
+
+def metrics_document(plan, opts, timing: dict, ev: dict | None) -> dict:
+    """metrics.json: ensemble (evaluate's JSON keys), members, oracle, correlation, members' info, run."""
+    panel_oracle = (plan.panel.meta.get("oracle_ic") or {}).get(plan.label) \
+        if plan.panel.meta.get("source") == "synth" else None
+    doc: dict[str, Any] = {
+        "experiment": str(Path(opts.experiment).resolve()),
+        "panel": str(Path(plan.panel_path).resolve()),
+        "label": plan.label,
+        "horizon": plan.horizon,
+        "method": opts.method,
+        "select_by": opts.select_by,
+        "top_k": opts.top_k,
+        "period": {"start": plan.period[0], "end": plan.period[1], "n_dates": int(plan.keys["date"].nunique()),
+                   "n_rows": int(len(plan.keys))},
+        "in_sample": plan.in_sample,
+        "weights": {m.name: float(w) for m, w in zip(plan.members, plan.weights)},
+        "weight_note": plan.weight_note,
+        "member_info": {m.name: m.info() for m in plan.members},
+        "path": timing["path"],
+    }
+    if ev is None:
+        return doc
+    ens = ev["ensemble"]
+    doc["ensemble"] = ens.to_dict()
+    out = Path(opts.out).resolve()
+    doc["ensemble"]["inputs"] = {  # as python -m crnn_ray.evaluate writes them for these files
+        "signals": str(out / "signals"), "labels": str(out / "labels.parquet"), "label": plan.label,
+        "signal_col": "signal", "first_date": str(pd.Timestamp(ens.daily["date"].iloc[0]).date()),
+        "last_date": str(pd.Timestamp(ens.daily["date"].iloc[-1]).date())}
+    doc["members"] = {name: e.to_dict() for name, e in ev["members"].items()}
+    doc["oracle_ic"] = ev["oracle"].summary["ic"] if ev["oracle"] is not None else None
+    doc["oracle_ic_panel"] = panel_oracle
+    ens_ic = ev["ensemble"].summary["ic"]
+    doc["ic_vs_oracle"] = (ens_ic / doc["oracle_ic"]) if doc["oracle_ic"] else None
+    doc["member_correlation"] = {r: {c: float(v) for c, v in row.items()} for r, row in
+                                 ev["correlation"].to_dict(orient="index").items()}
+    doc["recompute"] = recompute_command(Path(opts.out), plan.label, ev["params"])
+    return doc
+
+
+# ------------------------------------------------------------------------------------------------- figures
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def render_figures(plan, scored: pd.DataFrame, ev: dict, ecfg: dict) -> dict[str, bytes]:
+    """PNG bytes by file name: pnl, daily IC, IC histogram, quantile returns, turnover, member correlation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
+                         "axes.spines.right": False, "font.size": 9})
+    ens = ev["ensemble"]
+    daily = ens.daily.copy()
+    daily["date"] = pd.to_datetime(daily["date"])
+    figs: dict[str, bytes] = {}
+
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    ax.plot(daily["date"], daily["cum_ls"], color="C0", lw=2, label="ensemble long-short")
+    ax.plot(daily["date"], daily["cum_long"], color="C1", lw=2, label="ensemble long-only (vs mean)")
+    for i, (name, e) in enumerate(ev["members"].items()):
+        d = e.daily
+        ax.plot(pd.to_datetime(d["date"]), d["cum_ls"], lw=0.8, alpha=0.5, color=f"C{(i % 7) + 2}",
+                label=f"{name} long-short")
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_title(f"Cumulative pnl ({plan.label}/{plan.horizon} per day, summed)")
+    ax.legend(fontsize=7, ncol=2, loc="upper left")
+    fig.autofmt_xdate()
+    figs["pnl.png"] = _png(fig)
+
+    window = int(ecfg.get("rolling_ic_days", 20))
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    ic = daily["ic"]
+    ax.bar(daily["date"], ic.fillna(0.0), color=np.where(ic.fillna(0) >= 0, "C2", "C3"), width=1.0, alpha=0.6,
+           label="daily IC")
+    ax.plot(daily["date"], ic.rolling(window, min_periods=1).mean(), color="k", lw=1.5,
+            label=f"rolling {window}-day mean")
+    ax.axhline(ens.summary["ic"], color="C0", ls="--", lw=1, label=f"mean {ens.summary['ic']:+.4f}")
+    ax.set_title("Daily IC of the ensemble")
+    ax.legend(fontsize=7, loc="upper left")
+    fig.autofmt_xdate()
+    figs["ic_daily.png"] = _png(fig)
+
+    fig, ax = plt.subplots(figsize=(4, 3.2))
+    vals = ic.dropna().to_numpy()
+    ax.hist(vals, bins=max(5, min(40, len(vals) // 3)), color="C0", alpha=0.8)
+    ax.axvline(float(np.mean(vals)) if len(vals) else 0.0, color="k", ls="--", lw=1)
+    ax.set_title("Daily IC distribution")
+    ax.set_xlabel("IC")
+    figs["ic_hist.png"] = _png(fig)
+
+    fig, ax = plt.subplots(figsize=(4, 3.2))
+    q = np.asarray(ens.quantile_returns, dtype=float)
+    ax.bar([str(i + 1) for i in range(len(q))], q, color=["C3" if v < 0 else "C2" for v in q])
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_title(f"Mean {plan.label} by signal quantile")
+    ax.set_xlabel("quantile (1 = lowest signal)")
+    figs["quantiles.png"] = _png(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 2.8))
+    ax.plot(daily["date"], daily["turnover"], color="C4", lw=1, label="long-short turnover / day")
+    ax.axhline(ens.summary["turnover"], color="k", ls="--", lw=1, label=f"mean {ens.summary['turnover']:.3f}")
+    ax.set_title("Turnover")
+    ax.legend(fontsize=7, loc="upper left")
+    fig.autofmt_xdate()
+    figs["turnover.png"] = _png(fig)
+
+    corr = ev["correlation"]
+    fig, ax = plt.subplots(figsize=(1.2 + 0.55 * len(corr), 1.0 + 0.5 * len(corr)))
+    im = ax.imshow(corr.to_numpy(), vmin=-1, vmax=1, cmap="RdBu_r")
+    ax.set_xticks(range(len(corr)), [str(i) for i in range(len(corr))])
+    ax.set_yticks(range(len(corr)), [f"{i} {n}" for i, n in enumerate(corr.index)])
+    ax.grid(False)
+    for i in range(len(corr)):
+        for j in range(len(corr)):
+            v = corr.iat[i, j]
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if abs(v) > 0.6 else "black")
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    ax.set_title("Member correlation")
+    figs["correlation.png"] = _png(fig)
+    return figs
+
+
+# ---------------------------------------------------------------------------------------------------- html
+def _table(header: list[str], rows: list[list[str]], klass: str = "") -> str:
+    h = "".join(f"<th>{_html.escape(c)}</th>" for c in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f'<table class="{klass}"><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _leaderboard_rows(plan, opts, ev: dict) -> tuple[list[str], list[list[str]]]:
+    path = Path(opts.experiment) / "leaderboard.parquet"
+    if not path.is_file():
+        return [], []
+    lb = pd.read_parquet(path)
+    member_variants = {m.variant_id: m.name for m in plan.members}
+    test_ic = {}
+    for m in plan.members:  # this report's test figures per variant (mean over its selected seeds)
+        test_ic.setdefault(m.variant_id, []).append(ev["members"][m.name].summary)
+    header = ["variant", "status", "seeds ok", "valid IC", "valid pnl LS", "test IC (here)", "test pnl LS (here)",
+              "report IC", "report pnl", "params"]
+    rows = []
+    for r in lb.itertuples(index=False):
+        here = test_ic.get(r.variant_id)
+        t_ic = np.mean([s["ic"] for s in here]) if here else None
+        t_pnl = np.mean([s["pnl_long_short"] for s in here]) if here else None
+        name = _html.escape(str(r.variant_id)) + (" <b>(member)</b>" if r.variant_id in member_variants else "")
+        rows.append([
+            name, _html.escape(str(r.status)), f"{getattr(r, 'n_ok', '')}/{getattr(r, 'n_seeds', '')}",
+            _fmt(getattr(r, "valid_ic_mean", None), "{:+.4f}") + " ± " + _fmt(getattr(r, "valid_ic_std", None),
+                                                                              "{:.4f}"),
+            _fmt(getattr(r, "valid_pnl_long_short_mean", None), "{:+.4f}"),
+            _fmt(t_ic, "{:+.4f}"), _fmt(t_pnl, "{:+.4f}"),
+            _fmt(getattr(r, "seed_ic", None), "{:.4f}"), _fmt(getattr(r, "seed_pnl", None), "{:.3f}"),
+            _fmt(getattr(r, "params", None), "{:,d}"),
+        ])
+    return header, rows
+
+
+CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1100px;color:#222}
+h1{font-size:22px;margin-bottom:2px} h2{font-size:16px;margin-top:28px;border-bottom:1px solid #ddd}
+.sub{color:#666;font-size:13px;margin-bottom:14px}
+table{border-collapse:collapse;font-size:12px;margin:6px 0} th,td{padding:4px 9px;border-bottom:1px solid #eee}
+th{background:#f4f6f8;text-align:left} td{text-align:right;font-variant-numeric:tabular-nums}
+td:first-child{text-align:left} .key td{font-size:14px} .warn{background:#fff3cd;padding:8px;border:1px solid #e0c36b}
+.grid{display:flex;flex-wrap:wrap;gap:8px} img{max-width:100%} .small{color:#666;font-size:11px}
+"""
+
+
+def render_html(plan, opts, metrics: dict, ev: dict, figures: dict[str, bytes]) -> str:
+    """The tear sheet: key numbers first, then members beside the ensemble, figures, correlation, leaderboard."""
+    s = ev["ensemble"].summary
+    name = Path(opts.experiment).name
+    key_rows = [[lab, _fmt(s.get(k), f)] for k, lab, f in KEY_NUMBERS]
+    if metrics.get("oracle_ic") is not None:
+        key_rows.insert(1, ["oracle IC of the data (same rows)", _fmt(metrics["oracle_ic"], "{:+.4f}")
+                            + f" &nbsp;(ensemble / oracle = {_fmt(metrics['ic_vs_oracle'], '{:.2f}')})"])
+    side_rows = [[f"<b>ENSEMBLE ({_html.escape(opts.method)})</b>", "", "", "",
+                  *[_fmt(s.get(k), f) for k, _, f in SIDE_BY_SIDE]]]
+    for m, w in zip(plan.members, plan.weights):
+        ms = ev["members"][m.name].summary
+        side_rows.append([_html.escape(m.name), _html.escape(m.trial_id), _fmt(w, "{:.3f}"),
+                          _fmt(m.valid_ic, "{:+.4f}"), *[_fmt(ms.get(k), f) for k, _, f in SIDE_BY_SIDE]])
+    corr = ev["correlation"]
+    corr_rows = [[f"{i} {_html.escape(n)}", *[_fmt(v, "{:+.2f}") for v in corr.iloc[i].to_numpy()]]
+                 for i, n in enumerate(corr.index)]
+    lb_header, lb_rows = _leaderboard_rows(plan, opts, ev)
+    warn = "".join(f'<p class="warn">In-sample: {a}..{b} lies inside member {_html.escape(n)}\'s train/valid '
+                   f"window (+embargo); these scores are not out-of-sample.</p>"
+                   for n, (a, b) in plan.in_sample.items())
+    img = lambda f, w="100%": f'<img src="figures/{f}" style="width:{w}" alt="{f}">'  # noqa: E731
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>Ensemble tear sheet: {_html.escape(name)}</title><style>{CSS}</style></head><body>",
+        f"<h1>Ensemble tear sheet: {_html.escape(name)}</h1>",
+        f"<div class='sub'>{len(plan.members)} member(s) chosen by {_html.escape(opts.select_by)}, "
+        f"{_html.escape(opts.method)} of per-date z-scores &middot; {plan.period[0]} to {plan.period[1]} "
+        f"({metrics['period']['n_dates']} dates, {metrics['period']['n_rows']:,} rows) &middot; label "
+        f"{_html.escape(plan.label)} (horizon {plan.horizon}) &middot; data {_html.escape(Path(plan.panel_path).name)}"
+        "</div>", warn,
+        "<h2>Key numbers (ensemble)</h2>", _table(["metric", "value"], key_rows, "key"),
+        "<h2>Ensemble beside its members</h2>",
+        _table(["", "trial", "weight", "valid IC", *[lab for _, lab, _ in SIDE_BY_SIDE]], side_rows),
+        "<h2>Performance</h2>", img("pnl.png"), img("ic_daily.png"),
+        "<div class='grid'>", img("ic_hist.png", "32%"), img("quantiles.png", "32%"),
+        img("correlation.png", "32%"), "</div>", img("turnover.png"),
+        "<h2>Member correlation</h2><p class='small'>mean over dates of the cross-sectional Pearson "
+        "correlation of the raw predictions</p>",
+        _table(["", *[str(i) for i in range(len(corr))]], corr_rows),
+    ]
+    if lb_rows:
+        parts += ["<h2>Sweep leaderboard</h2><p class='small'>valid figures from the sweep; test figures from "
+                  "this report (selected seeds); report IC / pnl: the research report's reference values</p>",
+                  _table(lb_header, lb_rows)]
+    parts += [f"<p class='small'>Recompute the key numbers: <code>{_html.escape(metrics['recompute'])}</code>. "
+              "Definitions: docs/metrics.md, docs/scoring.md.</p></body></html>"]
+    return "\n".join(p for p in parts if p) + "\n"
+
+
+def write_report(out: Path, metrics: dict, figures: dict[str, bytes], html: str) -> None:
+    """figures/ (whole directory swapped in atomically), metrics.json and report.html, each atomic."""
+    with atomic_path(out / "figures") as tmp:
+        tmp.mkdir(parents=True)
+        for name, data in sorted(figures.items()):
+            (tmp / name).write_bytes(data)
+    write_json_atomic(out / "metrics.json", metrics)
+    with atomic_path(out / "report.html") as tmp:
+        tmp.write_text(html)

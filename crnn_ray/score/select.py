@@ -1,0 +1,187 @@
+"""Which trained models join the ensemble, and the look-ahead rule that keeps their scores honest.
+
+Members are ranked on a VALIDATION metric from the sweep's trials.parquet: picking on a test metric would
+leak the test period into the ensemble, so it is refused. Diverged or failed trials never join. A member's
+checkpoint tells which dates it has seen (train and valid windows plus the label embargo); scoring such a
+date produces an in-sample signal, so it is refused unless the caller asks for it explicitly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from crnn_ray.io import CliError
+from crnn_ray.sweep.config import VALID_METRICS
+from crnn_ray.sweep.leaderboard import RANKED
+
+__all__ = ["Member", "read_trials", "select_members", "load_members", "check_look_ahead", "forbidden_window"]
+
+
+@dataclass
+class Member:
+    """One ensemble member: its trial row, its checkpoint and (once loaded) its meta and weights."""
+
+    name: str                 # column name in the signal files, e.g. "convgru/m01@seed0"
+    trial_id: str
+    variant_id: str
+    spec: str
+    seed: int
+    checkpoint: Path
+    valid_ic: float           # the member's validation IC (the ic_weighted weights)
+    select_value: float       # the value of the selection metric
+    meta: dict[str, Any] = field(default_factory=dict)
+    state_dict: dict[str, Any] | None = None
+
+    @property
+    def lookback(self) -> int:
+        return int(self.meta["lookback"])
+
+    @property
+    def features(self) -> list[str]:
+        return list(self.meta["features"])
+
+    def info(self) -> dict[str, Any]:
+        """JSON-safe description for metrics.json and the report."""
+        return {
+            "trial_id": self.trial_id, "variant_id": self.variant_id, "spec": self.spec, "seed": self.seed,
+            "checkpoint": str(self.checkpoint), "valid_ic": self.valid_ic, "select_value": self.select_value,
+            "lookback": self.meta.get("lookback"), "label": self.meta.get("label"),
+            "splits": self.meta.get("splits"), "best_epoch": self.meta.get("best_epoch"),
+        }
+
+
+def read_trials(exp_dir: str | Path) -> pd.DataFrame:
+    """trials.parquet of an experiment directory; CliError naming the file when absent or unreadable."""
+    exp_dir = Path(exp_dir)
+    if not exp_dir.is_dir():
+        raise CliError(f"{exp_dir}: experiment directory not found")
+    path = exp_dir / "trials.parquet"
+    if not path.is_file():
+        raise CliError(f"{path}: missing (is {exp_dir} a finished sweep experiment?)")
+    try:
+        trials = pd.read_parquet(path)
+    except Exception as exc:  # corrupt file: one line naming it
+        raise CliError(f"{path}: cannot read ({type(exc).__name__})") from None
+    for col in ("trial_id", "variant_id", "spec", "seed", "status", "checkpoint", "valid_ic"):
+        if col not in trials.columns:
+            raise CliError(f"{path}: missing column {col!r}")
+    return trials
+
+
+def _check_metric(select_by: str, trials: pd.DataFrame, path: Path) -> None:
+    if not select_by.startswith("valid_"):
+        kind = "a test metric" if select_by.startswith("test") else "not a validation metric"
+        raise CliError(
+            f"--select-by {select_by}: {kind}; members are chosen on validation metrics only "
+            f"(choosing on test leaks the test period): use one of {', '.join(VALID_METRICS)}"
+        )
+    if select_by not in trials.columns:
+        raise CliError(f"{path}: no column {select_by!r} for --select-by (has {', '.join(VALID_METRICS)})")
+    if not pd.api.types.is_numeric_dtype(trials[select_by]):
+        raise CliError(f"{path}: column {select_by!r} is not numeric")
+
+
+def _member_name(variant_id: str, seed: int, trial_id: str, taken: set[str]) -> str:
+    name = f"{variant_id}@seed{seed}"
+    if name in taken or name in ("date", "symbol", "signal"):
+        name = f"{name}#{trial_id}"
+    return name
+
+
+def select_members(exp_dir: str | Path, top_k: int, select_by: str = "valid_ic") -> list[Member]:
+    """Top-k eligible trials by `select_by` (descending; ties broken by trial_id, so the choice is stable)."""
+    exp_dir = Path(exp_dir)
+    trials = read_trials(exp_dir)
+    path = exp_dir / "trials.parquet"
+    if int(top_k) != top_k or top_k < 1:
+        raise CliError(f"--top-k must be a positive integer, got {top_k}")
+    _check_metric(select_by, trials, path)
+    values = pd.to_numeric(trials[select_by], errors="coerce")
+    eligible = trials[trials["status"].isin(RANKED) & np.isfinite(values) & trials["checkpoint"].notna()]
+    if eligible.empty:
+        statuses = ", ".join(f"{k}={v}" for k, v in trials["status"].value_counts().sort_index().items())
+        raise CliError(f"{path}: no eligible trial (status in {list(RANKED)} with a finite {select_by} and a "
+                       f"checkpoint); statuses: {statuses or 'none'}")
+    order = eligible.assign(select_value_=values[eligible.index], trial_key_=eligible["trial_id"].astype(str))
+    order = order.sort_values(["select_value_", "trial_key_"], ascending=[False, True], kind="mergesort")
+    order = order.head(int(top_k))
+    members: list[Member] = []
+    taken: set[str] = set()
+    for row in order.itertuples(index=False):
+        ckpt = Path(str(row.checkpoint))
+        if not ckpt.is_absolute():
+            ckpt = exp_dir / ckpt
+        name = _member_name(str(row.variant_id), int(row.seed), str(row.trial_id), taken)
+        taken.add(name)
+        valid_ic = float(row.valid_ic) if row.valid_ic is not None and math.isfinite(float(row.valid_ic)) \
+            else math.nan
+        members.append(Member(name=name, trial_id=str(row.trial_id), variant_id=str(row.variant_id),
+                              spec=str(row.spec), seed=int(row.seed), checkpoint=ckpt, valid_ic=valid_ic,
+                              select_value=float(row.select_value_)))
+    return members
+
+
+def load_members(members: list[Member]) -> list[Member]:
+    """Load every member's meta and best weights (weights_only=True); CliError names the bad checkpoint."""
+    from crnn_ray.train import load_checkpoint
+
+    for m in members:
+        meta, state = load_checkpoint(m.checkpoint)
+        if meta.get("status") in ("diverged", "failed"):  # trials.parquet said ok: the files disagree
+            raise CliError(f"{m.checkpoint}/meta.json: status {meta.get('status')!r} (member {m.name})")
+        for key in ("features", "lookback", "splits", "label"):
+            if not meta.get(key):
+                raise CliError(f"{m.checkpoint}/meta.json: empty key {key!r} (member {m.name})")
+        for key in ("train", "valid"):
+            if key not in meta["splits"]:
+                raise CliError(f"{m.checkpoint}/meta.json: splits lacks {key!r} (member {m.name})")
+        m.meta, m.state_dict = meta, state
+    return members
+
+
+def forbidden_window(member: Member, dates: np.ndarray) -> tuple[int, int, np.datetime64, np.datetime64]:
+    """Day-index range [lo, hi] of `dates` a member has seen: train start .. valid end, widened by the embargo.
+
+    The embargo is counted in trading days of `dates` on both sides: a date just after the valid window has
+    a forward label that overlaps the labels used to pick the member, and a date just before train start
+    has a label over days the model trained on.
+    """
+    splits = member.meta["splits"]
+    embargo = int(splits.get("embargo", member.meta.get("horizon", 0)) or 0)
+    first = np.datetime64(str(splits["train"][0]), "D")
+    last = np.datetime64(str(splits["valid"][1]), "D")
+    lo = int(np.searchsorted(dates, first, side="left")) - embargo
+    hi = int(np.searchsorted(dates, last, side="right")) - 1 + embargo
+    return max(lo, 0), hi, first, last
+
+
+def check_look_ahead(members: list[Member], dates: np.ndarray, day_lo: int, day_hi: int) -> None:
+    """CliError naming the first member whose seen window (+embargo) overlaps the scored days [day_lo, day_hi]."""
+    overlaps = in_sample_overlaps(members, dates, day_lo, day_hi)
+    for m in members:
+        if m.name in overlaps:
+            a, b = overlaps[m.name]
+            _, _, first, last = forbidden_window(m, dates)
+            embargo = int(m.meta["splits"].get("embargo", 0) or 0)
+            raise CliError(
+                f"look-ahead: scoring dates {a}..{b} overlap member {m.name} (trial {m.trial_id}) "
+                f"train/valid window {first}..{last} +embargo {embargo} days; score later dates or pass "
+                f"--allow-in-sample"
+            )
+
+
+def in_sample_overlaps(members: list[Member], dates: np.ndarray, day_lo: int, day_hi: int) -> dict[str, list]:
+    """{member name: [first, last] overlapping scored date} for the members whose window overlaps."""
+    out = {}
+    for m in members:
+        lo, hi, _, _ = forbidden_window(m, dates)
+        a, b = max(lo, day_lo), min(hi, day_hi)
+        if a <= b:
+            out[m.name] = [str(dates[a]), str(dates[b])]
+    return out

@@ -1,0 +1,293 @@
+"""The scorer end to end on a real tiny sweep (run once for the module on a real local Ray).
+
+Covers: outputs and their agreement with `python -m crnn_ray.evaluate`, the oracle IC beside the ensemble's,
+the three ensemble methods against a hand computation, byte-identical reruns, Ray Data == in-process, the
+look-ahead refusal, corrupt / missing checkpoints, labels absent, and the daily job adding one partition.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from scipy.stats import rankdata
+
+from conftest import tiny_config, write_yaml
+from crnn_ray.score.__main__ import main as score_main
+from crnn_ray.sweep import run_sweep
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def experiment(ray_local, tmp_path_factory) -> Path:
+    """configs/sweeps/tiny.yaml run once: 2 members (convgru/m01, cnn1d/m01) on a synthetic market."""
+    root = tmp_path_factory.mktemp("score")
+    config = write_yaml(root / "tiny.yaml", tiny_config(name="tiny"))
+    outcome = run_sweep(config, storage=root / "runs")
+    return Path(outcome.experiment_dir)
+
+
+def run(args: list[str], capsys) -> tuple[int, str, str]:
+    capsys.readouterr()
+    rc = score_main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def partitions(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted((out / "signals").rglob("*.parquet"))}
+
+
+def read_signals(out: Path) -> pd.DataFrame:
+    frames = [pq.read_table(p).to_pandas() for p in sorted((out / "signals").rglob("*.parquet"))]
+    return pd.concat(frames, ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def scored(experiment, tmp_path_factory):
+    """The default command (mean, test period, auto path) and what it printed."""
+    out = tmp_path_factory.mktemp("scored") / "out"
+    rc = score_main(["--experiment", str(experiment), "--out", str(out), "--in-process"])
+    assert rc == 0
+    return out
+
+
+def test_outputs_agree_with_evaluate_and_show_oracle(experiment, scored, tmp_path, capsys):
+    out = scored
+    metrics = json.loads((out / "metrics.json").read_text())
+    trials = pd.read_parquet(experiment / "trials.parquet")
+    names = list(metrics["weights"])
+    assert len(names) == int((trials["status"] == "ok").sum()) == 2
+    sig = read_signals(out)
+    assert list(sig.columns) == ["date", "symbol", "signal", *names]
+    dirs = sorted(p.name for p in (out / "signals").iterdir())
+    assert dirs == [f"date={d}" for d in sorted(pd.to_datetime(sig["date"]).dt.strftime("%Y-%m-%d").unique())]
+    assert all(len(list((out / "signals" / d).iterdir())) == 1 for d in dirs)
+    test = json.loads((Path(trials["checkpoint"].iloc[0]) / "meta.json").read_text())["splits"]["test"]
+    assert dirs[-1] == f"date={test[1]}" and dirs[0] >= f"date={test[0]}"
+
+    # the same figures from the evaluate command on what the scorer wrote
+    from crnn_ray.evaluate import main as evaluate_main
+
+    check = tmp_path / "check.json"
+    argv = metrics["recompute"].split()[3:]
+    argv[argv.index("--json") + 1] = str(check)
+    assert evaluate_main(argv) == 0
+    recomputed = json.loads(check.read_text())
+    assert set(recomputed) == set(metrics["ensemble"])
+    assert recomputed["summary"] == metrics["ensemble"]["summary"]
+    assert set(metrics["members"]) == set(names)
+    assert metrics["members"][names[0]]["summary"]["ic"] != metrics["ensemble"]["summary"]["ic"]
+
+    # the synthetic market's oracle IC is reported beside the ensemble's test IC
+    assert 0.05 < metrics["oracle_ic"] < 0.6 and metrics["oracle_ic_panel"] > 0
+    assert metrics["ic_vs_oracle"] == pytest.approx(metrics["ensemble"]["summary"]["ic"] / metrics["oracle_ic"])
+    corr = pd.DataFrame(metrics["member_correlation"])
+    assert list(corr.index) == [*names, "signal"] and np.allclose(np.diag(corr), 1.0)
+
+    html = (out / "report.html").read_text()
+    for fig in ("pnl.png", "ic_daily.png", "ic_hist.png", "quantiles.png", "turnover.png", "correlation.png"):
+        assert f"figures/{fig}" in html and (out / "figures" / fig).read_bytes()[:4] == b"\x89PNG"
+    assert "oracle IC" in html and "Sweep leaderboard" in html and names[0] in html
+    labels = pd.read_parquet(out / "labels.parquet")
+    assert list(labels.columns) == ["date", "symbol", "y5"] and labels["y5"].notna().all()
+
+
+def hand_signal(sig: pd.DataFrame, names: list[str], method: str, weights: np.ndarray) -> np.ndarray:
+    """Per-date z-scores (or scaled ranks) by a plain loop, combined with the weights."""
+    out = np.full(len(sig), np.nan)
+    preds = sig[names].to_numpy(np.float64)
+    for _, idx in sig.groupby("date").indices.items():
+        p = preds[idx]
+        if method == "rank_mean":
+            n = len(idx)
+            cols = np.column_stack([(rankdata(p[:, k]) - 1) / (n - 1) - 0.5 for k in range(len(names))])
+        else:
+            cols = (p - p.mean(axis=0)) / p.std(axis=0)
+        out[idx] = cols @ weights
+    return out
+
+
+@pytest.mark.parametrize("method", ["mean", "ic_weighted", "rank_mean"])
+def test_ensemble_equals_hand_computation(experiment, scored, method, tmp_path, capsys):
+    if method == "mean":
+        out = scored
+    else:
+        out = tmp_path / method
+        rc, _, err = run(["--experiment", experiment, "--out", out, "--method", method, "--in-process"], capsys)
+        assert rc == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    names = list(metrics["weights"])
+    trials = pd.read_parquet(experiment / "trials.parquet").set_index("trial_id")
+    valid_ic = np.array([trials.loc[metrics["member_info"][n]["trial_id"], "valid_ic"] for n in names])
+    if method == "ic_weighted":
+        weights = np.clip(valid_ic, 0, None) / np.clip(valid_ic, 0, None).sum()
+    else:
+        weights = np.full(len(names), 1.0 / len(names))
+    assert np.allclose([metrics["weights"][n] for n in names], weights)
+    sig = read_signals(out)
+    np.testing.assert_allclose(sig["signal"].to_numpy(), hand_signal(sig, names, method, weights), atol=1e-12)
+
+
+def test_rerun_is_byte_identical_and_ray_equals_in_process(experiment, scored, tmp_path, capsys):
+    first = partitions(scored)
+    files = {n: (scored / n).read_bytes() for n in ("metrics.json", "report.html", "labels.parquet",
+                                                    "figures/pnl.png")}
+    rc, _, err = run(["--experiment", experiment, "--out", scored, "--in-process"], capsys)
+    assert rc == 0, err
+    assert partitions(scored) == first
+    assert all((scored / n).read_bytes() == b for n, b in files.items())
+    again = tmp_path / "again"
+    rc, _, err = run(["--experiment", experiment, "--out", again, "--in-process"], capsys)
+    assert rc == 0, err
+    for name in ("metrics.json", "report.html", "labels.parquet", "figures/pnl.png"):
+        assert (again / name).read_bytes() == (scored / name).read_bytes().replace(
+            str(scored).encode(), str(again).encode()), name
+    assert partitions(again) == first
+
+    # Ray Data: 4 batches over 2 actors (fractional CPUs), rows back in any order, vs the in-process path
+    # with the same model chunk but one big batch -> the same bytes
+    small = write_yaml(tmp_path / "small.yaml", {"chunk_rows": 128, "batch_rows": 256})
+    big = write_yaml(tmp_path / "big.yaml", {"chunk_rows": 128})
+    on_ray, in_proc = tmp_path / "ray", tmp_path / "in_process"
+    rc, out, err = run(["--experiment", experiment, "--out", on_ray, "--ray", "--config", small], capsys)
+    assert rc == 0, err
+    assert "on the ray path" in out and "2 actors x 0.5 CPU" in out
+    assert json.loads((on_ray / "metrics.json").read_text())["path"] == "ray"
+    rc, out, err = run(["--experiment", experiment, "--out", in_proc, "--in-process", "--config", big], capsys)
+    assert rc == 0, err
+    assert partitions(on_ray) == partitions(in_proc)
+    assert not list(tmp_path.glob(".score-keys-*"))  # the staged keys are gone
+
+
+def test_in_sample_dates_are_refused(experiment, tmp_path, capsys):
+    trials = pd.read_parquet(experiment / "trials.parquet")
+    splits = json.loads((Path(trials["checkpoint"].iloc[0]) / "meta.json").read_text())["splits"]
+    out = tmp_path / "in_sample"
+    rc, _, err = run(["--experiment", experiment, "--out", out, "--start", splits["valid"][0],
+                      "--end", splits["valid"][1]], capsys)
+    assert rc == 2 and not out.exists()
+    line = err.strip()
+    assert "\n" not in line and line.startswith("error: look-ahead") and "--allow-in-sample" in line
+    assert "@seed0" in line and splits["valid"][1] in line
+    # a date after the valid window but inside the embargo is refused too
+    after_valid = pd.Timestamp(splits["valid"][1]) + pd.Timedelta(days=1)
+    rc, _, err = run(["--experiment", experiment, "--out", out, "--start", after_valid.date(),
+                      "--end", splits["test"][1]], capsys)
+    assert rc == 2 and "embargo" in err and not out.exists()
+
+    rc, stdout, err = run(["--experiment", experiment, "--out", out, "--start", splits["valid"][0],
+                           "--end", splits["valid"][1], "--allow-in-sample"], capsys)
+    assert rc == 0, err
+    assert "WARNING in-sample" in stdout
+    assert set(json.loads((out / "metrics.json").read_text())["in_sample"]) == {
+        n for n in json.loads((out / "metrics.json").read_text())["weights"]}
+
+
+def copy_experiment(experiment: Path, dest: Path) -> Path:
+    """trials + leaderboard + checkpoints, with trials.parquet pointing at the copies."""
+    dest.mkdir(parents=True)
+    trials = pd.read_parquet(experiment / "trials.parquet")
+    for i, row in trials.iterrows():
+        if isinstance(row["checkpoint"], str):
+            target = dest / "ckpt" / str(row["trial_id"])
+            shutil.copytree(row["checkpoint"], target)
+            trials.loc[i, "checkpoint"] = str(target)
+    trials.to_parquet(dest / "trials.parquet")
+    shutil.copy(experiment / "leaderboard.parquet", dest / "leaderboard.parquet")
+    return dest
+
+
+def test_corrupt_or_missing_checkpoint_fails_cleanly(experiment, tmp_path, capsys):
+    exp = copy_experiment(experiment, tmp_path / "exp")
+    trials = pd.read_parquet(exp / "trials.parquet").sort_values("valid_ic", ascending=False)
+    best = Path(trials["checkpoint"].iloc[0]) / "best.pt"
+    best.write_bytes(b"not a torch file")
+    out = tmp_path / "out"
+    rc, stdout, err = run(["--experiment", exp, "--out", out], capsys)
+    assert rc == 2 and not out.exists()
+    assert err.count("\n") == 1 and str(best) in err and "corrupt" in err
+
+    best.unlink()
+    rc, _, err = run(["--experiment", exp, "--out", out], capsys)
+    assert rc == 2 and not out.exists() and str(best) in err and "missing" in err
+
+    # failed and diverged trials never join: the broken trial marked diverged -> the other one scores alone
+    t = pd.read_parquet(exp / "trials.parquet")
+    t.loc[t["checkpoint"] == str(best.parent), "status"] = "diverged"
+    t.to_parquet(exp / "trials.parquet")
+    rc, stdout, err = run(["--experiment", exp, "--out", out, "--top-k", "5"], capsys)
+    assert rc == 0, err
+    names = list(json.loads((out / "metrics.json").read_text())["weights"])
+    assert names == [f"{trials['variant_id'].iloc[1]}@seed0"]
+
+    rc, _, err = run(["--experiment", exp, "--out", tmp_path / "o2", "--select-by", "test_ic"], capsys)
+    assert rc == 2 and "test metric" in err and not (tmp_path / "o2").exists()
+
+
+def test_labels_absent_gives_signals_only(experiment, scored, tmp_path, capsys):
+    from crnn_ray.data import save_panel
+
+    src = experiment / "data" / "panel.parquet"
+    meta = json.loads(pq.read_schema(src).metadata[b"crnn_ray"])
+    df = pd.read_parquet(src)
+    df = df.drop(columns=[c for c in df.columns if c == "y5" or c.startswith("oracle_")])
+    panel = tmp_path / "nolabels.parquet"
+    save_panel(df, panel, {**meta, "labels": [], "horizons": {}})
+    dates = sorted(p.name[5:] for p in (scored / "signals").iterdir())
+    out = tmp_path / "out"
+    rc, stdout, err = run(["--experiment", experiment, "--out", out, "--data", panel,
+                           "--start", dates[0], "--end", dates[-1]], capsys)
+    assert rc == 0, err
+    assert "labels absent" in stdout
+    assert partitions(out) == partitions(scored)  # same rows, same predictions
+    assert not (out / "metrics.json").exists() and not (out / "report.html").exists()
+
+
+def test_new_day_adds_one_partition_and_touches_no_other(experiment, scored, tmp_path, capsys):
+    dates = sorted(p.name[5:] for p in (scored / "signals").iterdir())
+    out = tmp_path / "daily"
+    rc, _, err = run(["--experiment", experiment, "--out", out, "--end", dates[-2]], capsys)
+    assert rc == 0, err
+    before = partitions(out)
+    stamps = {p: (out / p).stat().st_mtime_ns for p in before}
+    assert len(before) == len(dates) - 1
+
+    rc, stdout, err = run(["--experiment", experiment, "--out", out, "--start", dates[-1], "--end", dates[-1]],
+                          capsys)
+    assert rc == 0, err
+    assert "in-process path" in stdout  # one day: the auto choice skips Ray Data's start-up
+    after = partitions(out)
+    new = set(after) - set(before)
+    assert new == {f"signals/date={dates[-1]}/part-0.parquet"}
+    assert all(after[p] == before[p] and (out / p).stat().st_mtime_ns == stamps[p] for p in before)
+    # a date's signal depends on that date only: the new partition equals the full run's
+    assert after[next(iter(new))] == partitions(scored)[next(iter(new))]
+
+
+def test_declared_gpu_takes_the_cuda_path_and_matches(experiment, scored, tmp_path):
+    """A Ray with a (fake) GPU: one actor per GPU, device "cuda" requested, CPU tensors where CUDA is absent."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "gpu"
+    script = (
+        "import ray, sys\n"
+        "from pathlib import Path\n"
+        "from crnn_ray.score import ScoreOptions, merge_config, run_score\n"
+        "ray.init(address='local', num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)\n"
+        f"m = run_score(ScoreOptions(experiment=Path({str(experiment)!r}), out=Path({str(out)!r}), path='ray',"
+        " config=merge_config({})))\n"
+        "ray.shutdown()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={k: v for k, v in __import__("os").environ.items() if k != "RAY_ADDRESS"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "on the ray path" in proc.stdout and "1 actors x 0.5 CPU" in proc.stdout
+    assert partitions(out) == partitions(scored)

@@ -1,0 +1,182 @@
+"""Scorer parts without a sweep: per-date ensemble maths, member selection rules, predictor batching."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy.stats import rankdata
+
+from crnn_ray.io import CliError
+from crnn_ray.score.ensemble import combine, member_correlation, member_weights, rank_by_date, zscore_by_date
+from crnn_ray.score.predict import EnsemblePredictor, member_payload
+from crnn_ray.score.select import Member, check_look_ahead, in_sample_overlaps, select_members
+from crnn_ray.zoo import build_model
+
+
+def long_table(seed=0, days=6, stocks=9, k=3):
+    rng = np.random.default_rng(seed)
+    dates = np.repeat(np.arange("2024-01-01", days, dtype="datetime64[D]")[:days], stocks)
+    preds = rng.normal(size=(days * stocks, k)) * np.array([1.0, 10.0, 0.01])[:k] + np.array([0.0, 5.0, -3.0])[:k]
+    preds[:stocks, k - 1] = 7.0  # one constant member-day: z must be 0 there, not NaN
+    preds[stocks:2 * stocks, 0] = np.round(preds[stocks:2 * stocks, 0])  # ties for the ranks
+    perm = rng.permutation(len(dates))  # rows of one date need not be contiguous
+    return dates[perm], preds[perm]
+
+
+def test_zscore_and_rank_match_a_loop_per_date():
+    dates, preds = long_table()
+    z, r = zscore_by_date(dates, preds), rank_by_date(dates, preds)
+    for d in np.unique(dates):
+        rows = dates == d
+        p = preds[rows]
+        sd = p.std(axis=0)
+        want = np.where(sd > 0, (p - p.mean(axis=0)) / np.where(sd > 0, sd, 1), 0.0)
+        np.testing.assert_allclose(z[rows], want, atol=1e-12)
+        n = rows.sum()
+        want_r = np.column_stack([(rankdata(p[:, k]) - 1) / (n - 1) - 0.5 for k in range(p.shape[1])])
+        np.testing.assert_allclose(r[rows], want_r, atol=1e-12)
+    assert np.isfinite(z).all() and (z[dates == dates.min()][:, 2] == 0).all()
+    assert len(np.unique(dates)) == 6 and np.abs(z).max() > 1
+
+
+def test_combine_weights_and_fallback():
+    dates, preds = long_table(seed=1)
+    w, note = member_weights("ic_weighted", [0.04, -0.02, 0.01])
+    np.testing.assert_allclose(w, [0.8, 0.0, 0.2])
+    assert note is None
+    np.testing.assert_allclose(combine(dates, preds, "ic_weighted", w), zscore_by_date(dates, preds) @ w)
+    w_eq, note = member_weights("ic_weighted", [-0.01, float("nan"), 0.0])
+    np.testing.assert_allclose(w_eq, [1 / 3] * 3)
+    assert "equal weights" in note
+    m = combine(dates, preds, "mean", member_weights("mean", [0, 0, 0])[0])
+    # a per-date z-score mean is itself centred within every date
+    for d in np.unique(dates):
+        assert abs(m[dates == d].mean()) < 1e-12
+    with pytest.raises(CliError, match="--method 'median'"):
+        member_weights("median", [0.1])
+
+
+def test_member_correlation_is_cross_sectional():
+    dates, preds = long_table(seed=2, days=8, stocks=30, k=2)
+    shifted = preds[:, 0] + np.searchsorted(np.unique(dates), dates) * 100.0  # daily level shifts only
+    corr = member_correlation(dates, {"a": preds[:, 0], "a_shifted": shifted, "b": preds[:, 1]})
+    assert corr.loc["a", "a_shifted"] == pytest.approx(1.0)
+    assert abs(corr.loc["a", "b"]) < 0.5
+
+
+def write_trials(exp: Path, rows: list[dict]) -> None:
+    exp.mkdir(parents=True, exist_ok=True)
+    base = {"spec": "s", "family": "cnn1d", "reason": "", "valid_rank_ic": 0.0, "checkpoint": "ck"}
+    pd.DataFrame([{**base, **r} for r in rows]).to_parquet(exp / "trials.parquet")
+
+
+def test_selection_ranks_on_validation_and_skips_failed(tmp_path):
+    exp = tmp_path / "exp"
+    write_trials(exp, [
+        {"trial_id": "t0", "variant_id": "a", "seed": 0, "status": "ok", "valid_ic": 0.02},
+        {"trial_id": "t1", "variant_id": "b", "seed": 0, "status": "diverged", "valid_ic": 0.09},
+        {"trial_id": "t2", "variant_id": "a", "seed": 1, "status": "ok", "valid_ic": 0.05},
+        {"trial_id": "t3", "variant_id": "c", "seed": 0, "status": "failed", "valid_ic": 0.08},
+        {"trial_id": "t4", "variant_id": "d", "seed": 0, "status": "pruned", "valid_ic": 0.03},
+        {"trial_id": "t5", "variant_id": "e", "seed": 0, "status": "ok", "valid_ic": float("nan")},
+    ])
+    members = select_members(exp, 5)
+    assert [m.trial_id for m in members] == ["t2", "t4", "t0"]
+    assert [m.name for m in members] == ["a@seed1", "d@seed0", "a@seed0"]
+    assert members[0].checkpoint == exp / "ck"  # relative paths resolve against the experiment
+    assert [m.trial_id for m in select_members(exp, 2, "valid_rank_ic")] == ["t0", "t2"]  # ties: trial id
+    for bad, msg in [("test_ic", "test metric"), ("ic", "not a validation metric"), ("valid_sharpe", "no column")]:
+        with pytest.raises(CliError, match=msg):
+            select_members(exp, 3, bad)
+    with pytest.raises(CliError, match="trials.parquet: missing"):
+        select_members(tmp_path, 3)
+
+
+def test_look_ahead_window_includes_embargo_on_both_sides():
+    dates = np.arange("2024-01-01", 40, dtype="datetime64[D]")
+    m = Member(name="x@seed0", trial_id="t0", variant_id="x", spec="s", seed=0, checkpoint=Path("c"),
+               valid_ic=0.1, select_value=0.1,
+               meta={"splits": {"train": [str(dates[10]), str(dates[20])], "valid": [str(dates[23]), str(dates[28])],
+                                "embargo": 3}})
+    assert in_sample_overlaps([m], dates, 32, 39) == {}
+    assert in_sample_overlaps([m], dates, 31, 39) == {"x@seed0": [str(dates[31]), str(dates[31])]}
+    assert in_sample_overlaps([m], dates, 0, 7) == {"x@seed0": [str(dates[7]), str(dates[7])]}
+    check_look_ahead([m], dates, 32, 39)
+    with pytest.raises(CliError, match=r"overlap member x@seed0 \(trial t0\).*\+embargo 3"):
+        check_look_ahead([m], dates, 29, 35)
+
+
+def test_predictor_rows_do_not_depend_on_batching():
+    torch.manual_seed(0)
+    D, S, F, L = 30, 25, 4, 6
+    X = np.random.default_rng(0).normal(size=(D, S, F)).astype(np.float32)
+    payloads = []
+    for i, spec in enumerate(["cnn1d/m01", "convgru/m01"]):
+        from crnn_ray.zoo import load_zoo
+
+        entry = load_zoo()[spec]
+        model = build_model(entry.spec, 3, L)
+        meta = {"spec": entry.spec, "lookback": L}
+        payloads.append(member_payload(f"m{i}", meta, model.state_dict(), [0, 2, 3], "z"))
+    dates = np.arange("2024-01-01", D, dtype="datetime64[D]")
+    symbols = np.array([f"S{s:02d}" for s in range(S)], dtype=object)
+    pred = EnsemblePredictor(payloads, {"z": X}, dates, symbols, device="cuda", chunk_rows=64)
+    assert pred.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    days, stocks = np.meshgrid(np.arange(L - 1, D), np.arange(S), indexing="ij")
+    keys = pd.DataFrame({"date": dates[days.ravel()], "symbol": symbols[stocks.ravel()]})
+    whole = pd.DataFrame(pred(keys))
+    pieces = pd.concat([pd.DataFrame(pred({"date": keys["date"].to_numpy()[i:i + n],
+                                           "symbol": keys["symbol"].to_numpy()[i:i + n]}))
+                        for i, n in zip(range(0, len(keys), 37), [37] * len(keys))], ignore_index=True)
+    assert list(whole.columns) == ["date", "symbol", "m0", "m1"]
+    assert whole[["m0", "m1"]].equals(pieces[["m0", "m1"]])  # bit for bit
+    # the prediction of one row is the member's model on that row's window of its features
+    model = build_model(payloads[1]["spec"], 3, L)
+    model.load_state_dict(payloads[1]["state_dict"])
+    d, s = 17, 4
+    with torch.no_grad():
+        direct = model.eval()(torch.as_tensor(X[d - L + 1:d + 1, s][:, [0, 2, 3]][None])).item()
+    row = whole[(whole["date"] == dates[d]) & (whole["symbol"] == symbols[s])]
+    assert row["m1"].item() == pytest.approx(direct, abs=1e-5)
+    with pytest.raises(ValueError, match="not in the predictor's panel"):
+        pred({"date": np.array(["2030-01-01"], dtype="datetime64[D]"), "symbol": np.array(["S00"], dtype=object)})
+
+
+def test_config_defaults_file_matches_code_and_bad_keys_are_named(tmp_path):
+    from crnn_ray.score import DEFAULT_CONFIG, merge_config
+    from crnn_ray.score.__main__ import DEFAULT_CONFIG_FILE, load_score_config
+
+    assert load_score_config(None) == merge_config({}) == merge_config(
+        __import__("yaml").safe_load(DEFAULT_CONFIG_FILE.read_text()))
+    assert merge_config({"ray": {"actor_cpus": 0.25}})["ray"] == {**DEFAULT_CONFIG["ray"], "actor_cpus": 0.25}
+    bad = tmp_path / "bad.yaml"
+    for text, msg in [("evaluation: {quantile: 5}\n", "unknown key evaluation.'quantile'"),
+                      ("batch_rows: -3\n", "batch_rows must be a positive integer"),
+                      ("top_k: [1\n", "invalid YAML")]:
+        bad.write_text(text)
+        with pytest.raises(CliError, match=msg):
+            load_score_config(str(bad))
+
+
+def test_auto_path_keeps_small_jobs_in_process():
+    from types import SimpleNamespace
+
+    from crnn_ray.score import choose_path, merge_config
+
+    cfg = merge_config({"in_process_max_days": 2, "in_process_max_rows": 100})
+
+    def plan(days, stocks):
+        d = np.repeat(np.arange("2024-01-01", days, dtype="datetime64[D]"), stocks)
+        return SimpleNamespace(keys=pd.DataFrame({"date": d, "symbol": np.tile(np.arange(stocks), days)}))
+
+    assert choose_path(plan(2, 500), "auto", cfg)[0] == "in_process"   # few dates
+    assert choose_path(plan(9, 10), "auto", cfg)[0] == "in_process"    # few rows
+    path, why = choose_path(plan(9, 500), "auto", cfg)
+    assert path == "ray" and "4,500 rows > 100" in why
+    assert choose_path(plan(9, 500), "in_process", cfg) == ("in_process", "forced")
+    with pytest.raises(CliError, match="path 'gpu' unknown"):
+        choose_path(plan(1, 1), "gpu", cfg)
