@@ -3,6 +3,7 @@
 # The repository is uploaded as the job's working directory (jobs/runtime_env.yaml), so the cluster runs
 # the code and config you have here; experiments land on storage every node mounts.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/_lib.sh"
 
 usage() {
   cat >&2 <<'EOF'
@@ -21,17 +22,11 @@ EOF
   exit 2
 }
 
-die() {
-  echo "error: $*" >&2
-  exit 2
-}
-
 [[ $# -ge 2 ]] || usage
 config=$1
 name=$2
 shift 2
 
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 [[ -f $config ]] || die "config $config: no such file"
 config_abs=$(realpath -- "$config")
 case $config_abs in
@@ -41,29 +36,14 @@ esac
 case $config_rel in
   .venv/* | runs/* | .git/*) die "config $config: $config_rel is excluded from the upload (jobs/runtime_env.yaml)" ;;
 esac
-[[ $name =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] || die "NAME '$name': use letters, digits, '.', '_' or '-'"
+check_name "$name"
 
-[[ -n ${RAY_ADDRESS:-} ]] || die "RAY_ADDRESS is not set (the job server, e.g. http://127.0.0.1:8265)"
+require_ray_address
 storage=${CRNN_STORAGE:-/mnt/crnn/runs}
 [[ $storage == /* ]] || die "CRNN_STORAGE '$storage': must be an absolute path on storage every node mounts"
+require_auth_token
+find_ray_cli
 
-export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}
-if [[ $RAY_AUTH_MODE == token && -z ${RAY_AUTH_TOKEN:-} ]]; then
-  token_file=${RAY_AUTH_TOKEN_PATH:-$HOME/.ray/auth_token}
-  [[ -s $token_file ]] \
-    || die "no Ray auth token: set RAY_AUTH_TOKEN, or RAY_AUTH_TOKEN_PATH to a token file (missing: $token_file)"
-fi
-
-ray_cli=${RAY_CLI:-ray}
-command -v "$ray_cli" >/dev/null || die "'$ray_cli' not found: activate the environment that has Ray 2.60"
-
-wait_flag=()
-[[ ${CRNN_NO_WAIT:-0} == 1 ]] && wait_flag=(--no-wait)
 submission_id="crnn-sweep-${name}-$(date -u +%Y%m%dT%H%M%SZ)"
-
-entrypoint=(python -m crnn_ray.sweep --config "$config_rel" --storage "$storage" --name "$name" "$@")
-
-cd "$root"
 echo "submitting $submission_id: $config_rel -> $storage/$name on $RAY_ADDRESS" >&2
-exec "$ray_cli" job submit --address "$RAY_ADDRESS" --submission-id "$submission_id" \
-  --working-dir . --runtime-env jobs/runtime_env.yaml "${wait_flag[@]}" -- "${entrypoint[@]}"
+submit_job "$submission_id" python -m crnn_ray.sweep --config "$config_rel" --storage "$storage" --name "$name" "$@"

@@ -271,7 +271,15 @@ def test_score_daily_rejects_bad_input_and_builds_the_job(token_file):
     assert done.returncode == 0, done.stderr
     line = done.stdout.strip()
     assert line.startswith("job submit --address http://127.0.0.1:8265 --submission-id crnn-score-exp1-2024-06-03-")
-    assert "--working-dir . --runtime-env jobs/runtime_env.yaml -- sh -c" in line
-    # the remote script's arguments: experiment, output, panel, date
-    assert line.endswith("score_daily /mnt/crnn/runs/exp1 /mnt/crnn/signals/exp1 "
-                         "/mnt/crnn/panels/today.parquet 2024-06-03")
+    # the scorer itself, one date: experiment, output, panel, --start = --end = DATE
+    assert line.endswith("--working-dir . --runtime-env jobs/runtime_env.yaml -- python -m crnn_ray.score "
+                         "--experiment /mnt/crnn/runs/exp1 --out /mnt/crnn/signals/exp1 "
+                         "--data /mnt/crnn/panels/today.parquet --start 2024-06-03 --end 2024-06-03")
+
+    # no DATE: the scorer finds the panel's last date on the cluster (--latest); no CRNN_DATA: no --data
+    done = _run(SCORE, "exp1", **ok, CRNN_NO_WAIT="1")
+    assert done.returncode == 0, done.stderr
+    line = done.stdout.strip()
+    assert line.startswith("job submit --address http://127.0.0.1:8265 --submission-id crnn-score-exp1-latest-")
+    assert line.endswith("--working-dir . --runtime-env jobs/runtime_env.yaml --no-wait -- python -m crnn_ray.score "
+                         "--experiment /mnt/crnn/runs/exp1 --out /mnt/crnn/signals/exp1 --latest")

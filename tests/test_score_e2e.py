@@ -2,7 +2,8 @@
 
 Covers: outputs and their agreement with `python -m crnn_ray.evaluate`, the oracle IC beside the ensemble's,
 the three ensemble methods against a hand computation, byte-identical reruns, Ray Data == in-process, the
-look-ahead refusal, corrupt / missing checkpoints, labels absent, and the daily job adding one partition.
+look-ahead refusal, corrupt / missing checkpoints, labels absent, the daily job adding one partition, and
+--latest scoring only the panel's last date.
 """
 
 from __future__ import annotations
@@ -269,6 +270,37 @@ def test_new_day_adds_one_partition_and_touches_no_other(experiment, scored, tmp
     assert all(after[p] == before[p] and (out / p).stat().st_mtime_ns == stamps[p] for p in before)
     # a date's signal depends on that date only: the new partition equals the full run's
     assert after[next(iter(new))] == partitions(scored)[next(iter(new))]
+
+
+def test_latest_scores_only_the_panels_last_date(experiment, scored, tmp_path, capsys):
+    """--latest (the daily job): start = end = the last date of the panel scored, the experiment's or --data's."""
+    from crnn_ray.data import save_panel
+
+    panel = experiment / "data" / "panel.parquet"
+    df = pd.read_parquet(panel)
+    days = sorted(pd.to_datetime(df["date"]).dt.strftime("%Y-%m-%d").unique())
+    out = tmp_path / "latest"
+    rc, stdout, err = run(["--experiment", experiment, "--out", out, "--latest"], capsys)
+    assert rc == 0, err
+    assert f"latest date in {panel}: {days[-1]}" in stdout
+    assert list(partitions(out)) == [f"signals/date={days[-1]}/part-0.parquet"]
+    assert partitions(out) == {p: b for p, b in partitions(scored).items() if days[-1] in p}
+
+    # with --data, the last date of that panel (here: the same market one day shorter)
+    meta = json.loads(pq.read_schema(panel).metadata[b"crnn_ray"])
+    shorter = tmp_path / "shorter.parquet"
+    save_panel(df[pd.to_datetime(df["date"]) < pd.Timestamp(days[-1])], shorter, meta)
+    rc, stdout, err = run(["--experiment", experiment, "--out", out, "--data", shorter, "--latest"], capsys)
+    assert rc == 0, err
+    assert f"latest date in {shorter}: {days[-2]}" in stdout
+    assert sorted(partitions(out)) == [f"signals/date={d}/part-0.parquet" for d in days[-2:]]
+
+    # not with --start / --end: one line, nothing written
+    for flag in ("--start", "--end"):
+        rc, _, err = run(["--experiment", experiment, "--out", tmp_path / "bad", "--latest", flag, days[-1]],
+                         capsys)
+        assert rc == 2 and err.count("\n") == 1 and "--latest" in err and "--start/--end" in err
+        assert not (tmp_path / "bad").exists()
 
 
 def test_declared_gpu_takes_the_cuda_path_and_matches(experiment, scored, tmp_path):

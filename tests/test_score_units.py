@@ -180,3 +180,30 @@ def test_auto_path_keeps_small_jobs_in_process():
     assert choose_path(plan(9, 500), "in_process", cfg) == ("in_process", "forced")
     with pytest.raises(CliError, match="path 'gpu' unknown"):
         choose_path(plan(1, 1), "gpu", cfg)
+
+
+def test_latest_is_the_panels_last_date_and_excludes_start_end(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from crnn_ray.score import ScoreOptions, plan_scoring
+    from crnn_ray.score.__main__ import main as score_main
+    from crnn_ray.score.job import _resolve_day_range
+
+    panel = SimpleNamespace(dates=np.arange("2024-01-01", "2024-01-11", dtype="datetime64[D]"), meta={})
+    members = [SimpleNamespace(meta={"splits": {"test": ["2024-01-03", "2024-01-08"]}})]
+    opts = ScoreOptions(experiment=tmp_path, out=tmp_path / "out")
+    assert _resolve_day_range(panel, members, opts) == (2, 7)      # default: the members' test period
+    opts.latest = True
+    assert _resolve_day_range(panel, members, opts) == (9, 9)      # --latest: the panel's last date only
+
+    # with --start or --end: a one-line error before anything is read or written
+    out = tmp_path / "out"
+    with pytest.raises(CliError, match="--latest"):
+        plan_scoring(ScoreOptions(experiment=tmp_path / "missing", out=out, latest=True, start="2024-01-10"))
+    for flag in ("--start", "--end"):
+        capsys.readouterr()
+        rc = score_main(["--experiment", str(tmp_path / "missing"), "--out", str(out), "--latest", flag,
+                         "2024-01-10"])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.count("\n") == 1 and err.startswith("error: --latest")
+        assert not out.exists()

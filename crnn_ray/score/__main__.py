@@ -1,8 +1,8 @@
 """`python -m crnn_ray.score`: ensemble a sweep's top-K models into daily signals, evaluate, write a tear sheet.
 
     python -m crnn_ray.score --experiment runs/quickstart --out runs/quickstart/score
-    python -m crnn_ray.score --experiment runs/quickstart --data today.parquet --start 2024-06-03 \\
-        --end 2024-06-03 --out prod/score            # the daily job: adds one partition
+    python -m crnn_ray.score --experiment runs/quickstart --data today.parquet --latest \\
+        --out prod/score            # the daily job: adds one partition, the panel's last date
 
 Defaults come from configs/score/default.yaml (override with --config; flags override both). Exit status 2
 with a one-line `error:` on bad input, and nothing written.
@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--data", help="panel to score (default: the experiment's own panel)")
     ap.add_argument("--start", help="first date to score YYYY-MM-DD (default: the members' test period)")
     ap.add_argument("--end", help="last date to score (default: test end; with --data the panel's last date)")
+    ap.add_argument("--latest", action="store_true",
+                    help="score only the last date of the panel (the experiment's or --data); not with --start/--end")
     ap.add_argument("--allow-in-sample", action="store_true",
                     help="score dates inside a member's train/valid window (+embargo); flagged in the output")
     where = ap.add_mutually_exclusive_group()
@@ -64,13 +66,15 @@ def load_score_config(path: str | None) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.latest and (args.start or args.end):
+        raise CliError("--latest scores the panel's last date: do not combine it with --start/--end")
     cfg = load_score_config(args.config)
     opts = ScoreOptions(
         experiment=Path(args.experiment), out=Path(args.out),
         top_k=args.top_k if args.top_k is not None else int(cfg["top_k"]),
         select_by=args.select_by or str(cfg["select_by"]),
         method=args.method or str(cfg["method"]),
-        data=Path(args.data) if args.data else None, start=args.start, end=args.end,
+        data=Path(args.data) if args.data else None, start=args.start, end=args.end, latest=bool(args.latest),
         allow_in_sample=bool(args.allow_in_sample), path=args.path or str(cfg["path"]), config=cfg,
     )
     run_score(opts)
