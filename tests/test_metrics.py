@@ -351,3 +351,42 @@ def test_block_scan_carries_books_across_blocks(monkeypatch, block_days):
     np.testing.assert_allclose(blocked.daily["turnover"], ref["turnover"], atol=TOL, rtol=0, equal_nan=True)
     for key, value in whole.summary.items():
         assert blocked.summary[key] == pytest.approx(value, abs=1e-12, nan_ok=True), key
+
+
+@pytest.mark.parametrize("quantiles", [5, 17, 20])
+def test_bucket_sizes_counted_per_bucket_or_by_bincount_equal_reference(quantiles):
+    """Bucket sizes are counted bucket by bucket on int8 buckets for Q <= 16, by bincount above: same numbers."""
+    signal, label = random_panel(21, days=30, stocks=97)
+    ref = pandas_reference(signal, label, quantiles, 10, 1, 0.0)
+    ev = evaluate(signal, label, quantiles=quantiles, min_stocks=10)
+    q_cols = [f"q{q + 1}" for q in range(quantiles)]
+    np.testing.assert_allclose(ev.daily[q_cols].to_numpy(), ref["q_means"], atol=TOL, rtol=0, equal_nan=True)
+    np.testing.assert_allclose(ev.daily["turnover"], ref["turnover"], atol=TOL, rtol=0, equal_nan=True)
+
+
+def test_negative_nans_and_infinities_are_missing_like_nan():
+    """Zero-filling works on the IEEE bits: a NaN with its sign bit set, or +-inf, must still count as missing."""
+    signal, label = random_panel(22, days=25, stocks=40)
+    odd_signal, odd_label = signal.copy(), label.copy()
+    for arr in (odd_signal, odd_label):
+        holes = np.flatnonzero(np.isnan(arr))
+        arr.flat[holes[0::3]] = np.copysign(np.nan, -1.0)
+        arr.flat[holes[1::3]] = -np.inf
+        arr.flat[holes[2::3]] = np.inf
+    assert np.signbit(odd_signal[np.isnan(odd_signal)]).any()
+    plain = evaluate(signal, label, quantiles=4, min_stocks=10)
+    odd = evaluate(odd_signal, odd_label, quantiles=4, min_stocks=10)
+    pd.testing.assert_frame_equal(odd.daily, plain.daily)
+
+
+def test_row_counts_match_count_nonzero_on_narrow_and_wide_rows():
+    """Counting bytes into int16 (rows < 2**15 wide) or int32 (wider) gives np.count_nonzero's counts."""
+    import crnn_ray.metrics as metrics
+
+    rng = np.random.default_rng(5)
+    for cols in (7, 2**15 - 1, 2**15 + 3):
+        mask = rng.random((3, cols)) < 0.97
+        mask[1] = True
+        counts = metrics._row_counts(mask)
+        assert counts.dtype == np.int64
+        np.testing.assert_array_equal(counts, np.count_nonzero(mask, axis=1))
