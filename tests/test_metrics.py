@@ -11,6 +11,7 @@ import scipy.stats as st
 
 from crnn_ray.io import CliError
 from crnn_ray.metrics import (
+    align_frames,
     average_ranks,
     daily_ic,
     daily_rank_ic,
@@ -326,6 +327,27 @@ def test_evaluate_frames_rejects_bad_tables_in_one_line(mutate, needle):
     assert needle in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("symbol,extra_label_row", [("S3", False), ("S_ONLY_IN_SIGNALS", False), ("S4", True)])
+def test_duplicate_keys_are_named_inside_and_outside_the_joined_grid(symbol, extra_label_row):
+    """A repeated (date, symbol) is an error whether or not the key takes part in the join."""
+    signal, label = random_panel(13, days=6, stocks=6)
+    grid = pd.MultiIndex.from_product([pd.bdate_range("2023-01-02", periods=6), [f"S{i}" for i in range(6)]],
+                                      names=["date", "symbol"]).to_frame(index=False)
+    sig_df, lab_df = grid.assign(signal=signal.ravel()), grid.assign(y5=label.ravel())
+    twice = pd.DataFrame({"date": [pd.Timestamp("2023-01-03")] * 2, "symbol": [symbol] * 2, "signal": [0.1, 0.2]})
+    if symbol in set(grid["symbol"]):
+        sig_df = sig_df[~((sig_df["date"] == "2023-01-03") & (sig_df["symbol"] == symbol))]
+    sig_df = pd.concat([sig_df, twice], ignore_index=True)
+    if extra_label_row:  # the duplicate sits in the labels table instead
+        sig_df, lab_df = grid.assign(signal=signal.ravel()), pd.concat(
+            [lab_df, lab_df[(lab_df["symbol"] == symbol)].iloc[:1]], ignore_index=True)
+    with pytest.raises(CliError) as err:
+        evaluate_frames(sig_df, lab_df, "y5")
+    msg = str(err.value)
+    assert "1 duplicate (date, symbol) key(s)" in msg and symbol in msg and "\n" not in msg
+    assert msg.startswith("labels:" if extra_label_row else "signals:")
+
+
 def test_bad_parameters_name_the_key():
     signal, label = random_panel(12, days=5, stocks=12)
     for kw, key in [({"quantiles": 1}, "quantiles"), ({"min_stocks": 1}, "min_stocks"),
@@ -390,3 +412,19 @@ def test_row_counts_match_count_nonzero_on_narrow_and_wide_rows():
         counts = metrics._row_counts(mask)
         assert counts.dtype == np.int64
         np.testing.assert_array_equal(counts, np.count_nonzero(mask, axis=1))
+
+
+@pytest.mark.parametrize("symbol_dtype", [np.int32, np.int64, "text"])
+def test_evaluate_frames_equals_arrays_for_integer_and_text_symbols(symbol_dtype):
+    """Integer symbols take the lookup-table path, text symbols the factorize path: same grid either way."""
+    signal, label = random_panel(14, days=7, stocks=9)
+    codes = np.arange(600000, 600009, dtype=np.int64)
+    symbols = codes.astype(str) if symbol_dtype == "text" else codes.astype(symbol_dtype)
+    grid = pd.MultiIndex.from_product([pd.bdate_range("2023-03-01", periods=7), symbols],
+                                      names=["date", "symbol"]).to_frame(index=False)
+    sig_df = grid.assign(signal=signal.ravel()).sample(frac=1.0, random_state=1)
+    lab_df = grid.assign(y5=label.ravel()).sample(frac=1.0, random_state=2)
+    sig, lab, dates, syms = align_frames(sig_df, lab_df, "y5")
+    np.testing.assert_array_equal(sig, signal)  # every (date, symbol) has a row in both: the grids come back
+    np.testing.assert_array_equal(lab, label)
+    assert [str(s) for s in syms] == [str(s) for s in symbols] and len(dates) == 7
