@@ -262,7 +262,7 @@ def test_scheduler_pruned_trial_is_ranked_from_its_history():
 def test_asha_scheduler_prunes_on_the_epoch_axis(tmp_path):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from crnn_ray.sweep import _scheduler
+    from crnn_ray.sweep.run import _scheduler
 
     doc = tiny_config(training={"epochs": 6}, scheduler={"type": "asha", "grace_period": 2, "reduction_factor": 3,
                                                           "metric": "valid_rank_ic"})

@@ -12,10 +12,6 @@ The run's API is re-exported here: `from crnn_ray.sweep import run_sweep`.
 from crnn_ray.sweep.config import SweepConfig, load_config
 from crnn_ray.sweep.run import (SweepOutcome, collect, prepare_experiment, read_results_json, resolve_experiment,
                                 run_sweep)
-# Private names kept importable from the package: `_scheduler` for tests; `_dirname` because Tune pickles the
-# trial-name creators into DIR/NAME/tune/, and experiments started before run.py existed refer to
-# `crnn_ray.sweep._dirname` there (--resume unpickles it).
-from crnn_ray.sweep.run import _dirname, _scheduler  # noqa: F401
 
 __all__ = ["run_sweep", "load_config", "resolve_experiment", "prepare_experiment", "read_results_json", "collect",
            "SweepConfig", "SweepOutcome"]
