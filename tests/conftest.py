@@ -139,6 +139,22 @@ def ray_head():
     head.stop()
 
 
+def read_results_json(trial_dir: Path) -> list[dict]:
+    """Every result a Tune trial reported, in order (its result.json: one JSON object per line)."""
+    import json
+
+    path = Path(trial_dir) / "result.json"
+    rows = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:
+                    continue
+    return rows
+
+
 def write_yaml(path: Path, doc: dict) -> Path:
     import yaml
 

@@ -154,12 +154,25 @@ def test_config_defaults_file_matches_code_and_bad_keys_are_named(tmp_path):
         __import__("yaml").safe_load(DEFAULT_CONFIG_FILE.read_text()))
     assert merge_config({"ray": {"actor_cpus": 0.25}})["ray"] == {**DEFAULT_CONFIG["ray"], "actor_cpus": 0.25}
     bad = tmp_path / "bad.yaml"
-    for text, msg in [("evaluation: {quantile: 5}\n", "unknown key evaluation.'quantile'"),
-                      ("batch_rows: -3\n", "batch_rows must be a positive integer"),
-                      ("top_k: [1\n", "invalid YAML")]:
+    for text, msg in [("evaluation: {quantile: 5}\n", r"^bad\.yaml: evaluation\.quantile: unknown key"),
+                      ("batch_rows: -3\n", r"^bad\.yaml: batch_rows: expected a positive integer, got -3"),
+                      ("top_k: [1\n", r"^bad\.yaml: not valid YAML")]:
         bad.write_text(text)
         with pytest.raises(CliError, match=msg):
             load_score_config(str(bad))
+
+
+def test_default_config_file_documents_the_code_defaults():
+    """configs/score/default.yaml shows every key with its default, commented out: uncommented, it is the code's."""
+    import yaml
+
+    from crnn_ray.score.config import DEFAULT_CONFIG, DEFAULT_CONFIG_FILE
+
+    lines = DEFAULT_CONFIG_FILE.read_text().splitlines()
+    documented = yaml.safe_load("\n".join(ln[2:] for ln in lines if ln.startswith("# ") and ":" in ln
+                                          and not ln.startswith("# `") and "settings" not in ln
+                                          and not ln.startswith("# crnn_ray") and not ln.startswith("# file")))
+    assert documented == DEFAULT_CONFIG
 
 
 def test_auto_path_keeps_small_jobs_in_process():

@@ -183,14 +183,18 @@ def _trial(key, variant, seed, lr=1e-3):
 
 
 def _results(ic, status="ok", checkpoint="/ckpt", params=1000, epochs=3):
-    rows = [{"epoch": e, "valid_ic": ic - 0.01 * (epochs - e), "status": "running", "checkpoint_path": f"{checkpoint}/{e}",
-             "best_epoch": e, "final": 0} for e in range(1, epochs + 1)]
-    rows.append({"final": 1, "status": status, "reason": "r", "epoch": epochs, "epochs_run": epochs, "best_epoch": epochs,
-                 "params": params, "valid_ic": ic, "valid_rank_ic": ic / 2, "valid_icir": ic * 10,
-                 "valid_pnl_long_short": ic * 3, "valid_pnl_long": ic, "samples_per_s": 100.0, "cpu_percent": 95.0,
-                 "threads": 1, "os_threads": 30.0, "worker_node_ip": "10.0.0.1", "worker_node_id": "n1",
-                 "gpu_ids": '["0"]',
-                 "resumed_from_epoch": 0})
+    """Epoch reports as the worker sends them: each carries the best epoch so far (`best_*`); the last one
+    the trial's status."""
+    rows = []
+    for e in range(1, epochs + 1):
+        v = ic - 0.01 * (epochs - e)
+        best = {"valid_ic": v, "valid_rank_ic": v / 2, "valid_icir": v * 10, "valid_pnl_long_short": v * 3,
+                "valid_pnl_long": v}
+        rows.append({"epoch": e, **best, **{f"best_{k}": x for k, x in best.items()}, "best_epoch": e,
+                     "status": status if e == epochs else "running", "reason": "r" if e == epochs else "",
+                     "checkpoint_path": f"{checkpoint}/{e}", "params": params, "samples_per_s": 100.0,
+                     "cpu_percent": 95.0, "threads": 1, "os_threads": 30.0, "worker_node_ip": "10.0.0.1",
+                     "worker_node_id": "n1", "gpu_ids": '["0"]', "resumed_from_epoch": 0})
     return rows
 
 
@@ -248,10 +252,11 @@ def test_leaderboard_picks_each_variants_best_hyperparameters():
 
 
 def test_scheduler_pruned_trial_is_ranked_from_its_history():
-    hist = [r for r in _results(0.04, checkpoint="/p") if r.get("final") == 0]
+    hist = _results(0.04, checkpoint="/p")
+    hist[-1]["status"] = "running"  # the scheduler stopped it after epoch 3; its best epoch was 2
     hist[1]["valid_ic"], hist[1]["valid_rank_ic"] = 0.07, 0.01
-    for r in hist:
-        r["best_epoch"] = 2
+    for r in hist[1:]:
+        r["best_epoch"], r["best_valid_ic"], r["best_valid_rank_ic"] = 2, 0.07, 0.01
     row = trial_row(_trial("t000", "cnn1d/m01", 0), hist, None, "cnn1d")
     assert row["status"] == "pruned" and row["best_epoch"] == 2 and row["valid_ic"] == pytest.approx(0.07)
     assert row["checkpoint"] == "/p/3" and row["epochs_run"] == 3
@@ -270,7 +275,7 @@ def test_asha_scheduler_prunes_on_the_epoch_axis(tmp_path):
     sched = _scheduler(cfg)
     assert isinstance(sched, ASHAScheduler)
     assert sched._time_attr == "epoch" and sched._metric == "valid_rank_ic" and sched._mode == "max"
-    assert sched._max_t == 7  # one past the last epoch: the trial's final summary report is never cut off
+    assert sched._max_t == 6  # the last epoch: every report is an epoch's (no separate summary report)
     assert isinstance(_scheduler(load_config(SWEEPS / "tiny.yaml")), FIFOScheduler)
     with pytest.raises(CliError, match=r"scheduler\.grace_period: 9 exceeds training\.epochs \(6\)"):
         doc["scheduler"]["grace_period"] = 9

@@ -2,42 +2,58 @@
 
 One sweep serves several checks (each Train run costs ~15-40 s of start-up on 2 CPUs): one variant, a
 learning-rate grid [1e-3, 1e6] over 2 epochs. The 1e-3 trial's worker is SIGKILLed after its first
-checkpoint (test hook) and must resume and finish exactly like an uninterrupted run; the 1e6 trial diverges
-and must not be ranked.
+checkpoint (the test-only hook in tests/hooks/sitecustomize.py) and must resume and finish exactly like an
+uninterrupted run; the 1e6 trial diverges and must not be ranked.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-from conftest import tiny_config, write_yaml
+from conftest import read_results_json, tiny_config, write_yaml
 from crnn_ray.io import CliError
-from crnn_ray.sweep import read_results_json, run_sweep
+from crnn_ray.sweep import run_sweep
 from crnn_ray.sweep.leaderboard import LEADERBOARD_COLUMNS, TRIAL_COLUMNS
-from crnn_ray.sweep.trial import KILL_HOOK_ENV
 
 pytestmark = pytest.mark.ray
 
+HOOKS = Path(__file__).resolve().parent / "hooks"
+
 
 @pytest.fixture(scope="module")
-def sweep(ray_local, tmp_path_factory):
+def ray_kill_hook(tmp_path_factory):
+    """A local Ray whose workers load tests/hooks/sitecustomize.py: each Train worker SIGKILLs itself once,
+    right after reporting epoch 1 (the raylet, and so every worker, inherits the environment of ray.init)."""
+    import ray
+
+    assert not ray.is_initialized(), "the kill hook must be in the environment the workers start from"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(HOOKS), os.environ.get("PYTHONPATH", "")) if p))
+    mp.setenv("CRNN_RAY_TEST_KILL_AFTER_EPOCH", "1")
+    mp.setenv("CRNN_RAY_TEST_KILL_MARKER_DIR", str(tmp_path_factory.mktemp("kill-markers")))
+    try:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    finally:
+        mp.undo()
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def sweep(ray_kill_hook, tmp_path_factory):
     """Run the sweep once for the module (the kill hook active for it)."""
     root = tmp_path_factory.mktemp("e2e")
     doc = tiny_config(name="e2e", variants=["cnn1d/m01"],
                       training={"epochs": 2, "lr": [1e-3, 1e6], "early_stopping": {"patience": 5}})
     config = write_yaml(root / "e2e.yaml", doc)
-    mp = pytest.MonkeyPatch()
-    mp.setenv(KILL_HOOK_ENV, "1")
-    try:
-        outcome = run_sweep(config, storage=root / "runs")
-    finally:
-        mp.undo()
+    outcome = run_sweep(config, storage=root / "runs")
     return outcome, config, root
 
 
@@ -92,7 +108,7 @@ def test_killed_worker_resumes_from_its_checkpoint_and_matches_an_uninterrupted_
     outcome, config, root = sweep
     good = _trial(outcome, 1e-3)
     assert good.status == "ok" and good.epochs_run == 2 and good.resumed_from_epoch == 1
-    reports = [r for r in read_results_json(root / "runs" / "e2e" / "tune" / good.trial_id) if r.get("final") == 0]
+    reports = read_results_json(root / "runs" / "e2e" / "tune" / good.trial_id)
     assert [r["epoch"] for r in reports] == [1, 2]
     assert reports[0]["worker_pid"] != reports[1]["worker_pid"]  # epoch 2 ran in a new worker process
     assert good.threads == 1  # the quota: 1 CPU granted -> 1 torch thread

@@ -4,7 +4,8 @@
     python -m crnn_ray.score --experiment runs/quickstart --data today.parquet --latest \\
         --out prod/score            # the daily job: adds one partition, the panel's last date
 
-Defaults come from configs/score/default.yaml (override with --config; flags override both). Exit status 2
+Defaults live in crnn_ray/score/config.py, documented in configs/score/default.yaml (a file passed with
+--config overrides them; flags override both). Exit status 2
 with a one-line `error:` on bad input, and nothing written.
 """
 
@@ -14,13 +15,10 @@ import argparse
 import sys
 from pathlib import Path
 
-import yaml
-
 from crnn_ray.io import CliError, cli_main
-from crnn_ray.score import ScoreOptions, merge_config, run_score
-from crnn_ray.score.ensemble import METHODS
-
-DEFAULT_CONFIG_FILE = Path(__file__).resolve().parents[2] / "configs" / "score" / "default.yaml"
+from crnn_ray.schema import SELECT_METRICS
+from crnn_ray.score import ScoreOptions, run_score
+from crnn_ray.score.config import DEFAULT_CONFIG_FILE, METHODS, load_score_config  # noqa: F401 (re-export)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", required=True, help="output directory (signals/, metrics.json, report.html)")
     ap.add_argument("--config", help="score config YAML (default: configs/score/default.yaml)")
     ap.add_argument("--top-k", type=int, help="number of members (default from config: 5)")
-    ap.add_argument("--select-by", help="validation metric that ranks trials (default valid_ic)")
+    ap.add_argument("--select-by",
+                    help=f"validation metric that ranks trials: {', '.join(SELECT_METRICS)} (default valid_ic)")
     ap.add_argument("--method", choices=METHODS, help="how member z-scores combine (default mean)")
     ap.add_argument("--data", help="panel to score (default: the experiment's own panel)")
     ap.add_argument("--start", help="first date to score YYYY-MM-DD (default: the members' test period)")
@@ -44,24 +43,6 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--ray", dest="path", action="store_const", const="ray",
                        help="run the predictor on Ray Data actors")
     return ap
-
-
-def load_score_config(path: str | None) -> dict:
-    file = Path(path) if path else DEFAULT_CONFIG_FILE
-    if not file.is_file():
-        if path:
-            raise CliError(f"{file}: score config not found")
-        return merge_config({})
-    try:
-        user = yaml.safe_load(file.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise CliError(f"{file}: invalid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(user, dict):
-        raise CliError(f"{file}: expected a mapping of keys")
-    try:
-        return merge_config(user)
-    except CliError as exc:
-        raise CliError(f"{file}: {exc}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,33 +22,11 @@ import numpy as np
 import pandas as pd
 
 from crnn_ray.io import CliError
+from crnn_ray.score.config import DEFAULT_CONFIG, merge_config
 
 __all__ = ["DEFAULT_CONFIG", "ScoreOptions", "ScorePlan", "merge_config", "plan_scoring", "choose_path",
            "predict_in_process", "predict_ray", "predict_rows", "signals_metadata", "partition_path",
            "write_signals", "write_labels", "run_score"]
-
-#: configs/score/default.yaml in code form (the file documents every key; both must agree)
-DEFAULT_CONFIG: dict[str, Any] = {
-    "top_k": 5,
-    "select_by": "valid_ic",
-    "method": "mean",
-    "path": "auto",                 # auto | in_process | ray
-    "in_process_max_days": 5,       # auto: at most this many dates ...
-    "in_process_max_rows": 200000,   # ... or at most this many rows -> in-process (Ray Data start-up costs)
-    "chunk_rows": 1024,             # fixed model batch (padded): predictions do not depend on batching
-    "batch_rows": 8192,             # rows per Ray Data / in-process batch (a multiple of chunk_rows)
-    "device": "auto",               # in-process: auto | cpu | cuda
-    "ray": {
-        "address": None,            # None: RAY_ADDRESS if set, else a local Ray started and stopped here
-        "num_cpus": None,           # local Ray only (None: all)
-        "actor_cpus": 0.5,          # fractional: a pool holding every CPU starves Data's read tasks
-        "actors": None,             # None: floor((cluster CPUs - 1) / actor_cpus), at least 1, at most 8
-        "gpus_per_actor": 1.0,      # used when the cluster has GPUs (one actor per GPU)
-    },
-    "evaluation": {"quantiles": 5, "cost_bps": 0.0, "min_stocks": 10, "periods_per_year": 252,
-                   "rolling_ic_days": 20},
-}
-
 
 @dataclass
 class ScoreOptions:
@@ -64,39 +42,6 @@ class ScoreOptions:
     allow_in_sample: bool = False
     path: str = "auto"
     config: dict = field(default_factory=lambda: merge_config({}))
-
-
-def merge_config(user: dict, base: dict | None = None, where: str = "") -> dict:
-    """Defaults overlaid with a user's YAML dict; an unknown key or a bad number is a CliError naming it."""
-    top = base is None
-    base = DEFAULT_CONFIG if base is None else base
-    if not isinstance(user, dict):
-        raise CliError(f"score config: {where.rstrip('.')} must be a mapping")
-    out = {}
-    for key, default in base.items():
-        out[key] = merge_config(user.get(key) or {}, default, f"{where}{key}.") if isinstance(default, dict) \
-            else user.get(key, default)
-    unknown = [k for k in user if k not in base]
-    if unknown:
-        raise CliError(f"score config: unknown key {where}{unknown[0]!r} (known: {', '.join(base)})")
-    if top:
-        _check_numbers(out)
-    return out
-
-
-def _check_numbers(cfg: dict) -> None:
-    positive = [("top_k", cfg["top_k"], int), ("in_process_max_days", cfg["in_process_max_days"], int),
-                ("in_process_max_rows", cfg["in_process_max_rows"], int), ("chunk_rows", cfg["chunk_rows"], int),
-                ("batch_rows", cfg["batch_rows"], int), ("ray.actor_cpus", cfg["ray"]["actor_cpus"], float),
-                ("ray.gpus_per_actor", cfg["ray"]["gpus_per_actor"], float),
-                ("evaluation.quantiles", cfg["evaluation"]["quantiles"], int),
-                ("evaluation.min_stocks", cfg["evaluation"]["min_stocks"], int),
-                ("evaluation.rolling_ic_days", cfg["evaluation"]["rolling_ic_days"], int)]
-    for key, value, kind in positive:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
-        if not ok or (kind is int and int(value) != value):
-            raise CliError(f"score config: {key} must be a positive {'integer' if kind is int else 'number'}, "
-                           f"got {value!r}")
 
 
 @dataclass

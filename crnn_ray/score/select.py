@@ -17,8 +17,7 @@ import numpy as np
 import pandas as pd
 
 from crnn_ray.io import CliError
-from crnn_ray.sweep.config import VALID_METRICS
-from crnn_ray.sweep.leaderboard import RANKED
+from crnn_ray.schema import RANKED, SELECT_METRICS
 
 __all__ = ["Member", "read_trials", "select_members", "load_members", "check_look_ahead", "forbidden_window"]
 
@@ -79,10 +78,10 @@ def _check_metric(select_by: str, trials: pd.DataFrame, path: Path) -> None:
         kind = "a test metric" if select_by.startswith("test") else "not a validation metric"
         raise CliError(
             f"--select-by {select_by}: {kind}; members are chosen on validation metrics only "
-            f"(choosing on test leaks the test period): use one of {', '.join(VALID_METRICS)}"
+            f"(choosing on test leaks the test period): use one of {', '.join(SELECT_METRICS)}"
         )
     if select_by not in trials.columns:
-        raise CliError(f"{path}: no column {select_by!r} for --select-by (has {', '.join(VALID_METRICS)})")
+        raise CliError(f"{path}: no column {select_by!r} for --select-by (has {', '.join(SELECT_METRICS)})")
     if not pd.api.types.is_numeric_dtype(trials[select_by]):
         raise CliError(f"{path}: column {select_by!r} is not numeric")
 

@@ -16,24 +16,21 @@ import numpy as np
 import pandas as pd
 
 from crnn_ray.io import write_parquet_atomic
-from crnn_ray.sweep.config import VALID_METRICS
+from crnn_ray.schema import LEADERBOARD_METRICS, METRICS, RANKED, VALID_METRICS
 
 TRIAL_COLUMNS = [
     "trial_id", "variant_id", "spec", "family", "seed", "status", "reason", "epochs_run", "best_epoch",
-    "valid_ic", "valid_rank_ic", "valid_icir", "valid_pnl_long_short", "valid_pnl_long", "checkpoint", "params",
-    "cpu_percent", "threads", "samples_per_s", "node_ip", "gpu_ids", "hparams",
+    *VALID_METRICS, "checkpoint", "params", "cpu_percent", "threads", "samples_per_s", "node_ip", "gpu_ids",
+    "hparams",
     # beyond the contract (additive): the Ray node id (IPs repeat on one-machine clusters), the OS thread
     # count of the worker process (Ray's own threads included), the epoch a restarted worker resumed from
     "node_id", "os_threads", "resumed_from_epoch",
 ]
 LEADERBOARD_COLUMNS = [
     "variant_id", "spec", "family", "n_seeds", "n_ok", "status",
-    "valid_ic_mean", "valid_ic_std", "valid_rank_ic_mean", "valid_rank_ic_std", "valid_icir_mean",
-    "valid_icir_std", "valid_pnl_long_short_mean", "valid_pnl_long_short_std", "best_checkpoint", "params",
-    "cpu_percent", "samples_per_s", "seed_ic", "seed_pnl",
+    *[f"{m}_{stat}" for m in LEADERBOARD_METRICS for stat in ("mean", "std")],
+    "best_checkpoint", "params", "cpu_percent", "samples_per_s", "seed_ic", "seed_pnl",
 ]
-#: trial statuses whose checkpoints are ranked ("pruned": stopped early by the ASHA scheduler)
-RANKED = ("ok", "pruned")
 
 
 def _num(value: Any) -> float:
@@ -49,35 +46,29 @@ def _first_line(text: Any) -> str:
     return lines[-1][:300] if lines else ""
 
 
-def trial_row(trial: dict, results: list[dict], error: str | None, family: str) -> dict:
-    """One trial's row from its config (the grid entry), its reported results (in order) and its error."""
-    final = next((r for r in reversed(results) if r.get("final") == 1), None)
-    epochs = [r for r in results if r.get("final") != 1 and "epoch" in r]
-    last = epochs[-1] if epochs else {}
-    checkpoint = next((r["checkpoint_path"] for r in reversed(results) if r.get("checkpoint_path")), None)
+def _int(value: Any, missing: int) -> int:
+    value = _num(value)
+    return missing if math.isnan(value) else int(value)
 
-    if final is not None:
-        status, reason, src = final.get("status", "ok"), final.get("reason", ""), final
-        best_epoch = final.get("best_epoch", -1)
+
+def trial_row(trial: dict, reports: list[dict], error: str | None, family: str) -> dict:
+    """One trial's row from its config (the grid entry), its epoch reports (in order) and its error.
+
+    The last report says it all (status, reason, best epoch and its metrics as `best_*`, where it ran); the
+    earlier ones only feed the run's averages. A last report still "running" means the scheduler stopped
+    the trial (pruned), unless the trial errored (failed).
+    """
+    last = reports[-1] if reports else {}
+    if last.get("status") in ("ok", "diverged"):
+        status, reason = last["status"], last.get("reason", "")
+    elif error:
+        status, reason = "failed", _first_line(error)
+    elif last:
+        status, reason = "pruned", f"stopped by the scheduler after epoch {last.get('epoch')}"
     else:
-        if error:
-            status, reason = "failed", _first_line(error)
-        elif last.get("status") in ("ok", "diverged"):
-            status, reason = last["status"], last.get("reason", "")
-        elif last:
-            status, reason = "pruned", f"stopped by the scheduler after epoch {last.get('epoch')}"
-        else:
-            status, reason = "failed", "no result reported"
-        best_epoch = last.get("best_epoch")
-        best_epoch = -1 if best_epoch is None or (isinstance(best_epoch, float) and math.isnan(best_epoch)) \
-            else int(best_epoch)
-        src = next((r for r in reversed(epochs) if r.get("epoch") == best_epoch), {})
-        src = {**src, "cpu_percent": _mean(epochs, "cpu_percent"), "samples_per_s": _mean(epochs, "samples_per_s"),
-               "os_threads": _mean(epochs, "os_threads"), "params": last.get("params"),
-               "epochs_run": last.get("epoch", 0), "threads": last.get("threads"),
-               "resumed_from_epoch": last.get("resumed_from_epoch", 0)}
-    where = final or last
-    row = {
+        status, reason = "failed", "no result reported"
+    checkpoint = next((r["checkpoint_path"] for r in reversed(reports) if r.get("checkpoint_path")), None)
+    return {
         "trial_id": trial["key"],
         "variant_id": trial["variant_id"],
         "spec": trial["spec"],
@@ -85,24 +76,21 @@ def trial_row(trial: dict, results: list[dict], error: str | None, family: str) 
         "seed": int(trial["seed"]),
         "status": status,
         "reason": str(reason or ""),
-        "epochs_run": int(_num(src.get("epochs_run", where.get("epoch", 0))) or 0)
-        if not math.isnan(_num(src.get("epochs_run", where.get("epoch", 0)))) else 0,
-        "best_epoch": int(best_epoch) if best_epoch is not None else -1,
-        **{k: (_num(src.get(k)) if status != "diverged" else math.nan) for k in VALID_METRICS},
+        "epochs_run": _int(last.get("epoch"), 0),
+        "best_epoch": _int(last.get("best_epoch"), -1),
+        **{k: (_num(last.get(f"best_{k}")) if status != "diverged" else math.nan) for k in VALID_METRICS},
         "checkpoint": checkpoint,
-        "params": int(_num(src.get("params"))) if not math.isnan(_num(src.get("params"))) else -1,
-        "cpu_percent": _num(src.get("cpu_percent")),
-        "threads": int(_num(src.get("threads"))) if not math.isnan(_num(src.get("threads"))) else -1,
-        "samples_per_s": _num(src.get("samples_per_s")),
-        "node_ip": str(where.get("worker_node_ip") or ""),
-        "gpu_ids": str(where.get("gpu_ids") or "[]"),
+        "params": _int(last.get("params"), -1),
+        "cpu_percent": _mean(reports, "cpu_percent"),
+        "threads": _int(last.get("threads"), -1),
+        "samples_per_s": _mean(reports, "samples_per_s"),
+        "node_ip": str(last.get("worker_node_ip") or ""),
+        "gpu_ids": str(last.get("gpu_ids") or "[]"),
         "hparams": json.dumps(trial.get("hparams") or {}, sort_keys=True),
-        "node_id": str(where.get("worker_node_id") or ""),
-        "os_threads": _num(src.get("os_threads")),
-        "resumed_from_epoch": int(_num(src.get("resumed_from_epoch")) or 0)
-        if not math.isnan(_num(src.get("resumed_from_epoch"))) else 0,
+        "node_id": str(last.get("worker_node_id") or ""),
+        "os_threads": _mean(reports, "os_threads"),
+        "resumed_from_epoch": _int(last.get("resumed_from_epoch"), 0),
     }
-    return row
 
 
 def _mean(rows: list[dict], key: str) -> float:
@@ -146,7 +134,7 @@ def build_leaderboard(trials: pd.DataFrame, zoo: dict, rank_metric: str = "valid
             row["status"] = "ok"
         else:
             row["status"] = g["status"].value_counts().idxmax()
-        for m in ("valid_ic", "valid_rank_ic", "valid_icir", "valid_pnl_long_short"):
+        for m in LEADERBOARD_METRICS:
             row[f"{m}_mean"] = float(ok[m].mean()) if len(ok) else math.nan
             row[f"{m}_std"] = _std(ok[m]) if len(ok) else math.nan
         if len(ok) and ok[rank_metric].notna().any():
@@ -193,9 +181,11 @@ def leaderboard_markdown(lb: pd.DataFrame, title: str, rank_metric: str, grid_ke
     if note:
         lines += [note, ""]
     grid_keys = list(grid_keys)
-    lines.append("| # | variant | family | seeds ok | valid IC | RankIC | ICIR | pnl L/S | params | CPU % | "
-                 "samples/s | status |" + (" hparams |" if grid_keys else "") + " seed IC | seed pnl |")
-    lines.append("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|" + ("---|" if grid_keys else "")
+    shown = [METRICS[m] for m in LEADERBOARD_METRICS]
+    lines.append("| # | variant | family | seeds ok | " + "".join(f"{m.label} | " for m in shown)
+                 + "params | CPU % | samples/s | status |" + (" hparams |" if grid_keys else "")
+                 + " seed IC | seed pnl |")
+    lines.append("|---:|---|---|---:|" + "---:|" * len(shown) + "---:|---:|---:|---|" + ("---|" if grid_keys else "")
                  + "---:|---:|")
     rank = 0
     for _, r in lb.iterrows():
@@ -207,10 +197,7 @@ def leaderboard_markdown(lb: pd.DataFrame, title: str, rank_metric: str, grid_ke
             f"`{r['variant_id']}`",
             str(r["family"]),
             f"{r['n_ok']}/{r['n_seeds']}",
-            pm(r["valid_ic_mean"], r["valid_ic_std"]),
-            pm(r["valid_rank_ic_mean"], r["valid_rank_ic_std"]),
-            pm(r["valid_icir_mean"], r["valid_icir_std"], "+.3f"),
-            pm(r["valid_pnl_long_short_mean"], r["valid_pnl_long_short_std"]),
+            *[pm(r[f"{m.name}_mean"], r[f"{m.name}_std"], m.fmt) for m in shown],
             f"{int(r['params']):,}" if _num(r["params"]) > 0 else "—",
             f(r["cpu_percent"], ".0f"),
             f(r["samples_per_s"], ",.0f"),

@@ -20,8 +20,8 @@ import yaml
 from crnn_ray.io import CliError, atomic_path
 from crnn_ray.sweep.config import SweepConfig, load_config, parse_config, synth_kwargs
 
-__all__ = ["run_sweep", "load_config", "resolve_experiment", "prepare_experiment", "read_results_json", "collect",
-           "SweepConfig", "SweepOutcome"]
+__all__ = ["run_sweep", "load_config", "resolve_experiment", "prepare_experiment", "collect", "SweepConfig",
+           "SweepOutcome"]
 
 
 class SweepOutcome:
@@ -120,20 +120,6 @@ def prepare_experiment(cfg: SweepConfig, exp_dir: Path):
     return panel, splits
 
 
-def _train_kwargs(cfg: SweepConfig, grid: list[dict]) -> dict:
-    from crnn_ray.train import TrainConfig
-
-    out = {}
-    for trial in grid:
-        kwargs = cfg.train_config_kwargs(trial)
-        try:
-            TrainConfig(**kwargs).validate()
-        except CliError as exc:
-            raise CliError(f"{cfg.source}: training: {exc}") from None
-        out[trial["key"]] = kwargs
-    return out
-
-
 # ------------------------------------------------------------------------------------------------- the run
 def _connect_ray():
     """Join RAY_ADDRESS when set (`ray job submit`, a cluster), else start a local Ray. Returns started?"""
@@ -158,7 +144,6 @@ def run_sweep(config_path=None, storage: str | os.PathLike = "runs", name: str |
     t0 = time.perf_counter()
     cfg, exp_dir = resolve_experiment(config_path, storage, name, resume, overwrite)
     grid = cfg.grid()
-    train_kwargs = _train_kwargs(cfg, grid)
     if cfg.data.path is not None and not Path(cfg.data.path).expanduser().is_file():
         raise CliError(f"{cfg.source}: data.path: file not found: {Path(cfg.data.path).expanduser().resolve()}")
     exp_dir.mkdir(parents=True, exist_ok=True)
@@ -170,8 +155,7 @@ def run_sweep(config_path=None, storage: str | os.PathLike = "runs", name: str |
     import ray
     from ray import tune
 
-    from crnn_ray.sweep.trial import (KILL_HOOK_ENV, TrialContext, TrialProgress, cluster_nodes, plan_placement,
-                                      trial_driver)
+    from crnn_ray.sweep.trial import TrialContext, TrialProgress, cluster_nodes, plan_placement, trial_driver
 
     started = _connect_ray()
     try:
@@ -187,12 +171,10 @@ def run_sweep(config_path=None, storage: str | os.PathLike = "runs", name: str |
             experiment_dir=str(exp_dir),
             panel_refs=[ray.put(panel)],  # read once; trials on a node share the object store copy
             splits={k: v for k, v in asdict(splits).items()},
-            train_kwargs=train_kwargs,
             placement=placement,
             max_failures=cfg.fault_tolerance.max_failures,
             start_timeout_s=cfg.fault_tolerance.start_timeout_s,
             start_retries=cfg.fault_tolerance.start_retries,
-            hooks={"kill_after_epoch": int(os.environ.get(KILL_HOOK_ENV, "0") or 0)},
         )
         trainable = tune.with_resources(
             tune.with_parameters(trial_driver, ctx=ctx),
@@ -235,25 +217,19 @@ def _scheduler(cfg: SweepConfig):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     if cfg.scheduler.type == "asha":
-        # time axis = epochs; max_t one past the last epoch so the final summary report is never cut off
+        # time axis = epochs (every report is an epoch's, so the last epoch is the last report)
         return ASHAScheduler(time_attr="epoch", metric=cfg.schedule_metric, mode="max",
-                             max_t=cfg.training.epochs + 1, grace_period=cfg.scheduler.grace_period,
+                             max_t=cfg.training.epochs, grace_period=cfg.scheduler.grace_period,
                              reduction_factor=cfg.scheduler.reduction_factor)
     return FIFOScheduler()
 
 
-def read_results_json(trial_dir: Path) -> list[dict]:
-    """Every result a trial reported, in order (Tune's result.json: one JSON object per line)."""
-    path = Path(trial_dir) / "result.json"
-    rows = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            line = line.strip()
-            if line:
-                try:
-                    rows.append(json.loads(line))
-                except ValueError:
-                    continue
+def _reports(result) -> list[dict]:
+    """Every epoch report of one trial, in order, from Tune's Result (the last one as Tune holds it)."""
+    frame = getattr(result, "metrics_dataframe", None)
+    rows = frame.to_dict("records") if frame is not None and len(frame) else []
+    if result.metrics:
+        rows = rows[:-1] + [dict(result.metrics)]
     return rows
 
 
@@ -269,9 +245,7 @@ def collect(cfg: SweepConfig, exp_dir: Path, grid: list[dict], results) -> Sweep
         trial = (result.config or {}).get("trial")
         if trial is None:
             continue
-        rows = read_results_json(Path(result.path)) if result.path else []
-        if not rows and result.metrics:
-            rows = [dict(result.metrics)]
+        rows = _reports(result)
         error = None
         if result.error is not None:
             error = f"{type(result.error).__name__}: {result.error}"

@@ -15,19 +15,14 @@ import json
 import math
 import os
 import shutil
-import signal
 import tempfile
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ray import tune
 
 from crnn_ray.io import CliError
-
-#: test-only hook: SIGKILL the Train worker once, right after it reported this epoch's checkpoint
-KILL_HOOK_ENV = "CRNN_RAY_TEST_KILL_AFTER_EPOCH"
+from crnn_ray.sweep import ray_compat
 
 
 # ------------------------------------------------------------------------------------------------ placement
@@ -68,16 +63,7 @@ def cluster_nodes() -> tuple[list[dict], list[tuple[dict, int]]]:
     import ray
 
     nodes = [dict(n.get("Resources") or {}) for n in ray.nodes() if n.get("Alive")]
-    node_types: list[tuple[dict, int]] = []
-    try:
-        from ray._private.state import state
-
-        config = state.get_cluster_config()
-        if config is not None:
-            for group in config.node_group_configs:
-                node_types.append(({k: float(v) for k, v in group.resources.items()}, int(group.max_count)))
-    except Exception:  # no autoscaler (a plain local cluster): the alive nodes are all there is
-        node_types = []
+    node_types = ray_compat.autoscaler_node_types()
     if not node_types:
         node_types = launcher_node_types(Path(os.path.expanduser("~/ray_bootstrap_config.yaml")))
     return nodes, node_types
@@ -152,18 +138,17 @@ def plan_placement(resources, n_trials: int, nodes: list[dict], node_types: list
 # ------------------------------------------------------------------------------------------ shared context
 @dataclass
 class TrialContext:
-    """What every trial of one sweep shares (passed once through tune.with_parameters)."""
+    """What every trial of one sweep shares (passed once through tune.with_parameters); what differs per
+    trial (spec, seed, its whole TrainConfig) travels in the trial's own Tune config."""
 
     experiment: str                         # the sweep's name (prefix of every Train run name)
     experiment_dir: str                     # absolute DIR/NAME
     panel_refs: list                        # [ObjectRef of the Panel]: a list so Tune does not resolve it
     splits: dict                            # Splits fields: {"train": (lo, hi), "valid": ..., "test": ..., "embargo"}
-    train_kwargs: dict                      # trial key -> TrainConfig kwargs
     placement: Placement
     max_failures: int = 2
     start_timeout_s: float = 120.0
     start_retries: int = 2
-    hooks: dict = field(default_factory=dict)
 
     @property
     def train_storage(self) -> str:
@@ -204,12 +189,7 @@ def trial_driver(config: dict, ctx: TrialContext) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     trial = config["trial"]
-    # Train V2 reads these in the controller (propagated from this process): bound how long a worker group
-    # may wait for its placement group; start-up failures are then retried `start_retries` times.
-    os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(ctx.start_timeout_s)
-    # train_one prints one line per epoch; Train's print patch would log each line a second time
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-
+    ray_compat.configure_train_driver(ctx.start_timeout_s)
     p = ctx.placement
     trainer = TorchTrainer(
         train_worker,
@@ -233,17 +213,19 @@ def trial_driver(config: dict, ctx: TrialContext) -> None:
 
 # -------------------------------------------------------------------------------------------- Train worker
 def train_worker(loop_config: dict) -> None:
-    """The Ray Train worker: quota first, then train_one with a report (and checkpoint) per epoch."""
+    """The Ray Train worker: quota first, then train_one with one report (and checkpoint) per epoch.
+
+    Each report is the epoch's metrics (they carry the best epoch's metrics as `best_*`, the status and the
+    reason), stamped with where the worker ran: the trial's last report alone makes its trials.parquet row.
+    """
     trial: dict = loop_config["trial"]
     ctx: TrialContext = loop_config["ctx"]
     p = ctx.placement
 
     from crnn_ray.train import CpuSampler, apply_cpu_quota  # torch is already imported by Ray Train here
 
-    if p.cpu_quota:
-        quota = apply_cpu_quota(p.threads)
-    else:  # the seed report's setting: torch free to use every core of the node
-        quota = apply_cpu_quota(os.cpu_count() or 1)
+    # cpu_quota false: the seed report's setting, torch free to use every core of the node
+    quota = apply_cpu_quota(p.threads if p.cpu_quota else (os.cpu_count() or 1))
 
     import ray
     import ray.train
@@ -253,11 +235,13 @@ def train_worker(loop_config: dict) -> None:
     from crnn_ray.data import Splits
     from crnn_ray.train import TrainConfig, train_one
 
-    _quiet_report_log()
+    ray_compat.quiet_train_report_log()
     panel = ray.get(ctx.panel_refs[0])
     splits = Splits(**{k: tuple(v) if isinstance(v, (list, tuple)) else int(v) for k, v in ctx.splits.items()})
-    cfg = TrainConfig(**ctx.train_kwargs[trial["key"]])
+    cfg = TrainConfig(**trial["train_config"])
     device = ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")
+    checkpoint = ray.train.get_checkpoint()
+    resumed_from = 0
     # `worker_` prefixes: Tune stamps every result with its own pid / node_ip (the trial driver's)
     where = {
         "trial_id": trial["key"],
@@ -269,55 +253,30 @@ def train_worker(loop_config: dict) -> None:
         "cpu_quota": float(p.cpus_per_trial) if p.cpu_quota else 0.0,
         "quota_threads": int(quota["threads"]),
     }
-    kill_epoch = int(ctx.hooks.get("kill_after_epoch") or 0)
-    kill_marker = Path(ctx.train_storage) / f".killed-{trial['key']}"
-
-    checkpoint = ray.train.get_checkpoint()
-    resumed_from = 0
-    state = {"status": None}
 
     def on_epoch(metrics: dict, checkpoint_dir: Path) -> None:
-        metrics = {**metrics, **where, "torch_threads": torch.get_num_threads(),
-                   "os_threads": metrics.get("threads"), "resumed_from_epoch": resumed_from, "final": 0}
-        metrics["threads"] = metrics["torch_threads"]
+        # the sampler's `threads` is the worker's OS thread count (Ray's threads included); `threads` in the
+        # report is torch's, the quota
+        metrics = {**metrics, **where, "os_threads": metrics.get("threads"), "threads": torch.get_num_threads(),
+                   "resumed_from_epoch": resumed_from}
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint_dir)))
-        state["status"] = metrics["status"]
-        if (kill_epoch and metrics["epoch"] == kill_epoch and metrics["status"] == "running"
-                and not kill_marker.exists()):
-            kill_marker.parent.mkdir(parents=True, exist_ok=True)
-            kill_marker.write_text(str(os.getpid()))
-            time.sleep(5.0)  # let the controller register this checkpoint before the worker dies
-            os.kill(os.getpid(), signal.SIGKILL)
 
     workdir = Path(tempfile.mkdtemp(prefix=f"crnn_{trial['key']}_"))
     meta_extra = {"variant_id": trial["variant_id"], "trial_id": trial["key"], "experiment": ctx.experiment}
+    train = lambda resume_dir=None: train_one(  # noqa: E731
+        trial["spec"], panel, splits, cfg, device=device, resume_from=resume_dir, on_epoch=on_epoch,
+        workdir=workdir, sampler=CpuSampler(), meta_extra=meta_extra)
     try:
-        if checkpoint is not None:
+        if checkpoint is None:
+            train()
+        else:
             with checkpoint.as_directory() as resume_dir:
                 resumed_from = _checkpoint_epoch(resume_dir)
                 print(f"[{trial['variant_id']}] resuming {trial['key']} from epoch {resumed_from} "
                       f"({checkpoint.path})", flush=True)
-                result = train_one(trial["spec"], panel, splits, cfg, device=device, resume_from=resume_dir,
-                                   on_epoch=on_epoch, workdir=workdir, sampler=CpuSampler(), meta_extra=meta_extra)
-        else:
-            result = train_one(trial["spec"], panel, splits, cfg, device=device, on_epoch=on_epoch,
-                               workdir=workdir, sampler=CpuSampler(), meta_extra=meta_extra)
+                train(resume_dir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-
-    ray.train.report(summarize(result, where, resumed_from))
-
-
-def _quiet_report_log() -> None:
-    """Train V2 logs every report (all metrics) at INFO under a logger named after its file, which
-    LoggingConfig does not reach; train_one already prints one line per epoch."""
-    import logging
-
-    try:
-        from ray.train.v2._internal.execution import context as train_context
-    except ImportError:  # a Ray without that module: nothing to quiet
-        return
-    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
 
 
 def _checkpoint_epoch(directory: str) -> int:
@@ -325,38 +284,3 @@ def _checkpoint_epoch(directory: str) -> int:
         return int(json.loads((Path(directory) / "meta.json").read_text()).get("epoch") or 0)
     except (OSError, ValueError):
         return 0
-
-
-def _mean(rows: list[dict], key: str) -> float:
-    vals = [float(r[key]) for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(float(r[key]))]
-    return sum(vals) / len(vals) if vals else math.nan
-
-
-def summarize(result, where: dict, resumed_from: int) -> dict:
-    """The trial's final report: best-epoch validation metrics and the run's averages (key `final` = 1)."""
-    from crnn_ray.sweep.config import VALID_METRICS
-
-    history = list(result.history or [])
-    best = result.best_metrics or {}
-    out: dict[str, Any] = {
-        "final": 1,
-        "status": result.status,
-        "reason": result.reason or "",
-        "epoch": int(history[-1]["epoch"]) if history else 0,
-        "epochs_run": int(history[-1]["epoch"]) if history else 0,
-        "best_epoch": int(result.best_epoch) if result.best_epoch is not None else -1,
-        "params": int(result.params),
-        "samples_per_s": _mean(history, "samples_per_s"),
-        "cpu_percent": _mean(history, "cpu_percent"),
-        "os_threads": _mean(history, "threads"),
-        "resumed_from_epoch": resumed_from,
-        **where,
-    }
-    import torch
-
-    out["torch_threads"] = torch.get_num_threads()
-    out["threads"] = out["torch_threads"]
-    for key in VALID_METRICS:
-        value = best.get(key, math.nan) if result.status != "diverged" or best else math.nan
-        out[key] = float(value) if value is not None else math.nan
-    return out

@@ -1,7 +1,8 @@
 """Training core: `train_one` (one model, one device, no Ray), CPU quota + sampler, checkpoint files."""
 
 from crnn_ray.train.checkpoint import load_checkpoint
-from crnn_ray.train.loop import TrainConfig, TrainResult, train_one
+from crnn_ray.train.config import TrainConfig
+from crnn_ray.train.loop import TrainResult, train_one
 from crnn_ray.train.quota import CpuSampler, apply_cpu_quota
 
 __all__ = ["TrainConfig", "TrainResult", "train_one", "apply_cpu_quota", "CpuSampler", "load_checkpoint"]

@@ -17,90 +17,21 @@ import math
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
 
 from crnn_ray.io import CliError
+from crnn_ray.schema import METRICS, VALID_METRICS
 from crnn_ray.train.checkpoint import load_train_state, write_checkpoint
+from crnn_ray.train.config import TrainConfig
 
-LOSSES = ("mse", "ic")
-#: metrics early stopping can watch (all "higher is better")
-STOPPING_METRICS = ("valid_ic", "valid_rank_ic", "valid_icir", "valid_pnl_long_short", "valid_pnl_long")
-#: evaluate().summary key behind each valid_* metric
-_SUMMARY_KEYS = {
-    "valid_ic": "ic",
-    "valid_rank_ic": "rank_ic",
-    "valid_icir": "icir",
-    "valid_pnl_long_short": "pnl_long_short",
-    "valid_pnl_long": "pnl_long",
-}
-
-
-@dataclass
-class TrainConfig:
-    """Everything that shapes one training run besides the model spec and the data."""
-
-    label: str = "y5"
-    lookback: int = 20
-    epochs: int = 5
-    batch_size: int = 512
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    loss: str = "mse"  # or "ic": negative mean per-day Pearson IC, batches made of whole days
-    rank_label: bool = True
-    clip: float = 5.0
-    grad_clip: float | None = 1.0
-    early_stopping_metric: str = "valid_ic"
-    patience: int = 3
-    max_steps_per_epoch: int | None = None
-    eval_batch_size: int = 4096
-    seed: int = 0
-    compile: bool = False
-
-    def validate(self) -> "TrainConfig":
-        """Raise CliError naming the first bad key."""
-        ints = {"lookback": 1, "epochs": 1, "batch_size": 1, "patience": 1, "eval_batch_size": 1}
-        for key, low in ints.items():
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise CliError(f"train config key {key!r}: expected an integer >= {low}, got {value!r}")
-        if self.max_steps_per_epoch is not None and (
-            isinstance(self.max_steps_per_epoch, bool)
-            or not isinstance(self.max_steps_per_epoch, int)
-            or self.max_steps_per_epoch < 1
-        ):
-            raise CliError(f"train config key 'max_steps_per_epoch': expected null or an integer >= 1, "
-                           f"got {self.max_steps_per_epoch!r}")
-        if not isinstance(self.lr, (int, float)) or not self.lr > 0 or not math.isfinite(self.lr):
-            raise CliError(f"train config key 'lr': expected a positive number, got {self.lr!r}")
-        if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
-            raise CliError(f"train config key 'weight_decay': expected a number >= 0, got {self.weight_decay!r}")
-        if not isinstance(self.clip, (int, float)) or not self.clip > 0:
-            raise CliError(f"train config key 'clip': expected a positive number, got {self.clip!r}")
-        if self.grad_clip is not None and (not isinstance(self.grad_clip, (int, float)) or not self.grad_clip > 0):
-            raise CliError(f"train config key 'grad_clip': expected null or a positive number, got {self.grad_clip!r}")
-        if self.loss not in LOSSES:
-            raise CliError(f"train config key 'loss': expected one of {list(LOSSES)}, got {self.loss!r}")
-        if self.early_stopping_metric not in STOPPING_METRICS:
-            raise CliError(f"train config key 'early_stopping_metric': expected one of {list(STOPPING_METRICS)}, "
-                           f"got {self.early_stopping_metric!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise CliError(f"train config key 'seed': expected an integer >= 0, got {self.seed!r}")
-        return self
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
-        """Build from a plain dict (a YAML section); an unknown key is a CliError naming it."""
-        known = {f.name for f in fields(cls)}
-        for key in values:
-            if key not in known:
-                raise CliError(f"train config: unknown key {key!r} (known: {', '.join(sorted(known))})")
-        return cls(**values).validate()
-
+#: steps between the host's looks at the on-device divergence record (nanoGPT's log_interval idea: the loop
+#: never waits for the device on an ordinary step; a diverged epoch is caught within this many steps)
+DIVERGENCE_CHECK_STEPS = 50
 
 @dataclass
 class TrainResult:
@@ -133,51 +64,23 @@ def train_one(
     deleted once the call returns). A NaN/inf loss, gradient or prediction ends training with status
     "diverged" and the reason; it is reported, never raised.
     """
-    from crnn_ray.data import gather_windows, normalize_features, rank_label, sample_index
-    from crnn_ray.metrics import evaluate
     from crnn_ray.zoo import build_model, count_params
 
     cfg.validate()
     device = torch.device(device)
     meta_extra = dict(meta_extra or {})
-    lookback = cfg.lookback
+    tag = meta_extra.get("variant_id") or spec
+    data = _TrainData.build(panel, splits, cfg, device)
 
-    # ---- data: normalise once, move once ---------------------------------------------------------------
-    raw_label = panel.label(cfg.label)  # CliError naming the label when absent
-    horizon = _horizon(panel, cfg.label)
-    X = normalize_features(panel.X, panel.mask, clip=cfg.clip).astype(np.float32, copy=False)
-    target = rank_label(raw_label) if cfg.rank_label else raw_label
-    train_idx = _sorted_by_day(sample_index(panel.mask, raw_label, lookback, *splits.train))
-    valid_idx = _sorted_by_day(sample_index(panel.mask, raw_label, lookback, *splits.valid))
-    if len(train_idx) == 0:
-        raise CliError(f"train split {list(splits.train)} has no sample with lookback {lookback} "
-                       f"and label {cfg.label!r}")
-    if len(valid_idx) == 0:
-        raise CliError(f"valid split {list(splits.valid)} has no sample with lookback {lookback} "
-                       f"and label {cfg.label!r}")
-    v_lo, v_hi = int(splits.valid[0]), int(splits.valid[1])
-    valid_label = raw_label[v_lo : v_hi + 1]
-    valid_dates = panel.dates[v_lo : v_hi + 1]
-
-    X_dev = torch.from_numpy(np.ascontiguousarray(X)).to(device)
-    y_dev = torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32)).to(device)
-    train_dev = torch.from_numpy(train_idx).to(device)
-    valid_dev = torch.from_numpy(valid_idx).to(device)
-    day_starts, day_counts = _day_segments(train_idx[:, 0])  # for the "ic" loss (whole-day batches)
-
-    # ---- model + optimizer (init under the seed) ----------------------------------------------------------
+    # ---- model + optimizer (init under the seed) ------------------------------------------------------
     torch.manual_seed(cfg.seed)
-    model = build_model(spec, panel.X.shape[2], lookback).to(device)
+    model = build_model(spec, panel.X.shape[2], cfg.lookback).to(device)
     params = int(count_params(model))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     forward = torch.compile(model) if cfg.compile else model
-
+    stopper = EarlyStopping(cfg.early_stopping_metric, cfg.patience, _cpu_copy(model.state_dict()))
     history: list[dict] = []
-    best_value, best_epoch, bad_epochs = -math.inf, None, 0
-    best_state = _cpu_copy(model.state_dict())
-    best_metrics: dict = {}
     start_epoch = 1
-    previous_dir: Path | None = None
 
     if resume_from is not None:
         meta, best_state, last_state, state = load_train_state(resume_from)
@@ -185,129 +88,73 @@ def train_one(
             raise CliError(f"{Path(resume_from) / 'meta.json'}: checkpoint is for spec {meta['spec']!r}, not {spec!r}")
         model.load_state_dict(last_state)
         optimizer.load_state_dict(state["optimizer"])
-        es = state["early_stopping"]
-        best_value = -math.inf if es["best_value"] is None else float(es["best_value"])
-        best_epoch, bad_epochs = es["best_epoch"], int(es["bad_epochs"])
         history = list(state["history"])
-        best_metrics = next((h for h in history if h["epoch"] == best_epoch), {})
+        stopper.load_state_dict(state["early_stopping"], best_state, history)
         start_epoch = int(state["epoch"]) + 1
         # a run that diverged or early-stopped is over; one that used up its epochs continues when cfg has more
         finished = state["status"] == "diverged" or state.get("finished_by") == "early_stopping"
         if finished or start_epoch > cfg.epochs:
             status = state["status"] if state["status"] != "running" else "ok"
-            return TrainResult(status, state.get("reason", ""), best_epoch, best_metrics, history,
+            return TrainResult(status, state.get("reason", ""), stopper.best_epoch, stopper.best_metrics, history,
                                Path(resume_from), params, 0.0)
 
     workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="crnn_train_"))
     workdir.mkdir(parents=True, exist_ok=True)
     if sampler is not None:
         sampler.sample()  # start the CPU-use window at the first epoch
-    tag = meta_extra.get("variant_id") or spec
     status, reason, finished_by, rates = "running", "", None, []
     checkpoint_dir: Path | None = None
+    previous_dir: Path | None = None
 
     for epoch in range(start_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
         torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout stream of this epoch
-        order = _epoch_order(cfg, epoch, day_starts, day_counts, device)
-
-        # ---- train ------------------------------------------------------------------------------------
-        model.train()
-        losses, n_samples, diverged = [], 0, ""
-        for step, (lo, hi, seg) in enumerate(order.batches):
-            rows = train_dev[order.perm_dev[lo:hi]]
-            xb = gather_windows(X_dev, rows[:, 0], rows[:, 1], lookback)
-            yb = y_dev[rows[:, 0], rows[:, 1]]
-            pred = forward(xb)
-            loss = _loss(cfg.loss, pred, yb, seg)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                model.parameters(), cfg.grad_clip if cfg.grad_clip is not None else math.inf)
-            loss_value, norm_value = torch.stack([loss.detach(), grad_norm.detach().to(loss.dtype)]).tolist()
-            if not math.isfinite(loss_value):
-                diverged = f"non-finite loss ({loss_value}) at epoch {epoch} step {step + 1}"
-                break
-            if not math.isfinite(norm_value):
-                diverged = f"non-finite gradient norm ({norm_value}) at epoch {epoch} step {step + 1}"
-                break
-            optimizer.step()
-            losses.append(loss_value)
-            n_samples += hi - lo
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        train_s = time.perf_counter() - t0
-        samples_per_s = n_samples / train_s if train_s > 0 else 0.0
-
-        # ---- validate ---------------------------------------------------------------------------------
-        summary: dict = {}
-        if not diverged:
-            signal = _predict(forward, model, X_dev, valid_dev, v_lo, v_hi - v_lo + 1, lookback,
-                              cfg.eval_batch_size, gather_windows)
-            predicted = signal[valid_idx[:, 0] - v_lo, valid_idx[:, 1]]
-            if not np.isfinite(predicted).all():
-                diverged = f"non-finite validation predictions at epoch {epoch}"
-            else:
-                summary = evaluate(signal, valid_label, horizon=horizon, dates=valid_dates).summary
-
+        train_loss, samples_per_s, diverged = _train_epoch(model, forward, optimizer, data, cfg, epoch, device)
+        summary, bad_prediction = ({}, "") if diverged else _validate(forward, model, data, cfg, epoch)
+        diverged = diverged or bad_prediction
         metrics = {
             "epoch": epoch,
-            "train_loss": float(np.mean(losses)) if losses and not diverged else math.nan,
-            **{name: _finite_or_nan(summary.get(key)) for name, key in _SUMMARY_KEYS.items()},
+            "train_loss": math.nan if diverged else train_loss,
+            **{m.name: _finite_or_nan(summary.get(m.summary_key)) for m in METRICS.values()},
             "samples_per_s": samples_per_s,
             "epoch_s": 0.0,
+            "params": params,
         }
 
-        # ---- early stopping / status -------------------------------------------------------------------
+        # ---- early stopping / status ---------------------------------------------------------------------
         if diverged:
             status, reason, finished_by = "diverged", diverged, "diverged"
         else:
-            value = metrics[cfg.early_stopping_metric]
-            if math.isfinite(value) and value > best_value:
-                best_value, best_epoch, bad_epochs = value, epoch, 0
-                best_state = _cpu_copy(model.state_dict())
-            else:
-                bad_epochs += 1
-            if bad_epochs >= cfg.patience:
+            stopper.update(metrics, epoch, model)
+            if stopper.done:
                 status, finished_by = "ok", "early_stopping"
-                reason = f"early stopped at epoch {epoch}: no {cfg.early_stopping_metric} gain for {bad_epochs} epochs"
+                reason = (f"early stopped at epoch {epoch}: no {cfg.early_stopping_metric} gain for "
+                          f"{stopper.bad_epochs} epochs")
             elif epoch == cfg.epochs:
                 status, reason, finished_by = "ok", f"completed {epoch} epochs", "epochs"
-        metrics["best_epoch"] = best_epoch
-        metrics[f"best_{cfg.early_stopping_metric}"] = best_value if math.isfinite(best_value) else math.nan
+        if stopper.best_epoch == epoch:
+            stopper.best_metrics = metrics
+        metrics["best_epoch"] = stopper.best_epoch
+        metrics.update({f"best_{name}": stopper.best_metrics.get(name, math.nan) for name in VALID_METRICS})
         metrics["status"], metrics["reason"] = status, reason
         if sampler is not None:
             metrics.update(sampler.sample())
         metrics["epoch_s"] = time.perf_counter() - t0
         history.append(metrics)
-        if best_epoch == epoch:
-            best_metrics = metrics
         rates.append(samples_per_s)
 
-        # ---- checkpoint + report -----------------------------------------------------------------------
+        # ---- checkpoint + report -------------------------------------------------------------------------
         checkpoint_dir = workdir / f"checkpoint_{epoch:04d}"
         write_checkpoint(
             checkpoint_dir,
-            best_state=best_state if best_epoch is not None else model.state_dict(),  # no valid epoch yet: last
+            # no valid epoch yet: the last weights stand in for the best
+            best_state=stopper.best_state if stopper.best_epoch is not None else model.state_dict(),
             last_state=model.state_dict(),
-            train_state={
-                "epoch": epoch,
-                "optimizer": optimizer.state_dict(),
-                "rng": _rng_states(),
-                "early_stopping": {
-                    "metric": cfg.early_stopping_metric,
-                    "best_value": best_value if math.isfinite(best_value) else None,
-                    "best_epoch": best_epoch,
-                    "bad_epochs": bad_epochs,
-                },
-                "history": history,
-                "status": status,
-                "reason": reason,
-                "finished_by": finished_by,
-                "config": asdict(cfg),
-            },
-            meta=_meta(spec, panel, splits, cfg, horizon, epoch, best_epoch, best_metrics, params, status,
-                       reason, tag, meta_extra),
+            train_state={"epoch": epoch, "optimizer": optimizer.state_dict(), "rng": _rng_states(),
+                         "early_stopping": stopper.state_dict(), "history": history, "status": status,
+                         "reason": reason, "finished_by": finished_by, "config": asdict(cfg)},
+            meta=_meta(spec, panel, splits, cfg, data.horizon, epoch, stopper.best_epoch, stopper.best_metrics,
+                       params, status, reason, tag, meta_extra),
         )
         print(_epoch_line(tag, metrics, cfg.epochs), flush=True)
         if on_epoch is not None:
@@ -321,13 +168,157 @@ def train_one(
     return TrainResult(
         status=status if status != "running" else "ok",
         reason=reason,
-        best_epoch=best_epoch,
-        best_metrics=best_metrics,
+        best_epoch=stopper.best_epoch,
+        best_metrics=stopper.best_metrics,
         history=history,
         checkpoint_dir=checkpoint_dir,
         params=params,
         samples_per_s=float(np.mean(rates)) if rates else 0.0,
     )
+
+
+# ---- the parts of the loop ------------------------------------------------------------------------------
+
+
+@dataclass
+class _TrainData:
+    """The run's data on the device: normalised once, moved once, gathered by index every batch."""
+
+    X: torch.Tensor                 # normalised features [D, S, F]
+    y: torch.Tensor                 # training target [D, S] (ranked label, or the raw label)
+    train_rows: torch.Tensor        # (day, stock) of every training sample, sorted by day
+    valid_rows: torch.Tensor
+    valid_index: np.ndarray         # valid_rows on the host
+    day_starts: np.ndarray          # first training row of each training day (the "ic" loss's whole-day batches)
+    day_counts: np.ndarray
+    valid_lo: int                   # first day of the valid split
+    valid_label: np.ndarray         # raw label of the valid split [Dv, S]
+    valid_dates: np.ndarray
+    horizon: int
+
+    @classmethod
+    def build(cls, panel, splits, cfg: TrainConfig, device: torch.device) -> "_TrainData":
+        from crnn_ray.data import normalize_features, rank_label, sample_index
+
+        raw_label = panel.label(cfg.label)  # CliError naming the label when absent
+        X = normalize_features(panel.X, panel.mask, clip=cfg.clip).astype(np.float32, copy=False)
+        target = rank_label(raw_label) if cfg.rank_label else raw_label
+        rows = {}
+        for part in ("train", "valid"):
+            lo, hi = getattr(splits, part)
+            rows[part] = _sorted_by_day(sample_index(panel.mask, raw_label, cfg.lookback, lo, hi))
+            if len(rows[part]) == 0:
+                raise CliError(f"{part} split {[lo, hi]} has no sample with lookback {cfg.lookback} "
+                               f"and label {cfg.label!r}")
+        v_lo, v_hi = int(splits.valid[0]), int(splits.valid[1])
+        day_starts, day_counts = _day_segments(rows["train"][:, 0])
+        return cls(
+            X=torch.from_numpy(np.ascontiguousarray(X)).to(device),
+            y=torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32)).to(device),
+            train_rows=torch.from_numpy(rows["train"]).to(device),
+            valid_rows=torch.from_numpy(rows["valid"]).to(device),
+            valid_index=rows["valid"], day_starts=day_starts, day_counts=day_counts, valid_lo=v_lo,
+            valid_label=raw_label[v_lo:v_hi + 1], valid_dates=panel.dates[v_lo:v_hi + 1],
+            horizon=_horizon(panel, cfg.label))
+
+
+@dataclass
+class EarlyStopping:
+    """Best epoch so far on `metric` (higher is better), its weights and metrics, and the patience count."""
+
+    metric: str
+    patience: int
+    best_state: dict                                   # CPU copy of the best epoch's weights
+    best_value: float = -math.inf
+    best_epoch: int | None = None
+    bad_epochs: int = 0
+    best_metrics: dict = field(default_factory=dict)   # the best epoch's metrics (the caller sets it)
+
+    def update(self, metrics: dict, epoch: int, model: torch.nn.Module) -> None:
+        value = metrics[self.metric]
+        if math.isfinite(value) and value > self.best_value:
+            self.best_value, self.best_epoch, self.bad_epochs = value, epoch, 0
+            self.best_state = _cpu_copy(model.state_dict())
+        else:
+            self.bad_epochs += 1
+
+    @property
+    def done(self) -> bool:
+        return self.bad_epochs >= self.patience
+
+    def state_dict(self) -> dict:
+        return {"metric": self.metric, "best_value": self.best_value if math.isfinite(self.best_value) else None,
+                "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict, best_state: dict, history: list[dict]) -> None:
+        self.best_value = -math.inf if state["best_value"] is None else float(state["best_value"])
+        self.best_epoch, self.bad_epochs = state["best_epoch"], int(state["bad_epochs"])
+        self.best_state = best_state
+        self.best_metrics = next((h for h in history if h["epoch"] == self.best_epoch), {})
+
+
+def _train_epoch(model, forward, optimizer, data: _TrainData, cfg: TrainConfig, epoch: int,
+                 device: torch.device) -> tuple[float, float, str]:
+    """One pass over this epoch's batches: (mean train loss, samples/s, divergence reason or "").
+
+    Each step's loss and gradient norm are written into device buffers; the host looks at them only every
+    DIVERGENCE_CHECK_STEPS steps and at the end, so an ordinary step never waits for the device.
+    """
+    from crnn_ray.data import gather_windows
+
+    t0 = time.perf_counter()
+    order = _epoch_order(cfg, epoch, data.day_starts, data.day_counts, device)
+    model.train()
+    n_steps = len(order.batches)
+    losses = torch.full((n_steps,), math.nan, device=device)
+    norms = torch.full((n_steps,), math.nan, device=device)
+    max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf
+    steps, n_samples, diverged = 0, 0, ""
+    for step, (lo, hi, seg) in enumerate(order.batches):
+        rows = data.train_rows[order.perm_dev[lo:hi]]
+        pred = forward(gather_windows(data.X, rows[:, 0], rows[:, 1], cfg.lookback))
+        loss = _loss(cfg.loss, pred, data.y[rows[:, 0], rows[:, 1]], seg)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norms[step] = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm).detach()
+        losses[step] = loss.detach()
+        optimizer.step()
+        steps, n_samples = step + 1, n_samples + (hi - lo)
+        if steps % DIVERGENCE_CHECK_STEPS == 0 or steps == n_steps:
+            diverged = _divergence(losses[:steps], norms[:steps], epoch)
+            if diverged:
+                break
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    train_s = time.perf_counter() - t0
+    loss_values = losses[:steps].double().cpu().numpy()
+    return (float(np.mean(loss_values)) if steps else math.nan,
+            n_samples / train_s if train_s > 0 else 0.0, diverged)
+
+
+def _divergence(losses: torch.Tensor, norms: torch.Tensor, epoch: int) -> str:
+    """The first non-finite loss or gradient norm among the steps so far, as a reason; "" when all are finite."""
+    bad = ~(torch.isfinite(losses) & torch.isfinite(norms))
+    if not bool(bad.any()):
+        return ""
+    step = int(torch.nonzero(bad)[0, 0])
+    loss, norm = float(losses[step]), float(norms[step])
+    if not math.isfinite(loss):
+        return f"non-finite loss ({loss}) at epoch {epoch} step {step + 1}"
+    return f"non-finite gradient norm ({norm}) at epoch {epoch} step {step + 1}"
+
+
+def _validate(forward, model, data: _TrainData, cfg: TrainConfig, epoch: int) -> tuple[dict, str]:
+    """evaluate() summary of this epoch's predictions on the valid split, or ({}, reason) when non-finite."""
+    from crnn_ray.metrics import evaluate
+
+    n_days = len(data.valid_dates)
+    signal = _predict(forward, model, data.X, data.valid_rows, data.valid_lo, n_days, cfg.lookback,
+                      cfg.eval_batch_size)
+    predicted = signal[data.valid_index[:, 0] - data.valid_lo, data.valid_index[:, 1]]
+    if not np.isfinite(predicted).all():
+        return {}, f"non-finite validation predictions at epoch {epoch}"
+    return evaluate(signal, data.valid_label, horizon=data.horizon, dates=data.valid_dates).summary, ""
 
 
 # ---- helpers ------------------------------------------------------------------------------------------------
@@ -403,8 +394,10 @@ def _mean_daily_pearson(pred: torch.Tensor, target: torch.Tensor, day: torch.Ten
 
 
 @torch.no_grad()
-def _predict(forward, model, X_dev, valid_dev, day_lo, n_days, lookback, batch_size, gather_windows) -> np.ndarray:
+def _predict(forward, model, X_dev, valid_dev, day_lo, n_days, lookback, batch_size) -> np.ndarray:
     """Predictions over the valid samples scattered into [Dv, S] (NaN where there is no sample)."""
+    from crnn_ray.data import gather_windows
+
     model.eval()
     out = torch.full((n_days, X_dev.shape[1]), math.nan, dtype=torch.float32, device=X_dev.device)
     for lo in range(0, len(valid_dev), batch_size):
@@ -468,7 +461,7 @@ def _meta(spec, panel, splits, cfg, horizon, epoch, best_epoch, best_metrics, pa
         "seed": cfg.seed,
         "epoch": epoch,
         "best_epoch": best_epoch,
-        "valid_metrics": {k: best_metrics.get(k, math.nan) for k in STOPPING_METRICS},
+        "valid_metrics": {k: best_metrics.get(k, math.nan) for k in VALID_METRICS},
         "params": params,
         "status": status,
         "reason": reason,

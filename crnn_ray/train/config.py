@@ -1,0 +1,61 @@
+"""TrainConfig: the one training schema.
+
+Every training hyperparameter is one field here, with its default and its check. The sweep's `training:`
+section is "TrainConfig fields" (the ones marked `sweep=True` may be lists, one grid axis each); label,
+lookback and seed come from the sweep's `data:` and `seeds:` instead. Adding a hyperparameter is one line
+here (and its use in the loop).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from crnn_ray import defaults
+from crnn_ray.config import (Checker, boolean, choice, int_at_least, nonneg_int, nonneg_number, optional,
+                             positive_int, positive_number, setting, text)
+from crnn_ray.io import CliError
+from crnn_ray.schema import LOSSES, STOPPING_METRICS
+
+
+@dataclass
+class TrainConfig:
+    """Everything that shapes one training run besides the model spec and the data."""
+
+    label: str = setting(defaults.LABEL, check=text)
+    lookback: int = setting(defaults.LOOKBACK, check=int_at_least(1))
+    epochs: int = setting(5, check=positive_int)
+    batch_size: int = setting(512, check=positive_int, sweep=True)
+    lr: float = setting(1e-3, check=positive_number, sweep=True)
+    weight_decay: float = setting(0.0, check=nonneg_number, sweep=True)
+    # "mse" on the (ranked) label, or "ic": negative mean per-day Pearson IC, batches made of whole days
+    loss: str = setting("mse", check=choice(*LOSSES), sweep=True)
+    rank_label: bool = setting(True, check=boolean)
+    clip: float = setting(5.0, check=positive_number)
+    grad_clip: float | None = setting(1.0, check=optional(positive_number), sweep=True)
+    early_stopping_metric: str = setting("valid_ic", check=choice(*STOPPING_METRICS),
+                                         yaml_key="early_stopping.metric")
+    patience: int = setting(3, check=positive_int, yaml_key="early_stopping.patience")
+    max_steps_per_epoch: int | None = setting(None, check=optional(positive_int))
+    eval_batch_size: int = setting(4096, check=positive_int)
+    seed: int = setting(0, check=nonneg_int)
+    compile: bool = setting(False, check=boolean)
+
+    def validate(self) -> "TrainConfig":
+        """Check (and normalise, e.g. "1e-3" -> 0.001) every field; CliError naming the first bad key."""
+        c = Checker("train config")
+        for f in fields(self):
+            setattr(self, f.name, f.metadata["check"](c, getattr(self, f.name), repr(f.name)))
+        return self
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        """Build from a plain dict of field values; an unknown key is a CliError naming it."""
+        known = [f.name for f in fields(cls)]
+        for key in values:
+            if key not in known:
+                raise CliError(f"train config: unknown key {key!r} (known: {', '.join(sorted(known))})")
+        return cls(**values).validate()
+
+
+#: the fields a sweep may turn into grid axes (a list of values in its `training:` section)
+SWEEPABLE: tuple[str, ...] = tuple(f.name for f in fields(TrainConfig) if f.metadata["sweep"])
