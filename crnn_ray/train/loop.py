@@ -6,13 +6,15 @@ train / valid sample indices go to the device once, and every batch is a set of 
 on the device — samples x lookback is never materialised for the whole set.
 
 Determinism: model init under torch.manual_seed(seed); the shuffling order of epoch e comes from a CPU
-torch.Generator seeded from (seed, e); torch.manual_seed(seed * 1000 + e) at the start of epoch e fixes
+torch.Generator seeded from (seed, e, the run's identity: spec + hyperparameters); torch.manual_seed(seed * 1000 + e) at the start of epoch e fixes
 dropout. Nothing carries over between epochs except weights, optimizer and early-stopping state, all in
 the checkpoint — so resuming at an epoch boundary reproduces an uninterrupted run exactly.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import shutil
 import tempfile
@@ -70,7 +72,7 @@ def train_one(
     device = torch.device(device)
     meta_extra = dict(meta_extra or {})
     tag = meta_extra.get("variant_id") or spec
-    data = _TrainData.build(panel, splits, cfg, device)
+    data = _TrainData.build(spec, panel, splits, cfg, device)
 
     # ---- model + optimizer (init under the seed) ------------------------------------------------------
     torch.manual_seed(cfg.seed)
@@ -195,9 +197,10 @@ class _TrainData:
     valid_label: np.ndarray         # raw label of the valid split [Dv, S]
     valid_dates: np.ndarray
     horizon: int
+    identity: int                   # run_identity(spec, cfg): enters the data order
 
     @classmethod
-    def build(cls, panel, splits, cfg: TrainConfig, device: torch.device) -> "_TrainData":
+    def build(cls, spec: str, panel, splits, cfg: TrainConfig, device: torch.device) -> "_TrainData":
         from crnn_ray.data import normalize_features, rank_label, sample_index
 
         raw_label = panel.label(cfg.label)  # CliError naming the label when absent
@@ -219,7 +222,7 @@ class _TrainData:
             valid_rows=torch.from_numpy(rows["valid"]).to(device),
             valid_index=rows["valid"], day_starts=day_starts, day_counts=day_counts, valid_lo=v_lo,
             valid_label=raw_label[v_lo:v_hi + 1], valid_dates=panel.dates[v_lo:v_hi + 1],
-            horizon=_horizon(panel, cfg.label))
+            horizon=_horizon(panel, cfg.label), identity=run_identity(spec, cfg))
 
 
 @dataclass
@@ -267,7 +270,7 @@ def _train_epoch(model, forward, optimizer, data: _TrainData, cfg: TrainConfig, 
     from crnn_ray.data import gather_windows
 
     t0 = time.perf_counter()
-    order = _epoch_order(cfg, epoch, data.day_starts, data.day_counts, device)
+    order = _epoch_order(cfg, epoch, data.day_starts, data.day_counts, device, data.identity)
     model.train()
     n_steps = len(order.batches)
     losses = torch.full((n_steps,), math.nan, device=device)
@@ -330,19 +333,34 @@ class _EpochOrder:
     batches: list  # (lo, hi, segments): a batch is perm_dev[lo:hi]; segments = (day ordinal per row, n_days) for "ic"
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return (int(seed) * 1_000_003 + int(epoch)) % (2**63 - 1)
+def run_identity(spec: str, cfg: TrainConfig) -> int:
+    """A stable 63-bit number for what the run IS (its spec and sweepable hyperparameters), not its seed.
+
+    It enters the data order, so two variants (or two learning rates) trained with the same seed still see
+    independent batches: ensemble members are less alike than they need be otherwise, and two variants would
+    be compared on the same draws. Epoch count, patience and the like are left out: a run resumed with more
+    epochs keeps its order.
+    """
+    from crnn_ray.train.config import SWEEPABLE
+
+    text = json.dumps([spec, {k: getattr(cfg, k) for k in SWEEPABLE}], sort_keys=True, default=str)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") >> 1
+
+
+def _epoch_seed(seed: int, epoch: int, identity: int = 0) -> int:
+    return (int(seed) * 1_000_003 + int(epoch) + int(identity)) % (2**63 - 1)
 
 
 def _epoch_order(cfg: TrainConfig, epoch: int, day_starts: np.ndarray, day_counts: np.ndarray,
-                 device: torch.device) -> _EpochOrder:
-    """This epoch's sample order, drawn on the CPU from (seed, epoch) so it is the same on every device.
+                 device: torch.device, identity: int = 0) -> _EpochOrder:
+    """This epoch's sample order, drawn on the CPU from (seed, epoch, run identity) so it is the same on
+    every device and differs between runs that differ in spec or hyperparameters.
 
     mse: a random permutation of all training samples cut into batch_size pieces.
     ic:  a random permutation of the training DAYS; consecutive days are packed into one batch until it
          holds >= batch_size samples, so every day in a batch is its whole cross-section.
     """
-    generator = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
+    generator = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch, identity))
     n = int(day_counts.sum())
     limit = cfg.max_steps_per_epoch
     if cfg.loss == "mse":
