@@ -72,9 +72,8 @@ def plain_loop(plan, batch: int) -> float:
     X = next(iter(plan.inputs.values()))
     t0 = time.perf_counter()
     with torch.no_grad():
-        for lo in range(0, len(plan.day_index), batch):
-            w = torch.from_numpy(gather_windows(X, plan.day_index[lo:lo + batch], plan.stock_index[lo:lo + batch],
-                                                LOOKBACK))
+        for lo in range(0, plan.n_rows, batch):
+            w = torch.from_numpy(gather_windows(X, plan.days[lo:lo + batch], plan.stocks[lo:lo + batch], LOOKBACK))
             for m in models:
                 m(w)
     return time.perf_counter() - t0
@@ -93,10 +92,9 @@ def main(argv=None) -> int:
         cfg = merge_config({})
         opts = ScoreOptions(experiment=exp, out=root / "out", top_k=5, config=cfg)
         plan = plan_scoring(opts)
-        n = len(plan.keys)
+        n = plan.n_rows
         print(f"bench: {len(plan.members)} members ({', '.join(MEMBERS)}), {n:,} rows = "
-              f"{plan.keys['date'].nunique()} dates x ~{n // plan.keys['date'].nunique()} stocks, lookback "
-              f"{LOOKBACK}")
+              f"{plan.n_dates} dates x ~{n // plan.n_dates} stocks, lookback {LOOKBACK}")
 
         import ray
 
@@ -108,9 +106,9 @@ def main(argv=None) -> int:
         try:
             for r in range(args.rounds):
                 base_s = min(base_s, plain_loop(plan, int(cfg["chunk_rows"])))
-                t = predict_rows(plan, "in_process", cfg, root)[1]
+                t = predict_rows(plan, "in_process", cfg)[1]
                 t_in = t if t_in is None or t["seconds"] < t_in["seconds"] else t_in
-                t = predict_rows(plan, "ray", cfg, root)[1]
+                t = predict_rows(plan, "ray", cfg)[1]
                 if r == 0:
                     t_ray = t  # the first Ray Data job pays the cold start of its actors
                 else:

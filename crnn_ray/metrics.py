@@ -24,6 +24,8 @@ from crnn_ray.io import CliError
 __all__ = [
     "Evaluation",
     "average_ranks",
+    "zscore_by_day",
+    "scaled_ranks",
     "daily_ic",
     "daily_rank_ic",
     "quantile_buckets",
@@ -190,6 +192,41 @@ def average_ranks(x: np.ndarray) -> np.ndarray:
     return ranks
 
 
+def zscore_by_day(x: Any) -> np.ndarray:
+    """Per-day (row) z-score over the non-NaN entries, (x - mean) / std with ddof=0; 0.0 where x is NaN.
+
+    The cross-section is what a daily portfolio trades, so signals and planted terms are standardised within
+    each day. A day whose values are all equal (or single) gets 0 (the centre): no spread, no information.
+    The sums run over whole zero-filled rows, the arithmetic of np.nanmean / np.nanstd (synthetic panels
+    stay bit-identical), and each row's result does not depend on the other rows.
+    """
+    x = _as_panel(x, "x").astype(np.float64, copy=False)
+    absent = np.isnan(x)
+    n = _row_counts(~absent)[:, None]
+    centred = np.where(absent, 0.0, x)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        centred -= centred.sum(axis=1, keepdims=True) / n
+        centred[absent] = 0.0
+        std = np.sqrt((centred * centred).sum(axis=1, keepdims=True) / n)
+        return np.where(std > 1e-12, centred / std, 0.0)
+
+
+def scaled_ranks(x: Any) -> np.ndarray:
+    """Per-day average ranks scaled to [-0.5, 0.5], (rank - 1) / (n - 1) - 0.5 over the day's n non-NaN
+    entries; 0 on a day with one entry, NaN stays NaN.
+
+    Ranks drop the day's level, scale and fat tails (a training target, the rank_mean ensemble); ties share
+    their average rank, so the result is exact (ranks are half-integers).
+    """
+    ranks = average_ranks(x)
+    absent = np.isnan(ranks)
+    n = _row_counts(~absent)[:, None].astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scaled = np.where(n > 1, (ranks - 1.0) / np.maximum(n - 1.0, 1.0) - 0.5, 0.0)
+    scaled[absent] = np.nan
+    return scaled
+
+
 def _rank_pearson(rx: np.ndarray, ry: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, ...]:
     """Row-wise Pearson of zero-filled average ranks over the same n valid entries (means are (n+1)/2).
 
@@ -298,8 +335,10 @@ def _bucket_sums(values: np.ndarray, bucket: np.ndarray, quantiles: int) -> tupl
 def _block_stats(sig: np.ndarray, lab: np.ndarray, min_stocks: int, quantiles: int, portfolios: bool,
                  horizon: int = 1) -> dict:
     """All statistics of one block of days that need no other day (fully vectorised over the block)."""
-    sig = np.asarray(sig, dtype=np.float64)
-    lab = np.asarray(lab, dtype=np.float64)
+    # C order: row sums are pairwise only along a contiguous axis, so any layout (a cropped grid is often
+    # F-ordered) gives the same bits
+    sig = np.ascontiguousarray(sig, dtype=np.float64)
+    lab = np.ascontiguousarray(lab, dtype=np.float64)
     valid = np.isfinite(sig)
     valid &= np.isfinite(lab)
     n_pairs = _row_counts(valid)

@@ -122,17 +122,15 @@ def test_predictor_rows_do_not_depend_on_batching():
         model = build_model(entry.spec, 3, L)
         meta = {"spec": entry.spec, "lookback": L}
         payloads.append(member_payload(f"m{i}", meta, model.state_dict(), [0, 2, 3], "z"))
-    dates = np.arange("2024-01-01", D, dtype="datetime64[D]")
-    symbols = np.array([f"S{s:02d}" for s in range(S)], dtype=object)
-    pred = EnsemblePredictor(payloads, {"z": X}, dates, symbols, device="cuda", chunk_rows=64)
+    pred = EnsemblePredictor(payloads, {"z": X}, device="cuda", chunk_rows=64)
     assert pred.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
     days, stocks = np.meshgrid(np.arange(L - 1, D), np.arange(S), indexing="ij")
-    keys = pd.DataFrame({"date": dates[days.ravel()], "symbol": symbols[stocks.ravel()]})
+    keys = pd.DataFrame({"day": days.ravel(), "stock": stocks.ravel()})
     whole = pd.DataFrame(pred(keys))
-    pieces = pd.concat([pd.DataFrame(pred({"date": keys["date"].to_numpy()[i:i + n],
-                                           "symbol": keys["symbol"].to_numpy()[i:i + n]}))
+    pieces = pd.concat([pd.DataFrame(pred({"day": keys["day"].to_numpy()[i:i + n],
+                                           "stock": keys["stock"].to_numpy()[i:i + n]}))
                         for i, n in zip(range(0, len(keys), 37), [37] * len(keys))], ignore_index=True)
-    assert list(whole.columns) == ["date", "symbol", "m0", "m1"]
+    assert list(whole.columns) == ["day", "stock", "m0", "m1"]
     assert whole[["m0", "m1"]].equals(pieces[["m0", "m1"]])  # bit for bit
     # the prediction of one row is the member's model on that row's window of its features
     model = build_model(payloads[1]["spec"], 3, L)
@@ -140,10 +138,10 @@ def test_predictor_rows_do_not_depend_on_batching():
     d, s = 17, 4
     with torch.no_grad():
         direct = model.eval()(torch.as_tensor(X[d - L + 1:d + 1, s][:, [0, 2, 3]][None])).item()
-    row = whole[(whole["date"] == dates[d]) & (whole["symbol"] == symbols[s])]
+    row = whole[(whole["day"] == d) & (whole["stock"] == s)]
     assert row["m1"].item() == pytest.approx(direct, abs=1e-5)
     with pytest.raises(ValueError, match="not in the predictor's panel"):
-        pred({"date": np.array(["2030-01-01"], dtype="datetime64[D]"), "symbol": np.array(["S00"], dtype=object)})
+        pred({"day": np.array([D + 5]), "stock": np.array([0])})
 
 
 def test_config_defaults_file_matches_code_and_bad_keys_are_named(tmp_path):
@@ -183,8 +181,7 @@ def test_auto_path_keeps_small_jobs_in_process():
     cfg = merge_config({"in_process_max_days": 2, "in_process_max_rows": 100})
 
     def plan(days, stocks):
-        d = np.repeat(np.arange("2024-01-01", days, dtype="datetime64[D]"), stocks)
-        return SimpleNamespace(keys=pd.DataFrame({"date": d, "symbol": np.tile(np.arange(stocks), days)}))
+        return SimpleNamespace(n_dates=days, n_rows=days * stocks)
 
     assert choose_path(plan(2, 500), "auto", cfg)[0] == "in_process"   # few dates
     assert choose_path(plan(9, 10), "auto", cfg)[0] == "in_process"    # few rows

@@ -254,15 +254,10 @@ def rank_label(y: np.ndarray) -> np.ndarray:
 
     Ranking removes the market move and fat tails from the training target (the report trains on ranks).
     """
-    from scipy.stats import rankdata
+    from crnn_ray.metrics import scaled_ranks
 
     y = np.asarray(y, dtype=np.float64)
-    finite = np.isfinite(y)
-    ranks = rankdata(np.where(finite, y, np.inf), method="average", axis=1)
-    n = finite.sum(axis=1, keepdims=True).astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        scaled = np.where(n > 1, (ranks - 1.0) / np.maximum(n - 1.0, 1.0) - 0.5, 0.0)
-    return np.where(finite, scaled, np.nan).astype(np.float32)
+    return scaled_ranks(np.where(np.isfinite(y), y, np.nan)).astype(np.float32)
 
 
 def sample_index(mask: np.ndarray, label: np.ndarray, lookback: int, day_lo: int, day_hi: int) -> np.ndarray:

@@ -16,8 +16,6 @@ at t is  sum_{m=0..H-1} k*(H-m)/H * s_{t-m}.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pandas as pd
 from scipy.signal import lfilter
@@ -25,6 +23,7 @@ from scipy.signal import lfilter
 from crnn_ray.data.ingest import compute_features, forward_return
 from crnn_ray.data.panel import PANEL_VERSION
 from crnn_ray.io import CliError
+from crnn_ray.metrics import daily_ic, zscore_by_day
 
 #: OHLCV-derived features the synthetic panel keeps (computed by the ingest feature code)
 OHLCV_FEATURES = ["ret1", "open_gap", "high_rel", "low_rel", "volume_rel"]
@@ -35,32 +34,6 @@ N_SECTORS = 10
 BURN_IN = 40
 #: planted signal strength: total H-day drift per unit of score (tuned for an oracle IC around 0.15)
 SIGNAL_STRENGTH = 0.0018
-
-
-def _zscore_rows(a: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Cross-sectional z-score per day over valid entries; invalid -> 0."""
-    x = np.where(valid, a, np.nan)
-    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # days with no valid stock
-        mu = np.nanmean(x, axis=1, keepdims=True)
-        sd = np.nanstd(x, axis=1, keepdims=True)
-        z = (x - mu) / np.where(sd > 1e-12, sd, np.inf)
-    return np.where(valid & np.isfinite(z), z, 0.0)
-
-
-def daily_pearson_ic(signal: np.ndarray, label: np.ndarray, valid: np.ndarray, min_stocks: int = 10) -> float:
-    """Mean over days of the cross-sectional Pearson correlation (days with < min_stocks valid pairs skipped)."""
-    ok = valid & np.isfinite(signal) & np.isfinite(label)
-    n = ok.sum(axis=1)
-    s = np.where(ok, signal, 0.0)
-    y = np.where(ok, label, 0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        sm = s.sum(1, keepdims=True) / np.maximum(n, 1)[:, None]
-        ym = y.sum(1, keepdims=True) / np.maximum(n, 1)[:, None]
-        sc, yc = np.where(ok, s - sm, 0.0), np.where(ok, y - ym, 0.0)
-        ic = (sc * yc).sum(1) / np.sqrt((sc ** 2).sum(1) * (yc ** 2).sum(1))
-    keep = (n >= min_stocks) & np.isfinite(ic)
-    return float(ic[keep].mean()) if keep.any() else float("nan")
 
 
 def synthesize(n_symbols: int = 300, n_days: int = 600, seed: int = 0, horizon: int = 5,
@@ -132,11 +105,11 @@ def synthesize(n_symbols: int = 300, n_days: int = 600, seed: int = 0, horizon: 
     ca, cb, cc = (nan_where_absent(c) for c in chars)
     ok = present & np.isfinite(volume_rel)
     cc_lag = np.vstack([np.full((10, S), np.nan), cc[:-10]])
-    term_inter = _zscore_rows(ca * cb, ok)
-    term_trend = _zscore_rows(np.tanh(3.0 * (cc - cc_lag)), ok & np.isfinite(cc_lag))
+    term_inter = zscore_by_day(np.where(ok, ca * cb, np.nan))  # 0 where not ok
+    term_trend = zscore_by_day(np.where(ok & np.isfinite(cc_lag), np.tanh(3.0 * (cc - cc_lag)), np.nan))
     vr_max = pd.DataFrame(volume_rel).rolling(5, min_periods=1).max().to_numpy()
-    term_attn = _zscore_rows(-(vr_max > 1.0).astype(float), ok)
-    score = _zscore_rows(term_inter + term_trend + 0.7 * term_attn, ok)
+    term_attn = zscore_by_day(np.where(ok, -(vr_max > 1.0).astype(float), np.nan))
+    score = zscore_by_day(np.where(ok, term_inter + term_trend + 0.7 * term_attn, np.nan))
 
     # drift: s_t spreads k*s_t over days t+1..t+H; oracle = the part of E[y_t] known at t
     k = float(signal_strength)
@@ -188,7 +161,8 @@ def synthesize(n_symbols: int = 300, n_days: int = 600, seed: int = 0, horizon: 
     grid_sig, grid_lab = np.full((D, S), np.nan), np.full((D, S), np.nan)
     grid_sig[di[feat_ok], si[feat_ok]] = df[oracle_col].to_numpy(np.float64)[feat_ok]
     grid_lab[di[feat_ok], si[feat_ok]] = df[label].to_numpy(np.float64)[feat_ok]
-    oracle_ic = daily_pearson_ic(grid_sig, grid_lab, np.isfinite(grid_sig))
+    ic = daily_ic(grid_sig, grid_lab, min_stocks=10)  # NaN on skipped and constant days
+    oracle_ic = float(ic[np.isfinite(ic)].mean()) if np.isfinite(ic).any() else float("nan")
 
     meta = {
         "version": PANEL_VERSION,

@@ -1,13 +1,16 @@
-"""Combine member predictions into one signal, date by date.
+"""Combine member predictions into one signal, day by day, on [days x stocks] grids.
 
 Members differ in scale and offset (an MSE model and an IC-loss model do not even share units), so each
 member's predictions are first standardised within each date -- the cross-section is what a daily portfolio
-trades -- and only then combined. This runs on the whole scored table after the map step, so every date is
-complete no matter how the rows were batched.
+trades -- and only then combined. This runs on the whole prediction grid after the map step, so every date is
+complete no matter how the rows were batched. The per-day z-score and scaled rank are crnn_ray.metrics'.
 
     mean         signal = mean_k z_k
     ic_weighted  signal = sum_k w_k z_k,  w_k = max(valid_ic_k, 0) / sum_j max(valid_ic_j, 0)
     rank_mean    signal = mean_k r_k,     r_k = per-date average rank scaled to [-0.5, 0.5]
+
+Grids: `preds` [D, S, K] float (NaN where a row is not scored), signals [D, S]. The `*_by_date`, `combine`
+and `member_correlation` forms take long rows (dates [N], values [N, K]) and place them on a grid first.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ import numpy as np
 import pandas as pd
 
 from crnn_ray.io import CliError
+from crnn_ray.metrics import scaled_ranks, zscore_by_day
 
-__all__ = ["METHODS", "member_weights", "zscore_by_date", "rank_by_date", "combine", "member_correlation"]
+__all__ = ["METHODS", "member_weights", "standardise", "ensemble_signal", "correlation", "zscore_by_date",
+           "rank_by_date", "combine", "member_correlation"]
 
 METHODS = ("mean", "ic_weighted", "rank_mean")
 
@@ -38,29 +43,74 @@ def member_weights(method: str, valid_ics: list[float]) -> tuple[np.ndarray, str
     return clipped / clipped.sum(), None
 
 
-def _date_codes(dates: np.ndarray) -> np.ndarray:
-    return pd.factorize(pd.Series(dates), sort=True)[0]
+def standardise(preds: np.ndarray, method: str) -> np.ndarray:
+    """[D, S, K] per-day z-scores of each member (rank_mean: scaled ranks); 0 where a row is not scored."""
+    per_day = scaled_ranks if method == "rank_mean" else zscore_by_day
+    out = np.stack([per_day(np.ascontiguousarray(preds[..., k], dtype=np.float64))
+                    for k in range(preds.shape[-1])], axis=-1)
+    return np.nan_to_num(out, nan=0.0, copy=False)
+
+
+def ensemble_signal(preds: np.ndarray, method: str, weights: np.ndarray) -> np.ndarray:
+    """Ensemble signal [D, S] (NaN where not scored) from raw member predictions [D, S, K].
+
+    The weights apply as one [N, K] @ [K] product over the scored rows in (date, symbol) order, the
+    arithmetic the scorer has always used: rank_mean signals tie often (equal rank sums), and a last-bit
+    change would reorder tied stocks and move the reported figures.
+    """
+    rows, stocks = np.nonzero(~np.isnan(preds[..., 0]))
+    signal = np.full(preds.shape[:2], np.nan)
+    signal[rows, stocks] = standardise(preds, method)[rows, stocks] @ np.asarray(weights, dtype=np.float64)
+    return signal
+
+
+def correlation(grids: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Mean over dates of the cross-sectional Pearson correlation between every pair of [D, S] grids.
+
+    The cross-section is what the ensemble mixes, so this (not a pooled correlation that daily level shifts
+    would inflate) says how much members really diversify each other. A date where a grid is constant is
+    left out of that grid's pairs.
+    """
+    names = list(grids)
+    z = np.stack([zscore_by_day(grids[n]) for n in names], axis=-1)  # [D, S, K], 0 where absent
+    n = (~np.isnan(grids[names[0]])).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        daily = np.einsum("dsi,dsj->dij", z, z) / n[:, None, None]  # per-date mean of z_i z_j
+    live = (z != 0).any(axis=1)
+    both = live[:, :, None] & live[:, None, :]
+    days = both.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(days > 0, np.where(both, daily, 0.0).sum(axis=0) / days, math.nan)
+    np.fill_diagonal(out, 1.0)
+    return pd.DataFrame(out, index=names, columns=names)
+
+
+# ------------------------------------------------------------------------------------ long rows -> grids
+def _rows_to_grid(dates: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """Rows (dates [N], values [N, K]) on a [dates x max rows per date x K] grid (NaN padding), and each
+    row's cell."""
+    values = np.asarray(values, dtype=np.float64)
+    day = pd.factorize(pd.Series(dates), sort=True)[0]
+    order = np.argsort(day, kind="stable")
+    counts = np.bincount(day)
+    slot = np.empty(len(day), dtype=np.int64)
+    slot[order] = np.arange(len(day)) - np.repeat(np.cumsum(counts) - counts, counts)
+    grid = np.full((len(counts), int(counts.max(initial=0)), values.shape[1]), np.nan)
+    grid[day, slot] = values
+    return grid, (day, slot)
 
 
 def zscore_by_date(dates: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """(x - mean) / std within each date (ddof=0); a date whose values are all equal (or single) gets 0."""
-    values = np.asarray(values, dtype=np.float64)
-    codes = _date_codes(dates)
-    centred = values - pd.DataFrame(values).groupby(codes).transform("mean").to_numpy()
-    std = np.sqrt(pd.DataFrame(centred * centred).groupby(codes).transform("mean").to_numpy())
-    with np.errstate(invalid="ignore", divide="ignore"):
-        z = np.where(std > 1e-12, centred / np.where(std > 1e-12, std, 1.0), 0.0)
-    return z
+    """(x - mean) / std within each date (ddof=0) of rows [N, K]; a date whose values are all equal (or
+    single) gets 0."""
+    grid, cells = _rows_to_grid(dates, values)
+    return standardise(grid, "mean")[cells]
 
 
 def rank_by_date(dates: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Average rank within each date scaled to [-0.5, 0.5] ((rank-1)/(n-1) - 0.5; a single stock gets 0)."""
-    values = np.asarray(values, dtype=np.float64)
-    groups = pd.DataFrame(values).groupby(_date_codes(dates))
-    ranks = groups.rank(method="average").to_numpy()
-    n = groups.transform("count").to_numpy().astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(n > 1, (ranks - 1.0) / np.maximum(n - 1.0, 1.0) - 0.5, 0.0)
+    """Average rank within each date of rows [N, K], scaled to [-0.5, 0.5]; a single stock gets 0."""
+    grid, cells = _rows_to_grid(dates, values)
+    return standardise(grid, "rank_mean")[cells]
 
 
 def combine(dates: np.ndarray, preds: np.ndarray, method: str, weights: np.ndarray) -> np.ndarray:
@@ -68,26 +118,12 @@ def combine(dates: np.ndarray, preds: np.ndarray, method: str, weights: np.ndarr
     preds = np.asarray(preds, dtype=np.float64)
     if preds.ndim != 2 or preds.shape[0] != len(dates):
         raise ValueError(f"preds must be [N, K] with N = len(dates), got {preds.shape}")
-    if method == "rank_mean":
-        return rank_by_date(dates, preds) @ np.asarray(weights, dtype=np.float64)
-    return zscore_by_date(dates, preds) @ np.asarray(weights, dtype=np.float64)
+    grid, cells = _rows_to_grid(dates, preds)
+    return ensemble_signal(grid, method, weights)[cells]
 
 
 def member_correlation(dates: np.ndarray, columns: dict[str, np.ndarray]) -> pd.DataFrame:
-    """Mean over dates of the cross-sectional Pearson correlation between every pair of columns.
-
-    The cross-section is what the ensemble mixes, so this (not a pooled correlation that daily level shifts
-    would inflate) says how much members really diversify each other.
-    """
+    """`correlation` of long columns (rows whose date is `dates`)."""
     names = list(columns)
-    z = zscore_by_date(dates, np.column_stack([columns[n] for n in names]))
-    codes = _date_codes(dates)
-    k = len(names)
-    out = np.eye(k)
-    live = pd.DataFrame(np.abs(z) > 0).groupby(codes).transform("any").to_numpy()  # constant days excluded
-    for i in range(k):
-        for j in range(i + 1, k):
-            prod = pd.Series(z[:, i] * z[:, j]).groupby(codes).mean()
-            ok = pd.Series(live[:, i] & live[:, j]).groupby(codes).all()
-            out[i, j] = out[j, i] = float(prod[ok].mean()) if ok.any() else math.nan
-    return pd.DataFrame(out, index=names, columns=names)
+    grid, _ = _rows_to_grid(dates, np.column_stack([columns[n] for n in names]))
+    return correlation({n: grid[..., k] for k, n in enumerate(names)})

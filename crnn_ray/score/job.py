@@ -4,6 +4,9 @@
     predict_rows   raw member predictions through the EnsemblePredictor, on Ray Data or in-process
     run_score      the whole command: plan, predict, ensemble, evaluate, then write everything at the end
 
+Rows are (day, stock) integer indices and results dense [days x stocks] grids from the plan to the end;
+dates and symbols come back only where the files are written (signals/, labels.parquet).
+
 Everything that can fail on bad input fails before the first byte is written, so a bad checkpoint leaves no
 output directory behind. Ray is imported only on the Ray Data path.
 """
@@ -11,9 +14,7 @@ output directory behind. Ray is imported only on the Ray Data path.
 from __future__ import annotations
 
 import os
-import shutil
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,22 +51,41 @@ class ScorePlan:
 
     members: list                  # select.Member, loaded
     payloads: list[dict]           # predict.member_payload per member
-    inputs: dict[str, np.ndarray]  # normalised features of the slice, per normalisation
+    inputs: dict[str, np.ndarray]  # normalised features of the slice [slice days, S, F], per normalisation
     slice_dates: np.ndarray        # dates of the slice (first axis of inputs)
-    symbols: np.ndarray
-    keys: pd.DataFrame             # rows to score: date (datetime64[D]), symbol; sorted by (date, symbol)
-    day_index: np.ndarray          # slice day index of each key row
-    stock_index: np.ndarray
+    symbols: np.ndarray            # [S], sorted (load_panel): (day, stock) order is (date, symbol) order
+    first_day: int                 # slice index of the first scored date: row 0 of every grid
+    days: np.ndarray               # slice day index of each scored row, rows in (day, stock) order
+    stocks: np.ndarray             # stock index of each scored row
     panel: Any                     # data.Panel
     panel_path: Path
     label: str
     horizon: int
-    label_values: np.ndarray | None  # label of each key row (NaN unknown); None when the panel has none
-    oracle_values: np.ndarray | None  # the synthetic market's planted expected return per key row
+    label_grid: np.ndarray | None  # float64 [D, S] over the scored dates, NaN unknown or not scored; None: no label
+    oracle_grid: np.ndarray | None  # the synthetic market's planted expected return, same grid; None: real data
     period: tuple[str, str]
     in_sample: dict[str, list]     # member -> overlapping dates (only with allow_in_sample)
     weights: np.ndarray
     weight_note: str | None
+
+    @property
+    def dates(self) -> np.ndarray:
+        """The grids' dates: the scored part of the slice."""
+        return self.slice_dates[self.first_day:]
+
+    @property
+    def cells(self) -> tuple[np.ndarray, np.ndarray]:
+        """Grid (row, stock) of every scored row, for gathering from and scattering into [D, S, ...] grids."""
+        return self.days - self.first_day, self.stocks
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.days)
+
+    @property
+    def n_dates(self) -> int:
+        """Dates with at least one scored row."""
+        return len(np.unique(self.days))
 
 
 # ------------------------------------------------------------------------------------------------- planning
@@ -110,8 +130,8 @@ def _panel_path(members, opts: ScoreOptions) -> Path:
     return path
 
 
-def _read_oracle(panel, panel_path: Path, label: str, days: np.ndarray, stocks: np.ndarray) -> np.ndarray | None:
-    """The synthetic market's planted expected return for the scored rows (None for real data)."""
+def _read_oracle(panel, panel_path: Path, label: str) -> np.ndarray | None:
+    """The synthetic market's planted expected return, float64 [panel days, S] (None for real data)."""
     if panel.meta.get("source") != "synth":
         return None
     col = ((panel.meta.get("params") or {}).get("oracle_columns") or {}).get(label, f"oracle_{label}")
@@ -128,7 +148,7 @@ def _read_oracle(panel, panel_path: Path, label: str, days: np.ndarray, stocks: 
     s = pd.Index(panel.symbols.astype(str)).get_indexer(tab["symbol"].astype(str))
     ok = (d < len(panel.dates)) & (s >= 0)
     grid[d[ok], s[ok]] = tab[col].to_numpy(dtype=np.float64)[ok]
-    return grid[days, stocks]
+    return grid
 
 
 def plan_scoring(opts: ScoreOptions) -> ScorePlan:
@@ -187,30 +207,27 @@ def plan_scoring(opts: ScoreOptions) -> ScorePlan:
                            f"(member {m.name}: {type(exc).__name__}: {first})") from None
         payloads.append(payload)
 
-    rel_days, stocks = np.nonzero(mask[first_scorable - s_lo:])
-    rel_days = rel_days + (first_scorable - s_lo)
-    if len(rel_days) == 0:
+    first_day = first_scorable - s_lo
+    scored = mask[first_day:]  # the scored cells: rows present with all features finite
+    grid_days, stocks = np.nonzero(scored)  # (date, symbol) order: the panel's symbols are sorted
+    if len(grid_days) == 0:
         raise CliError(f"{panel_path}: no row with all features finite in {panel.dates[first_scorable]}.."
                        f"{panel.dates[day_hi]}")
-    slice_dates = panel.dates[s_lo:day_hi + 1]
-    keys = pd.DataFrame({"date": slice_dates[rel_days], "symbol": panel.symbols[stocks].astype(str)})
-    order = np.lexsort((keys["symbol"].to_numpy(), rel_days))
-    keys = keys.iloc[order].reset_index(drop=True)
-    rel_days, stocks = rel_days[order], stocks[order]
-
-    label_values = None
+    label_grid = oracle_grid = None
     if label in panel.labels:
-        label_values = panel.labels[label][rel_days + s_lo, stocks].astype(np.float64)
-    oracle_values = _read_oracle(panel, panel_path, label, rel_days + s_lo, stocks)
+        label_grid = np.where(scored, panel.labels[label][first_scorable:day_hi + 1].astype(np.float64), np.nan)
+    oracle = _read_oracle(panel, panel_path, label)
+    if oracle is not None:
+        oracle_grid = np.where(scored, oracle[first_scorable:day_hi + 1], np.nan)
     weights, note = member_weights(opts.method, [m.valid_ic for m in members])
     try:
         horizon = panel.horizon(label)
     except CliError:
         horizon = int(members[0].meta.get("horizon") or 1)
     return ScorePlan(
-        members=members, payloads=payloads, inputs=inputs, slice_dates=slice_dates, symbols=panel.symbols,
-        keys=keys, day_index=rel_days, stock_index=stocks, panel=panel, panel_path=panel_path, label=label,
-        horizon=horizon, label_values=label_values, oracle_values=oracle_values,
+        members=members, payloads=payloads, inputs=inputs, slice_dates=panel.dates[s_lo:day_hi + 1],
+        symbols=panel.symbols, first_day=first_day, days=grid_days + first_day, stocks=stocks, panel=panel,
+        panel_path=panel_path, label=label, horizon=horizon, label_grid=label_grid, oracle_grid=oracle_grid,
         period=(str(panel.dates[first_scorable]), str(panel.dates[day_hi])), in_sample=in_sample,
         weights=weights, weight_note=note,
     )
@@ -223,7 +240,7 @@ def choose_path(plan: ScorePlan, requested: str, cfg: dict) -> tuple[str, str]:
         raise CliError(f"score config: path {requested!r} unknown (auto | in_process | ray)")
     if requested != "auto":
         return requested, "forced"
-    n_days, n_rows = int(plan.keys["date"].nunique()), len(plan.keys)
+    n_days, n_rows = plan.n_dates, plan.n_rows
     max_days, max_rows = int(cfg["in_process_max_days"]), int(cfg["in_process_max_rows"])
     if n_days <= max_days:
         return "in_process", f"auto: {n_days} dates <= in_process_max_days {max_days}"
@@ -233,8 +250,7 @@ def choose_path(plan: ScorePlan, requested: str, cfg: dict) -> tuple[str, str]:
 
 
 def _predictor_kwargs(plan: ScorePlan, cfg: dict) -> dict:
-    return {"members": plan.payloads, "inputs": plan.inputs, "dates": plan.slice_dates,
-            "symbols": plan.symbols, "chunk_rows": int(cfg["chunk_rows"])}
+    return {"members": plan.payloads, "inputs": plan.inputs, "chunk_rows": int(cfg["chunk_rows"])}
 
 
 def _batch_rows(cfg: dict) -> int:
@@ -242,34 +258,46 @@ def _batch_rows(cfg: dict) -> int:
     return max(chunk, int(cfg["batch_rows"]) // chunk * chunk)
 
 
-def predict_in_process(plan: ScorePlan, cfg: dict) -> pd.DataFrame:
-    """The same callable over fixed-size batches of the keys, in this process."""
+def _empty_grid(plan: ScorePlan) -> np.ndarray:
+    """float32 [D, S, K], NaN: the prediction grid before any row is scored."""
+    return np.full((len(plan.dates), len(plan.symbols), len(plan.members)), np.nan, dtype=np.float32)
+
+
+def predict_in_process(plan: ScorePlan, cfg: dict) -> np.ndarray:
+    """The predictor over every scored row in this process -> [D, S, K].
+
+    One call: the predictor cuts the rows into the same fixed chunks as the Ray Data batches (a multiple of
+    chunk_rows), so both paths give the same values."""
     from crnn_ray.score.predict import EnsemblePredictor
 
     predictor = EnsemblePredictor(**_predictor_kwargs(plan, cfg), device=str(cfg.get("device", "auto")))
-    step = _batch_rows(cfg)
-    parts = [pd.DataFrame(predictor(plan.keys.iloc[i:i + step])) for i in range(0, len(plan.keys), step)]
-    return pd.concat(parts, ignore_index=True)
+    grid = _empty_grid(plan)
+    grid[plan.cells] = predictor.predict_indices(plan.days, plan.stocks)
+    return grid
 
 
-def _write_keys(keys: pd.DataFrame, directory: Path, rows_per_file: int) -> int:
+class _SharedPredictor:
+    """Ray Data actor: an EnsemblePredictor on the object store's one copy of the features and weights.
+
+    The driver ray.put()s them once; the reference arrives wrapped in a list, so Ray hands it over as is
+    (instead of resolving it into each actor's constructor arguments) and the actor reads the shared copy.
+    """
+
+    def __init__(self, shared: list, device: str, threads: int):
+        import ray
+
+        from crnn_ray.score.predict import EnsemblePredictor
+
+        self.predictor = EnsemblePredictor(**ray.get(shared[0]), device=device, threads=threads)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.predictor(batch)
+
+
+def predict_ray(plan: ScorePlan, cfg: dict) -> tuple[np.ndarray, dict]:
+    """Ray Data: blocks of (day, stock) indices -> map_batches(predictor actors) -> scattered into [D, S, K]."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    directory.mkdir(parents=True)
-    for i, lo in enumerate(range(0, len(keys), rows_per_file)):
-        part = keys.iloc[lo:lo + rows_per_file]
-        table = pa.table({"date": pa.array(part["date"].to_numpy().astype("datetime64[D]"), type=pa.date32()),
-                          "symbol": pa.array(part["symbol"].to_numpy(dtype=object), type=pa.string())})
-        pq.write_table(table, directory / f"keys-{i:05d}.parquet")
-    return i + 1
-
-
-def predict_ray(plan: ScorePlan, cfg: dict, staging_parent: Path) -> tuple[pd.DataFrame, dict]:
-    """Ray Data: read_parquet(keys) -> map_batches(EnsemblePredictor actors) -> rows back to the driver."""
     import ray
-
-    from crnn_ray.score.predict import EnsemblePredictor
 
     rcfg = cfg["ray"]
     connected_here = not ray.is_initialized()  # a caller's Ray (tests, a notebook) is left as it was
@@ -279,7 +307,10 @@ def predict_ray(plan: ScorePlan, cfg: dict, staging_parent: Path) -> tuple[pd.Da
             ray.init(address=address, log_to_driver=False)
         else:  # "local": never attach to somebody else's Ray on this machine
             ray.init(address="local", num_cpus=rcfg.get("num_cpus"), include_dashboard=False, log_to_driver=False)
-    staging = staging_parent / f".score-keys-{uuid.uuid4().hex[:8]}"
+    names = [m.name for m in plan.members]
+    grid = _empty_grid(plan)
+    hit = np.zeros(grid.shape[:2], dtype=bool)
+    returned = 0
     try:
         resources = ray.cluster_resources()
         cpus, gpus = float(resources.get("CPU", 1)), float(resources.get("GPU", 0))
@@ -294,49 +325,45 @@ def predict_ray(plan: ScorePlan, cfg: dict, staging_parent: Path) -> tuple[pd.Da
             remote = {"num_cpus": actor_cpus}
             device = "cpu"
         batch = _batch_rows(cfg)
-        n_files = _write_keys(plan.keys, staging, batch)
-        actors = max(1, min(actors, n_files))  # no idle actors on a small job
+        starts = range(0, plan.n_rows, batch)
+        actors = max(1, min(actors, len(starts)))  # no idle actors on a small job
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
-        # the reader coalesces small files into one block, which one actor would take alone: re-cut into
-        # blocks of one batch each so the pool shares the work
-        ds = ray.data.read_parquet(str(staging)).repartition(target_num_rows_per_block=batch)
-        ds = ds.map_batches(
-            EnsemblePredictor,
-            fn_constructor_kwargs={**_predictor_kwargs(plan, cfg), "device": device,
-                                   "threads": max(1, int(actor_cpus))},
+        shared = ray.put(_predictor_kwargs(plan, cfg))  # the features and weights, once for every actor
+        # one block per batch, so the pool shares the work
+        blocks = [pa.table({"day": plan.days[i:i + batch], "stock": plan.stocks[i:i + batch]}) for i in starts]
+        ds = ray.data.from_arrow(blocks).map_batches(
+            _SharedPredictor,
+            fn_constructor_kwargs={"shared": [shared], "device": device, "threads": max(1, int(actor_cpus))},
             batch_size=batch, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors), **remote,
         )
-        df = ds.to_pandas()
+        for out in ds.iter_batches(batch_size=None, batch_format="numpy"):  # any order: each row knows its cell
+            cells = (out["day"] - plan.first_day, out["stock"])
+            grid[cells] = np.column_stack([out[n] for n in names])
+            hit[cells] = True
+            returned += len(out["day"])
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
         if connected_here:
             ray.shutdown()
-    df["date"] = pd.to_datetime(df["date"]).to_numpy().astype("datetime64[D]")
-    df["symbol"] = df["symbol"].astype(str)
-    df = df.sort_values(["date", "symbol"], kind="mergesort").reset_index(drop=True)
-    return df, {"actors": actors, **remote, "cluster_cpus": cpus, "cluster_gpus": gpus}
+    if returned != plan.n_rows or int(hit.sum()) != plan.n_rows:
+        raise RuntimeError(f"scoring returned {returned} rows for {plan.n_rows} scored rows")
+    return grid, {"actors": actors, **remote, "cluster_cpus": cpus, "cluster_gpus": gpus}
 
 
-def predict_rows(plan: ScorePlan, path: str, cfg: dict, staging_parent: Path) -> tuple[pd.DataFrame, dict]:
-    """Raw member predictions for plan.keys (same order), on the chosen path, with timing figures."""
+def predict_rows(plan: ScorePlan, path: str, cfg: dict) -> tuple[np.ndarray, dict]:
+    """Raw member predictions [D, S, K] (NaN where not scored) on the chosen path, with timing figures."""
     t0 = time.perf_counter()
     if path == "ray":
-        df, info = predict_ray(plan, cfg, staging_parent)
+        preds, info = predict_ray(plan, cfg)
     else:
-        df, info = predict_in_process(plan, cfg), {}
-        df["date"] = pd.to_datetime(df["date"]).to_numpy().astype("datetime64[D]")
+        preds, info = predict_in_process(plan, cfg), {}
     seconds = time.perf_counter() - t0
-    same_keys = len(df) == len(plan.keys) and (df["symbol"].to_numpy() == plan.keys["symbol"].to_numpy()).all() \
-        and (df["date"].to_numpy() == plan.keys["date"].to_numpy().astype("datetime64[D]")).all()
-    if not same_keys:
-        raise RuntimeError(f"scoring returned {len(df)} rows for {len(plan.keys)} keys")
-    names = [m.name for m in plan.members]
-    bad = [n for n in names if not np.isfinite(df[n].to_numpy()).all()]
-    if bad:
-        raise CliError(f"member {bad[0]} predicts non-finite values on {plan.period[0]}..{plan.period[1]} "
-                       f"(checkpoint {plan.members[names.index(bad[0])].checkpoint})")
-    return df, {"path": path, "seconds": seconds, "rows_per_s": len(df) / max(seconds, 1e-9), **info}
+    finite = np.isfinite(preds[plan.cells]).all(axis=0)
+    if not finite.all():
+        bad = plan.members[int(np.flatnonzero(~finite)[0])]
+        raise CliError(f"member {bad.name} predicts non-finite values on {plan.period[0]}..{plan.period[1]} "
+                       f"(checkpoint {bad.checkpoint})")
+    return preds, {"path": path, "seconds": seconds, "rows_per_s": plan.n_rows / max(seconds, 1e-9), **info}
 
 
 # ------------------------------------------------------------------------------------------------- outputs
@@ -352,40 +379,48 @@ def partition_path(out: Path, date: Any) -> Path:
     return Path(out) / "signals" / f"date={str(np.datetime64(date, 'D'))}" / "part-0.parquet"
 
 
-def write_signals(out: Path, scored: pd.DataFrame, plan: ScorePlan, opts: ScoreOptions) -> list[Path]:
-    """One file per scored date, each written to a temporary name and renamed; other dates are untouched."""
+def _key_columns(plan: ScorePlan, rows: np.ndarray, stocks: np.ndarray) -> dict:
+    """`date` (date32) and `symbol` (string) Arrow columns of grid cells: labels only where files are written."""
+    import pyarrow as pa
+
+    return {"date": pa.array(plan.dates[rows], type=pa.date32()),
+            "symbol": pa.array(np.asarray(plan.symbols[stocks], dtype=object), type=pa.string())}
+
+
+def write_signals(out: Path, plan: ScorePlan, opts: ScoreOptions, signal: np.ndarray, preds: np.ndarray) -> list[Path]:
+    """One file per scored date, each written to a temporary name and renamed; other dates are untouched.
+
+    The scored cells of the signal [D, S] and prediction [D, S, K] grids, in (date, symbol) order."""
     import pyarrow as pa
 
     from crnn_ray.io import write_parquet_atomic
 
-    names = [m.name for m in plan.members]
-    dates = scored["date"].to_numpy().astype("datetime64[D]")
-    columns = {"date": pa.array(dates, type=pa.date32()),
-               "symbol": pa.array(scored["symbol"].to_numpy(dtype=object), type=pa.string()),
-               "signal": pa.array(scored["signal"].to_numpy(dtype=np.float64), type=pa.float64())}
-    for n in names:
-        columns[n] = pa.array(scored[n].to_numpy(dtype=np.float32), type=pa.float32())
+    rows, stocks = plan.cells
+    columns = {**_key_columns(plan, rows, stocks), "signal": pa.array(signal[rows, stocks], type=pa.float64())}
+    values = preds[rows, stocks]
+    for k, m in enumerate(plan.members):
+        columns[m.name] = pa.array(np.ascontiguousarray(values[:, k]), type=pa.float32())
     table = pa.table(columns)
     meta = {"crnn_ray_signals": signals_metadata(plan, opts)}
-    starts = np.flatnonzero(np.r_[True, dates[1:] != dates[:-1]])
-    ends = np.r_[starts[1:], len(dates)]
+    starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+    ends = np.r_[starts[1:], len(rows)]
     written = []
     for a, b in zip(starts, ends):
-        path = partition_path(out, dates[a])
+        path = partition_path(out, plan.dates[rows[a]])
         write_parquet_atomic(table.slice(int(a), int(b - a)), path, metadata=meta)
         written.append(path)
     return written
 
 
-def write_labels(out: Path, labels: pd.DataFrame, label: str) -> None:
-    """labels.parquet: (date, symbol, <label>) of the scored rows whose label is known."""
+def write_labels(out: Path, plan: ScorePlan) -> None:
+    """labels.parquet: (date, symbol, <label>) of the scored rows whose label is known, in (date, symbol) order."""
     import pyarrow as pa
 
     from crnn_ray.io import write_parquet_atomic
 
-    table = pa.table({"date": pa.array(labels["date"].to_numpy().astype("datetime64[D]"), type=pa.date32()),
-                      "symbol": pa.array(labels["symbol"].to_numpy(dtype=object), type=pa.string()),
-                      label: pa.array(labels[label].to_numpy(dtype=np.float64), type=pa.float64())})
+    rows, stocks = np.nonzero(np.isfinite(plan.label_grid))
+    table = pa.table({**_key_columns(plan, rows, stocks),
+                      plan.label: pa.array(plan.label_grid[rows, stocks], type=pa.float64())})
     write_parquet_atomic(table, Path(out) / "labels.parquet")
 
 
@@ -393,7 +428,7 @@ def write_labels(out: Path, labels: pd.DataFrame, label: str) -> None:
 def run_score(opts: ScoreOptions) -> dict:
     """The whole scoring command; returns the metrics dict it wrote (or would have, without labels)."""
     from crnn_ray.score import report as rep
-    from crnn_ray.score.ensemble import combine
+    from crnn_ray.score.ensemble import ensemble_signal
 
     cfg = opts.config
     plan = plan_scoring(opts)
@@ -402,33 +437,27 @@ def run_score(opts: ScoreOptions) -> dict:
     rep.print_plan(plan, opts)
     path, why = choose_path(plan, opts.path, cfg)
     print(f"path: {path.replace('_', '-')} ({why})")
-    staging_parent = Path(opts.out).resolve().parent
-    if path == "ray":
-        staging_parent.mkdir(parents=True, exist_ok=True)
-    preds, timing = predict_rows(plan, path, cfg, staging_parent)
-    names = [m.name for m in plan.members]
-    dates = preds["date"].to_numpy()
-    signal = combine(dates, preds[names].to_numpy(), opts.method, plan.weights)
-    scored = preds.assign(signal=signal)[["date", "symbol", "signal", *names]]
-    print(f"scored {len(scored)} rows ({scored['date'].nunique()} dates) on the {path.replace('_', '-')} path "
+    preds, timing = predict_rows(plan, path, cfg)
+    signal = ensemble_signal(preds, opts.method, plan.weights)
+    print(f"scored {plan.n_rows} rows ({plan.n_dates} dates) on the {path.replace('_', '-')} path "
           f"in {timing['seconds']:.2f}s = {timing['rows_per_s']:,.0f} rows/s"
           + (f" ({timing['actors']} actors x {timing['num_cpus']} CPU"
              + (f" + {timing['num_gpus']:g} GPU" if timing.get("num_gpus") else "") + ")" if path == "ray" else ""))
 
-    evaluation = rep.evaluate_all(plan, scored, cfg["evaluation"])   # None when labels are absent
+    evaluation = rep.evaluate_all(plan, signal, preds, cfg["evaluation"])   # None when labels are absent
     metrics = rep.metrics_document(plan, opts, timing, evaluation)
-    figures = rep.render_figures(plan, scored, evaluation, cfg["evaluation"]) if evaluation else {}
+    figures = rep.render_figures(plan, evaluation, cfg["evaluation"]) if evaluation else {}
     html = rep.render_html(plan, opts, metrics, evaluation, figures) if evaluation else None
 
     # ---- everything computed: write (each file atomically; other dates' partitions are never touched)
     out = Path(opts.out)
-    write_signals(out, scored, plan, opts)
+    write_signals(out, plan, opts, signal, preds)
     if evaluation:
-        write_labels(out, evaluation["labels"], plan.label)
+        write_labels(out, plan)
         rep.write_report(out, metrics, figures, html)
         rep.print_evaluation(plan, evaluation, metrics)
     else:
         print("labels absent for the scored dates: wrote signals only (no metrics.json / report.html)")
-    print(f"wrote {out / 'signals'} ({scored['date'].nunique()} partitions)"
+    print(f"wrote {out / 'signals'} ({plan.n_dates} partitions)"
           + (f", {out / 'metrics.json'}, {out / 'labels.parquet'}, {out / 'report.html'}" if evaluation else ""))
     return metrics

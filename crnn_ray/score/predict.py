@@ -1,7 +1,9 @@
-"""`EnsemblePredictor`: all K members and the normalised features in one object, scoring (date, symbol) rows.
+"""`EnsemblePredictor`: all K members and the normalised features in one object, scoring (day, stock) rows.
 
-The same class is the Ray Data callable (one instance per actor, built once, fed batches of keys) and the
-in-process scorer for small jobs, so both paths run identical code. Plain PyTorch, no Ray import.
+Rows are integer indices into the features' first two axes (no labels: the scorer keeps dates and symbols
+for the files it writes). The same class is the Ray Data callable (one instance per actor, built once, fed
+batches of indices) and the in-process scorer for small jobs, so both paths run identical code. Plain
+PyTorch, no Ray import.
 
 Each row's lookback window is gathered by index from the features held in memory (on the GPU when there is
 one), never materialised for the whole panel. Rows are pushed through the models in fixed-size chunks, the
@@ -12,10 +14,9 @@ Ray Data and in-process paths agree bit for bit.
 
 from __future__ import annotations
 
-from typing import Any
+import warnings
 
 import numpy as np
-import pandas as pd
 import torch
 
 from crnn_ray.data import gather_windows
@@ -41,16 +42,15 @@ def build_member_model(payload: dict, device: str | torch.device = "cpu") -> tor
 
 
 class EnsemblePredictor:
-    """Callable over batches of (date, symbol) keys -> the keys plus one raw prediction column per member.
+    """Callable over batches of (day, stock) rows -> the rows plus one raw prediction column per member.
 
-    inputs:  {input key: normalised features float32 [D, S, F]} (one per normalisation; usually one)
-    dates:   datetime64[D] [D] of the inputs' first axis; symbols: [S] of the second axis
+    inputs:  {input key: normalised features float32 [D, S, F]} (one per normalisation; usually one); read
+             only, so a Ray actor can use the object store's copy without one of its own
     threads: torch intra-op threads (a Ray actor passes its CPU grant; None leaves torch's default)
     """
 
-    def __init__(self, members: list[dict], inputs: dict[str, np.ndarray], dates: np.ndarray,
-                 symbols: np.ndarray, *, device: str = "auto", chunk_rows: int = 1024,
-                 threads: int | None = None):
+    def __init__(self, members: list[dict], inputs: dict[str, np.ndarray], *, device: str = "auto",
+                 chunk_rows: int = 1024, threads: int | None = None):
         if threads is not None:
             torch.set_num_threads(max(1, int(threads)))
         if device == "auto":
@@ -59,10 +59,11 @@ class EnsemblePredictor:
             device = "cpu"  # a fake (declared) GPU: same code path, CPU tensors
         self.device = torch.device(device)
         self.chunk_rows = int(chunk_rows)
-        self.dates = np.asarray(dates, dtype="datetime64[D]")
-        self.symbol_index = pd.Index(np.asarray(symbols).astype(str))
-        self.inputs = {k: torch.as_tensor(np.ascontiguousarray(v, dtype=np.float32), device=self.device)
-                       for k, v in inputs.items()}
+        with warnings.catch_warnings():  # object-store arrays are read-only; the features are never written
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            self.inputs = {k: torch.as_tensor(np.ascontiguousarray(v, dtype=np.float32), device=self.device)
+                           for k, v in inputs.items()}
+        self.shape = next(iter(inputs.values())).shape[:2]
         self.members = members
         self.names = [m["name"] for m in members]
         self.models = [build_member_model(m, self.device) for m in members]
@@ -70,27 +71,20 @@ class EnsemblePredictor:
         self.feature_index = [torch.as_tensor(m["feature_index"], device=self.device, dtype=torch.long)
                               for m in members]
 
-    # ------------------------------------------------------------------------------------------- lookup
-    def locate(self, date_values: Any, symbol_values: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Day and stock indices of the keys; ValueError on a key the predictor does not hold."""
-        days_of = pd.to_datetime(pd.Series(np.asarray(date_values))).to_numpy().astype("datetime64[D]")
-        day = np.searchsorted(self.dates, days_of)
-        day_ok = (day < len(self.dates)) & (self.dates[np.minimum(day, len(self.dates) - 1)] == days_of)
-        stock = self.symbol_index.get_indexer(np.asarray(symbol_values).astype(str))
-        bad = ~day_ok | (stock < 0)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"key ({days_of[i]}, {np.asarray(symbol_values)[i]}) not in the predictor's panel")
-        return day.astype(np.int64), stock.astype(np.int64)
-
     # ------------------------------------------------------------------------------------------- predict
     @torch.no_grad()
     def predict_indices(self, day: np.ndarray, stock: np.ndarray) -> np.ndarray:
         """float32 [N, K] raw predictions of every member for rows (day, stock)."""
+        day, stock = np.array(day, dtype=np.int64), np.array(stock, dtype=np.int64)  # writable: torch shares them
         n = len(day)
         out = np.empty((n, len(self.models)), dtype=np.float32)
         if n == 0:
             return out
+        outside = (day < 0) | (day >= self.shape[0]) | (stock < 0) | (stock >= self.shape[1])
+        if outside.any():
+            i = int(np.flatnonzero(outside)[0])
+            raise ValueError(f"row (day {day[i]}, stock {stock[i]}) not in the predictor's panel "
+                             f"({self.shape[0]} days x {self.shape[1]} stocks)")
         too_early = [k for k, lb in self.max_lookback.items() if int(day.min()) < lb - 1]
         if too_early:
             raise ValueError(f"day {int(day.min())} has fewer than {self.max_lookback[too_early[0]]} days of history")
@@ -109,12 +103,8 @@ class EnsemblePredictor:
                 out[lo:lo + m, j] = model(w.contiguous())[:m].float().cpu().numpy()
         return out
 
-    def __call__(self, batch: dict[str, np.ndarray] | pd.DataFrame) -> dict[str, np.ndarray]:
-        """Ray Data batch (numpy dict or DataFrame) with `date`, `symbol` -> keys + member columns."""
-        dates, symbols = np.asarray(batch["date"]), np.asarray(batch["symbol"])
-        day, stock = self.locate(dates, symbols)
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Ray Data batch (numpy dict or DataFrame) with `day`, `stock` -> those plus one column per member."""
+        day, stock = np.asarray(batch["day"]), np.asarray(batch["stock"])
         preds = self.predict_indices(day, stock)
-        out = {"date": self.dates[day], "symbol": np.asarray(self.symbol_index[stock], dtype=object)}
-        for j, name in enumerate(self.names):
-            out[name] = preds[:, j]
-        return out
+        return {"day": day, "stock": stock, **{name: preds[:, j] for j, name in enumerate(self.names)}}

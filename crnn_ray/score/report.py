@@ -1,7 +1,7 @@
 """Evaluation of the ensemble beside its members, metrics.json, the printed tables and the HTML tear sheet.
 
-The figures come from the same `crnn_ray.metrics.evaluate_frames` that `python -m crnn_ray.evaluate` runs, on
-the same (signal, label) pairs the scorer writes to signals/ and labels.parquet, so anyone can recompute them.
+The figures come from the same `crnn_ray.metrics.evaluate` that `python -m crnn_ray.evaluate` runs, on the
+same (signal, label) grid its join of signals/ and labels.parquet builds, so anyone can recompute them.
 Nothing here carries a timestamp: rerunning the same command rewrites the same bytes.
 """
 
@@ -54,8 +54,8 @@ def print_plan(plan, opts) -> None:
               f"lookback {m.lookback}  {m.spec}")
     if plan.weight_note:
         print(f"note: {plan.weight_note}")
-    print(f"data {plan.panel_path}: {plan.period[0]}..{plan.period[1]}, {len(plan.keys)} rows, "
-          f"{plan.keys['date'].nunique()} dates, label {plan.label} (horizon {plan.horizon})")
+    print(f"data {plan.panel_path}: {plan.period[0]}..{plan.period[1]}, {plan.n_rows} rows, "
+          f"{plan.n_dates} dates, label {plan.label} (horizon {plan.horizon})")
     for name, (a, b) in plan.in_sample.items():
         print(f"WARNING in-sample: {a}..{b} lies inside member {name}'s train/valid window (+embargo); "
               f"these scores are not out-of-sample")
@@ -64,7 +64,7 @@ def print_plan(plan, opts) -> None:
 def print_evaluation(plan, ev: dict, metrics: dict) -> None:
     head = f"{'':<34}" + "".join(f"{lab:>10}" for _, lab, _ in SIDE_BY_SIDE) + f"{'weight':>8}{'valid IC':>10}"
     print(f"\nevaluation on {plan.label} ({ev['ensemble'].summary['n_days']} days, "
-          f"{int(np.isfinite(plan.label_values).sum())} labelled rows):")
+          f"{int(np.isfinite(plan.label_grid).sum())} labelled rows):")
     print(head)
     rows = [("ENSEMBLE (" + metrics["method"] + ")", ev["ensemble"].summary, "", "")]
     rows += [(m.name, ev["members"][m.name].summary, f"{w:.3f}", f"{m.valid_ic:+.4f}")
@@ -86,37 +86,44 @@ def print_evaluation(plan, ev: dict, metrics: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
-def evaluate_all(plan, scored: pd.DataFrame, ecfg: dict) -> dict | None:
-    """Ensemble, members and oracle evaluated on the labelled rows; None when no scored row has a label."""
-    from crnn_ray.metrics import evaluate_frames
-    from crnn_ray.score.ensemble import member_correlation
+def evaluate_all(plan, signal: np.ndarray, preds: np.ndarray, ecfg: dict) -> dict | None:
+    """Ensemble [D, S], members [D, S, K] and oracle evaluated on the labelled rows; None when none has a label.
 
-    if plan.label_values is None or not np.isfinite(plan.label_values).any():
+    Every grid is cut to the dates and symbols with a labelled row, the grid `python -m crnn_ray.evaluate`
+    builds from the written files, so its figures are these to the last bit.
+    """
+    from crnn_ray.metrics import evaluate
+    from crnn_ray.score.ensemble import correlation
+
+    if plan.label_grid is None:
         return None
-    finite = np.isfinite(plan.label_values)
-    labels = pd.DataFrame({"date": scored["date"].to_numpy()[finite], "symbol": scored["symbol"].to_numpy()[finite],
-                           plan.label: plan.label_values[finite]})
-    if labels[plan.label].nunique() < 2:
+    labelled = np.isfinite(plan.label_grid)  # the label grid is NaN off the scored rows
+    known = plan.label_grid[labelled]
+    if known.size == 0 or known.min() == known.max():
         return None
-    kw = dict(quantiles=int(ecfg["quantiles"]), cost_bps=float(ecfg["cost_bps"]),
-              min_stocks=int(ecfg["min_stocks"]), horizon=int(plan.horizon),
-              periods_per_year=float(ecfg["periods_per_year"]))
-    ensemble = evaluate_frames(scored[["date", "symbol", "signal"]], labels, plan.label, "signal", **kw)
+    days, stocks = labelled.any(axis=1), labelled.any(axis=0)
+    params = dict(quantiles=int(ecfg["quantiles"]), cost_bps=float(ecfg["cost_bps"]),
+                  min_stocks=int(ecfg["min_stocks"]), horizon=int(plan.horizon),
+                  periods_per_year=float(ecfg["periods_per_year"]))
+    label = plan.label_grid[days][:, stocks]
+
+    def score(grid: np.ndarray):
+        signal_cut = np.where(labelled, grid, np.nan)[days][:, stocks]
+        return evaluate(signal_cut, label, dates=plan.dates[days], **params)
+
+    ensemble = score(signal)
     if ensemble.summary["n_days"] == 0:
-        print(f"labels present on {int(finite.sum())} rows but no day has >= {kw['min_stocks']} "
+        print(f"labels present on {int(labelled.sum())} rows but no day has >= {params['min_stocks']} "
               f"labelled stocks: evaluation skipped")
         return None
-    members = {m.name: evaluate_frames(scored[["date", "symbol", m.name]], labels, plan.label, m.name, **kw)
-               for m in plan.members}
+    members = {m.name: score(preds[..., k].astype(np.float64)) for k, m in enumerate(plan.members)}
     oracle = None
-    if plan.oracle_values is not None and np.isfinite(plan.oracle_values).any():
-        frame = scored[["date", "symbol"]].assign(oracle=plan.oracle_values)
-        oracle = evaluate_frames(frame, labels, plan.label, "oracle", **kw)
-    cols = {m.name: scored[m.name].to_numpy() for m in plan.members}
-    cols["signal"] = scored["signal"].to_numpy()
-    correlation = member_correlation(scored["date"].to_numpy(), cols)
-    return {"ensemble": ensemble, "members": members, "oracle": oracle, "correlation": correlation,
-            "labels": labels, "params": kw}
+    if plan.oracle_grid is not None and np.isfinite(plan.oracle_grid).any():
+        oracle = score(plan.oracle_grid)
+    grids = {m.name: preds[..., k] for k, m in enumerate(plan.members)}
+    grids["signal"] = signal
+    return {"ensemble": ensemble, "members": members, "oracle": oracle, "correlation": correlation(grids),
+            "params": params}
 
 
 def recompute_command(out: Path, label: str, params: dict) -> str:
@@ -138,8 +145,8 @@ def metrics_document(plan, opts, timing: dict, ev: dict | None) -> dict:
         "method": opts.method,
         "select_by": opts.select_by,
         "top_k": opts.top_k,
-        "period": {"start": plan.period[0], "end": plan.period[1], "n_dates": int(plan.keys["date"].nunique()),
-                   "n_rows": int(len(plan.keys))},
+        "period": {"start": plan.period[0], "end": plan.period[1], "n_dates": plan.n_dates,
+                   "n_rows": plan.n_rows},
         "in_sample": plan.in_sample,
         "weights": {m.name: float(w) for m, w in zip(plan.members, plan.weights)},
         "weight_note": plan.weight_note,
@@ -176,7 +183,7 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def render_figures(plan, scored: pd.DataFrame, ev: dict, ecfg: dict) -> dict[str, bytes]:
+def render_figures(plan, ev: dict, ecfg: dict) -> dict[str, bytes]:
     """PNG bytes by file name: pnl, daily IC, IC histogram, quantile returns, turnover, member correlation."""
     import matplotlib
 
