@@ -65,3 +65,26 @@ def test_precedes_is_an_error_even_with_a_gap():
     spec = {"train": ["2020-07-01", "2020-09-30"], "valid": ["2020-01-01", "2020-03-31"], "test": ["2020-10-12", None]}
     with pytest.raises(CliError, match=r"splits\.valid: overlaps or precedes train"):
         make_splits(DATES, spec, horizon=5)
+
+
+def test_select_part_is_cut_off_the_valid_part_after_an_embargo():
+    """valid chooses the epoch, select (after it, embargoed) ranks runs: no label of one reaches the other."""
+    s = make_splits(DATES, {"fractions": [0.6, 0.2, 0.2], "select": 0.5}, horizon=5)
+    whole = make_splits(DATES, {"fractions": [0.6, 0.2, 0.2]}, horizon=5)
+    assert s.select is not None and whole.select is None
+    assert s.valid[0] == whole.valid[0] and s.select[1] == whole.valid[1] and s.test == whole.test
+    assert s.select[0] - s.valid[1] - 1 == 5 and s.valid[1] + 5 < s.select[0]
+    n_valid, n_select = s.valid[1] - s.valid[0] + 1, s.select[1] - s.select[0] + 1
+    assert n_valid + n_select == (whole.valid[1] - whole.valid[0] + 1) - 5 and abs(n_valid - n_select) <= 1
+    assert s.parts == ("train", "valid", "select", "test") and s.selection_end == s.select[1]
+    assert list(s.dates(DATES)) == ["train", "valid", "select", "test", "embargo"]
+    spec = {"train": [None, "2020-06-30"], "valid": ["2020-07-10", "2020-08-31"], "select": ["2020-09-10", "2020-09-30"],
+            "test": ["2020-10-12", None]}
+    d = make_splits(DATES, spec, horizon=5).dates(DATES)
+    assert d["select"] == ["2020-09-10", "2020-09-30"]
+    for bad, match in [({"fractions": [0.6, 0.2, 0.2], "select": 1.5}, r"splits\.select: expected a share"),
+                       ({"fractions": [0.6, 0.2, 0.2], "select": 0.01}, r"splits\.select: .* leaves an empty part"),
+                       ({**spec, "select": ["2020-08-20", "2020-09-30"]},
+                        r"splits\.select: overlaps or precedes valid")]:
+        with pytest.raises(CliError, match=match):
+            make_splits(DATES, bad, horizon=5)

@@ -96,7 +96,7 @@ def test_selection_ranks_on_validation_and_skips_failed(tmp_path):
         select_members(tmp_path, 3)
 
 
-def test_look_ahead_window_includes_embargo_on_both_sides():
+def test_look_ahead_window_runs_to_the_selection_end_plus_embargo_and_refuses_backcasts():
     dates = np.arange("2024-01-01", 40, dtype="datetime64[D]")
     m = Member(name="x@seed0", trial_id="t0", variant_id="x", spec="s", seed=0, checkpoint=Path("c"),
                valid_ic=0.1, select_value=0.1,
@@ -104,7 +104,8 @@ def test_look_ahead_window_includes_embargo_on_both_sides():
                                 "embargo": 3}})
     assert in_sample_overlaps([m], dates, 32, 39) == {}
     assert in_sample_overlaps([m], dates, 31, 39) == {"x@seed0": [str(dates[31]), str(dates[31])]}
-    assert in_sample_overlaps([m], dates, 0, 7) == {"x@seed0": [str(dates[7]), str(dates[7])]}
+    # a backcast (before training started) is no out-of-sample record either (issue: "numbers a quant can trust")
+    assert in_sample_overlaps([m], dates, 0, 7) == {"x@seed0": [str(dates[0]), str(dates[7])]}
     check_look_ahead([m], dates, 32, 39)
     with pytest.raises(CliError, match=r"overlap member x@seed0 \(trial t0\).*\+embargo 3"):
         check_look_ahead([m], dates, 29, 35)

@@ -73,11 +73,16 @@ def test_outputs_have_every_contract_column(sweep):
     trials = pd.read_parquet(exp / "trials.parquet")
     assert list(trials.columns) == TRIAL_COLUMNS and len(trials) == 2
     lb = pd.read_parquet(exp / "leaderboard.parquet")
-    assert list(lb.columns) == LEADERBOARD_COLUMNS and len(lb) == 1
+    assert list(lb.columns) == LEADERBOARD_COLUMNS and len(lb[lb.family != "baseline"]) == 1
+    # the baselines, on the same valid / select rows, listed after the ranked variant
+    base = lb[lb.family == "baseline"].set_index("variant_id")
+    assert set(base.index) == {"baseline/ridge", "baseline/reversal"} and (base.status == "baseline").all()
+    assert base[["valid_ic_mean", "select_ic_mean"]].notna().all().all()
     row = lb.iloc[0]
     assert row.variant_id == "cnn1d/m01" and row.family == "cnn1d" and row.status == "ok"
     assert row.n_seeds == 1 and row.n_ok == 1 and row.params > 0
     assert math.isfinite(row.valid_ic_mean) and math.isfinite(row.samples_per_s) and row.samples_per_s > 0
+    assert math.isfinite(row.select_ic_mean)  # the selection split's figure at the epoch valid chose
     assert math.isfinite(row.seed_ic) and math.isfinite(row.seed_pnl)
     ckpt = Path(row.best_checkpoint)
     assert ckpt.is_dir() and (ckpt / "best.pt").is_file() and (ckpt / "meta.json").is_file()

@@ -1,7 +1,11 @@
-"""Train / valid / test as inclusive day-index ranges, separated by an embargo.
+"""Train / valid / (select) / test as inclusive day-index ranges, separated by an embargo.
 
 The label at day t looks H days ahead, so the last training labels overlap the first validation days unless
 at least H days are left out between parts: the embargo defaults to the horizon and may not be smaller.
+
+`valid` chooses each run's epoch (early stopping); an optional `select` part after it ranks runs and picks
+ensemble members. A figure measured on the split that chose the epoch is biased upwards (it is the max over
+epochs); `select` did not choose anything, so its figures are honest estimates for the ranking.
 """
 
 from __future__ import annotations
@@ -23,11 +27,22 @@ class Splits:
     valid: tuple[int, int]
     test: tuple[int, int]
     embargo: int
+    select: tuple[int, int] | None = None   # between valid and test; None: no selection part
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The parts present, in time order."""
+        return ("train", "valid", "select", "test") if self.select is not None else PARTS
+
+    @property
+    def selection_end(self) -> int:
+        """Last day any model choice looked at (select's end, else valid's)."""
+        return (self.select or self.valid)[1]
 
     def dates(self, panel_dates) -> dict:
         """The parts as ISO dates (what checkpoints and reports record)."""
         d = np.asarray(panel_dates).astype("datetime64[D]")
-        out: dict[str, Any] = {p: [str(d[getattr(self, p)[0]]), str(d[getattr(self, p)[1]])] for p in PARTS}
+        out: dict[str, Any] = {p: [str(d[getattr(self, p)[0]]), str(d[getattr(self, p)[1]])] for p in self.parts}
         out["embargo"] = int(self.embargo)
         return out
 
@@ -69,9 +84,9 @@ def _fraction_parts(n_days: int, fractions: Any, embargo: int) -> list[tuple[int
     return parts
 
 
-def _date_parts(dates: np.ndarray, spec: dict) -> list[tuple[int, int]]:
+def _date_parts(dates: np.ndarray, spec: dict, names: list[str]) -> list[tuple[int, int]]:
     parts = []
-    for name in PARTS:
+    for name in names:
         if name not in spec:
             raise CliError(f"splits.{name}: missing (give train, valid and test date ranges, or fractions)")
         rng = spec[name]
@@ -89,16 +104,36 @@ def _date_parts(dates: np.ndarray, spec: dict) -> list[tuple[int, int]]:
     return parts
 
 
+def _carve_select(valid: tuple[int, int], share: Any, embargo: int) -> tuple[tuple, tuple]:
+    """Split the valid part into (valid, select): select takes `share` of it, after an embargo gap."""
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share < 1:
+        raise CliError(f"splits.select: expected a share of the valid part in (0, 1) or [first_date, last_date], "
+                       f"got {share!r}")
+    lo, hi = valid
+    usable = hi - lo + 1 - embargo
+    n_select = int(np.floor(usable * float(share) + 1e-9))
+    n_valid = usable - n_select
+    if n_select < 1 or n_valid < 1:
+        raise CliError(f"splits.select: a share of {share:g} of the {hi - lo + 1}-day valid part leaves an empty "
+                       f"part (embargo {embargo})")
+    return (lo, lo + n_valid - 1), (lo + n_valid + embargo, hi)
+
+
 def make_splits(dates, spec: dict, horizon: int) -> Splits:
-    """Splits from {"fractions": [a, b, c]} or {"train": [d0, d1], "valid": ..., "test": ...} (+ "embargo")."""
+    """Splits from {"fractions": [a, b, c]} or {"train": [d0, d1], "valid": ..., "test": ...} (+ "embargo").
+
+    "select": a share in (0, 1) cuts a selection part off the end of the valid part (an embargo between them);
+    with date ranges it may also be [d0, d1], a part between valid and test.
+    """
     dates = np.asarray(dates).astype("datetime64[D]")
     if len(dates) == 0:
         raise CliError("splits: the panel has no dates")
     if not isinstance(spec, dict):
         raise CliError(f"splits: expected a mapping, got {type(spec).__name__}")
-    unknown = set(spec) - {"fractions", "embargo", *PARTS}
+    unknown = set(spec) - {"fractions", "embargo", "select", *PARTS}
     if unknown:
-        raise CliError(f"splits.{sorted(unknown)[0]}: unknown key (allowed: fractions, train, valid, test, embargo)")
+        raise CliError(f"splits.{sorted(unknown)[0]}: unknown key "
+                       "(allowed: fractions, train, valid, select, test, embargo)")
     embargo = spec.get("embargo")
     embargo = int(horizon) if embargo is None else embargo
     if not isinstance(embargo, (int, np.integer)) or isinstance(embargo, bool):
@@ -106,13 +141,18 @@ def make_splits(dates, spec: dict, horizon: int) -> Splits:
     if embargo < horizon:
         raise CliError(f"splits.embargo: {embargo} is smaller than the label horizon {horizon} "
                        f"(training labels would overlap the next part)")
+    select = spec.get("select")
     if "fractions" in spec:
         if any(p in spec for p in PARTS):
             raise CliError("splits.fractions: give either fractions or date ranges, not both")
+        if isinstance(select, (list, tuple)):
+            raise CliError("splits.select: with fractions, give the selection part as a share of the valid part")
         parts = _fraction_parts(len(dates), spec["fractions"], int(embargo))
+        names = list(PARTS)
     else:
-        parts = _date_parts(dates, spec)
-        for (prev_name, prev), (name, cur) in zip(zip(PARTS, parts), zip(PARTS[1:], parts[1:])):
+        names = ["train", "valid", "select", "test"] if isinstance(select, (list, tuple)) else list(PARTS)
+        parts = _date_parts(dates, spec, names)
+        for (prev_name, prev), (name, cur) in zip(zip(names, parts), zip(names[1:], parts[1:])):
             if cur[0] <= prev[1]:
                 raise CliError(f"splits.{name}: overlaps or precedes {prev_name} "
                                f"({dates[cur[0]]} <= {dates[prev[1]]})")
@@ -120,4 +160,8 @@ def make_splits(dates, spec: dict, horizon: int) -> Splits:
             if gap < embargo:
                 raise CliError(f"splits.{name}: starts {gap} trading day(s) after {prev_name} ends; "
                                f"embargo needs {embargo}")
-    return Splits(train=parts[0], valid=parts[1], test=parts[2], embargo=int(embargo))
+    by_name = dict(zip(names, parts))
+    if select is not None and not isinstance(select, (list, tuple)):
+        by_name["valid"], by_name["select"] = _carve_select(by_name["valid"], select, int(embargo))
+    return Splits(train=by_name["train"], valid=by_name["valid"], test=by_name["test"], embargo=int(embargo),
+                  select=by_name.get("select"))

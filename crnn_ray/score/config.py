@@ -13,6 +13,7 @@ from typing import Any
 from crnn_ray.config import (Checker, auto_or, choice, int_at_least, load_yaml, nonneg_number, optional,
                              positive_int, positive_number, read_section, section, setting, text)
 from crnn_ray.io import CliError
+from crnn_ray.schema import DEFAULT_RANK_METRIC
 
 __all__ = ["ScoreConfig", "DEFAULT_CONFIG", "merge_config", "load_score_config", "DEFAULT_CONFIG_FILE", "METHODS",
            "PATHS"]
@@ -45,7 +46,7 @@ class EvaluationConfig:
 @dataclass
 class ScoreConfig:
     top_k: int = setting(5, check=positive_int)
-    select_by: str = setting("valid_ic", check=text)  # checked against the trials by score/select.py
+    select_by: str = setting(DEFAULT_RANK_METRIC, check=text)  # checked against the trials by score/select.py
     method: str = setting("mean", check=choice(*METHODS))
     path: str = setting("auto", check=choice(*PATHS))
     in_process_max_days: int = setting(5, check=positive_int)      # auto: at most this many dates ...

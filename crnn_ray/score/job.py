@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from crnn_ray.io import CliError
+from crnn_ray.schema import DEFAULT_RANK_METRIC
 from crnn_ray.score.config import DEFAULT_CONFIG, merge_config
 
 __all__ = ["DEFAULT_CONFIG", "ScoreOptions", "ScorePlan", "merge_config", "plan_scoring", "choose_path",
@@ -34,7 +35,7 @@ class ScoreOptions:
     experiment: Path
     out: Path
     top_k: int = 5
-    select_by: str = "valid_ic"
+    select_by: str = DEFAULT_RANK_METRIC
     method: str = "mean"
     data: Path | None = None
     start: str | None = None

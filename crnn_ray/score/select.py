@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from crnn_ray.io import CliError
-from crnn_ray.schema import RANKED, SELECT_METRICS
+from crnn_ray.schema import DEFAULT_RANK_METRIC, RANKED, SELECT_METRICS
 
 __all__ = ["Member", "read_trials", "select_members", "load_members", "check_look_ahead", "forbidden_window"]
 
@@ -74,7 +74,7 @@ def read_trials(exp_dir: str | Path) -> pd.DataFrame:
 
 
 def _check_metric(select_by: str, trials: pd.DataFrame, path: Path) -> None:
-    if not select_by.startswith("valid_"):
+    if not select_by.startswith(("valid_", "select_")):
         kind = "a test metric" if select_by.startswith("test") else "not a validation metric"
         raise CliError(
             f"--select-by {select_by}: {kind}; members are chosen on validation metrics only "
@@ -93,13 +93,18 @@ def _member_name(variant_id: str, seed: int, trial_id: str, taken: set[str]) -> 
     return name
 
 
-def select_members(exp_dir: str | Path, top_k: int, select_by: str = "valid_ic") -> list[Member]:
+def select_members(exp_dir: str | Path, top_k: int, select_by: str = DEFAULT_RANK_METRIC) -> list[Member]:
     """Top-k eligible trials by `select_by` (descending; ties broken by trial_id, so the choice is stable)."""
     exp_dir = Path(exp_dir)
     trials = read_trials(exp_dir)
     path = exp_dir / "trials.parquet"
     if int(top_k) != top_k or top_k < 1:
         raise CliError(f"--top-k must be a positive integer, got {top_k}")
+    if select_by.startswith("select_") and (select_by not in trials.columns or trials[select_by].isna().all()):
+        twin = "valid_" + select_by[len("select_"):]
+        print(f"note: {path} has no {select_by} (the sweep had no selection split): selecting on {twin}, "
+              "the split that also chose each member's epoch (optimistic)")
+        select_by = twin
     _check_metric(select_by, trials, path)
     values = pd.to_numeric(trials[select_by], errors="coerce")
     eligible = trials[trials["status"].isin(RANKED) & np.isfinite(values) & trials["checkpoint"].notna()]
@@ -145,19 +150,19 @@ def load_members(members: list[Member]) -> list[Member]:
 
 
 def forbidden_window(member: Member, dates: np.ndarray) -> tuple[int, int, np.datetime64, np.datetime64]:
-    """Day-index range [lo, hi] of `dates` a member has seen: train start .. valid end, widened by the embargo.
+    """Day-index range [0, hi] of `dates` a member may not score out-of-sample: everything up to the end of
+    the data that trained or chose it (its selection part, else its valid part), widened by the embargo.
 
-    The embargo is counted in trading days of `dates` on both sides: a date just after the valid window has
-    a forward label that overlaps the labels used to pick the member, and a date just before train start
-    has a label over days the model trained on.
+    The embargo is counted in trading days of `dates`: a date just after the selection window has a forward
+    label that overlaps the labels used to pick the member. Dates before training started are refused too:
+    a backcast of the same history is not an out-of-sample track record.
     """
     splits = member.meta["splits"]
     embargo = int(splits.get("embargo", member.meta.get("horizon", 0)) or 0)
     first = np.datetime64(str(splits["train"][0]), "D")
-    last = np.datetime64(str(splits["valid"][1]), "D")
-    lo = int(np.searchsorted(dates, first, side="left")) - embargo
+    last = np.datetime64(str((splits.get("select") or splits["valid"])[1]), "D")
     hi = int(np.searchsorted(dates, last, side="right")) - 1 + embargo
-    return max(lo, 0), hi, first, last
+    return 0, hi, first, last
 
 
 def check_look_ahead(members: list[Member], dates: np.ndarray, day_lo: int, day_hi: int) -> None:
@@ -168,10 +173,12 @@ def check_look_ahead(members: list[Member], dates: np.ndarray, day_lo: int, day_
             a, b = overlaps[m.name]
             _, _, first, last = forbidden_window(m, dates)
             embargo = int(m.meta["splits"].get("embargo", 0) or 0)
+            parts = ", ".join(f"{p} {m.meta['splits'][p][0]}..{m.meta['splits'][p][1]}"
+                              for p in ("train", "valid", "select") if m.meta["splits"].get(p))
             raise CliError(
-                f"look-ahead: scoring dates {a}..{b} overlap member {m.name} (trial {m.trial_id}) "
-                f"train/valid window {first}..{last} +embargo {embargo} days; score later dates or pass "
-                f"--allow-in-sample"
+                f"look-ahead: scoring dates {a}..{b} overlap member {m.name} (trial {m.trial_id}): dates up to "
+                f"{last} +embargo {embargo} days trained or chose it ({parts}), and earlier dates are backcasts; "
+                f"score later dates or pass --allow-in-sample"
             )
 
 

@@ -21,9 +21,11 @@ from crnn_ray.config import (Checker, auto_or, boolean, choice, int_at_least, lo
                              nonneg_number, optional, positive_int, positive_number, read_section, section_dict, setting, show,
                              text)
 from crnn_ray.io import CliError
-from crnn_ray.schema import STOPPING_METRICS
+from crnn_ray.schema import STOPPING_METRICS, selection_twin
 from crnn_ray.train.config import SWEEPABLE, TrainConfig
 
+#: share of the valid part given to the selection part when data.splits uses fractions and says nothing
+DEFAULT_SELECT_SHARE = 0.5
 #: TrainConfig fields a sweep sets from other sections, not from `training:`
 TRAINING_ELSEWHERE = {"label": "data.label", "lookback": "data.lookback", "seed": "seeds"}
 
@@ -45,7 +47,9 @@ class DataConfig:
     lookback: int = setting(defaults.LOOKBACK, check=int_at_least(2))
     features: list[str] | None = setting(None, check=optional(names))  # None: every feature of the panel
     label: str = setting(defaults.LABEL, check=text)
-    splits: dict = setting(default_factory=lambda: {"fractions": [0.6, 0.2, 0.2]})
+    # select: the share of the valid part that ranks runs and picks members (after an embargo); the rest
+    # chooses each run's epoch. 0 turns it off (ranking then uses the epoch-choosing split: optimistic).
+    splits: dict = setting(default_factory=lambda: {"fractions": [0.6, 0.2, 0.2], "select": DEFAULT_SELECT_SHARE})
 
 
 @dataclass
@@ -134,9 +138,15 @@ class SweepConfig:
     def schedule_metric(self) -> str:
         return self.scheduler.metric or self.training.early_stopping_metric
 
+    @property
+    def rank_metric(self) -> str:
+        """What ranks the leaderboard: the schedule metric measured on the selection part when there is one
+        (select_ic for valid_ic), since the valid part chose each run's epoch."""
+        return selection_twin(self.schedule_metric) if "select" in self.data.splits else self.schedule_metric
+
 
 TOP_KEYS = ("name", "data", "variants", "seeds", "training", "resources", "scheduler", "fault_tolerance")
-SPLIT_KEYS = ("fractions", "train", "valid", "test", "embargo")
+SPLIT_KEYS = ("fractions", "train", "valid", "select", "test", "embargo")
 
 
 def load_config(path: str | os.PathLike, *, resolve: bool = True) -> SweepConfig:
@@ -241,6 +251,18 @@ def _parse_splits(c: Checker, raw: Any) -> dict:
         if sum(vals) > 1.0 + 1e-9:
             raise c.fail("data.splits.fractions", f"fractions sum to {sum(vals):g} > 1")
         out["fractions"] = vals
+    select = raw.get("select", None if has_dates else DEFAULT_SELECT_SHARE)
+    if isinstance(select, list):
+        if not has_dates or len(select) != 2:
+            raise c.fail("data.splits.select", "a [first_date, last_date] selection part needs train/valid/test "
+                         f"date ranges (with fractions give a share of the valid part), got {show(select)}")
+        out["select"] = [str(x) for x in select]
+    elif select is not None:
+        share = nonneg_number(c, select, "data.splits.select")
+        if share >= 1:
+            raise c.fail("data.splits.select", f"expected a share of the valid part below 1, got {share:g}")
+        if share > 0:
+            out["select"] = share
     if raw.get("embargo") is not None:
         out["embargo"] = nonneg_int(c, raw["embargo"], "data.splits.embargo")
     return out

@@ -108,8 +108,12 @@ def _std(values: pd.Series) -> float:
     return float(values.std(ddof=1)) if values.notna().sum() >= 2 else math.nan
 
 
-def build_leaderboard(trials: pd.DataFrame, zoo: dict, rank_metric: str = "valid_ic") -> pd.DataFrame:
-    """One row per variant: mean ± std over seeds of its best hyperparameter setting, ranked by rank_metric."""
+def build_leaderboard(trials: pd.DataFrame, zoo: dict, rank_metric: str = "valid_ic",
+                      baselines: list[dict] = ()) -> pd.DataFrame:
+    """One row per variant: mean ± std over seeds of its best hyperparameter setting, ranked by rank_metric.
+
+    `baselines` (baseline_rows) are listed after the ranked variants, unranked, as the bar they must clear.
+    """
     rows = []
     for variant_id, vt in trials.groupby("variant_id", sort=False):
         groups = []
@@ -150,6 +154,7 @@ def build_leaderboard(trials: pd.DataFrame, zoo: dict, rank_metric: str = "valid
         row["seed_pnl"] = _num(entry.seed_pnl) if entry is not None else math.nan
         row["_hparams"] = hp
         rows.append(row)
+    rows += [dict(b) for b in baselines]
     lb = pd.DataFrame(rows, columns=LEADERBOARD_COLUMNS + ["_hparams"])
     key = f"{rank_metric}_mean" if f"{rank_metric}_mean" in lb.columns else None
     if key is None:  # valid_pnl_long has no leaderboard column: rank by its trial mean
@@ -157,8 +162,36 @@ def build_leaderboard(trials: pd.DataFrame, zoo: dict, rank_metric: str = "valid
                               & (trials.hparams == hp)][rank_metric].mean() for v, hp in zip(lb.variant_id, lb._hparams)]
         key = "_rank"
     lb["_ranked"] = lb["status"].eq("ok") & lb[key].notna()
-    lb = lb.sort_values(["_ranked", key], ascending=[False, False], kind="stable", na_position="last")
+    lb["_baseline"] = lb["status"].eq("baseline")
+    lb = lb.sort_values(["_ranked", "_baseline", key], ascending=[False, False, False], kind="stable",
+                        na_position="last")
     return lb.reset_index(drop=True)
+
+
+def baseline_rows(panel, splits, label: str, lookback: int, clip: float, rank_label: bool) -> list[dict]:
+    """Leaderboard rows (status "baseline") for crnn_ray.baselines on the same valid / select rows as the nets."""
+    from crnn_ray.baselines import baseline_signals
+    from crnn_ray.metrics import evaluate
+
+    signals = baseline_signals(panel, splits.train, label, lookback, clip=clip, rank_label=rank_label)
+    raw = panel.label(label)
+    horizon = panel.horizon(label) if hasattr(panel, "horizon") else 1
+    rows = []
+    for name, signal in signals.items():
+        row: dict[str, Any] = {"variant_id": f"baseline/{name}", "spec": name, "family": "baseline", "n_seeds": 1,
+                               "n_ok": 0, "status": "baseline", "best_checkpoint": None, "params": -1,
+                               "cpu_percent": math.nan, "samples_per_s": math.nan, "seed_ic": math.nan,
+                               "seed_pnl": math.nan, "_hparams": "{}"}
+        for part in ("valid", "select"):
+            lo_hi = getattr(splits, part, None)
+            summary = {} if lo_hi is None else evaluate(
+                signal[lo_hi[0]:lo_hi[1] + 1], raw[lo_hi[0]:lo_hi[1] + 1], horizon=horizon,
+                dates=panel.dates[lo_hi[0]:lo_hi[1] + 1]).summary
+            for m in LEADERBOARD_METRICS:
+                if METRICS[m].part == part:
+                    row[f"{m}_mean"], row[f"{m}_std"] = _num(summary.get(METRICS[m].summary_key)), math.nan
+        rows.append(row)
+    return rows
 
 
 def leaderboard_markdown(lb: pd.DataFrame, title: str, rank_metric: str, grid_keys=(), note: str = "") -> str:
@@ -175,9 +208,11 @@ def leaderboard_markdown(lb: pd.DataFrame, title: str, rank_metric: str, grid_ke
         s = f(mean, fmt)
         return s if math.isnan(_num(std)) else f"{s} ± {f(std, '.4f')}"
 
-    lines = [f"# {title}", "", f"Ranked by mean {rank_metric} over seeds (best epoch of each seed, validation "
-             "split); ± is the sample std over seeds. Diverged / failed variants are listed last, unranked. "
-             "seed IC / seed pnl: the research report's figures on its private data (reference only).", ""]
+    lines = [f"# {title}", "", f"Ranked by mean {rank_metric} over seeds, each seed at the epoch its valid "
+             "split chose. valid figures are optimistic (that split chose the epoch: a max over epochs); select "
+             "figures come from the selection split after it, which chose nothing. ± is the sample std over "
+             "seeds. Diverged / failed variants are listed last, unranked. seed IC / seed pnl: the research "
+             "report's figures on its private data (reference only).", ""]
     if note:
         lines += [note, ""]
     grid_keys = list(grid_keys)

@@ -204,13 +204,21 @@ def run_sweep(config_path=None, storage: str | os.PathLike = "runs", name: str |
                 ),
             )
         results = tuner.fit()
-        outcome = collect(cfg, exp_dir, grid, results)
+        outcome = collect(cfg, exp_dir, grid, results, _baselines(cfg, panel, splits))
     finally:
         if started:
             ray.shutdown()
     print(f"sweep finished in {time.perf_counter() - t0:.0f}s: {outcome.n_ranked}/{len(outcome.leaderboard)} "
           f"variant(s) ranked; {exp_dir / 'leaderboard.md'}", flush=True)
     return outcome
+
+
+def _baselines(cfg: SweepConfig, panel, splits) -> list[dict]:
+    """Leaderboard rows of the ridge and reversal baselines on the nets' valid / select rows."""
+    from crnn_ray.sweep.leaderboard import baseline_rows
+
+    t = cfg.training
+    return baseline_rows(panel, splits, cfg.data.label, cfg.data.lookback, float(t.clip), bool(t.rank_label))
 
 
 def _scheduler(cfg: SweepConfig):
@@ -233,7 +241,7 @@ def _reports(result) -> list[dict]:
     return rows
 
 
-def collect(cfg: SweepConfig, exp_dir: Path, grid: list[dict], results) -> SweepOutcome:
+def collect(cfg: SweepConfig, exp_dir: Path, grid: list[dict], results, baselines: list[dict] = ()) -> SweepOutcome:
     """trials.parquet + leaderboard.{parquet,md} from the Tune results; prints the leaderboard."""
     from crnn_ray.sweep.leaderboard import (build_leaderboard, leaderboard_markdown, trial_row, trials_frame,
                                             write_results)
@@ -257,16 +265,18 @@ def collect(cfg: SweepConfig, exp_dir: Path, grid: list[dict], results) -> Sweep
         family = entry.family if entry is not None else family_of(t["spec"])
         rows.append(trial_row(t, results_rows, error, family))
     trials = trials_frame(rows)
-    lb = build_leaderboard(trials, zoo, cfg.schedule_metric)
+    lb = build_leaderboard(trials, zoo, cfg.rank_metric, baselines)
     grid_keys = sorted({k for t in grid for k in t.get("grid", {})})
-    md = leaderboard_markdown(lb, f"Leaderboard — {cfg.name}", cfg.schedule_metric, grid_keys=grid_keys,
+    md = leaderboard_markdown(lb, f"Leaderboard — {cfg.name}", cfg.rank_metric, grid_keys=grid_keys,
                               note=f"Experiment: `{exp_dir}`; {len(trials)} trial(s); "
                                    f"{int(trials.status.isin(['ok', 'pruned']).sum())} ranked, "
                                    f"{int((trials.status == 'diverged').sum())} diverged, "
                                    f"{int((trials.status == 'failed').sum())} failed.")
     write_results(exp_dir, trials, lb, md)
     for _, r in trials.iterrows():
-        ic = "" if math.isnan(r.valid_ic) else f" valid IC {r.valid_ic:+.4f} (epoch {r.best_epoch})"
+        ic = "" if math.isnan(r.valid_ic) else (
+            f" valid IC {r.valid_ic:+.4f}" + ("" if math.isnan(r.select_ic) else f", select IC {r.select_ic:+.4f}")
+            + f" (epoch {r.best_epoch})")
         print(f"  {r.trial_id} {r.variant_id} seed {r.seed}: {r.status}{ic}"
               f"{' — ' + r.reason if r.reason else ''}", flush=True)
     print(md, flush=True)

@@ -144,7 +144,7 @@ class TrialContext:
     experiment: str                         # the sweep's name (prefix of every Train run name)
     experiment_dir: str                     # absolute DIR/NAME
     panel_refs: list                        # [ObjectRef of the Panel]: a list so Tune does not resolve it
-    splits: dict                            # Splits fields: {"train": (lo, hi), "valid": ..., "test": ..., "embargo"}
+    splits: dict                            # Splits fields: {"train": (lo, hi), "valid", "select", "test", "embargo"}
     placement: Placement
     max_failures: int = 2
     start_timeout_s: float = 120.0
@@ -237,7 +237,7 @@ def train_worker(loop_config: dict) -> None:
 
     ray_compat.quiet_train_report_log()
     panel = ray.get(ctx.panel_refs[0])
-    splits = Splits(**{k: tuple(v) if isinstance(v, (list, tuple)) else int(v) for k, v in ctx.splits.items()})
+    splits = Splits(**{k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in ctx.splits.items()})
     cfg = TrainConfig(**trial["train_config"])
     device = ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")
     checkpoint = ray.train.get_checkpoint()

@@ -117,7 +117,7 @@ def train_one(
         metrics = {
             "epoch": epoch,
             "train_loss": math.nan if diverged else train_loss,
-            **{m.name: _finite_or_nan(summary.get(m.summary_key)) for m in METRICS.values()},
+            **{m.name: _finite_or_nan(summary.get(m.part, {}).get(m.summary_key)) for m in METRICS.values()},
             "samples_per_s": samples_per_s,
             "epoch_s": 0.0,
             "params": params,
@@ -183,19 +183,26 @@ def train_one(
 
 
 @dataclass
+class _EvalPart:
+    """One part of the data the model is scored on each epoch (valid: chooses the epoch; select: ranks runs)."""
+
+    rows: torch.Tensor              # (day, stock) of its samples on the device, sorted by day
+    index: np.ndarray               # the same on the host
+    lo: int                         # its first day
+    label: np.ndarray               # raw label [days of the part, S]
+    dates: np.ndarray
+
+
+@dataclass
 class _TrainData:
     """The run's data on the device: normalised once, moved once, gathered by index every batch."""
 
     X: torch.Tensor                 # normalised features [D, S, F]
     y: torch.Tensor                 # training target [D, S] (ranked label, or the raw label)
     train_rows: torch.Tensor        # (day, stock) of every training sample, sorted by day
-    valid_rows: torch.Tensor
-    valid_index: np.ndarray         # valid_rows on the host
     day_starts: np.ndarray          # first training row of each training day (the "ic" loss's whole-day batches)
     day_counts: np.ndarray
-    valid_lo: int                   # first day of the valid split
-    valid_label: np.ndarray         # raw label of the valid split [Dv, S]
-    valid_dates: np.ndarray
+    eval_parts: dict                # "valid" (and "select" when the splits have one) -> _EvalPart
     horizon: int
     identity: int                   # run_identity(spec, cfg): enters the data order
 
@@ -207,21 +214,23 @@ class _TrainData:
         X = normalize_features(panel.X, panel.mask, clip=cfg.clip).astype(np.float32, copy=False)
         target = rank_label(raw_label) if cfg.rank_label else raw_label
         rows = {}
-        for part in ("train", "valid"):
+        for part in [p for p in ("train", "valid", "select") if getattr(splits, p, None) is not None]:
             lo, hi = getattr(splits, part)
             rows[part] = _sorted_by_day(sample_index(panel.mask, raw_label, cfg.lookback, lo, hi))
             if len(rows[part]) == 0:
                 raise CliError(f"{part} split {[lo, hi]} has no sample with lookback {cfg.lookback} "
                                f"and label {cfg.label!r}")
-        v_lo, v_hi = int(splits.valid[0]), int(splits.valid[1])
         day_starts, day_counts = _day_segments(rows["train"][:, 0])
+        eval_parts = {}
+        for part in [p for p in ("valid", "select") if p in rows]:
+            lo, hi = (int(d) for d in getattr(splits, part))
+            eval_parts[part] = _EvalPart(torch.from_numpy(rows[part]).to(device), rows[part], lo,
+                                         raw_label[lo:hi + 1], panel.dates[lo:hi + 1])
         return cls(
             X=torch.from_numpy(np.ascontiguousarray(X)).to(device),
             y=torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32)).to(device),
             train_rows=torch.from_numpy(rows["train"]).to(device),
-            valid_rows=torch.from_numpy(rows["valid"]).to(device),
-            valid_index=rows["valid"], day_starts=day_starts, day_counts=day_counts, valid_lo=v_lo,
-            valid_label=raw_label[v_lo:v_hi + 1], valid_dates=panel.dates[v_lo:v_hi + 1],
+            day_starts=day_starts, day_counts=day_counts, eval_parts=eval_parts,
             horizon=_horizon(panel, cfg.label), identity=run_identity(spec, cfg))
 
 
@@ -312,16 +321,19 @@ def _divergence(losses: torch.Tensor, norms: torch.Tensor, epoch: int) -> str:
 
 
 def _validate(forward, model, data: _TrainData, cfg: TrainConfig, epoch: int) -> tuple[dict, str]:
-    """evaluate() summary of this epoch's predictions on the valid split, or ({}, reason) when non-finite."""
+    """evaluate() summaries of this epoch's predictions per eval part ({"valid": ..., "select": ...}), or
+    ({}, reason) when a prediction is non-finite."""
     from crnn_ray.metrics import evaluate
 
-    n_days = len(data.valid_dates)
-    signal = _predict(forward, model, data.X, data.valid_rows, data.valid_lo, n_days, cfg.lookback,
-                      cfg.eval_batch_size)
-    predicted = signal[data.valid_index[:, 0] - data.valid_lo, data.valid_index[:, 1]]
-    if not np.isfinite(predicted).all():
-        return {}, f"non-finite validation predictions at epoch {epoch}"
-    return evaluate(signal, data.valid_label, horizon=data.horizon, dates=data.valid_dates).summary, ""
+    summaries = {}
+    for name, part in data.eval_parts.items():
+        signal = _predict(forward, model, data.X, part.rows, part.lo, len(part.dates), cfg.lookback,
+                          cfg.eval_batch_size)
+        if not np.isfinite(signal[part.index[:, 0] - part.lo, part.index[:, 1]]).all():
+            return {}, f"non-finite {name} predictions at epoch {epoch}" if name != "valid" else \
+                f"non-finite validation predictions at epoch {epoch}"
+        summaries[name] = evaluate(signal, part.label, horizon=data.horizon, dates=part.dates).summary
+    return summaries, ""
 
 
 # ---- helpers ------------------------------------------------------------------------------------------------
@@ -493,7 +505,10 @@ def _meta(spec, panel, splits, cfg, horizon, epoch, best_epoch, best_metrics, pa
 def _epoch_line(tag: str, m: dict, epochs: int) -> str:
     line = (f"[{tag}] epoch {m['epoch']}/{epochs} loss {m['train_loss']:.5f} valid IC {m['valid_ic']:+.4f} "
             f"RankIC {m['valid_rank_ic']:+.4f} ICIR {m['valid_icir']:+.3f} pnl {m['valid_pnl_long_short']:+.4f} "
-            f"long {m['valid_pnl_long']:+.4f} samples/s {m['samples_per_s']:,.0f} ({m['epoch_s']:.1f}s)")
+            f"long {m['valid_pnl_long']:+.4f}")
+    if math.isfinite(m.get("select_ic", math.nan)):
+        line += f" | select IC {m['select_ic']:+.4f} RankIC {m['select_rank_ic']:+.4f}"
+    line += f" samples/s {m['samples_per_s']:,.0f} ({m['epoch_s']:.1f}s)"
     if "cpu_percent" in m:
         line += f" cpu {m['cpu_percent']:.0f}% threads {m['threads']}"
     if m["status"] != "running":
