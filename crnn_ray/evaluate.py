@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from crnn_ray.io import CliError, atomic_path, cli_main, write_json_atomic
+from crnn_ray.io import ArgumentParser, CliError, atomic_path, cli_main, write_json_atomic
 from crnn_ray.metrics import Evaluation, evaluate_frames
 
 
@@ -72,7 +72,7 @@ def format_summary(ev: Evaluation) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = ArgumentParser(
         prog="python -m crnn_ray.evaluate",
         description="IC / RankIC / quantile returns / long-short and long pnl of a signal against a label "
         "(formulas: docs/metrics.md).",

@@ -7,6 +7,7 @@ into place once whole. Bad input raises `CliError`, whose message is one line na
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -105,6 +106,14 @@ def write_parquet_atomic(data: Any, path: str | os.PathLike, metadata: dict[str,
         table = table.replace_schema_metadata(existing)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are CliErrors: the same one-line `error: ...` and exit status 2 as every
+    other bad input, instead of the usage text."""
+
+    def error(self, message: str):
+        raise CliError(f"{self.prog}: {message} (see --help)")
 
 
 def cli_main(main: Callable[[list[str] | None], int | None]) -> Callable[[list[str] | None], int]:

@@ -70,7 +70,7 @@ def test_outputs_agree_with_evaluate_and_show_oracle(experiment, scored, tmp_pat
     dirs = sorted(p.name for p in (out / "signals").iterdir())
     assert dirs == [f"date={d}" for d in sorted(pd.to_datetime(sig["date"]).dt.strftime("%Y-%m-%d").unique())]
     assert all(len(list((out / "signals" / d).iterdir())) == 1 for d in dirs)
-    test = json.loads((Path(trials["checkpoint"].iloc[0]) / "meta.json").read_text())["splits"]["test"]
+    test = json.loads((experiment / trials["checkpoint"].iloc[0] / "meta.json").read_text())["splits"]["test"]
     assert dirs[-1] == f"date={test[1]}" and dirs[0] >= f"date={test[0]}"
 
     # the same figures from the evaluate command on what the scorer wrote
@@ -169,7 +169,7 @@ def test_rerun_is_byte_identical_and_ray_equals_in_process(experiment, scored, t
 
 def test_in_sample_dates_are_refused(experiment, tmp_path, capsys):
     trials = pd.read_parquet(experiment / "trials.parquet")
-    splits = json.loads((Path(trials["checkpoint"].iloc[0]) / "meta.json").read_text())["splits"]
+    splits = json.loads((experiment / trials["checkpoint"].iloc[0] / "meta.json").read_text())["splits"]
     out = tmp_path / "in_sample"
     rc, _, err = run(["--experiment", experiment, "--out", out, "--start", splits["valid"][0],
                       "--end", splits["valid"][1]], capsys)
@@ -198,7 +198,7 @@ def copy_experiment(experiment: Path, dest: Path) -> Path:
     for i, row in trials.iterrows():
         if isinstance(row["checkpoint"], str):
             target = dest / "ckpt" / str(row["trial_id"])
-            shutil.copytree(row["checkpoint"], target)
+            shutil.copytree(experiment / row["checkpoint"], target)
             trials.loc[i, "checkpoint"] = str(target)
     trials.to_parquet(dest / "trials.parquet")
     shutil.copy(experiment / "leaderboard.parquet", dest / "leaderboard.parquet")
@@ -208,7 +208,7 @@ def copy_experiment(experiment: Path, dest: Path) -> Path:
 def test_corrupt_or_missing_checkpoint_fails_cleanly(experiment, tmp_path, capsys):
     exp = copy_experiment(experiment, tmp_path / "exp")
     trials = pd.read_parquet(exp / "trials.parquet").sort_values("valid_ic", ascending=False)
-    best = Path(trials["checkpoint"].iloc[0]) / "best.pt"
+    best = exp / trials["checkpoint"].iloc[0] / "best.pt"
     best.write_bytes(b"not a torch file")
     out = tmp_path / "out"
     rc, stdout, err = run(["--experiment", exp, "--out", out], capsys)

@@ -84,7 +84,8 @@ def test_outputs_have_every_contract_column(sweep):
     assert math.isfinite(row.valid_ic_mean) and math.isfinite(row.samples_per_s) and row.samples_per_s > 0
     assert math.isfinite(row.select_ic_mean)  # the selection split's figure at the epoch valid chose
     assert math.isfinite(row.seed_ic) and math.isfinite(row.seed_pnl)
-    ckpt = Path(row.best_checkpoint)
+    assert not Path(row.best_checkpoint).is_absolute()  # relative to the experiment: it may be moved
+    ckpt = exp / row.best_checkpoint
     assert ckpt.is_dir() and (ckpt / "best.pt").is_file() and (ckpt / "meta.json").is_file()
     assert str(ckpt).startswith(str(exp / "train"))  # persisted by Ray Train in the experiment's storage
     meta = json.loads((ckpt / "meta.json").read_text())
@@ -165,4 +166,55 @@ def test_unsatisfiable_gpu_request_fails_fast(ray_local, tmp_path):
     config = write_yaml(tmp_path / "nogpu.yaml", doc)
     with pytest.raises(CliError, match=r"^nogpu\.yaml: resources\.gpus_per_trial: a trial needs \{CPU: 1, GPU: 1\}"):
         run_sweep(config, storage=tmp_path / "runs")
-    assert not (tmp_path / "runs" / "nogpu" / "tune").exists()
+    assert not (tmp_path / "runs" / "nogpu").exists()  # nothing written: no config.yaml, no panel
+
+
+def test_a_copied_experiment_resumes_and_scores_from_its_own_folder(sweep, tmp_path):
+    """Paths inside an experiment are relative: a copy resumes (training nothing) and scores with the
+    original renamed away."""
+    import shutil
+
+    from crnn_ray.score.__main__ import main as score_main
+
+    outcome, _, root = sweep
+    exp = root / "runs" / "e2e"
+    copy = tmp_path / "elsewhere" / "e2e"
+    shutil.copytree(exp, copy)
+    hidden = exp.with_name("e2e-renamed")
+    exp.rename(hidden)
+    try:
+        before = {p.name: len(read_results_json(p)) for p in (copy / "tune").iterdir() if p.is_dir()}
+        again = run_sweep(None, storage=copy.parent, name="e2e", resume=True)
+        assert {p.name: len(read_results_json(p)) for p in (copy / "tune").iterdir() if p.is_dir()} == before
+        stored = pd.read_parquet(copy / "trials.parquet").checkpoint.dropna()
+        assert len(stored) == 2 and all(not Path(c).is_absolute() and (copy / c / "best.pt").is_file()
+                                        for c in stored)
+        assert list(again.trials.checkpoint) == list(outcome.trials.checkpoint)
+        assert score_main(["--experiment", str(copy), "--out", str(tmp_path / "score")]) == 0
+        assert (tmp_path / "score" / "metrics.json").is_file()
+    finally:
+        hidden.rename(exp)
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("config.yaml", r"config\.yaml: corrupt \(not valid YAML"),
+    ("experiment_state", r"experiment_state-.*\.json: corrupt \(JSONDecodeError"),
+    ("tuner.pkl", r"tuner\.pkl: corrupt"),
+])
+def test_resume_of_corrupt_state_is_one_line_before_ray(sweep, tmp_path, damage, message):
+    import shutil
+
+    _, _, root = sweep
+    copy = tmp_path / "runs" / "e2e"
+    shutil.copytree(root / "runs" / "e2e", copy)
+    if damage == "config.yaml":
+        (copy / "config.yaml").write_text("name: e2e\ndata: {synth: {days: [\n")
+    elif damage == "experiment_state":
+        state = sorted((copy / "tune").glob("experiment_state-*.json"))[-1]
+        state.write_text(state.read_text()[: len(state.read_text()) // 2])
+    else:
+        pkl = copy / "tune" / "tuner.pkl"
+        pkl.write_bytes(pkl.read_bytes()[:40])
+    with pytest.raises(CliError, match=message) as err:
+        run_sweep(None, storage=copy.parent, name="e2e", resume=True)
+    assert "start again with --overwrite" in str(err.value) and "\n" not in str(err.value)

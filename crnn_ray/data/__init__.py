@@ -7,6 +7,7 @@ from crnn_ray.data.panel import (
     load_panel,
     normalize_features,
     rank_label,
+    read_panel_meta,
     sample_index,
     save_panel,
 )
@@ -14,6 +15,6 @@ from crnn_ray.data.splits import Splits, make_splits
 from crnn_ray.data.synth import synthesize
 
 __all__ = [
-    "Panel", "load_panel", "save_panel", "normalize_features", "rank_label", "sample_index", "gather_windows",
-    "Splits", "make_splits", "synthesize", "ingest_ohlcv",
+    "Panel", "load_panel", "read_panel_meta", "save_panel", "normalize_features", "rank_label", "sample_index",
+    "gather_windows", "Splits", "make_splits", "synthesize", "ingest_ohlcv",
 ]

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 
 from crnn_ray import defaults
-from crnn_ray.io import CliError, cli_main
+from crnn_ray.io import ArgumentParser, CliError, cli_main
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m crnn_ray.data", description=__doc__)
+    p = ArgumentParser(prog="python -m crnn_ray.data", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("synth", help="generate the synthetic market panel")
     s.add_argument("--symbols", type=int, default=300)

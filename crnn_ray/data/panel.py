@@ -96,6 +96,17 @@ def _read_table(path: Path) -> tuple[pd.DataFrame, dict]:
     return table.to_pandas(date_as_object=False), meta
 
 
+def read_panel_meta(path: str | Path) -> dict | None:
+    """The `crnn_ray` metadata of a Parquet panel from its footer alone (no data read); None without any."""
+    import pyarrow.parquet as pq
+
+    try:
+        raw = (pq.read_schema(path).metadata or {}).get(META_KEY.encode())
+        return json.loads(raw) if raw else None
+    except (OSError, ValueError) as exc:
+        raise CliError(f"{path}: not a readable Parquet panel ({type(exc).__name__})") from None
+
+
 def _parse_dates(values: pd.Series, where: str) -> np.ndarray:
     try:
         parsed = pd.to_datetime(values, errors="raise")

@@ -15,14 +15,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from crnn_ray.io import CliError, cli_main
+from crnn_ray.io import ArgumentParser, CliError, cli_main
 from crnn_ray.schema import SELECT_METRICS
 from crnn_ray.score import ScoreOptions, run_score
 from crnn_ray.score.config import DEFAULT_CONFIG_FILE, METHODS, load_score_config  # noqa: F401 (re-export)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m crnn_ray.score", description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog="python -m crnn_ray.score", description=__doc__.splitlines()[0])
     ap.add_argument("--experiment", required=True, help="sweep experiment directory DIR/NAME")
     ap.add_argument("--out", required=True, help="output directory (signals/, metrics.json, report.html)")
     ap.add_argument("--config", help="score config YAML (default: configs/score/default.yaml)")

@@ -2,7 +2,8 @@
 
 Runs the grid on the cluster at RAY_ADDRESS (e.g. under `ray job submit`) or on a local Ray, writes
 DIR/NAME/{trials.parquet, leaderboard.parquet, leaderboard.md} and prints the leaderboard. Exit status: 0 when
-at least one variant is ranked, 1 when every trial diverged or failed, 2 on a bad config or data.
+at least one variant is ranked, 1 when every trial diverged or failed, 2 on a bad config or data, 130 when
+Ctrl-C / SIGTERM stopped it (the line printed says how to resume).
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from crnn_ray.io import cli_main
+from crnn_ray.io import ArgumentParser, cli_main
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m crnn_ray.sweep", description=__doc__.split("\n\n")[1])
+    p = ArgumentParser(prog="python -m crnn_ray.sweep", description=__doc__.split("\n\n")[1])
     p.add_argument("--config", help="sweep YAML (configs/sweeps/*.yaml); optional with --resume")
     p.add_argument("--storage", default="runs", help="directory holding experiments (default: runs)")
     p.add_argument("--name", help="experiment name (default: the config's `name`, else its file name)")
@@ -45,9 +46,14 @@ def _main(argv: list[str] | None = None) -> int:
         return 0
 
     from crnn_ray.sweep import run_sweep
+    from crnn_ray.sweep.run import SweepInterrupted
 
-    outcome = run_sweep(args.config, storage=args.storage, name=args.name, resume=args.resume,
-                        overwrite=args.overwrite)
+    try:
+        outcome = run_sweep(args.config, storage=args.storage, name=args.name, resume=args.resume,
+                            overwrite=args.overwrite)
+    except SweepInterrupted as exc:
+        print(str(exc), file=sys.stderr)
+        return 130
     if outcome.n_ranked == 0:
         print("error: no variant ranked: every trial diverged or failed (see trials.parquet)", file=sys.stderr)
         return 1

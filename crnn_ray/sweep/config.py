@@ -47,6 +47,7 @@ class DataConfig:
     lookback: int = setting(defaults.LOOKBACK, check=int_at_least(2))
     features: list[str] | None = setting(None, check=optional(names))  # None: every feature of the panel
     label: str = setting(defaults.LABEL, check=text)
+    min_part_days: int = setting(20, check=positive_int)  # a valid / select part shorter than this is refused
     # select: the share of the valid part that ranks runs and picks members (after an embargo); the rest
     # chooses each run's epoch. 0 turns it off (ranking then uses the epoch-choosing split: optimistic).
     splits: dict = setting(default_factory=lambda: {"fractions": [0.6, 0.2, 0.2], "select": DEFAULT_SELECT_SHARE})

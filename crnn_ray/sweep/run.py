@@ -7,21 +7,26 @@ the grid, and writes DIR/NAME/{config.yaml, data/, tune/, train/, trials.parquet
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
+import signal
+import tempfile
+import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from crnn_ray.io import CliError, atomic_path
 from crnn_ray.sweep.config import SweepConfig, load_config, parse_config, synth_kwargs
 
-__all__ = ["run_sweep", "load_config", "resolve_experiment", "prepare_experiment", "collect", "SweepConfig",
-           "SweepOutcome"]
+__all__ = ["run_sweep", "load_config", "resolve_experiment", "prepare_experiment", "write_experiment", "collect",
+           "SweepConfig", "SweepOutcome", "SweepInterrupted"]
 
 
 class SweepOutcome:
@@ -38,9 +43,12 @@ class SweepOutcome:
 
 
 # --------------------------------------------------------------------------------------- before Ray starts
-def resolve_experiment(config_path, storage, name, resume: bool, overwrite: bool) -> tuple[SweepConfig, Path]:
-    """The config to run and the experiment directory, with the resume / overwrite rules applied."""
+def resolve_experiment(config_path, storage, name, resume: bool, overwrite: bool) -> tuple[SweepConfig, Path, bool]:
+    """The config to run, the experiment directory, and whether an existing experiment will be replaced
+    (--overwrite). Nothing is written or removed here: that waits until every check has passed."""
     if resume:
+        if overwrite:
+            raise CliError("--resume and --overwrite exclude each other: continue the experiment, or start it again")
         if name is None and config_path is None:
             raise CliError("--resume needs --name (or --config, whose name is used)")
         given = load_config(config_path) if config_path is not None else None
@@ -48,25 +56,61 @@ def resolve_experiment(config_path, storage, name, resume: bool, overwrite: bool
         saved = exp_dir / "config.yaml"
         if not saved.is_file():
             raise CliError(f"{saved}: not found: nothing to resume (start the sweep without --resume)")
-        raw = yaml.safe_load(saved.read_text()) or {}
-        raw.pop("resolved", None)  # what the sweep derived (panel path, split dates, ...): informational
-        cfg = parse_config(raw, source=saved.name, default_name=exp_dir.name)
+        cfg = _saved_config(saved, exp_dir)
+        _check_tune_state(exp_dir / "tune")
         if given is not None and not _same_config(given, cfg):
             raise CliError(f"{config_path}: differs from the experiment's {saved}; resume without --config "
                            "or start a new experiment with another --name")
-        return cfg, exp_dir
+        return cfg, exp_dir, False
     if config_path is None:
         raise CliError("--config is required (or --resume with --name)")
     cfg = load_config(config_path)
     if name is not None:
         cfg.name = parse_config({"name": name, "variants": ["x"]}, source="--name", resolve=False).name
     exp_dir = Path(storage).resolve() / cfg.name
-    if (exp_dir / "tune").exists() or (exp_dir / "trials.parquet").exists():
-        if not overwrite:
-            raise CliError(f"{exp_dir}: experiment exists; continue it with --resume, or pass --overwrite "
-                           "or another --name")
-        shutil.rmtree(exp_dir)
-    return cfg, exp_dir
+    exists = (exp_dir / "tune").exists() or (exp_dir / "trials.parquet").exists()
+    if exists and not overwrite:
+        raise CliError(f"{exp_dir}: experiment exists; continue it with --resume, or pass --overwrite "
+                       "or another --name")
+    return cfg, exp_dir, exists
+
+
+def _corrupt(path: Path, what: str) -> CliError:
+    return CliError(f"{path}: corrupt ({what}); start again with --overwrite")
+
+
+def _saved_config(saved: Path, exp_dir: Path) -> SweepConfig:
+    """The experiment's own config.yaml, checked like any config; a damaged file is named as such."""
+    try:
+        raw = yaml.safe_load(saved.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise _corrupt(saved, f"not valid YAML{f' at line {mark.line + 1}' if mark is not None else ''}") from None
+    if not isinstance(raw, dict):
+        raise _corrupt(saved, "not a mapping")
+    raw.pop("resolved", None)  # what the sweep derived (panel path, split dates, ...): informational
+    return parse_config(raw, source=saved.name, default_name=exp_dir.name)
+
+
+def _check_tune_state(tune_dir: Path) -> None:
+    """Tune's state files must be whole before Ray is asked to restore them (it would fail mid-start with a
+    raw traceback). tuner.pkl is parsed opcode by opcode (pickletools), never unpickled here."""
+    import pickletools
+
+    for state in sorted(tune_dir.glob("experiment_state-*.json")):
+        try:
+            doc = json.loads(state.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise _corrupt(state, f"{type(exc).__name__}: {str(exc)[:80]}") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("trial_data"), list):
+            raise _corrupt(state, "no trial_data list")
+    pickled = tune_dir / "tuner.pkl"
+    if pickled.exists():
+        try:
+            for _ in pickletools.genops(pickled.read_bytes()):
+                pass
+        except Exception as exc:  # truncated or not a pickle at all
+            raise _corrupt(pickled, f"{type(exc).__name__}: {str(exc)[:80]}") from None
 
 
 def _same_config(a: SweepConfig, b: SweepConfig) -> bool:
@@ -79,45 +123,116 @@ def _same_config(a: SweepConfig, b: SweepConfig) -> bool:
     return da == db
 
 
-def prepare_experiment(cfg: SweepConfig, exp_dir: Path):
-    """Write (or reuse) the data, load the panel, cut the splits, write config.yaml. Returns (panel, splits)."""
-    from crnn_ray.data import load_panel, make_splits, sample_index, save_panel, synthesize
+@dataclass
+class Prepared:
+    """The checked data of a sweep, not yet written anywhere (see write_experiment)."""
+
+    panel: object
+    splits: object
+    panel_path: Path                # where the panel lives (once written, for a synthetic one)
+    new_panel: Path | None          # a freshly synthesised panel in a temporary file, to move into place
+    resolved: dict                  # config.yaml's contents
+
+
+def _reusable_synth(path: Path, want: dict) -> bool:
+    """An existing synthetic panel is reused only if it was made with exactly the config's parameters."""
+    from crnn_ray.data import read_panel_meta
+
+    if not path.is_file():
+        return False
+    try:
+        params = (read_panel_meta(path) or {}).get("params") or {}
+    except CliError:
+        return False
+    return all(params.get(k) == v for k, v in want.items())
+
+
+def prepare_experiment(cfg: SweepConfig, exp_dir: Path, resume: bool = False) -> Prepared:
+    """Make or find the data, load the panel, cut and check the splits: every data check, no write.
+
+    A synthetic panel already in the experiment is reused only when its stored parameters are the config's;
+    a stale one (say, left by a failed run of another config) is regenerated — except on --resume, where the
+    trained models depend on it, so a mismatch is an error.
+    """
+    from crnn_ray.data import load_panel, save_panel, synthesize
     from crnn_ray.data.synth import summary
 
     src = cfg.source
+    new_panel = None
     if cfg.data.synth is not None:
         panel_path = exp_dir / "data" / "panel.parquet"
-        if not panel_path.exists():
-            df, meta = synthesize(**synth_kwargs(cfg.data.synth))
-            save_panel(df, panel_path, meta)
+        kwargs = synth_kwargs(cfg.data.synth)
+        if not _reusable_synth(panel_path, kwargs):
+            if resume and panel_path.exists():
+                raise CliError(f"{src}: data.synth: {panel_path} was made with other parameters than the "
+                               "config's; start again with --overwrite")
+            df, meta = synthesize(**kwargs)
+            new_panel = Path(tempfile.mkdtemp(prefix="crnn_panel_")) / "panel.parquet"
+            save_panel(df, new_panel, meta)
             print(summary(df, meta), flush=True)
     else:
         panel_path = Path(cfg.data.path).expanduser().resolve()
         if not panel_path.is_file():
             raise CliError(f"{src}: data.path: file not found: {panel_path}")
     try:
-        panel = load_panel(panel_path, features=cfg.data.features, labels=[cfg.data.label])
-    except CliError as exc:
-        raise CliError(f"{src}: data: {exc}") from None
-    horizon = panel.horizon(cfg.data.label)
-    try:
-        splits = make_splits(panel.dates, cfg.data.splits, horizon)
-    except CliError as exc:
-        raise CliError(f"{src}: data.{exc}") from None
-    label = panel.label(cfg.data.label)
-    for part in ("train", "valid"):
-        lo, hi = getattr(splits, part)
-        if len(sample_index(panel.mask, label, cfg.data.lookback, lo, hi)) == 0:
-            raise CliError(f"{src}: data.lookback: {cfg.data.lookback} leaves no {part} sample in days "
-                           f"{lo}..{hi} of {panel_path.name}")
+        try:
+            panel = load_panel(new_panel or panel_path, features=cfg.data.features, labels=[cfg.data.label])
+        except CliError as exc:
+            raise CliError(f"{src}: data: {exc}") from None
+        splits = _checked_splits(cfg, panel, panel_path.name)
+    except BaseException:
+        if new_panel is not None:
+            shutil.rmtree(new_panel.parent, ignore_errors=True)
+        raise
+    if new_panel is not None:
+        panel.meta["path"] = str(panel_path)  # where it will be: checkpoints record this path
     resolved = cfg.to_dict()
     if cfg.data.path is not None:  # absolute, so --resume works from any directory
         resolved["data"]["path"] = str(panel_path)
     resolved["resolved"] = {"panel": str(panel_path), "splits": splits.dates(panel.dates),
                             "variants": [list(v) for v in cfg.resolved_variants], "n_trials": len(cfg.grid())}
+    return Prepared(panel, splits, panel_path, new_panel, resolved)
+
+
+def _checked_splits(cfg: SweepConfig, panel, panel_name: str):
+    """The splits, with every part long enough and every feature present where the models learn."""
+    from crnn_ray.data import make_splits, sample_index
+
+    src = cfg.source
+    try:
+        splits = make_splits(panel.dates, cfg.data.splits, panel.horizon(cfg.data.label))
+    except CliError as exc:
+        raise CliError(f"{src}: data.{exc}") from None
+    for part in ("valid", "select"):
+        lo_hi = getattr(splits, part)
+        if lo_hi is not None and lo_hi[1] - lo_hi[0] + 1 < cfg.data.min_part_days:
+            raise CliError(f"{src}: data.splits: the {part} part has {lo_hi[1] - lo_hi[0] + 1} days, fewer than "
+                           f"data.min_part_days ({cfg.data.min_part_days}): its IC would rest on too few days")
+    lo, hi = splits.train
+    for j, feature in enumerate(panel.features):
+        if not np.isfinite(panel.X[lo:hi + 1, :, j]).any():
+            raise CliError(f"{src}: data.features: column {feature!r} has no finite value in the train part "
+                           f"({panel.dates[lo]}..{panel.dates[hi]}) of {panel_name}")
+    label = panel.label(cfg.data.label)
+    for part in ("train", "valid", "select"):
+        lo_hi = getattr(splits, part)
+        if lo_hi is not None and len(sample_index(panel.mask, label, cfg.data.lookback, *lo_hi)) == 0:
+            raise CliError(f"{src}: data.lookback: {cfg.data.lookback} leaves no {part} sample in days "
+                           f"{lo_hi[0]}..{lo_hi[1]} of {panel_name}")
+    return splits
+
+
+def write_experiment(prep: Prepared, exp_dir: Path, replace: bool) -> None:
+    """After every check: replace an old experiment (--overwrite), move the new panel in, write config.yaml."""
+    if replace and exp_dir.exists():
+        shutil.rmtree(exp_dir)
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    if prep.new_panel is not None:
+        prep.panel_path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(prep.new_panel, prep.panel_path)
+        shutil.rmtree(prep.new_panel.parent, ignore_errors=True)
     with atomic_path(exp_dir / "config.yaml") as tmp:
-        tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))
-    return panel, splits
+        tmp.write_text(yaml.safe_dump(prep.resolved, sort_keys=False))
 
 
 # ------------------------------------------------------------------------------------------------- the run
@@ -142,13 +257,11 @@ def run_sweep(config_path=None, storage: str | os.PathLike = "runs", name: str |
               resume: bool = False, overwrite: bool = False) -> SweepOutcome:
     """Validate, run the grid, write trials + leaderboard; returns the outcome (tables + directory)."""
     t0 = time.perf_counter()
-    cfg, exp_dir = resolve_experiment(config_path, storage, name, resume, overwrite)
+    cfg, exp_dir, replace = resolve_experiment(config_path, storage, name, resume, overwrite)
     grid = cfg.grid()
-    if cfg.data.path is not None and not Path(cfg.data.path).expanduser().is_file():
-        raise CliError(f"{cfg.source}: data.path: file not found: {Path(cfg.data.path).expanduser().resolve()}")
-    exp_dir.mkdir(parents=True, exist_ok=True)
     print(f"experiment: {exp_dir}", flush=True)
-    panel, splits = prepare_experiment(cfg, exp_dir)
+    prep = prepare_experiment(cfg, exp_dir, resume)
+    panel, splits = prep.panel, prep.splits
     print(f"panel: {panel.n_days} days x {panel.n_stocks} stocks x {len(panel.features)} features, "
           f"label {cfg.data.label}; splits {json.dumps(splits.dates(panel.dates))}", flush=True)
 
@@ -157,10 +270,12 @@ def run_sweep(config_path=None, storage: str | os.PathLike = "runs", name: str |
 
     from crnn_ray.sweep.trial import TrialContext, TrialProgress, cluster_nodes, plan_placement, trial_driver
 
-    started = _connect_ray()
+    started = False
     try:
+        started = _connect_ray()
         nodes, node_types = cluster_nodes()
         placement = plan_placement(cfg.resources, len(grid), nodes, node_types, source=cfg.source)
+        write_experiment(prep, exp_dir, replace)  # every check passed: now the experiment may change
         print(f"cluster: {placement.cluster}; {len(grid)} trial(s) ({len(cfg.resolved_variants)} variant(s) x "
               f"{len(cfg.seeds)} seed(s) x {len(grid) // max(1, len(cfg.resolved_variants) * len(cfg.seeds))} "
               f"hyperparameter setting(s)); per trial {placement.worker_resources()} "
@@ -203,14 +318,56 @@ def run_sweep(config_path=None, storage: str | os.PathLike = "runs", name: str |
                     verbose=0,  # TrialProgress prints one line per trial event instead of Tune's tables
                 ),
             )
-        results = tuner.fit()
+        with _graceful_stop() as stopped:
+            results = tuner.fit()
+        if stopped.is_set():
+            raise SweepInterrupted(f"sweep interrupted; Tune saved its state. Resume with: python -m crnn_ray.sweep "
+                                   f"--storage {exp_dir.parent} --name {exp_dir.name} --resume")
         outcome = collect(cfg, exp_dir, grid, results, _baselines(cfg, panel, splits))
     finally:
+        if prep.new_panel is not None and prep.new_panel.exists():  # a check failed before it was moved in
+            shutil.rmtree(prep.new_panel.parent, ignore_errors=True)
         if started:
             ray.shutdown()
-    print(f"sweep finished in {time.perf_counter() - t0:.0f}s: {outcome.n_ranked}/{len(outcome.leaderboard)} "
+    n_variants = int((outcome.leaderboard["family"] != "baseline").sum())
+    print(f"sweep finished in {time.perf_counter() - t0:.0f}s: {outcome.n_ranked}/{n_variants} "
           f"variant(s) ranked; {exp_dir / 'leaderboard.md'}", flush=True)
     return outcome
+
+
+class SweepInterrupted(Exception):
+    """Ctrl-C or SIGTERM stopped the sweep; Tune saved its state (the CLI exits 130 with the hint)."""
+
+
+@contextlib.contextmanager
+def _graceful_stop():
+    """SIGINT and SIGTERM (e.g. `ray job stop`) stop Tune gracefully (it saves its state) and are remembered,
+    so the caller can say how to resume. Tune's own SIGINT handler would only name Tuner.restore."""
+    stopped = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stopped
+        return
+
+    def stop(signum, frame):
+        first = not stopped.is_set()
+        stopped.set()
+        if first:  # Tune's graceful path listens on SIGUSR1; a second signal acts at once
+            os.kill(os.getpid(), signal.SIGUSR1)
+        else:
+            raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    old_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours forwards to Tune's SIGUSR1 handler instead
+    try:
+        yield stopped
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if old_env is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = old_env
 
 
 def _baselines(cfg: SweepConfig, panel, splits) -> list[dict]:
@@ -230,6 +387,21 @@ def _scheduler(cfg: SweepConfig):
                              max_t=cfg.training.epochs, grace_period=cfg.scheduler.grace_period,
                              reduction_factor=cfg.scheduler.reduction_factor)
     return FIFOScheduler()
+
+
+def relative_checkpoint(path: str | None) -> str | None:
+    """A persisted checkpoint as a path relative to the experiment folder (`train/<run>/checkpoint_...`).
+
+    Tune keeps the absolute paths it was given; stored relative, a copied or moved experiment points into
+    itself, and readers resolve the path against the folder they opened.
+    """
+    if not path:
+        return None
+    parts = Path(str(path)).parts
+    if "train" not in parts:
+        return str(path)
+    start = len(parts) - 1 - parts[::-1].index("train")
+    return str(Path(*parts[start:]))
 
 
 def _reports(result) -> list[dict]:
@@ -263,7 +435,9 @@ def collect(cfg: SweepConfig, exp_dir: Path, grid: list[dict], results, baseline
         t, results_rows, error = by_key.get(trial["key"], (trial, [], "not run"))
         entry = zoo.get(t["variant_id"])
         family = entry.family if entry is not None else family_of(t["spec"])
-        rows.append(trial_row(t, results_rows, error, family))
+        row = trial_row(t, results_rows, error, family)
+        row["checkpoint"] = relative_checkpoint(row["checkpoint"])
+        rows.append(row)
     trials = trials_frame(rows)
     lb = build_leaderboard(trials, zoo, cfg.rank_metric, baselines)
     grid_keys = sorted({k for t in grid for k in t.get("grid", {})})
