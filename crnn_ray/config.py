@@ -23,7 +23,7 @@ import yaml
 from crnn_ray.io import CliError
 
 __all__ = ["Checker", "setting", "read_section", "section_keys", "section_dict", "load_yaml", "show",
-           "positive_int", "nonneg_int", "int_at_least", "positive_number", "nonneg_number", "boolean", "text",
+           "number", "positive_int", "nonneg_int", "int_at_least", "positive_number", "nonneg_number", "boolean", "text",
            "choice", "optional", "auto_or", "names", "section"]
 
 #: check(checker, value, key) -> the value to keep (converted), or raise checker.fail(key, ...)
@@ -91,6 +91,7 @@ def _number(kind: str, integer: bool, ok: Callable[[float], bool]) -> Check:
     return check
 
 
+number = _number("a number", False, lambda v: True)
 positive_int = _number("a positive integer", True, lambda v: v > 0)
 nonneg_int = _number("a non-negative integer", True, lambda v: v >= 0)
 positive_number = _number("a positive number", False, lambda v: v > 0)

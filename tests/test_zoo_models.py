@@ -178,7 +178,7 @@ def test_load_zoo_rejects_bad_files(tmp_path):
         load_zoo(tmp_path)
     (tmp_path / "a.yaml").write_text("family: cnn1d\nentries:\n  - id: cnn1d/x\n    spec: cnn1d(c3s1)\n"
                                      "    seed_ic: high\n")
-    with pytest.raises(CliError, match=r"seed_ic must be a number"):
+    with pytest.raises(CliError, match=r"a\.yaml: entries\[0\]\.seed_ic: expected a number, got 'high'"):
         load_zoo(tmp_path)
 
 

@@ -1,4 +1,4 @@
-"""The model zoo: spec grammar, ConvGRU/ConvLSTM/CNN1d modules, the registry of ids (docs/zoo.md).
+"""The model zoo: spec grammar, op table, ConvGRU/ConvLSTM/CNN1d families, the registry of ids (docs/zoo.md).
 
 Plain PyTorch, no Ray: `build_model(spec, n_features, lookback)` maps [B, L, F] -> [B].
 """
@@ -12,6 +12,13 @@ from crnn_ray.zoo.registry import (
     resolve_variants,
 )
 from crnn_ray.zoo.spec import CnnSpec, ModelSpec, RecurrentSpec, canonical, encode, family_of, parse
+
+# isort: off
+# The family modules: importing one registers its family (spec.register_family), in this order (the order
+# errors and `list --family` show). A new family is one module plus its line here (docs/zoo.md).
+from crnn_ray.zoo import recurrent  # noqa: F401  (convgru, convlstm)
+from crnn_ray.zoo import cnn1d  # noqa: F401
+# isort: on
 
 __all__ = [
     "CnnSpec",

@@ -15,17 +15,17 @@ import time
 import torch
 
 from crnn_ray import defaults
-from crnn_ray.io import CliError, cli_main
+from crnn_ray.io import ArgumentParser, CliError, cli_main
 from crnn_ray.zoo.registry import build_model, count_params, load_zoo, resolve_variants
 from crnn_ray.zoo.spec import FAMILIES, family_of
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m crnn_ray.zoo", description=__doc__,
+    p = ArgumentParser(prog="python -m crnn_ray.zoo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     ls = sub.add_parser("list", help="list the zoo")
-    ls.add_argument("--family", choices=FAMILIES)
+    ls.add_argument("--family", choices=list(FAMILIES))
     ls.add_argument("--json", action="store_true", help="print a JSON list of entries")
     ls.add_argument("--lookback", type=int, default=defaults.LOOKBACK)
     ls.add_argument("--features", type=int, default=defaults.N_FEATURES)

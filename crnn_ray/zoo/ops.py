@@ -1,19 +1,46 @@
-"""Op registry: turns the ops of a spec (avg, conv, batchnorm, relu, dropout, featuredropout) into modules.
+"""The op table: every op word of the grammar, where it may stand, its arguments and its PyTorch module.
 
-One place decides what each word of the grammar means in PyTorch, so the recurrent cells and the CNN1d
-stack agree and docs/zoo.md has one table to describe. Every op works on a map [N, channels, positions].
+One place decides what each word means, so the parser (spec.py), the canonical encoder, the recurrent
+pipelines and the CNN1d stack all read the same entry, and docs/zoo.md has one table to describe. An op
+stands in a recurrent input pipeline (PIPELINE: it works along the positions and must keep their number,
+since the gates meet the hidden map position by position) and/or in a CNN1d stack (STACK: it works along
+time and may change the length, which the stack tracks). Every op works on a map [N, channels, length].
+
+To add an op word: add one `OpDef` to `OPS` below (and a row to docs/zoo.md); nothing else changes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crnn_ray.zoo.spec import Op, spec_error
+from crnn_ray.zoo.errors import spec_error
+
+PIPELINE = "pipeline"
+STACK = "stack"
+BOTH = (PIPELINE, STACK)
+#: how errors name a place
+PLACE = {PIPELINE: "recurrent pipeline op", STACK: "CNN1d item"}
+
+DEFAULT_DROPOUT = 0.5  # torch's default drop probability
+DEFAULT_FEATUREDROPOUT = 0.5
+DEFAULT_SMOOTH_KERNEL = 3
+REQUIRED = object()  # a Param without a default must be written
+
+
+@dataclass(frozen=True)
+class Param:
+    """One argument of an op word: a positive int ("int") or a drop probability in [0, 1) ("p")."""
+
+    what: str  # for error messages ("kernel" -> "conv kernel must be >= 1")
+    kind: str = "int"
+    default: object = REQUIRED
+    odd: bool = False  # a length-keeping kernel must be odd
 
 
 @dataclass
@@ -22,22 +49,65 @@ class OpContext:
 
     text: str  # the spec string (for error messages)
     channels: int  # channels of the op's input
-    positions: int  # length of the axis the convs slide along
-    kernel: int  # the layer's kernel (default for a bare conv)
-    width: int  # default output channels of a non-final conv
-    out_channels: int | None = None  # output channels of this conv when it is the pipeline's last conv
+    length: int  # pipeline: the positions the convs slide along; stack: the time length
+    width: int  # pipeline: default output channels of a non-final conv; stack: the current width
+    kernel: int = 1  # pipeline: the layer's kernel (a bare conv's)
+    out_channels: int | None = None  # pipeline: this conv's outputs when it is the last one (the gates)
+    pad: str = "same"  # stack: conv padding
+    halve: bool = False  # stack: the next conv halves the width (the first conv of a down(...))
 
 
-def _conv(ctx: OpContext, op: Op) -> tuple[nn.Module, int]:
-    k, w = op.args
+class Built(NamedTuple):
+    module: nn.Module
+    channels: int  # output channels
+    length: int  # output length
+
+
+@dataclass(frozen=True)
+class OpDef:
+    """One op word. `name` is its explicit spelling (unique in the table); `written` is what the canonical
+    encoder writes when that differs (the report's word); `aliases` are further accepted spellings; `short`
+    is a compact form with int fields (c{}s{} for cnn1d(k,s)). Spellings are unique within a place."""
+
+    name: str
+    where: tuple  # PIPELINE and/or STACK
+    build: Callable[[OpContext, tuple, int], Built]  # (ctx, args, position of the word) -> Built
+    params: tuple = ()  # tuple[Param, ...]
+    about: str = ""  # one phrase: what it does (errors, docs)
+    written: str | None = None
+    aliases: tuple = ()
+    short: str | None = None
+
+    @property
+    def spellings(self) -> tuple:
+        return (self.name,) + ((self.written,) if self.written else ()) + self.aliases
+
+
+# -- builders ----------------------------------------------------------------------------------------------
+
+def _conv(ctx: OpContext, args: tuple, pos: int) -> Built:
+    k, w = args
     k = ctx.kernel if k is None else k
     if k % 2 == 0:
-        raise spec_error(ctx.text, op.pos, f"conv kernel {k} must be odd (the conv keeps the length)")
-    if k > ctx.positions:
-        raise spec_error(ctx.text, op.pos, f"conv kernel {k} is larger than the {ctx.positions} positions it "
+        raise spec_error(ctx.text, pos, f"conv kernel {k} must be odd (the conv keeps the length)")
+    if k > ctx.length:
+        raise spec_error(ctx.text, pos, f"conv kernel {k} is larger than the {ctx.length} positions it "
                          "slides along (layout bn has 1 position: use kernel 1, or layout b1)")
     out = ctx.out_channels if ctx.out_channels is not None else (w or ctx.width)
-    return nn.Conv1d(ctx.channels, out, k, padding=k // 2), out
+    return Built(nn.Conv1d(ctx.channels, out, k, padding=k // 2), out, ctx.length)
+
+
+def _cnn_conv(ctx: OpContext, args: tuple, pos: int) -> Built:
+    k, s = args
+    padding = k // 2 if ctx.pad == "same" else 0
+    length = (ctx.length + 2 * padding - k) // s + 1
+    if length < 1:
+        raise spec_error(ctx.text, pos, f"conv c{k}s{s} shrinks the time length {ctx.length} below 1 "
+                         f"(pad={ctx.pad})")
+    width = ctx.width * (2 if s > 1 else 1)  # length halves, channels double
+    if ctx.halve:
+        width = max(1, width // 2)
+    return Built(nn.Conv1d(ctx.channels, width, k, stride=s, padding=padding), width, length)
 
 
 class MeanFilter(nn.Module):
@@ -69,52 +139,79 @@ class MeanFilter(nn.Module):
         return f"kernel={self.kernel}, positions={self.positions}"
 
 
-def _avg(ctx: OpContext, op: Op) -> tuple[nn.Module, int]:
-    return MeanFilter(op.args[0], ctx.positions), ctx.channels
+def _smooth(ctx: OpContext, args: tuple, pos: int) -> Built:
+    return Built(MeanFilter(args[0], ctx.length), ctx.channels, ctx.length)
 
 
-def _batchnorm(ctx: OpContext, op: Op) -> tuple[nn.Module, int]:
-    return nn.BatchNorm1d(ctx.channels), ctx.channels
+def _pool(ctx: OpContext, args: tuple, pos: int) -> Built:
+    return Built(nn.AvgPool1d(2, stride=2, ceil_mode=True), ctx.channels, -(-ctx.length // 2))
 
 
-def _relu(ctx: OpContext, op: Op) -> tuple[nn.Module, int]:
-    return nn.ReLU(), ctx.channels
+def _avgpool(ctx: OpContext, args: tuple, pos: int) -> Built:
+    return Built(nn.AdaptiveAvgPool1d(1), ctx.channels, 1)
 
 
-def _dropout(ctx: OpContext, op: Op) -> tuple[nn.Module, int]:
-    return nn.Dropout(op.args[0]), ctx.channels
+def _batchnorm(ctx: OpContext, args: tuple, pos: int) -> Built:
+    return Built(nn.BatchNorm1d(ctx.channels), ctx.channels, ctx.length)
 
 
-def _featuredropout(ctx: OpContext, op: Op) -> tuple[nn.Module, int]:
-    # Dropout1d zeroes whole channels of [N, C, P] with probability p (p = DROP probability, as in torch)
-    return nn.Dropout1d(op.args[0]), ctx.channels
+def _relu(ctx: OpContext, args: tuple, pos: int) -> Built:
+    return Built(nn.ReLU(), ctx.channels, ctx.length)
 
 
-#: op name -> builder(ctx, op) -> (module, output channels)
-OPS: dict[str, Callable[[OpContext, Op], tuple[nn.Module, int]]] = {
-    "conv": _conv,
-    "avg": _avg,
-    "batchnorm": _batchnorm,
-    "relu": _relu,
-    "dropout": _dropout,
-    "featuredropout": _featuredropout,
-}
+def _dropout(ctx: OpContext, args: tuple, pos: int) -> Built:
+    return Built(nn.Dropout(args[0]), ctx.channels, ctx.length)
 
 
-def build_pipeline(ops: tuple, ctx: OpContext, gate_channels: int) -> nn.Sequential:
-    """Modules of one input pipeline; its last conv outputs `gate_channels`, earlier convs their width."""
-    last_conv = max(i for i, op in enumerate(ops) if op.name == "conv")
-    modules = []
-    for i, op in enumerate(ops):
-        ctx.out_channels = gate_channels if i == last_conv else None
-        module, ctx.channels = OPS[op.name](ctx, op)
-        modules.append(module)
-    ctx.out_channels = None
-    return nn.Sequential(*modules)
+def _featuredropout(ctx: OpContext, args: tuple, pos: int) -> Built:
+    # Dropout1d zeroes whole channels of [N, C, L] with probability p (p = DROP probability, as in torch)
+    return Built(nn.Dropout1d(args[0]), ctx.channels, ctx.length)
 
 
-def hidden_width(ops: tuple, default: int) -> int:
-    """Hidden channels of a layer: the width written on its pipeline's last conv, else the spec default."""
-    convs = [op for op in ops if op.name == "conv"]
-    w = convs[-1].args[1]
-    return default if w is None else w
+# -- the table ---------------------------------------------------------------------------------------------
+
+def _table(*defs: OpDef) -> dict[str, OpDef]:
+    """Name -> OpDef, refusing a spelling used twice in one place (the parser could not tell them apart)."""
+    seen: dict[tuple, str] = {}
+    for d in defs:
+        for word in d.spellings:
+            if not word.isalnum() or word != word.lower():  # `_` separates pipeline ops
+                raise ValueError(f"op spelling {word!r} must be lower-case letters and digits")
+            for place in d.where:
+                if (place, word) in seen:
+                    raise ValueError(f"op spelling {word!r} is used by {seen[place, word]} and {d.name} "
+                                     f"in a {PLACE[place]}")
+                seen[place, word] = d.name
+    return {d.name: d for d in defs}
+
+
+_KERNEL_OR_LAYER = Param("kernel", default=None)  # None: the layer's kernel
+_WIDTH_OR_SPEC = Param("width", default=None)  # None: the spec's w (or the gates, for the last conv)
+
+OPS: dict[str, OpDef] = _table(
+    OpDef("conv", (PIPELINE,), _conv, (_KERNEL_OR_LAYER, _WIDTH_OR_SPEC),
+          about="length-keeping Conv1d; the pipeline's last conv makes the gates"),
+    OpDef("cnn1d", (STACK,), _cnn_conv, (Param("kernel"), Param("stride")),
+          about="Conv1d over time with a stride; sets the width", aliases=("cnn1", "conv"), short="c{}s{}"),
+    OpDef("smooth", (PIPELINE,), _smooth, (Param("kernel", default=DEFAULT_SMOOTH_KERNEL, odd=True),),
+          about="length-keeping moving mean", written="avg"),
+    OpDef("pool", (STACK,), _pool, about="AvgPool1d(2, 2): halves the length", written="avg"),
+    OpDef("avgpool", (STACK,), _avgpool, about="AdaptiveAvgPool1d(1): time to length 1"),
+    OpDef("batchnorm", BOTH, _batchnorm, about="BatchNorm1d"),
+    OpDef("relu", BOTH, _relu, about="ReLU"),
+    OpDef("dropout", BOTH, _dropout, (Param("p", "p", DEFAULT_DROPOUT),), about="Dropout(p)"),
+    OpDef("featuredropout", BOTH, _featuredropout, (Param("p", "p", DEFAULT_FEATUREDROPOUT),),
+          about="Dropout1d(p): zeroes whole channels"),
+)
+
+
+def words(place: str) -> dict[str, OpDef]:
+    """Every spelling accepted in `place` -> its OpDef, longest first (so `featuredropout` is tried before
+    `dropout`)."""
+    found = {w: d for d in OPS.values() if place in d.where for w in d.spellings}
+    return dict(sorted(found.items(), key=lambda kv: -len(kv[0])))
+
+
+def build_op(ctx: OpContext, name: str, args: tuple, pos: int) -> Built:
+    """The module of one op at `ctx`, with the channels and length it outputs."""
+    return OPS[name].build(ctx, args, pos)

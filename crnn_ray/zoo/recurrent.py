@@ -1,4 +1,4 @@
-"""ConvGRU / ConvLSTM stacks whose input-to-gate transforms are the spec's op pipelines.
+"""The convgru / convlstm families: conv-recurrent stacks whose input-to-gate transforms are op pipelines.
 
 The report replaced the recurrent cell's first linear map (input -> gates) with small conv pipelines that
 slide over the FEATURE axis (the cross-section of one day), then kept one linear readout. Each layer's
@@ -12,21 +12,81 @@ control flow, so torch.compile can trace it).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crnn_ray.zoo.ops import OpContext, build_pipeline, hidden_width
-from crnn_ray.zoo.spec import Layer, RecurrentSpec, spec_error
+from crnn_ray.zoo.errors import spec_error
+from crnn_ray.zoo.ops import OpContext, build_op
+from crnn_ray.zoo.spec import RECURRENT, Layer, RecurrentSpec, register_family
 
-GATES = {"convgru": 3, "convlstm": 4}
+# -- the cells: how many gates the input/hidden transforms make, and one step of the recurrence ------------
 
+def gru_step(gi: torch.Tensor, gh: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
+    """torch.nn.GRU: r, z, n; the reset gate scales the hidden transform."""
+    i_r, i_z, i_n = gi.chunk(3, dim=1)
+    h_r, h_z, h_n = gh.chunk(3, dim=1)
+    r = torch.sigmoid(i_r + h_r)
+    z = torch.sigmoid(i_z + h_z)
+    n = torch.tanh(i_n + r * h_n)
+    return (1.0 - z) * n + z * h, c
+
+
+def lstm_step(gi: torch.Tensor, gh: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
+    """torch.nn.LSTM: i, f, g, o."""
+    i_g, f_g, g_g, o_g = (gi + gh).chunk(4, dim=1)
+    c = torch.sigmoid(f_g) * c + torch.sigmoid(i_g) * torch.tanh(g_g)
+    return torch.sigmoid(o_g) * torch.tanh(c), c
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A recurrent cell: `gates` maps of the hidden width per transform, and `step(gi, gh, h, c) -> (h, c)`
+    (c is the LSTM's cell state; cells without one return it unchanged)."""
+
+    gates: int
+    step: Callable
+
+
+GRU = Cell(3, gru_step)
+LSTM = Cell(4, lstm_step)
+
+
+# -- the input pipeline ------------------------------------------------------------------------------------
+
+def build_pipeline(ops: tuple, ctx: OpContext, gate_channels: int) -> nn.Sequential:
+    """Modules of one input pipeline (from the op table); its last conv outputs `gate_channels`, earlier
+    convs their width. Every op must keep the positions: the gates meet the hidden map position by position."""
+    last_conv = max(i for i, op in enumerate(ops) if op.name == "conv")
+    modules = []
+    for i, op in enumerate(ops):
+        ctx.out_channels = gate_channels if i == last_conv else None
+        built = build_op(ctx, op.name, op.args, op.pos)
+        if built.length != ctx.length:  # pragma: no cover - the op table only lets length-keeping ops in
+            raise spec_error(ctx.text, op.pos, f"{op.name} changes the {ctx.length} positions of a pipeline")
+        modules.append(built.module)
+        ctx.channels = built.channels
+    ctx.out_channels = None
+    return nn.Sequential(*modules)
+
+
+def hidden_width(ops: tuple, default: int) -> int:
+    """Hidden channels of a layer: the width written on its pipeline's last conv, else the spec default."""
+    convs = [op for op in ops if op.name == "conv"]
+    w = convs[-1].args[1]
+    return default if w is None else w
+
+
+# -- the layers and the net --------------------------------------------------------------------------------
 
 class ConvRecurrentLayer(nn.Module):
-    """One convGRU/convLSTM layer over a sequence of maps [B, L, C_in, P] -> [B, L, C, P]."""
+    """One conv-recurrent layer (GRU/LSTM cell) over a sequence of maps [B, L, C_in, P] -> [B, L, C, P]."""
 
     def __init__(self, family: str, ops: tuple, layer: Layer, in_channels: int, positions: int,
-                 default_width: int, text: str):
+                 default_width: int, text: str, cell: Cell):
         super().__init__()
         if layer.kernel % 2 == 0:
             raise spec_error(text, layer.pos, f"kernel {layer.kernel} must be odd (the conv keeps the length)")
@@ -34,10 +94,11 @@ class ConvRecurrentLayer(nn.Module):
             raise spec_error(text, layer.pos, f"kernel {layer.kernel} is larger than the {positions} positions "
                              f"of layout b{layer.layout} here (bn has 1 position: use k1)")
         self.family = family
-        self.gates = GATES[family]
+        self.gates = cell.gates
+        self.step = cell.step
         self.hidden = hidden_width(ops, default_width)
         self.positions = positions
-        ctx = OpContext(text, in_channels, positions, layer.kernel, default_width)
+        ctx = OpContext(text, in_channels, positions, default_width, kernel=layer.kernel)
         self.input_transform = build_pipeline(ops, ctx, self.gates * self.hidden)
         self.hidden_transform = nn.Conv1d(self.hidden, self.gates * self.hidden, layer.kernel,
                                           padding=layer.kernel // 2)
@@ -57,18 +118,7 @@ class ConvRecurrentLayer(nn.Module):
         c = x.new_zeros(b, self.hidden, p)
         outs = []
         for t in range(steps):
-            gh = self._hidden_gates(h)
-            if self.gates == 3:  # torch.nn.GRU: r, z, n; the reset gate scales the hidden transform
-                i_r, i_z, i_n = gi_steps[t].chunk(3, dim=1)
-                h_r, h_z, h_n = gh.chunk(3, dim=1)
-                r = torch.sigmoid(i_r + h_r)
-                z = torch.sigmoid(i_z + h_z)
-                n = torch.tanh(i_n + r * h_n)
-                h = (1.0 - z) * n + z * h
-            else:  # torch.nn.LSTM: i, f, g, o
-                i_g, f_g, g_g, o_g = (gi_steps[t] + gh).chunk(4, dim=1)
-                c = torch.sigmoid(f_g) * c + torch.sigmoid(i_g) * torch.tanh(g_g)
-                h = torch.sigmoid(o_g) * torch.tanh(c)
+            h, c = self.step(gi_steps[t], self._hidden_gates(h), h, c)
             if keep_sequence:
                 outs.append(h)
         return torch.stack(outs, dim=1) if keep_sequence else h.unsqueeze(1)
@@ -88,7 +138,7 @@ def layout_input(x: torch.Tensor, layout: str) -> torch.Tensor:
 class ConvRecurrentNet(nn.Module):
     """A stack of conv-recurrent layers over [B, L, F] and one linear readout of the last state -> [B]."""
 
-    def __init__(self, spec: RecurrentSpec, n_features: int, lookback: int):
+    def __init__(self, spec: RecurrentSpec, n_features: int, lookback: int, cell: Cell):
         super().__init__()
         self.spec_text = spec.text
         width = spec.option("w")
@@ -100,7 +150,7 @@ class ConvRecurrentNet(nn.Module):
             elif positions == 1:
                 channels, positions = 1, channels
             module = ConvRecurrentLayer(spec.family, spec.pipeline_for(i), layer, channels, positions, width,
-                                        spec.text)
+                                        spec.text, cell)
             layers.append(module)
             channels = module.hidden
         self.layers = nn.ModuleList(layers)
@@ -118,3 +168,15 @@ class ConvRecurrentNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.readout(self.sequence(x, keep_sequence=False)[:, -1]).squeeze(-1)
+
+
+# -- the families: the recurrent grammar with a GRU or an LSTM cell ---------------------------------------
+
+@register_family("convgru", RECURRENT)
+def convgru(spec: RecurrentSpec, n_features: int, lookback: int) -> nn.Module:
+    return ConvRecurrentNet(spec, n_features, lookback, GRU)
+
+
+@register_family("convlstm", RECURRENT)
+def convlstm(spec: RecurrentSpec, n_features: int, lookback: int) -> nn.Module:
+    return ConvRecurrentNet(spec, n_features, lookback, LSTM)

@@ -11,13 +11,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 from torch import nn
 
+from crnn_ray.config import Checker, choice, load_yaml, number, optional, read_section, setting, text
 from crnn_ray.io import CliError
-from crnn_ray.zoo.cnn1d import CNN1dNet
-from crnn_ray.zoo.recurrent import ConvRecurrentNet
-from crnn_ray.zoo.spec import FAMILIES, CnnSpec, ModelSpec, canonical, encode, parse
+from crnn_ray.zoo.spec import FAMILIES, ModelSpec, canonical, encode, parse
 
 #: where the zoo's YAML files live (override with CRNN_RAY_ZOO_DIR)
 ZOO_DIR = Path(__file__).resolve().parents[2] / "configs" / "zoo"
@@ -37,56 +35,58 @@ def zoo_dir() -> Path:
     return Path(os.environ.get("CRNN_RAY_ZOO_DIR", ZOO_DIR))
 
 
-def _number(path: Path, key: str, value) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise CliError(f"{path}: {key} must be a number, got {value!r}")
-    return float(value)
+@dataclass
+class _EntryFields:
+    """One entry of a configs/zoo/<family>.yaml file (the schema: keys, defaults, checks)."""
+
+    id: str = setting(None, check=text)
+    spec: str = setting(None, check=text)
+    seed_ic: float | None = setting(None, check=optional(number))   # the report's IC (reference only)
+    seed_pnl: float | None = setting(None, check=optional(number))  # the report's pnl (reference only)
+    note: str = setting("", check=optional(text))
+
+
+@dataclass
+class _FileFields:
+    family: str = setting(None, check=lambda c, v, k: choice(*FAMILIES)(c, v, k))
+    entries: list = setting(None)
 
 
 def load_zoo(directory: str | os.PathLike | None = None) -> dict[str, ZooEntry]:
-    """All zoo entries by id, from every *.yaml under `directory` (default configs/zoo)."""
+    """All zoo entries by id, from every *.yaml under `directory` (default configs/zoo).
+
+    Each file is read through the project's one config mechanism (crnn_ray/config.py): one-line errors
+    `<file>: <key>: what is wrong`.
+    """
     directory = Path(directory) if directory is not None else zoo_dir()
     files = sorted(directory.glob("*.yaml"))
     if not files:
         raise CliError(f"{directory}: no zoo files (*.yaml)")
     zoo: dict[str, ZooEntry] = {}
     for path in files:
-        try:
-            doc = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise CliError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(doc, dict) or not isinstance(doc.get("entries"), list):
-            raise CliError(f"{path}: expected a mapping with 'family' and a list 'entries'")
-        family = doc.get("family")
-        if family not in FAMILIES:
-            raise CliError(f"{path}: family must be one of {', '.join(FAMILIES)}, got {family!r}")
-        for n, raw in enumerate(doc["entries"]):
+        c = Checker(str(path))
+        doc = _FileFields(**read_section(c, _FileFields, load_yaml(path, "zoo"), ""))
+        if doc.family is None:
+            raise c.fail("family", f"missing (one of {', '.join(FAMILIES)})")
+        if not isinstance(doc.entries, list):
+            raise c.fail("entries", "expected a list of entries (id, spec, seed_ic, seed_pnl, note)")
+        for n, raw in enumerate(doc.entries):
             where = f"entries[{n}]"
-            if not isinstance(raw, dict):
-                raise CliError(f"{path}: {where} must be a mapping")
-            unknown = set(raw) - {"id", "spec", "seed_ic", "seed_pnl", "note"}
-            if unknown:
-                raise CliError(f"{path}: {where} has unknown key {sorted(unknown)[0]!r}")
+            e = _EntryFields(**read_section(c, _EntryFields, raw, where))
             for key in ("id", "spec"):
-                if not isinstance(raw.get(key), str) or not raw[key].strip():
-                    raise CliError(f"{path}: {where}.{key} is missing")
-            entry_id = raw["id"]
-            if not entry_id.startswith(family + "/"):
-                raise CliError(f"{path}: {where}.id {entry_id!r} must start with '{family}/'")
-            if entry_id in zoo:
-                raise CliError(f"{path}: {where}.id {entry_id!r} is defined twice")
+                if getattr(e, key) is None:
+                    raise c.fail(f"{where}.{key}", "missing")
+            if not e.id.startswith(doc.family + "/"):
+                raise c.fail(f"{where}.id", f"{e.id!r} must start with '{doc.family}/'")
+            if e.id in zoo:
+                raise c.fail(f"{where}.id", f"{e.id!r} is defined twice")
             try:
-                spec = parse(raw["spec"])
+                spec = parse(e.spec)
             except CliError as exc:
-                raise CliError(f"{path}: {entry_id}.spec: {exc}") from None
-            if spec.family != family:
-                raise CliError(f"{path}: {entry_id}.spec is a {spec.family} spec in the {family} file")
-            zoo[entry_id] = ZooEntry(entry_id, family, canonical(raw["spec"]),
-                                     _number(path, f"{entry_id}.seed_ic", raw.get("seed_ic")),
-                                     _number(path, f"{entry_id}.seed_pnl", raw.get("seed_pnl")),
-                                     str(raw.get("note") or ""))
+                raise c.fail(f"{e.id}.spec", str(exc)) from None
+            if spec.family != doc.family:
+                raise c.fail(f"{e.id}.spec", f"a {spec.family} spec in the {doc.family} file")
+            zoo[e.id] = ZooEntry(e.id, doc.family, canonical(e.spec), e.seed_ic, e.seed_pnl, str(e.note or ""))
     return zoo
 
 
@@ -126,7 +126,7 @@ def build_model(spec: str | ModelSpec, n_features: int, lookback: int, *, compil
     if not isinstance(lookback, int) or lookback < 1:
         raise CliError(f"lookback must be a positive integer, got {lookback!r}")
     parsed = parse(spec)
-    model = (CNN1dNet if isinstance(parsed, CnnSpec) else ConvRecurrentNet)(parsed, n_features, lookback)
+    model = FAMILIES[parsed.family].build(parsed, n_features, lookback)
     model.spec = encode(parsed)  # the canonical string, for checkpoints and logs
     return maybe_compile(model) if compile else model
 
