@@ -14,12 +14,11 @@ from crnn_ray.config import (Checker, auto_or, choice, int_at_least, load_yaml, 
                              positive_int, positive_number, read_section, section, setting, text)
 from crnn_ray.io import CliError
 from crnn_ray.schema import DEFAULT_RANK_METRIC
+from crnn_ray.score.ensemble import METHODS
 
 __all__ = ["ScoreConfig", "DEFAULT_CONFIG", "merge_config", "load_score_config", "DEFAULT_CONFIG_FILE", "METHODS",
            "PATHS"]
 
-#: how member predictions combine (crnn_ray/score/ensemble.py)
-METHODS = ("mean", "ic_weighted", "rank_mean")
 #: where the predictor runs
 PATHS = ("auto", "in_process", "ray")
 DEFAULT_CONFIG_FILE = Path(__file__).resolve().parents[2] / "configs" / "score" / "default.yaml"
