@@ -34,5 +34,5 @@ def test_job_submit_runs_the_tiny_sweep_on_the_cluster(ray_head, tmp_path):
     trials = pd.read_parquet(storage / "job" / "trials.parquet")
     assert set(trials.status) == {"ok"} and len(trials) == 2
     lb = pd.read_parquet(storage / "job" / "leaderboard.parquet")
-    assert list(lb.columns) == LEADERBOARD_COLUMNS and set(lb.family) == {"convgru", "cnn1d"}
+    assert list(lb.columns) == LEADERBOARD_COLUMNS and set(lb.family) == {"convgru", "cnn1d", "baseline"}
     assert "| 1 | `" in out  # the leaderboard table printed at the end of the job's log
