@@ -5,6 +5,7 @@ long tables keyed on (date, symbol) -- parquet files, a date-partitioned parquet
 scorer's `signals/`, or CSV -- checks them, prints a readable summary and writes it atomically as JSON.
 
     python -m crnn_ray.evaluate --signals S.parquet --labels L.parquet --label y5 --json metrics.json
+    python -m crnn_ray.evaluate ... --label y5 --horizon 5 --returns y1     # realised pnl of the 5 live books
 """
 
 from __future__ import annotations
@@ -50,16 +51,34 @@ def read_table(path: str | Path, columns: list[str]) -> pd.DataFrame:
     raise CliError(f"{path}: unknown file type {path.suffix!r} (expected .parquet, a parquet directory or .csv)")
 
 
-def format_summary(ev: Evaluation) -> str:
+def pnl_note(ev: Evaluation, returns: str | None = None) -> str:
+    """One line: which daily pnl the Sharpe / vol / drawdown / curves come from (docs/metrics.md)."""
+    s, h = ev.summary, ev.params["horizon"]
+    method = s.get("pnl_method", "daily")
+    if method == "realised":
+        return (f"pnl method: realised -- daily pnl of the {h} overlapping {h}-day books on the 1-day returns"
+                + (f" {returns!r}" if returns else "") + f" (booked-naive sharpe {s['sharpe_booked']:+.2f})")
+    if method == "non_overlapping":
+        return (f"pnl method: non_overlapping -- no 1-day returns given: every {h}th day's {h}-day book, "
+                f"annualised by sqrt(P/{h}), averaged over the {h} offsets (pass --returns for the realised pnl)")
+    return "pnl method: daily -- horizon 1, the label is the 1-day return"
+
+
+def format_summary(ev: Evaluation, returns: str | None = None) -> str:
     """The numbers a researcher reads first, one per line."""
     s, p = ev.summary, ev.params
     lines = [
         f"days evaluated {s['n_days']}  skipped {s['n_days_skipped']} (< {p['min_stocks']} valid pairs)  "
         f"mean stocks/day {s['mean_stocks']:.1f}",
-        f"IC       {s['ic']:+.4f}  ICIR {s['icir']:+.3f}  t {s['ic_tstat']:+.2f}  (ICIR not annualised)",
-        f"RankIC   {s['rank_ic']:+.4f}  ICIR {s['rank_icir']:+.3f}  t {s['rank_ic_tstat']:+.2f}",
-        f"long-short (top-bottom of {p['quantiles']}, /horizon {p['horizon']}): pnl {s['pnl_long_short']:+.4f}  "
-        f"ann {s['ann_return']:+.4f}  sharpe {s['sharpe']:+.3f}  maxDD {s['max_drawdown']:+.4f}",
+        f"IC       {s['ic']:+.4f}  ICIR {s['icir']:+.3f}  t {s['ic_tstat']:+.2f}  HAC t {s['ic_tstat_hac']:+.2f}"
+        f"  (ICIR not annualised; Newey-West {s['hac_lags']} lags)",
+        f"RankIC   {s['rank_ic']:+.4f}  ICIR {s['rank_icir']:+.3f}  t {s['rank_ic_tstat']:+.2f}  "
+        f"HAC t {s['rank_ic_tstat_hac']:+.2f}",
+        pnl_note(ev, returns),
+        f"long-short (top-bottom of {p['quantiles']}, horizon {p['horizon']}): pnl {s['pnl_long_short']:+.4f}  "
+        f"ann {s['ann_return']:+.4f}  vol {s['ann_vol']:.4f}  sharpe {s['sharpe']:+.3f}  "
+        f"maxDD {s['max_drawdown']:+.4f}",
+        f"mean daily long-short pnl t {s['ls_tstat']:+.2f}  HAC t {s['ls_tstat_hac']:+.2f}",
         f"long (top-mean):  pnl {s['pnl_long']:+.4f}  ann {s['ann_return_long']:+.4f}  sharpe {s['sharpe_long']:+.3f}",
         f"turnover ls {s['turnover']:.4f}/day  top {s['turnover_top']:.3f}  bottom {s['turnover_bottom']:.3f}  "
         f"signal autocorr {s['signal_autocorr']:+.3f}",
@@ -85,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--cost-bps", type=float, default=0.0, help="cost per unit of traded notional, bps")
     ap.add_argument("--min-stocks", type=int, default=10, help="skip days with fewer valid pairs (default 10)")
     ap.add_argument("--horizon", type=int, default=1, help="label horizon H in days: daily pnl = label / H")
+    ap.add_argument("--returns", metavar="COL", default=None,
+                    help="1-day forward return column of the labels file (e.g. y1): with --horizon > 1 the "
+                    "Sharpe / vol / drawdown are those of the realised daily pnl of the H overlapping books")
     ap.add_argument("--periods-per-year", type=float, default=252.0, help="annualisation (default 252)")
     ap.add_argument("--json", required=True, help="output JSON (written atomically)")
     ap.add_argument("--daily", help="optional CSV of the per-day series (written atomically)")
@@ -94,7 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     signals = read_table(args.signals, ["date", "symbol", args.signal_col])
-    labels = read_table(args.labels, ["date", "symbol", args.label])
+    label_cols = ["date", "symbol", args.label]
+    if args.returns and args.returns not in label_cols:
+        label_cols.append(args.returns)
+    labels = read_table(args.labels, label_cols)
     ev = evaluate_frames(
         signals,
         labels,
@@ -102,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         args.signal_col,
         signals_name=str(args.signals),
         labels_name=str(args.labels),
+        returns_col=args.returns,
         quantiles=args.quantiles,
         cost_bps=args.cost_bps,
         min_stocks=args.min_stocks,
@@ -120,10 +146,11 @@ def main(argv: list[str] | None = None) -> int:
         "labels": str(Path(args.labels).resolve()),
         "label": args.label,
         "signal_col": args.signal_col,
+        **({"returns": args.returns} if args.returns else {}),
         "first_date": str(pd.Timestamp(ev.daily["date"].iloc[0]).date()),
         "last_date": str(pd.Timestamp(ev.daily["date"].iloc[-1]).date()),
     }
-    print(format_summary(ev))
+    print(format_summary(ev, args.returns))
     if args.daily:
         with atomic_path(args.daily) as tmp:
             ev.daily.to_csv(tmp, index=False)

@@ -30,6 +30,8 @@ __all__ = [
     "daily_rank_ic",
     "quantile_buckets",
     "evaluate",
+    "hac_lags",
+    "newey_west_tstat",
     "align_frames",
     "evaluate_frames",
 ]
@@ -333,8 +335,11 @@ def _bucket_sums(values: np.ndarray, bucket: np.ndarray, quantiles: int) -> tupl
 
 
 def _block_stats(sig: np.ndarray, lab: np.ndarray, min_stocks: int, quantiles: int, portfolios: bool,
-                 horizon: int = 1) -> dict:
-    """All statistics of one block of days that need no other day (fully vectorised over the block)."""
+                 horizon: int = 1, ret: np.ndarray | None = None) -> dict:
+    """All statistics of one block of days that need no other day (fully vectorised over the block).
+
+    `ret` (realised pnl only): the 1-day returns of the block's days and of the `horizon - 1` days after it,
+    over which the block's last books are still held."""
     # C order: row sums are pairwise only along a contiguous axis, so any layout (a cropped grid is often
     # F-ordered) gives the same bits
     sig = np.ascontiguousarray(sig, dtype=np.float64)
@@ -387,7 +392,37 @@ def _block_stats(sig: np.ndarray, lab: np.ndarray, min_stocks: int, quantiles: i
     stats.update(q_sums=q_sums, q_counts=q_counts, sum_lab=sum_lab, book=book, books=books,
                  lagged=_lagged_stats({k: v[lag:] for k, v in books.items()},
                                       {k: v[:v.shape[0] - lag] for k, v in books.items()}))
+    if ret is not None:
+        with np.errstate(divide="ignore"):
+            inv_n = np.where(book, 1.0 / np.maximum(n, 1), 0.0)
+        stats["c_ls"], stats["c_long"] = _book_returns(top, bottom, inv_top, inv_bottom, valid & book[:, None],
+                                                       inv_n, ret, horizon)
     return stats
+
+
+def _book_returns(top: np.ndarray, bottom: np.ndarray, inv_top: np.ndarray, inv_bottom: np.ndarray,
+                  universe: np.ndarray, inv_n: np.ndarray, ret: np.ndarray, horizon: int) -> tuple[np.ndarray, ...]:
+    """c[d, k] = w_d . r[d + k], k = 0..H-1: what each day's long-short and long books earn on each day held.
+
+    w_d: +1/n_top on the top bucket and -1/n_bottom on the bottom one (long-short), or +1/n_top on the top
+    bucket and -1/n_d on every valid pair of the day (long vs the cross-sectional mean); zero on days without
+    a book. A missing return counts 0; days past the end of `ret` earn 0 (never realised). H row-wise dot
+    products over the block (no per-day loop).
+    """
+    n_days = top.shape[0]
+    r0 = np.ascontiguousarray(ret, dtype=np.float64)
+    r0 = np.where(np.isfinite(r0), r0, 0.0)
+    w_ls = top * inv_top[:, None]
+    w_long = w_ls - universe * inv_n[:, None]
+    w_ls -= bottom * inv_bottom[:, None]
+    c_ls, c_long = np.zeros((n_days, horizon)), np.zeros((n_days, horizon))
+    for k in range(horizon):
+        m = min(n_days, r0.shape[0] - k)
+        if m <= 0:
+            break
+        c_ls[:m, k] = np.einsum("ij,ij->i", w_ls[:m], r0[k:k + m])
+        c_long[:m, k] = np.einsum("ij,ij->i", w_long[:m], r0[k:k + m])
+    return c_ls, c_long
 
 
 def _lagged_stats(now: dict, before: dict) -> dict:
@@ -430,7 +465,7 @@ def scan_threads() -> int:
 
 
 def _scan(signal: np.ndarray, label: np.ndarray, min_stocks: int, quantiles: int, horizon: int,
-          portfolios: bool = True) -> dict[str, np.ndarray]:
+          portfolios: bool = True, returns: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Every per-day statistic, block of days by block of days.
 
     Blocks are independent (numpy releases the GIL, so they run on a few threads); the books of the last
@@ -439,7 +474,8 @@ def _scan(signal: np.ndarray, label: np.ndarray, min_stocks: int, quantiles: int
     n_days, n_stocks = signal.shape
     blocks = list(_day_blocks(n_days, n_stocks))
     work = lambda span: _block_stats(signal[span[0]:span[1]], label[span[0]:span[1]],  # noqa: E731
-                                     min_stocks, quantiles, portfolios, horizon)
+                                     min_stocks, quantiles, portfolios, horizon,
+                                     None if returns is None else returns[span[0]:span[1] + horizon - 1])
     threads = min(scan_threads(), len(blocks))
     pool = ThreadPoolExecutor(max_workers=threads) if threads > 1 else None
     results = pool.map(work, blocks) if pool else map(work, blocks)
@@ -523,6 +559,87 @@ def _perf(pnl: np.ndarray, periods_per_year: float) -> dict[str, float]:
     }
 
 
+def _perf_offsets(pnl_h: np.ndarray, periods_per_year: float, horizon: int) -> dict[str, float]:
+    """_perf of the non-overlapping strategies: H-day book returns `pnl_h` of every H-th formation day, one
+    strategy per offset 0..H-1 (full capital, rebalanced every H days), annualised with P/H periods a year;
+    each figure is the mean over the offsets where it is defined."""
+    per = [_perf(pnl_h[o::horizon], periods_per_year / horizon) for o in range(horizon)]
+    return {key: _mean(np.array([p[key] for p in per])) for key in per[0]}
+
+
+def hac_lags(n: int, horizon: int = 1) -> int:
+    """Newey-West lags for a series of n days of H-day-label figures: max(H - 1, floor(4 (n / 100)^(2/9))).
+
+    The second term is Newey & West's (1994) plug-in rule of thumb for the Bartlett kernel; overlapping H-day
+    labels make daily IC / booked pnl an MA(H-1) process, so at least H - 1 lags are always kept.
+    """
+    n, horizon = max(int(n), 0), max(int(horizon), 1)
+    return max(horizon - 1, math.floor(4.0 * (n / 100.0) ** (2.0 / 9.0))) if n else horizon - 1
+
+
+def newey_west_tstat(x: Any, lags: int) -> float:
+    """t-statistic of mean(x) with a Newey-West (Bartlett kernel) standard error; NaN entries are dropped.
+
+    With e = x - mean(x) over the n finite values, gamma_j = sum_t e_t e_{t-j} / n and weights
+    1 - j / (lags + 1): S = gamma_0 + 2 sum_{j=1..lags} w_j gamma_j, var(mean) = S / (n - 1) (the small-sample
+    factor n / (n - 1), so that lags = 0 gives the plain t = mean / (std_ddof1 / sqrt(n))). Lags are capped at
+    n - 1. NaN when n < 2 or S <= 0.
+    """
+    x = np.asarray(x, dtype=np.float64).ravel()
+    x = x[np.isfinite(x)]
+    n = x.size
+    if n < 2:
+        return math.nan
+    lags = min(max(int(lags), 0), n - 1)
+    mean = float(x.mean())
+    e = x - mean
+    s = float(e @ e) / n
+    for j in range(1, lags + 1):  # lags, not days: a handful of dot products
+        s += 2.0 * (1.0 - j / (lags + 1.0)) * float(e[j:] @ e[:-j]) / n
+    if not s > 0:
+        return math.nan
+    return mean / math.sqrt(s / (n - 1))
+
+
+def _shift(x: np.ndarray, by: int) -> np.ndarray:
+    """x moved `by` days later (NaN in front)."""
+    if by <= 0:
+        return x
+    out = np.full_like(x, np.nan)
+    if by < x.size:
+        out[by:] = x[:x.size - by]
+    return out
+
+
+def _realised(day: dict, returns: np.ndarray, horizon: int, cost: float) -> dict[str, np.ndarray]:
+    """Daily pnl of the overlapping-books strategy: the portfolio of day t is W_t = (1/H) sum_{k<H} w_{t-k}
+    (the books formed on days t-H+1..t), its pnl W_t . r[t] (missing returns count 0), its traded notional
+    |W_t - W_{t-1}| = |w_t - w_{t-H}| / H (drift ignored). NaN on days that hold and trade nothing, and on days
+    whose returns are all missing (the outcome is unknown, e.g. the data's last day)."""
+    n_days = returns.shape[0]
+    book = day["book"]
+    pnl = {}
+    for name in ("ls", "long"):
+        c = day[f"c_{name}"]
+        total = np.zeros(n_days)
+        for k in range(min(horizon, n_days)):  # the book of day t - k, in its (k+1)-th day
+            total[k:] += c[:n_days - k, k]
+        pnl[name] = total / horizon
+    booked = np.cumsum(book.astype(np.int64))
+    live = booked - np.concatenate([np.zeros(horizon, dtype=np.int64), booked[:-horizon]])[:n_days]
+    turnover = day["traded"] / horizon  # the book formed today replaces the one formed H days ago
+    turnover_long = day["traded_long"] / horizon
+    has_return = np.isfinite(returns).any(axis=1)
+    realised = ((live > 0) | (turnover > 0)) & has_return
+    out = {"turnover_port": np.where(realised, turnover, np.nan),
+           "turnover_port_long": np.where(realised, turnover_long, np.nan)}
+    out["pnl_ls"] = np.where(realised, pnl["ls"], np.nan)
+    out["pnl_long"] = np.where(realised, pnl["long"], np.nan)
+    out["pnl_ls_net"] = out["pnl_ls"] - cost * out["turnover_port"]
+    out["pnl_long_net"] = out["pnl_long"] - cost * out["turnover_port_long"]
+    return out
+
+
 # ----------------------------------------------------------------------------------------------------------
 # evaluation
 # ----------------------------------------------------------------------------------------------------------
@@ -556,12 +673,17 @@ def evaluate(
     horizon: int = 1,
     periods_per_year: float = 252,
     dates: Any = None,
+    returns: Any = None,
 ) -> Evaluation:
     """IC / RankIC / quantile returns / long-short and long-only pnl / turnover / drawdown of a signal.
 
-    `label` is an H-day forward return (`horizon` = H). Every day opens a book held H days, so the daily pnl
-    attributed to day d is its H-day return divided by H (the overlapping-portfolio convention); pnl is summed,
-    not compounded. See docs/metrics.md.
+    `label` is an H-day forward return (`horizon` = H). Every day opens a book held H days; `ls` / `long`
+    attribute to day d its H-day return divided by H (booked on the formation day). The Sharpe, volatility,
+    drawdown, cumulative curves and net figures come from a daily pnl series (`summary["pnl_method"]`):
+    "daily" (H = 1: the label is the 1-day return), "realised" (H > 1 with `returns`, the [D, S] 1-day forward
+    returns aligned with the label: the daily pnl of the H overlapping books) or "non_overlapping" (H > 1
+    without returns: every H-th formation day's book, annualised by sqrt(P / H), averaged over the H offsets).
+    pnl is summed, not compounded. t-statistics come plain and Newey-West (`*_tstat_hac`). See docs/metrics.md.
     """
     signal, label = _as_panel(signal, "signal"), _as_panel(label, "label")
     _check_shapes(signal, label)
@@ -575,6 +697,11 @@ def evaluate(
     if not (math.isfinite(periods_per_year) and periods_per_year > 0):
         raise CliError(f"periods_per_year must be > 0, got {periods_per_year}")
     quantiles, horizon = int(quantiles), int(horizon)
+    if returns is not None:
+        returns = _as_panel(returns, "returns")
+        if returns.shape != signal.shape:
+            raise CliError(f"returns shape {returns.shape} != signal shape {signal.shape}")
+    method = "daily" if horizon == 1 else ("realised" if returns is not None else "non_overlapping")
     n_days_total = signal.shape[0]
     if dates is None:
         dates = np.arange(n_days_total)
@@ -583,7 +710,7 @@ def evaluate(
         if dates.shape != (n_days_total,):
             raise CliError(f"dates: expected {n_days_total} dates (one per row of signal), got {dates.shape}")
 
-    day = _scan(signal, label, min_stocks, quantiles, horizon)
+    day = _scan(signal, label, min_stocks, quantiles, horizon, returns=returns if method == "realised" else None)
     n, use_day, ic, rank_ic, book = day["n"], day["use_day"], day["ic"], day["rank_ic"], day["book"]
     n_used = np.where(use_day, n, 0)
 
@@ -612,11 +739,30 @@ def evaluate(
     # alphalens factor_rank_autocorrelation: rank correlation of the signal with itself `horizon` days ago
     signal_autocorr = day["autocorr"]
 
-    perf_ls, perf_long = _perf(ls, periods_per_year), _perf(long, periods_per_year)
-    perf_ls_net, perf_long_net = _perf(ls_net, periods_per_year), _perf(long_net, periods_per_year)
-    cum_ls = np.cumsum(np.nan_to_num(ls, nan=0.0))
-    cum_long = np.cumsum(np.nan_to_num(long, nan=0.0))
-    cum_ls_net = np.cumsum(np.nan_to_num(ls_net, nan=0.0))
+    # the daily pnl series the Sharpe / vol / drawdown / curves come from (docs/metrics.md, "Which daily pnl")
+    booked = {"ls": ls, "long": long, "ls_net": ls_net, "long_net": long_net}
+    perf_booked = {name: _perf(x, periods_per_year) for name, x in booked.items()}
+    if method == "realised":
+        series = _realised(day, returns, horizon, cost)
+        perf = {name: _perf(series[f"pnl_{name}"], periods_per_year) for name in booked}
+    else:
+        # daily: the booked series is the daily one; non_overlapping: each book's H-day return is realised on
+        # the last day it is held (the curve is the mean over the H offsets' curves)
+        series = {f"pnl_{name}": _shift(x, horizon - 1) for name, x in booked.items()}
+        series["turnover_port"], series["turnover_port_long"] = turnover, turnover_long
+        perf = dict(perf_booked)
+        if method == "non_overlapping":
+            perf = {name: {**_perf_offsets(x * horizon, periods_per_year, horizon),
+                           "total": perf_booked[name]["total"]} for name, x in booked.items()}
+    perf_ls, perf_long, perf_ls_net, perf_long_net = (perf[k] for k in ("ls", "long", "ls_net", "long_net"))
+    cum_ls = np.cumsum(np.nan_to_num(series["pnl_ls"], nan=0.0))
+    cum_long = np.cumsum(np.nan_to_num(series["pnl_long"], nan=0.0))
+    cum_ls_net = np.cumsum(np.nan_to_num(series["pnl_ls_net"], nan=0.0))
+    # t-statistics: plain (independent days) and Newey-West with lags >= H - 1 (overlapping labels)
+    lags = hac_lags(int(use_day.sum()), horizon)
+    ls_days = ls if method == "non_overlapping" else series["pnl_ls"]  # the mean daily long-short pnl's series
+    ls_days_mean, ls_days_std = _mean(ls_days), _std(ls_days)
+    n_ls_days = int(np.isfinite(ls_days).sum())
 
     ic_mean, ic_std, n_ic = _mean(ic), _std(ic), int(np.isfinite(ic).sum())
     ric_mean, ric_std, n_ric = _mean(rank_ic), _std(rank_ic), int(np.isfinite(rank_ic).sum())
@@ -630,6 +776,12 @@ def evaluate(
         "rank_ic_std": ric_std,
         "rank_icir": _ratio(ric_mean, ric_std),
         "rank_ic_tstat": _ratio(ric_mean, ric_std) * math.sqrt(n_ric),
+        "ic_tstat_hac": newey_west_tstat(ic, lags),
+        "rank_ic_tstat_hac": newey_west_tstat(rank_ic, lags),
+        "ls_tstat": _ratio(ls_days_mean, ls_days_std) * math.sqrt(n_ls_days),
+        "ls_tstat_hac": newey_west_tstat(ls_days, lags),
+        "hac_lags": lags,
+        "pnl_method": method,
         "n_days": int(use_day.sum()),
         "n_days_skipped": int(n_days_total - use_day.sum()),
         "n_days_ic": n_ic,
@@ -645,6 +797,9 @@ def evaluate(
         "ann_vol": perf_ls["ann_vol"],
         "sharpe": perf_ls["sharpe"],
         "max_drawdown": perf_ls["max_drawdown"],
+        "sharpe_booked": perf_booked["ls"]["sharpe"],
+        "ann_vol_booked": perf_booked["ls"]["ann_vol"],
+        "n_days_pnl": int(np.isfinite(series["pnl_ls"]).sum()),
         "ann_return_net": perf_ls_net["ann_return"],
         "sharpe_net": perf_ls_net["sharpe"],
         "max_drawdown_net": perf_ls_net["max_drawdown"],
@@ -660,7 +815,7 @@ def evaluate(
         "signal_autocorr": _mean(signal_autocorr),
         "quantile_spread": float(q_mean_over_days[-1] - q_mean_over_days[0]),
     }
-    summary = {k: (v if isinstance(v, int) else float(v)) for k, v in summary.items()}
+    summary = {k: (v if isinstance(v, (int, str)) else float(v)) for k, v in summary.items()}
 
     daily = pd.DataFrame(
         {
@@ -679,6 +834,8 @@ def evaluate(
             "cum_ls_net": cum_ls_net,
             "drawdown": cum_ls - np.maximum.accumulate(np.maximum(cum_ls, 0.0)),
             **{f"q{q + 1}": q_means[:, q] for q in range(quantiles)},
+            **{k: series[k] for k in ("pnl_ls", "pnl_long", "pnl_ls_net", "pnl_long_net", "turnover_port",
+                                      "turnover_port_long")},
         }
     )
     params = {
@@ -816,14 +973,21 @@ def align_frames(
     *,
     signals_name: str = "signals",
     labels_name: str = "labels",
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Inner-join two long tables on (date, symbol) into signal[D,S], label[D,S], dates[D], symbols[S].
+    returns_col: str | None = None,
+) -> tuple[np.ndarray, ...]:
+    """Inner-join two long tables on (date, symbol) into signal[D,S], label[D,S], dates[D], symbols[S]
+    (and returns[D,S] after them when `returns_col`, a 1-day forward return column of the labels table, is given).
 
     Keys are coded and values scattered straight into the grids (no DataFrame merge): only the dates and
-    symbols with at least one (date, symbol) row in both tables are kept.
+    symbols with at least one (date, symbol) row in both tables are kept. The returns grid holds every labels
+    row's return on those dates and symbols, with or without a signal or a label there (a held name's return
+    counts whether or not it is scored that day).
     """
     sig_days, sig_syms, sig_vals = _check_table(signals_df, signal_col, signals_name, require_variation=False)
     lab_days, lab_syms, lab_vals = _check_table(labels_df, label_col, labels_name, require_variation=True)
+    ret_vals = None
+    if returns_col is not None:
+        ret_vals = _check_table(labels_df, returns_col, labels_name, require_variation=False)[2]
     if pd.api.types.is_numeric_dtype(sig_syms.dtype) != pd.api.types.is_numeric_dtype(lab_syms.dtype):
         sig_syms, lab_syms = sig_syms.astype(str), lab_syms.astype(str)  # e.g. 600000 vs "600000"
 
@@ -840,19 +1004,27 @@ def align_frames(
             f"and {labels_name} ({len(lab_vals)} rows)"
         )
     signal, label = signal.reshape(shape), label.reshape(shape)
+    returns = None
+    if ret_vals is not None:  # the label's rows and keys, the returns column's values
+        returns = _scatter_table(lab_days, lab_syms, ret_vals, common_days, common_syms, labels_name)[0]
+        returns = returns.reshape(shape)
     unpaired = ~pair
     if unpaired.any():  # a signal without a label row (or vice versa) is not a pair
         signal[unpaired] = np.nan
         label[unpaired] = np.nan
     if not (keep_days.all() and keep_syms.all()):
         signal, label = signal[keep_days][:, keep_syms], label[keep_days][:, keep_syms]
-    return signal, label, common_days[keep_days], np.asarray(common_syms[keep_syms], dtype=object)
+        returns = None if returns is None else returns[keep_days][:, keep_syms]
+    out = (signal, label, common_days[keep_days], np.asarray(common_syms[keep_syms], dtype=object))
+    return out if returns is None else (*out, returns)
 
 
 def evaluate_frames(
     signals_df: pd.DataFrame, labels_df: pd.DataFrame, label_col: str, signal_col: str = "signal", **kw: Any
 ) -> Evaluation:
-    """`evaluate` on long tables aligned on (date, symbol); `Evaluation.daily["date"]` holds the real dates."""
-    names = {k: kw.pop(k) for k in ("signals_name", "labels_name") if k in kw}
-    signal, label, dates, _ = align_frames(signals_df, labels_df, label_col, signal_col, **names)
-    return evaluate(signal, label, dates=dates, **kw)
+    """`evaluate` on long tables aligned on (date, symbol); `Evaluation.daily["date"]` holds the real dates.
+
+    `returns_col` (keyword): a 1-day forward return column of `labels_df`, passed to evaluate as `returns`."""
+    names = {k: kw.pop(k) for k in ("signals_name", "labels_name", "returns_col") if k in kw}
+    grids = align_frames(signals_df, labels_df, label_col, signal_col, **names)
+    return evaluate(grids[0], grids[1], dates=grids[2], returns=grids[4] if len(grids) > 4 else None, **kw)

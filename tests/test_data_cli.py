@@ -32,7 +32,7 @@ def test_synth_horizon_names_the_label(tmp_path):
     out = tmp_path / "h.parquet"
     assert main(["synth", "--symbols", "20", "--days", "80", "--horizon", "10", "--out", str(out)]) == 0
     p = load_panel(out)
-    assert list(p.labels) == ["y10"] and p.horizon("y10") == 10 and "y10" in p.meta["oracle_ic"]
+    assert list(p.labels) == ["y10", "y1"] and p.horizon("y10") == 10 and "y10" in p.meta["oracle_ic"]
 
 
 def test_inspect_prints_shape_coverage_and_metadata(tmp_path, capsys):
@@ -65,7 +65,7 @@ def test_ingest_writes_a_loadable_panel(tmp_path, capsys):
     rc = main(["ingest", "--ohlcv", str(src), "--out", str(out), "--horizon", "3", "--date-col", "TradeDate"])
     assert rc == 0 and "120 rows, 3 symbols x 40 days" in capsys.readouterr().out
     p = load_panel(out)
-    assert p.features == ["ret1", "ret5", "ma20_gap", "vol20", "volume_rel"] and list(p.labels) == ["y3"]
+    assert p.features == ["ret1", "ret5", "ma20_gap", "vol20", "volume_rel"] and list(p.labels) == ["y3", "y1"]
     assert p.meta["source"] == "ingest" and p.mask[25:].all()
 
 
@@ -105,3 +105,19 @@ def test_synth_bad_size_and_real_process_exit_status(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip() == "error: --symbols must be >= 10 (got 3)"
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_synth_preset_realistic_and_inspect_shows_the_returns(tmp_path, capsys):
+    easy, real = tmp_path / "e.parquet", tmp_path / "r.parquet"
+    assert main(["synth", "--symbols", "40", "--days", "120", "--out", str(easy)]) == 0
+    assert main(["synth", "--symbols", "40", "--days", "120", "--preset", "realistic", "--out", str(real)]) == 0
+    out = capsys.readouterr().out
+    assert "preset easy" in out and "preset realistic" in out and "1-day returns y1" in out
+    p = load_panel(real)
+    assert p.meta["params"]["preset"] == "realistic" and p.meta["oracle_ic"]["y5"] < load_panel(easy).meta[
+        "oracle_ic"]["y5"]
+    assert main(["inspect", str(real)]) == 0
+    text = capsys.readouterr().out
+    assert "returns  y1" in text and "label    y1 (horizon 1)" in text and "preset=realistic" in text
+    assert main(["synth", "--preset", "hard", "--out", str(tmp_path / "h.parquet")]) == 2
+    assert "--preset" in capsys.readouterr().err and not (tmp_path / "h.parquet").exists()

@@ -42,7 +42,8 @@ def test_sp500_shapes_and_features(sp500):
     wide, panel, meta = sp500
     tickers = [c for c in wide.columns if c != "Date"]
     assert len(panel) == len(wide) * len(tickers)
-    assert meta["features"] == ["ret1", "ret5", "ma20_gap", "vol20"] and meta["labels"] == ["y5"]
+    assert meta["features"] == ["ret1", "ret5", "ma20_gap", "vol20"] and meta["labels"] == ["y5", "y1"]
+    assert meta["horizons"] == {"y5": 5, "y1": 1} and meta["returns"] == "y1"
     assert meta["params"]["columns"]["close"] == "Adj Close"
     dates = np.sort(panel["date"].unique())
     enough_history = panel["date"] >= dates[20]
@@ -149,3 +150,24 @@ def test_bad_input_one_line_errors(mutate, match):
     with pytest.raises(CliError, match=match) as err:
         ingest_ohlcv(mutate(_random_ohlcv(4, n_days=20)), horizon=5)
     assert "\n" not in str(err.value)
+
+
+def test_one_day_forward_return_column_follows_the_label_rules():
+    """y1 = close_{t+1} / close_t - 1 on the panel calendar: NaN over a halt and over a suspicious jump."""
+    dates = pd.bdate_range("2022-01-03", periods=12)
+    px = [10.0, 11.0, 12.1, 11.0, 11.0, 11.5, 46.0, 46.0, 47.0, 48.0, 49.0, 50.0]  # a 4x jump on day 6
+    rows = [(d, "A", p, 100.0) for i, (d, p) in enumerate(zip(dates, px)) if i != 3]  # A halted on day 3
+    rows += [(d, "B", 10.0 + i, 100.0) for i, d in enumerate(dates)]
+    out, meta = ingest_ohlcv(_small(rows), horizon=3)
+    assert meta["labels"] == ["y3", "y1"] and meta["returns"] == "y1" and meta["horizons"]["y1"] == 1
+    a = out[out["symbol"] == "A"].set_index("date")
+    assert a.loc[dates[0], "y1"] == pytest.approx(0.1, rel=1e-6)
+    assert np.isnan(a.loc[dates[2], "y1"])  # day 3 has no close
+    assert np.isnan(a.loc[dates[5], "y1"])  # the jump on day 6 is suspect
+    assert a.loc[dates[7], "y1"] == pytest.approx(47.0 / 46.0 - 1, rel=1e-6) and np.isnan(a.loc[dates[11], "y1"])
+    b = out[out["symbol"] == "B"].set_index("date")
+    np.testing.assert_allclose(b["y1"].iloc[:-1], (11.0 + np.arange(11)) / (10.0 + np.arange(11)) - 1, rtol=1e-6)
+    # a 1-day label is the returns column itself (no second column)
+    one, meta1 = ingest_ohlcv(_small(rows), horizon=1)
+    assert meta1["labels"] == ["y1"] and meta1["returns"] == "y1" and list(one.columns).count("y1") == 1
+    np.testing.assert_array_equal(one["y1"].to_numpy(), out["y1"].to_numpy())

@@ -23,7 +23,7 @@ def test_round_trip_scatters_every_row(panel_file):
     path, df, meta = panel_file
     p = load_panel(path)
     assert p.X.dtype == np.float32 and p.X.shape == (df["date"].nunique(), df["symbol"].nunique(), 8)
-    assert p.features == meta["features"] and list(p.labels) == ["y5"]
+    assert p.features == meta["features"] and list(p.labels) == ["y5", "y1"]
     assert np.all(np.diff(p.dates.astype("int64")) > 0)
     assert p.meta["oracle_ic"] == meta["oracle_ic"] and p.meta["path"].endswith("panel.parquet")
     assert p.horizon("y5") == 5
@@ -54,7 +54,8 @@ def test_csv_without_metadata_infers_columns(panel_file, tmp_path):
     csv = tmp_path / "p.csv"
     df.drop(columns=["oracle_y5"]).to_csv(csv, index=False)
     p = load_panel(csv)
-    assert p.features == meta["features"] and list(p.labels) == ["y5"] and p.horizon("y5") == 5
+    assert p.features == meta["features"] and list(p.labels) == ["y5", "y1"] and p.horizon("y5") == 5
+    assert p.horizon("y1") == 1 and p.returns() is p.labels["y1"]
 
 
 def test_windows_equal_naive_slices_numpy_and_torch(panel_file):
@@ -148,3 +149,26 @@ def test_bad_files_one_line_error(panel_file, tmp_path, mutate, match):
 def test_missing_file():
     with pytest.raises(CliError, match="no such file"):
         load_panel("/nonexistent/panel.parquet")
+
+
+def test_returns_are_loaded_whatever_labels_were_selected(panel_file, tmp_path):
+    path, df, meta = panel_file
+    p = load_panel(path, labels=["y5"])
+    assert list(p.labels) == ["y5"] and p.returns() is not None
+    full = load_panel(path)
+    np.testing.assert_array_equal(p.returns(), full.labels["y1"])
+    # returns[d, s] is close_{d+1} / close_d - 1 where both closes are on the panel's consecutive days
+    close = np.full(p.returns().shape, np.nan)
+    di = np.searchsorted(p.dates, df["date"].to_numpy().astype("datetime64[D]"))
+    si = np.searchsorted(p.symbols.astype(str), df["symbol"].to_numpy().astype(str))
+    close[di, si] = df["close"].to_numpy()
+    expected = close[1:] / close[:-1] - 1
+    ok = np.isfinite(expected) & np.isfinite(p.returns()[:-1])
+    assert ok.mean() > 0.9
+    np.testing.assert_allclose(p.returns()[:-1][ok], expected[ok], rtol=1e-5)
+    assert np.isnan(p.returns()[-1]).all()  # the last day's next close is unknown
+    # a panel without a returns column has none
+    old = tmp_path / "old.parquet"
+    save_panel(df.drop(columns=["y1"]), old, {**meta, "labels": ["y5"], "horizons": {"y5": 5},
+                                               "returns": None})
+    assert load_panel(old).returns() is None

@@ -25,9 +25,10 @@ def test_same_seed_same_data_other_seed_differs():
 
 def test_columns_and_ohlc_consistency(market):
     df, meta = market
-    assert len(meta["features"]) == defaults.N_FEATURES and meta["labels"] == [defaults.LABEL]
-    assert meta["horizons"] == {"y5": 5} and meta["source"] == "synth"
-    for col in ["date", "symbol", *meta["features"], "y5", "open", "high", "low", "close", "volume"]:
+    # the main label, then the 1-day forward return every panel carries
+    assert len(meta["features"]) == defaults.N_FEATURES and meta["labels"] == [defaults.LABEL, "y1"]
+    assert meta["horizons"] == {"y5": 5, "y1": 1} and meta["source"] == "synth" and meta["returns"] == "y1"
+    for col in ["date", "symbol", *meta["features"], "y5", "y1", "open", "high", "low", "close", "volume"]:
         assert col in df.columns
     assert (df["high"] >= np.maximum(df["open"], df["close"])).all()
     assert (df["low"] <= np.minimum(df["open"], df["close"])).all()
@@ -97,3 +98,56 @@ def test_planted_signal_is_nonlinear_in_features_over_a_window(market, tmp_path)
     r2_linear = _r2(o[ok], today)
     r2_window = _r2(o[ok], today + [(a * b)[ok], np.tanh(3 * (c - c_lag))[ok]])
     assert r2_linear < 0.3 < r2_window
+
+
+def test_returns_column_is_the_one_day_forward_return(market):
+    df, meta = market
+    assert meta["returns"] == "y1" and meta["labels"] == ["y5", "y1"]
+    raw = df[["date", "symbol", "open", "high", "low", "close", "volume"]]
+    ing, _ = ingest_ohlcv(raw, horizon=5)
+    merged = df.merge(ing, on=["date", "symbol"], suffixes=("", "_ing"))
+    np.testing.assert_array_equal(np.isnan(merged["y1"]), np.isnan(merged["y1_ing"]))
+    np.testing.assert_allclose(merged["y1"], merged["y1_ing"], rtol=1e-5, atol=1e-7)
+    # compounding the 1-day returns over 5 days gives the 5-day label where all are known
+    wide1 = df.pivot(index="date", columns="symbol", values="y1").to_numpy()
+    wide5 = df.pivot(index="date", columns="symbol", values="y5").to_numpy()
+    comp = np.prod(np.stack([1 + wide1[k:len(wide1) - 4 + k] for k in range(5)]), axis=0) - 1
+    ok = np.isfinite(comp) & np.isfinite(wide5[:-4])
+    assert ok.mean() > 0.8
+    np.testing.assert_allclose(comp[ok], wide5[:-4][ok], rtol=2e-4, atol=1e-6)
+
+
+def test_easy_preset_is_the_default_market_and_horizon_one_has_one_label():
+    a, ma = synthesize(30, 80, seed=4)
+    b, mb = synthesize(30, 80, seed=4, preset="easy")
+    pd.testing.assert_frame_equal(a, b)
+    assert ma == mb and ma["params"]["preset"] == "easy"
+    one, m1 = synthesize(30, 80, seed=4, horizon=1)
+    assert m1["labels"] == ["y1"] and m1["returns"] == "y1" and list(one.columns).count("y1") == 1
+    with pytest.raises(Exception, match="preset"):
+        synthesize(30, 80, preset="hard")
+
+
+def test_realistic_preset_is_harder_fat_tailed_and_more_sector_correlated():
+    from scipy.stats import kurtosis
+
+    easy, me = synthesize(150, 300, seed=7)
+    real, mr = synthesize(150, 300, seed=7, preset="realistic")
+    assert mr["params"]["preset"] == "realistic" and mr["params"]["idio_dof"] == 4
+    assert 0.015 < mr["oracle_ic"]["y5"] < 0.07 and me["oracle_ic"]["y5"] > 0.1
+    assert list(real.columns) == list(easy.columns) and mr["features"] == me["features"]
+
+    def residual(df):
+        w = df.pivot(index="date", columns="symbol", values="y1").to_numpy()[:-1]  # the last day has no y1
+        return w - np.nanmean(w, axis=1, keepdims=True)
+
+    r_easy, r_real = residual(easy), residual(real)
+    assert kurtosis(r_real[np.isfinite(r_real)]) > 3 * kurtosis(r_easy[np.isfinite(r_easy)])
+    # same idiosyncratic vol scale (the t shocks are scaled to unit variance)
+    assert 0.8 < np.nanstd(r_real) / np.nanstd(r_easy) < 1.3
+
+    def high_pair_corr(df, top=0.97):  # ~1 pair in 10 shares a sector: the top few percent are those pairs
+        c = pd.DataFrame(residual(df)).corr(min_periods=100).to_numpy()
+        return np.nanquantile(c[np.triu_indices_from(c, 1)], top)
+
+    assert high_pair_corr(real) > 1.5 * high_pair_corr(easy)  # same-sector pairs move together more

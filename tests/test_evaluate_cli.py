@@ -137,3 +137,38 @@ def test_module_entry_point_exits_2_on_a_missing_label_column(tables, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: {lab_path}: missing column 'y99' (has date, symbol, y5, y1)"
     assert not out.exists()
+
+
+def test_cli_returns_column_gives_the_realised_pnl_and_says_which_method(tables, tmp_path, capsys):
+    sig_path, lab_path, _, labels, signal, label = tables
+    returns = labels["y1"].to_numpy().reshape(signal.shape)
+    out = tmp_path / "r.json"
+    rc = main(["--signals", str(sig_path), "--labels", str(lab_path), "--label", "y5", "--horizon", "5",
+               "--returns", "y1", "--cost-bps", "5", "--json", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "pnl method: realised" in printed and "'y1'" in printed and "HAC t" in printed
+    got = json.loads(out.read_text())
+    ref = evaluate(signal, label, horizon=5, cost_bps=5, returns=returns)
+    assert got["summary"]["pnl_method"] == "realised" and got["inputs"]["returns"] == "y1"
+    for key, value in ref.summary.items():
+        assert got["summary"][key] == pytest.approx(value, abs=1e-12, nan_ok=True), key
+    assert f"{got['summary']['sharpe']:+.3f}" in printed and f"{got['summary']['ic_tstat_hac']:+.2f}" in printed
+
+    rc = main(["--signals", str(sig_path), "--labels", str(lab_path), "--label", "y5", "--horizon", "5",
+               "--json", str(tmp_path / "n.json")])
+    assert rc == 0 and "pnl method: non_overlapping" in capsys.readouterr().out
+    assert json.loads((tmp_path / "n.json").read_text())["summary"]["pnl_method"] == "non_overlapping"
+    rc = main(["--signals", str(sig_path), "--labels", str(lab_path), "--label", "y5", "--returns", "y1",
+               "--json", str(tmp_path / "d.json")])
+    assert rc == 0 and "pnl method: daily" in capsys.readouterr().out
+
+
+def test_cli_missing_returns_column_is_one_line_exit_2(tables, tmp_path, capsys):
+    sig_path, lab_path, *_ = tables
+    out = tmp_path / "m.json"
+    rc = main(["--signals", str(sig_path), "--labels", str(lab_path), "--label", "y5", "--horizon", "5",
+               "--returns", "y2", "--json", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error: ") and "'y2'" in err and str(lab_path) in err and "\n" not in err
+    assert not out.exists()

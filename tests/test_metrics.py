@@ -96,9 +96,25 @@ def pandas_reference(signal, label, quantiles, min_stocks, horizon, cost_bps, pp
         if d >= horizon:
             turnover_top[d] = len(tops[d] - tops[d - horizon]) / len(tops[d])
     ls_net = ls - cost_bps * 1e-4 * turnover
-    cum = pd.Series(ls).fillna(0.0).cumsum()
-    drawdown = cum - pd.concat([pd.Series([0.0]), cum]).cummax().iloc[1:].to_numpy()
     s = pd.Series(ls).dropna()
+    sharpe, ann_return = s.mean() / s.std(ddof=1) * math.sqrt(ppy), s.mean() * ppy
+    sharpe_booked = sharpe
+    # without returns, H > 1: each book's H-day return is realised on the last day it is held (curve), and
+    # the Sharpe / return / drawdown are those of the H non-overlapping strategies (every H-th day), averaged
+    realised_on = pd.Series(ls).shift(horizon - 1)
+    cum = realised_on.fillna(0.0).cumsum()
+    drawdown = cum - pd.concat([pd.Series([0.0]), cum]).cummax().iloc[1:].to_numpy()
+    max_drawdown = drawdown.min()
+    if horizon > 1:
+        sharpes, anns, dds = [], [], []
+        for offset in range(horizon):
+            r = pd.Series(ls[offset::horizon] * horizon)
+            ok = r.dropna()
+            sharpes.append(ok.mean() / ok.std(ddof=1) * math.sqrt(ppy / horizon))
+            anns.append(ok.mean() * ppy / horizon)
+            c = r.fillna(0.0).cumsum()
+            dds.append((c - pd.concat([pd.Series([0.0]), c]).cummax().iloc[1:].to_numpy()).min())
+        sharpe, ann_return, max_drawdown = np.mean(sharpes), np.mean(anns), np.mean(dds)
     return {
         "q_means": q_means,
         "quantile_returns": np.nanmean(q_means, axis=0),
@@ -113,9 +129,10 @@ def pandas_reference(signal, label, quantiles, min_stocks, horizon, cost_bps, pp
         "pnl_long_short": s.sum(),
         "pnl_long": pd.Series(long).dropna().sum(),
         "pnl_long_short_net": pd.Series(ls_net).dropna().sum(),
-        "sharpe": s.mean() / s.std(ddof=1) * math.sqrt(ppy),
-        "ann_return": s.mean() * ppy,
-        "max_drawdown": drawdown.min(),
+        "sharpe": sharpe,
+        "sharpe_booked": sharpe_booked,
+        "ann_return": ann_return,
+        "max_drawdown": max_drawdown,
     }
 
 
@@ -213,8 +230,10 @@ def test_quantiles_pnl_turnover_equal_pandas_reference(seed, quantiles, horizon,
     for col in ("ls", "long", "turnover", "turnover_long", "ls_net", "cum_ls", "drawdown"):
         np.testing.assert_allclose(daily[col], ref[col], atol=TOL, rtol=0, equal_nan=True, err_msg=col)
     s = ev.summary
-    for key in ("pnl_long_short", "pnl_long", "pnl_long_short_net", "sharpe", "ann_return", "max_drawdown"):
+    for key in ("pnl_long_short", "pnl_long", "pnl_long_short_net", "sharpe", "ann_return", "max_drawdown",
+                "sharpe_booked"):
         assert s[key] == pytest.approx(ref[key], abs=1e-8), key
+    assert s["pnl_method"] == ("daily" if horizon == 1 else "non_overlapping")
     assert s["turnover_top"] == pytest.approx(np.nanmean(ref["turnover_top"]), abs=TOL)
     assert s["turnover"] == pytest.approx(np.nanmean(ref["turnover"]), abs=TOL)
     if cost_bps > 0:
@@ -277,8 +296,10 @@ def test_horizon_divides_pnl_and_shifts_turnover():
     five = evaluate(signal, label, horizon=5)
     np.testing.assert_allclose(five.daily["ls"] * 5, one.daily["ls"], atol=TOL, equal_nan=True)
     assert five.summary["pnl_long_short"] == pytest.approx(one.summary["pnl_long_short"] / 5, abs=TOL)
-    # the sharpe is scale-free: a horizon only rescales the daily series
-    assert five.summary["sharpe"] == pytest.approx(one.summary["sharpe"], abs=1e-9)
+    # the booked (formation-day) sharpe is scale-free: a horizon only rescales the booked series; the sharpe
+    # itself is now that of the non-overlapping H-day books (no returns given), a different strategy
+    assert five.summary["sharpe_booked"] == pytest.approx(one.summary["sharpe"], abs=1e-9)
+    assert five.summary["pnl_method"] == "non_overlapping" and one.summary["pnl_method"] == "daily"
     # a signal that never changes trades only to open its books
     _, full_label = random_panel(9, ties=False, nan_frac=0.0)
     frozen = np.tile(signal[0], (signal.shape[0], 1))
@@ -428,3 +449,276 @@ def test_evaluate_frames_equals_arrays_for_integer_and_text_symbols(symbol_dtype
     np.testing.assert_array_equal(sig, signal)  # every (date, symbol) has a row in both: the grids come back
     np.testing.assert_array_equal(lab, label)
     assert [str(s) for s in syms] == [str(s) for s in symbols] and len(dates) == 7
+
+
+# ---------------------------------------------------------------------------------------------------------
+# realised pnl of the H overlapping books, the non-overlapping fallback, Newey-West t-statistics
+# ---------------------------------------------------------------------------------------------------------
+
+
+def books_panel(seed: int, days: int = 45, stocks: int = 40):
+    """A persistent signal (overlapping books hold mostly the same names), names listing late and delisting
+    early, missing returns on held names, a thin (skipped) day and a last day whose returns are unknown."""
+    rng = np.random.default_rng(seed)
+    level = rng.normal(size=stocks)
+    signal = level + 0.4 * rng.normal(size=(days, stocks))
+    returns = 0.01 * rng.normal(size=(days, stocks)) + 0.002 * signal
+    label = returns.copy()  # any H-day label: the books are formed on it, the pnl is realised on `returns`
+    label += 0.5 * rng.normal(size=label.shape) * 0.01
+    signal[:12, :5] = np.nan  # five names list on day 12
+    signal[30:, 5:9] = np.nan  # four names delist after day 29 (their held returns still count)
+    returns[rng.random(returns.shape) < 0.1] = np.nan  # missing returns on held names count 0
+    label[rng.random(label.shape) < 0.05] = np.nan
+    signal[20, 8:] = np.nan  # day 20: a thin day, skipped: no book, but the portfolio is still held
+    returns[-1] = np.nan  # the data's last day: its next close is unknown
+    return signal, label, returns
+
+
+def realised_reference(signal, label, returns, quantiles, min_stocks, horizon, cost_bps, ppy=252):
+    """A plain per-day loop of the documented realised pnl (docs/metrics.md, "Realised pnl")."""
+    days, stocks = signal.shape
+    w_ls, w_long, w_top = (np.zeros((days, stocks)) for _ in range(3))
+    has_book = np.zeros(days, dtype=bool)
+    for d in range(days):
+        ok = np.flatnonzero(np.isfinite(signal[d]) & np.isfinite(label[d]))
+        if len(ok) < min_stocks:
+            continue
+        pos = pd.Series(signal[d, ok]).rank(method="average").to_numpy() - 1
+        bucket = np.maximum(1, np.ceil(pos * quantiles / (len(ok) - 1))).astype(int)
+        top, bottom = ok[bucket == quantiles], ok[bucket == 1]
+        if len(top) == 0 or len(bottom) == 0:
+            continue
+        has_book[d] = True
+        for s in top:
+            w_ls[d, s] += 1.0 / len(top)
+            w_long[d, s] += 1.0 / len(top)
+            w_top[d, s] = 1.0 / len(top)
+        for s in bottom:
+            w_ls[d, s] -= 1.0 / len(bottom)
+        for s in ok:
+            w_long[d, s] -= 1.0 / len(ok)
+    out = {k: np.full(days, np.nan) for k in ("pnl_ls", "pnl_long", "pnl_ls_net", "pnl_long_net", "turnover_port")}
+    before, before_top = np.zeros(stocks), np.zeros(stocks)
+    for t in range(days):
+        live = [d for d in range(max(0, t - horizon + 1), t + 1) if has_book[d]]
+        port = sum((w_ls[d] for d in live), np.zeros(stocks)) / horizon
+        port_long = sum((w_long[d] for d in live), np.zeros(stocks)) / horizon
+        port_top = sum((w_top[d] for d in live), np.zeros(stocks)) / horizon
+        traded = float(np.abs(port - before).sum())
+        traded_top = float(np.abs(port_top - before_top).sum())
+        before, before_top = port, port_top
+        if not (live or traded > 0) or not np.isfinite(returns[t]).any():
+            continue
+        pnl, pnl_long = 0.0, 0.0
+        for s in range(stocks):
+            if np.isfinite(returns[t, s]):
+                pnl += port[s] * returns[t, s]
+                pnl_long += port_long[s] * returns[t, s]
+        out["pnl_ls"][t], out["pnl_long"][t], out["turnover_port"][t] = pnl, pnl_long, traded
+        out["pnl_ls_net"][t] = pnl - cost_bps * 1e-4 * traded
+        out["pnl_long_net"][t] = pnl_long - cost_bps * 1e-4 * traded_top
+    s = pd.Series(out["pnl_ls"]).dropna()
+    cum = pd.Series(out["pnl_ls"]).fillna(0.0).cumsum()
+    out["cum_ls"] = cum.to_numpy()
+    out["max_drawdown"] = (cum - pd.concat([pd.Series([0.0]), cum]).cummax().iloc[1:].to_numpy()).min()
+    out["sharpe"] = s.mean() / s.std(ddof=1) * math.sqrt(ppy)
+    out["ann_vol"] = s.std(ddof=1) * math.sqrt(ppy)
+    out["ann_return"] = s.mean() * ppy
+    out["pnl_long_short"] = s.sum()
+    out["pnl_long_short_net"] = pd.Series(out["pnl_ls_net"]).dropna().sum()
+    net = pd.Series(out["pnl_ls_net"]).dropna()
+    out["sharpe_net"] = net.mean() / net.std(ddof=1) * math.sqrt(ppy)
+    lg = pd.Series(out["pnl_long"]).dropna()
+    out["sharpe_long"] = lg.mean() / lg.std(ddof=1) * math.sqrt(ppy)
+    return out
+
+
+@pytest.mark.parametrize("seed,quantiles,horizon,cost_bps", [(0, 5, 5, 10.0), (1, 4, 2, 0.0), (2, 3, 3, 25.0)])
+def test_realised_pnl_equals_a_per_day_loop_of_the_overlapping_books(seed, quantiles, horizon, cost_bps):
+    signal, label, returns = books_panel(seed)
+    ref = realised_reference(signal, label, returns, quantiles, 10, horizon, cost_bps)
+    ev = evaluate(signal, label, quantiles=quantiles, horizon=horizon, cost_bps=cost_bps, returns=returns)
+    assert ev.summary["pnl_method"] == "realised"
+    for col in ("pnl_ls", "pnl_long", "pnl_ls_net", "pnl_long_net", "turnover_port", "cum_ls"):
+        np.testing.assert_allclose(ev.daily[col], ref[col], atol=1e-12, rtol=0, equal_nan=True, err_msg=col)
+    for key in ("sharpe", "ann_vol", "ann_return", "max_drawdown", "pnl_long_short", "pnl_long_short_net",
+                "sharpe_net", "sharpe_long"):
+        assert ev.summary[key] == pytest.approx(ref[key], abs=1e-9), key
+    assert math.isnan(ev.daily["pnl_ls"].iloc[-1])  # the last day's returns are unknown
+    assert np.isfinite(ev.daily["pnl_ls"].iloc[20]) and math.isnan(ev.daily["ls"].iloc[20])  # held, no book
+    # the booked figures are untouched by the returns
+    plain = evaluate(signal, label, quantiles=quantiles, horizon=horizon, cost_bps=cost_bps)
+    for col in ("ls", "long", "turnover", "ls_net", "ic", "rank_ic"):
+        pd.testing.assert_series_equal(ev.daily[col], plain.daily[col])
+    for key in ("ic", "ic_tstat", "ic_tstat_hac", "ls_mean", "long_mean", "turnover", "sharpe_booked"):
+        assert ev.summary[key] == plain.summary[key], key
+
+
+def test_realised_pnl_is_the_daily_pnl_at_horizon_one_and_spreads_the_booked_mean():
+    signal, _, returns = books_panel(3)
+    one = evaluate(signal, returns, horizon=1, cost_bps=10.0)
+    also = evaluate(signal, returns, horizon=1, cost_bps=10.0, returns=returns)
+    assert one.summary["pnl_method"] == also.summary["pnl_method"] == "daily"
+    pd.testing.assert_frame_equal(one.daily, also.daily)
+    assert one.summary == also.summary
+    np.testing.assert_array_equal(one.daily["pnl_ls"], one.daily["ls"])
+    assert one.summary["sharpe"] == one.summary["sharpe_booked"]
+    # the loop reference at H = 1 with returns = label is the daily series on every book day (the daily
+    # series has no row for day 20, skipped: the loop books a zero pnl and the cost of closing day 19's book)
+    ref = realised_reference(signal, returns, returns, 5, 10, 1, 10.0)
+    book = one.daily["ls"].notna().to_numpy()
+    assert not book[20] and ref["pnl_ls"][20] == 0.0 and ref["pnl_ls_net"][20] < 0
+    np.testing.assert_allclose(one.daily["ls"][book], ref["pnl_ls"][book], atol=1e-12)
+    np.testing.assert_allclose(one.daily["ls_net"][book], ref["pnl_ls_net"][book], atol=1e-12)
+
+
+def test_realised_sharpe_is_below_the_booked_one_for_a_persistent_signal():
+    """Overlapping books hold mostly the same names: the booked series' spread is far too small."""
+    rng = np.random.default_rng(4)
+    days, stocks, horizon = 250, 120, 5
+    alpha = np.cumsum(rng.normal(size=(days, stocks)) * 0.2, axis=0) * 0.1 + rng.normal(size=stocks)
+    alpha = alpha * 0.0015
+    returns = alpha + 0.015 * rng.normal(size=(days, stocks))
+    label = np.full_like(returns, np.nan)
+    for d in range(days - horizon):
+        label[d] = returns[d:d + horizon].sum(axis=0)
+    ev = evaluate(alpha, label, horizon=horizon, returns=returns)
+    s = ev.summary
+    assert s["pnl_method"] == "realised"
+    assert s["sharpe"] < 0.75 * s["sharpe_booked"] and s["ann_vol"] > 1.5 * s["ann_vol_booked"]
+    assert s["ann_return"] == pytest.approx(s["ls_mean"] * 252, rel=0.1)  # the same mean, spread out
+    assert s["ic_tstat_hac"] < s["ic_tstat"]
+
+
+@pytest.mark.parametrize("block_days", [1, 3, 7])
+def test_realised_pnl_crosses_blocks(monkeypatch, block_days):
+    """A block's last books are realised on the returns of the days after it (the next block's)."""
+    import crnn_ray.metrics as metrics
+
+    signal, label, returns = books_panel(5, days=40, stocks=31)
+    whole = evaluate(signal, label, quantiles=4, horizon=5, cost_bps=20.0, returns=returns)
+    monkeypatch.setattr(metrics, "_BLOCK_ELEMENTS", 31 * block_days)
+    blocked = evaluate(signal, label, quantiles=4, horizon=5, cost_bps=20.0, returns=returns)
+    for col in ("pnl_ls", "pnl_long", "pnl_ls_net", "turnover_port", "cum_ls"):
+        np.testing.assert_allclose(blocked.daily[col], whole.daily[col], atol=1e-14, rtol=0, equal_nan=True)
+    for key, value in whole.summary.items():
+        assert blocked.summary[key] == pytest.approx(value, abs=1e-12, nan_ok=True), key
+
+
+def test_returns_are_checked_and_named():
+    signal, label, returns = books_panel(6, days=25, stocks=15)
+    with pytest.raises(CliError, match="returns shape"):
+        evaluate(signal, label, horizon=5, returns=returns[:, :4])
+    with pytest.raises(CliError, match="returns"):
+        evaluate(signal, label, horizon=5, returns=np.zeros(20))
+
+
+def newey_west_loop(x, lags):
+    """An explicit loop over the autocovariances (Bartlett weights, small-sample factor n / (n - 1))."""
+    x = [v for v in x if np.isfinite(v)]
+    n = len(x)
+    mean = sum(x) / n
+    gamma = []
+    for j in range(lags + 1):
+        acc = 0.0
+        for t in range(j, n):
+            acc += (x[t] - mean) * (x[t - j] - mean)
+        gamma.append(acc / n)
+    s = gamma[0] + 2 * sum((1 - j / (lags + 1)) * gamma[j] for j in range(1, lags + 1))
+    return mean / math.sqrt(s * n / (n - 1) / n)
+
+
+def test_newey_west_tstat_equals_a_loop_and_plain_t_at_zero_lags():
+    from crnn_ray.metrics import hac_lags, newey_west_tstat
+
+    rng = np.random.default_rng(9)
+    e = rng.normal(size=304)
+    x = 0.1 + e[4:] + e[3:-1] + e[2:-2] + e[1:-3] + e[:-4]  # MA(4): an overlapping 5-day label's figure
+    x[[7, 50, 51]] = np.nan
+    for lags in (0, 1, 4, 9):
+        assert newey_west_tstat(x, lags) == pytest.approx(newey_west_loop(x, lags), rel=1e-12), lags
+    ok = x[np.isfinite(x)]
+    assert newey_west_tstat(x, 0) == pytest.approx(ok.mean() / (ok.std(ddof=1) / math.sqrt(ok.size)), rel=1e-12)
+    assert newey_west_tstat(x, 4) < 0.6 * newey_west_tstat(x, 0)  # the plain t overstates on overlapping days
+    assert math.isnan(newey_west_tstat([1.0, np.nan], 2)) and math.isnan(newey_west_tstat([2.0, 2.0, 2.0], 1))
+    assert newey_west_tstat(x[:5], 50) == pytest.approx(newey_west_loop(x[:5], 4), rel=1e-12)  # lags <= n - 1
+    # max(H - 1, floor(4 (n / 100)^(2/9)))
+    assert [hac_lags(73, 5), hac_lags(73, 1), hac_lags(1000, 1), hac_lags(1000, 10), hac_lags(0, 3)] == [4, 3, 6, 9, 2]
+
+
+def test_evaluate_reports_hac_t_statistics_with_the_lag_rule():
+    from crnn_ray.metrics import hac_lags
+
+    signal, label, returns = books_panel(7, days=60)
+    ev = evaluate(signal, label, horizon=5, returns=returns)
+    s = ev.summary
+    assert s["hac_lags"] == hac_lags(s["n_days"], 5) == 4
+    assert s["ic_tstat_hac"] == pytest.approx(newey_west_loop(ev.daily["ic"].to_numpy(), 4), rel=1e-12)
+    assert s["rank_ic_tstat_hac"] == pytest.approx(newey_west_loop(ev.daily["rank_ic"].to_numpy(), 4), rel=1e-12)
+    pnl = ev.daily["pnl_ls"].dropna()
+    assert s["ls_tstat"] == pytest.approx(pnl.mean() / (pnl.std(ddof=1) / math.sqrt(len(pnl))), rel=1e-12)
+    assert s["ls_tstat_hac"] == pytest.approx(newey_west_loop(pnl.to_numpy(), 4), rel=1e-12)
+    assert s["n_days_pnl"] == len(pnl)
+    # without returns the t of the mean daily pnl is that of the booked (overlapping) series
+    fallback = evaluate(signal, label, horizon=5).summary
+    booked = ev.daily["ls"].dropna()
+    assert fallback["ls_tstat"] == pytest.approx(booked.mean() / (booked.std(ddof=1) / math.sqrt(len(booked))))
+    assert fallback["ls_tstat_hac"] == pytest.approx(newey_west_loop(booked.to_numpy(), 4), rel=1e-12)
+
+
+def test_non_overlapping_fallback_books_every_hth_day_and_averages_the_offsets():
+    signal, label, _ = books_panel(8, days=50)
+    horizon = 4
+    ev = evaluate(signal, label, horizon=horizon, cost_bps=15.0)
+    s = ev.summary
+    assert s["pnl_method"] == "non_overlapping"
+    ls = ev.daily["ls"].to_numpy()
+    sharpes, vols, dds = [], [], []
+    for offset in range(horizon):
+        r = ls[offset::horizon] * horizon  # one full-capital H-day book every H days
+        ok = r[np.isfinite(r)]
+        sharpes.append(ok.mean() / ok.std(ddof=1) * math.sqrt(252 / horizon))
+        vols.append(ok.std(ddof=1) * math.sqrt(252 / horizon))
+        peak, cum, worst = 0.0, 0.0, 0.0
+        for v in np.nan_to_num(r):
+            cum += v
+            peak = max(peak, cum)
+            worst = min(worst, cum - peak)
+        dds.append(worst)
+    assert s["sharpe"] == pytest.approx(np.mean(sharpes), rel=1e-12)
+    assert s["ann_vol"] == pytest.approx(np.mean(vols), rel=1e-12)
+    assert s["max_drawdown"] == pytest.approx(np.mean(dds), rel=1e-12)
+    assert s["pnl_long_short"] == pytest.approx(np.nansum(ls), abs=1e-12)  # = the mean of the offsets' totals
+    # each book's H-day return is booked on the last day it is held
+    np.testing.assert_allclose(ev.daily["pnl_ls"].iloc[horizon - 1:], ls[:-(horizon - 1)], equal_nan=True)
+    assert ev.daily["pnl_ls"].iloc[:horizon - 1].isna().all()
+    np.testing.assert_allclose(ev.daily["cum_ls"], np.cumsum(np.nan_to_num(ev.daily["pnl_ls"])), atol=1e-15)
+
+
+def test_evaluate_frames_passes_the_returns_column():
+    signal, label, returns = books_panel(10, days=25, stocks=30)
+    dates = pd.bdate_range("2023-03-01", periods=25)
+    symbols = [f"S{i:02d}" for i in range(30)]
+    grid = pd.MultiIndex.from_product([dates, symbols], names=["date", "symbol"]).to_frame(index=False)
+    sig_df = grid.assign(signal=signal.ravel())
+    sig_df = sig_df[np.isfinite(sig_df["signal"])]  # names without a signal on a day have no signal row
+    lab_df = grid.assign(y5=label.ravel(), y1=returns.ravel()).sample(frac=1.0, random_state=3)
+    ev = evaluate_frames(sig_df, lab_df, "y5", horizon=5, returns_col="y1")
+    ref = evaluate(signal, label, horizon=5, returns=returns)
+    for key, value in ref.summary.items():
+        assert ev.summary[key] == pytest.approx(value, abs=1e-12, nan_ok=True), key
+    np.testing.assert_allclose(ev.daily["pnl_ls"], ref.daily["pnl_ls"], atol=1e-15, equal_nan=True)
+    *_, ret = align_frames(sig_df, lab_df, "y5", returns_col="y1")
+    np.testing.assert_array_equal(ret, returns)  # held names' returns arrive without a signal row too
+    with pytest.raises(CliError, match="'y9'"):
+        evaluate_frames(sig_df, lab_df, "y5", horizon=5, returns_col="y9")
+
+
+def test_fewer_days_than_the_horizon_and_no_day_give_nan_not_a_crash():
+    rng = np.random.default_rng(12)
+    for days in (0, 3):
+        signal, label, returns = (rng.normal(size=(days, 20)) for _ in range(3))
+        for kw in ({"returns": returns}, {}):
+            s = evaluate(signal, label, horizon=5, **kw).summary
+            assert s["pnl_method"] == ("realised" if kw else "non_overlapping") and s["hac_lags"] == 4
+            assert s["n_days_pnl"] == (days if kw else 0)

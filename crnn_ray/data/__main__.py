@@ -20,6 +20,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--days", type=int, default=600)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--horizon", type=int, default=defaults.HORIZON)
+    s.add_argument("--preset", default="easy", choices=["easy", "realistic"],
+                   help="easy: the quickstart market (oracle IC ~0.155); realistic: oracle IC ~0.04, fat-tailed "
+                   "shocks, stronger sectors (docs/data.md)")
     s.add_argument("--out", required=True, help="output panel .parquet")
     i = sub.add_parser("ingest", help="turn a long OHLCV table (CSV / Parquet) into a panel")
     i.add_argument("--ohlcv", required=True, help="input table: date, symbol and any of open/high/low/close/volume")
@@ -59,6 +62,10 @@ def inspect_text(path: str) -> str:
         h = panel.meta.get("horizons", {}).get(name)
         lines.append(f"  label    {name} (horizon {h}): {np.isfinite(y).mean():.1%} finite, "
                      f"{(np.isfinite(y) & panel.mask).sum()} usable samples")
+    returns = panel.meta.get("returns")
+    if returns:
+        lines.append(f"  returns  {returns} (1-day forward return: realises the pnl of overlapping H-day books)"
+                     + ("" if panel.returns() is not None else " -- not in the file"))
     if panel.meta.get("oracle_ic"):
         lines.append("  oracle IC " + ", ".join(f"{k} {v:.4f}" for k, v in panel.meta["oracle_ic"].items()))
     if panel.meta.get("params"):
@@ -73,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         from crnn_ray.data.synth import summary, synthesize
 
         out = _out_path(args.out)
-        df, meta = synthesize(args.symbols, args.days, args.seed, horizon=args.horizon)
+        df, meta = synthesize(args.symbols, args.days, args.seed, horizon=args.horizon, preset=args.preset)
         save_panel(df, out, meta)
         print(summary(df, meta))
         print(f"wrote {out}")

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from crnn_ray.data.panel import PANEL_VERSION, _parse_dates, check_duplicates
+from crnn_ray.data.panel import PANEL_VERSION, RETURNS, _parse_dates, check_duplicates
 from crnn_ray.io import CliError
 
 #: column aliases (lower-cased, spaces/dashes -> underscores) accepted for each OHLCV field
@@ -174,12 +174,16 @@ def ingest_ohlcv(df: pd.DataFrame, horizon: int = 5, *, date_col: str | None = N
     feats, jump = compute_features(wide, max_jump=max_jump)
     label = f"y{int(horizon)}"
     y = forward_return(wide["close"], int(horizon), jump)
+    # the 1-day forward return (same rules: calendar, missing ends, jumps) realises the pnl of H-day books
+    y_1 = y if label == RETURNS else forward_return(wide["close"], 1, jump)
 
     names = feature_names(set(fields))
     out = {"date": uniq_dates[di], "symbol": uniq_syms[si].astype(object)}
     for name in names:
         out[name] = feats[name].to_numpy()[di, si].astype(np.float32)
     out[label] = y.to_numpy()[di, si].astype(np.float32)
+    if label != RETURNS:
+        out[RETURNS] = y_1.to_numpy()[di, si].astype(np.float32)
     for f in fields:
         out[f] = values[f]
     out["suspect_jump"] = jump.to_numpy()[di, si]
@@ -188,8 +192,9 @@ def ingest_ohlcv(df: pd.DataFrame, horizon: int = 5, *, date_col: str | None = N
     meta = {
         "version": PANEL_VERSION,
         "features": names,
-        "labels": [label],
-        "horizons": {label: int(horizon)},
+        "labels": [label] + ([RETURNS] if label != RETURNS else []),
+        "horizons": {label: int(horizon), RETURNS: 1},
+        "returns": RETURNS,
         "source": "ingest",
         "params": {"max_jump": float(max_jump), "columns": {k: str(v) for k, v in cols.items()},
                    "n_suspect_jumps": int(jump.to_numpy().sum()), "n_zero_volume_rows": int(zero_volume.to_numpy().sum())},

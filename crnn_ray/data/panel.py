@@ -24,6 +24,9 @@ from crnn_ray.io import CliError, write_parquet_atomic
 META_KEY = "crnn_ray"
 #: panel format version written into the metadata
 PANEL_VERSION = 1
+#: the 1-day forward return column synth and ingest always write (returns[d] = close_{d+1} / close_d - 1, the
+#: convention of a y1 label at d), named by the metadata key "returns"
+RETURNS = "y1"
 #: raw / bookkeeping columns that are never features when a file has no metadata (CSV)
 NON_FEATURE_COLUMNS = {"date", "symbol", "open", "high", "low", "close", "volume", "suspect_jump"}
 _LABEL_RE = re.compile(r"^y(\d+)$")
@@ -42,6 +45,16 @@ class Panel:
     symbols: np.ndarray
     features: list[str]
     meta: dict = field(default_factory=dict)
+    #: float32 [D, S] 1-day forward returns (NaN unknown), loaded whatever `labels` selected; see returns()
+    forward_returns: np.ndarray | None = None
+
+    def returns(self) -> np.ndarray | None:
+        """The [D, S] 1-day forward returns (returns[d, s] = close_{d+1} / close_d - 1, as a y1 label at d) that
+        realise the pnl of overlapping H-day books (metrics.evaluate(returns=...)); None when the panel has none."""
+        if self.forward_returns is not None:
+            return self.forward_returns
+        name = self.meta.get("returns") or RETURNS
+        return self.labels.get(name)
 
     def label(self, name: str) -> np.ndarray:
         if name not in self.labels:
@@ -197,6 +210,15 @@ def load_panel(path: str | Path, features: list[str] | None = None, labels: list
         arr = np.full((D, S), np.nan, dtype=np.float32)
         arr[day_idx, sym_idx] = df[name].to_numpy(dtype=np.float32, na_value=np.nan)
         lab_arrays[name] = arr
+    # the 1-day forward returns, also when `labels` did not ask for them (the realised pnl needs them)
+    returns_col = meta.get("returns") or (RETURNS if RETURNS in df.columns else None)
+    forward_returns = None
+    if returns_col in lab_arrays:
+        forward_returns = lab_arrays[returns_col]
+    elif returns_col is not None and returns_col in df.columns:
+        check_numeric(df, [returns_col], where)
+        forward_returns = np.full((D, S), np.nan, dtype=np.float32)
+        forward_returns[day_idx, sym_idx] = df[returns_col].to_numpy(dtype=np.float32, na_value=np.nan)
     meta = dict(meta)
     meta.setdefault("version", PANEL_VERSION)
     meta["features"], meta["labels"] = feats, labs
@@ -209,7 +231,7 @@ def load_panel(path: str | Path, features: list[str] | None = None, labels: list
     meta.setdefault("source", "file")
     meta["path"] = str(path.resolve())
     return Panel(X=X, mask=mask, labels=lab_arrays, dates=uniq_dates, symbols=uniq_syms.astype(object),
-                 features=feats, meta=meta)
+                 features=feats, meta=meta, forward_returns=forward_returns)
 
 
 def save_panel(df: pd.DataFrame, path: str | Path, meta: dict) -> None:

@@ -12,6 +12,10 @@ Planted score at day t (each term standardised across stocks that day):
   * attention     -[max(volume_rel_{t-4..t}) > 1]               (threshold over recent days)
 The score s_t adds a drift of k*s_t/H to each of days t+1..t+H, so the planted expected H-day return known
 at t is  sum_{m=0..H-1} k*(H-m)/H * s_{t-m}.
+
+Presets (docs/data.md): "easy" (the default, the quickstart's market: oracle IC ~0.155) and "realistic" (oracle
+IC ~0.04 as strong real daily signals, Student-t idiosyncratic shocks, stronger sector moves). Every panel also
+carries the 1-day forward return `y1` (the realised pnl of overlapping H-day books needs it).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import pandas as pd
 from scipy.signal import lfilter
 
 from crnn_ray.data.ingest import compute_features, forward_return
-from crnn_ray.data.panel import PANEL_VERSION
+from crnn_ray.data.panel import PANEL_VERSION, RETURNS
 from crnn_ray.io import CliError
 from crnn_ray.metrics import daily_ic, zscore_by_day
 
@@ -34,11 +38,26 @@ N_SECTORS = 10
 BURN_IN = 40
 #: planted signal strength: total H-day drift per unit of score (tuned for an oracle IC around 0.15)
 SIGNAL_STRENGTH = 0.0018
+#: market presets: planted signal strength, idiosyncratic shock law (None: normal; else Student-t with that many
+#: degrees of freedom, scaled to unit variance) and the daily vol of the sector factors
+PRESETS = {
+    "easy": {"signal_strength": SIGNAL_STRENGTH, "idio_dof": None, "sector_vol": 0.006},
+    "realistic": {"signal_strength": 0.00055, "idio_dof": 4, "sector_vol": 0.012},
+}
 
 
 def synthesize(n_symbols: int = 300, n_days: int = 600, seed: int = 0, horizon: int = 5,
-               signal_strength: float = SIGNAL_STRENGTH) -> tuple[pd.DataFrame, dict]:
-    """Generate the synthetic panel: (long DataFrame with features, label, raw OHLCV, oracle; metadata)."""
+               signal_strength: float | None = None, preset: str = "easy") -> tuple[pd.DataFrame, dict]:
+    """Generate the synthetic panel: (long DataFrame with features, label, y1, raw OHLCV, oracle; metadata).
+
+    `preset`: "easy" (today's market, bit-identical) or "realistic" (see PRESETS, docs/data.md);
+    `signal_strength` (None: the preset's) overrides the planted drift per unit of score.
+    """
+    if preset not in PRESETS:
+        raise CliError(f"--preset must be one of {', '.join(PRESETS)} (got {preset!r})")
+    knobs = PRESETS[preset]
+    if signal_strength is None:
+        signal_strength = knobs["signal_strength"]
     if n_symbols < 10:
         raise CliError(f"--symbols must be >= 10 (got {n_symbols})")
     if n_days < 60:
@@ -77,8 +96,10 @@ def synthesize(n_symbols: int = 300, n_days: int = 600, seed: int = 0, horizon: 
     var_m = 0.01 ** 2
     var_i = idio_base ** 2
     z_m = rng.standard_normal(T)
-    z_sec = rng.standard_normal((T, N_SECTORS)) * 0.006
-    z_i = rng.standard_normal((T, S))
+    z_sec = rng.standard_normal((T, N_SECTORS)) * knobs["sector_vol"]
+    dof = knobs["idio_dof"]
+    # fat tails: Student-t shocks scaled to unit variance, so the GARCH vol is the same as with normal shocks
+    z_i = rng.standard_normal((T, S)) if dof is None else rng.standard_t(dof, (T, S)) / np.sqrt(dof / (dof - 2.0))
     r_m = np.empty(T)
     r_i = np.empty((T, S))
     sig_i = np.empty((T, S))
@@ -136,6 +157,7 @@ def synthesize(n_symbols: int = 300, n_days: int = 600, seed: int = 0, horizon: 
     feats, jump = compute_features(wide)
     label = f"y{H}"
     y = forward_return(wide["close"], H, jump).to_numpy()
+    y_1 = y if H == 1 else forward_return(wide["close"], 1, jump).to_numpy()
 
     # --- drop burn-in, long table ---------------------------------------------------------------------------
     keep = slice(BURN_IN, T)
@@ -149,6 +171,8 @@ def synthesize(n_symbols: int = 300, n_days: int = 600, seed: int = 0, horizon: 
     for name, c in zip(CHAR_FEATURES, chars):
         cols[name] = c[keep][di, si].astype(np.float32)
     cols[label] = y[keep][di, si].astype(np.float32)
+    if label != RETURNS:
+        cols[RETURNS] = y_1[keep][di, si].astype(np.float32)
     for name in ("open", "high", "low", "close", "volume"):
         cols[name] = wide[name].to_numpy()[keep][di, si]
     oracle_col = f"oracle_{label}"
@@ -167,12 +191,14 @@ def synthesize(n_symbols: int = 300, n_days: int = 600, seed: int = 0, horizon: 
     meta = {
         "version": PANEL_VERSION,
         "features": FEATURES,
-        "labels": [label],
-        "horizons": {label: H},
+        "labels": [label] + ([RETURNS] if label != RETURNS else []),
+        "horizons": {label: H, RETURNS: 1},
+        "returns": RETURNS,
         "source": "synth",
         "oracle_ic": {label: round(oracle_ic, 6)},
-        "params": {"n_symbols": S, "n_days": int(n_days), "seed": int(seed), "horizon": H,
-                   "signal_strength": k, "n_sectors": N_SECTORS, "burn_in": BURN_IN,
+        "params": {"n_symbols": S, "n_days": int(n_days), "seed": int(seed), "horizon": H, "preset": preset,
+                   "signal_strength": k, "idio_dof": dof, "sector_vol": knobs["sector_vol"],
+                   "n_sectors": N_SECTORS, "burn_in": BURN_IN,
                    "oracle_columns": {label: oracle_col},
                    "oracle_ic_rows": "all features finite and label finite; days with >= 10 stocks"},
     }
@@ -185,5 +211,6 @@ def summary(df: pd.DataFrame, meta: dict) -> str:
     return (f"synthetic market: {len(df)} rows, {df['symbol'].nunique()} symbols x {df['date'].nunique()} days "
             f"({pd.Timestamp(df['date'].min()).date()} .. {pd.Timestamp(df['date'].max()).date()}), "
             f"{len(meta['features'])} features ({', '.join(meta['features'])}), label {label} "
-            f"(forward return over t+1..t+{meta['horizons'][label]}), seed {meta['params']['seed']}; "
+            f"(forward return over t+1..t+{meta['horizons'][label]}; 1-day returns {meta.get('returns', RETURNS)}), "
+            f"preset {meta['params'].get('preset', 'easy')}, seed {meta['params']['seed']}; "
             f"oracle IC {meta['oracle_ic'][label]:.4f} (planted expected return vs realised {label}).")

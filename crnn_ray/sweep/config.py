@@ -211,7 +211,7 @@ def _parse_data(c: Checker, raw: Any) -> DataConfig:
 
 #: data.synth keys -> crnn_ray.data.synthesize keyword (the sweep config speaks the CLI's words)
 SYNTH_KEYS = {"symbols": "n_symbols", "days": "n_days", "seed": "seed", "horizon": "horizon",
-              "signal_strength": "signal_strength"}
+              "signal_strength": "signal_strength", "preset": "preset"}  # preset: crnn_ray.data.synth.PRESETS
 SYNTH_MIN = {"symbols": 10, "days": 60, "horizon": 1, "seed": 0}
 
 
@@ -222,6 +222,8 @@ def _parse_synth(c: Checker, synth: dict) -> dict:
         where = f"data.synth.{key}"
         if key == "signal_strength":
             out[key] = nonneg_number(c, value, where)
+        elif key == "preset":
+            out[key] = choice("easy", "realistic")(c, value, where)
         else:
             out[key] = int_at_least(SYNTH_MIN[key])(c, value, where)
     return out

@@ -176,6 +176,7 @@ def baseline_rows(panel, splits, label: str, lookback: int, clip: float, rank_la
     signals = baseline_signals(panel, splits.train, label, lookback, clip=clip, rank_label=rank_label)
     raw = panel.label(label)
     horizon = panel.horizon(label) if hasattr(panel, "horizon") else 1
+    returns = panel.returns() if hasattr(panel, "returns") else None  # the realised pnl of the H live books
     rows = []
     for name, signal in signals.items():
         row: dict[str, Any] = {"variant_id": f"baseline/{name}", "spec": name, "family": "baseline", "n_seeds": 1,
@@ -186,7 +187,8 @@ def baseline_rows(panel, splits, label: str, lookback: int, clip: float, rank_la
             lo_hi = getattr(splits, part, None)
             summary = {} if lo_hi is None else evaluate(
                 signal[lo_hi[0]:lo_hi[1] + 1], raw[lo_hi[0]:lo_hi[1] + 1], horizon=horizon,
-                dates=panel.dates[lo_hi[0]:lo_hi[1] + 1]).summary
+                dates=panel.dates[lo_hi[0]:lo_hi[1] + 1],
+                returns=None if returns is None else returns[lo_hi[0]:lo_hi[1] + 1]).summary
             for m in LEADERBOARD_METRICS:
                 if METRICS[m].part == part:
                     row[f"{m}_mean"], row[f"{m}_std"] = _num(summary.get(METRICS[m].summary_key)), math.nan

@@ -191,6 +191,7 @@ class _EvalPart:
     lo: int                         # its first day
     label: np.ndarray               # raw label [days of the part, S]
     dates: np.ndarray
+    returns: np.ndarray | None = None  # 1-day forward returns [days of the part, S]: realised pnl (H > 1)
 
 
 @dataclass
@@ -222,10 +223,12 @@ class _TrainData:
                                f"and label {cfg.label!r}")
         day_starts, day_counts = _day_segments(rows["train"][:, 0])
         eval_parts = {}
+        returns = panel.returns() if hasattr(panel, "returns") else None  # None: evaluate's fallback pnl
         for part in [p for p in ("valid", "select") if p in rows]:
             lo, hi = (int(d) for d in getattr(splits, part))
             eval_parts[part] = _EvalPart(torch.from_numpy(rows[part]).to(device), rows[part], lo,
-                                         raw_label[lo:hi + 1], panel.dates[lo:hi + 1])
+                                         raw_label[lo:hi + 1], panel.dates[lo:hi + 1],
+                                         None if returns is None else returns[lo:hi + 1])
         return cls(
             X=torch.from_numpy(np.ascontiguousarray(X)).to(device),
             y=torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32)).to(device),
@@ -332,7 +335,8 @@ def _validate(forward, model, data: _TrainData, cfg: TrainConfig, epoch: int) ->
         if not np.isfinite(signal[part.index[:, 0] - part.lo, part.index[:, 1]]).all():
             return {}, f"non-finite {name} predictions at epoch {epoch}" if name != "valid" else \
                 f"non-finite validation predictions at epoch {epoch}"
-        summaries[name] = evaluate(signal, part.label, horizon=data.horizon, dates=part.dates).summary
+        summaries[name] = evaluate(signal, part.label, horizon=data.horizon, dates=part.dates,
+                                   returns=part.returns).summary
     return summaries, ""
 
 
