@@ -97,7 +97,9 @@ def test_outputs_agree_with_evaluate_and_show_oracle(experiment, scored, tmp_pat
         assert f"figures/{fig}" in html and (out / "figures" / fig).read_bytes()[:4] == b"\x89PNG"
     assert "oracle IC" in html and "Sweep leaderboard" in html and names[0] in html
     labels = pd.read_parquet(out / "labels.parquet")
-    assert list(labels.columns) == ["date", "symbol", "y5"] and labels["y5"].notna().all()
+    # the label and the 1-day forward returns that realise the pnl (a held name's return is kept on rows whose
+    # H-day label is already unknown)
+    assert list(labels.columns) == ["date", "symbol", "y5", "y1"] and labels[["y5", "y1"]].notna().any(axis=1).all()
 
 
 def hand_signal(sig: pd.DataFrame, names: list[str], method: str, weights: np.ndarray) -> np.ndarray:
@@ -323,3 +325,26 @@ def test_declared_gpu_takes_the_cuda_path_and_matches(experiment, scored, tmp_pa
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "on the ray path" in proc.stdout and "1 actors x 0.5 CPU" in proc.stdout
     assert partitions(out) == partitions(scored)
+
+
+def test_report_has_baselines_and_the_selected_member_comparison(experiment, scored, tmp_path, capsys):
+    metrics = json.loads((scored / "metrics.json").read_text())
+    assert set(metrics["baselines"]) == {"ridge", "reversal"}
+    assert metrics["baselines"]["ridge"]["n_days"] == metrics["ensemble"]["summary"]["n_days"]
+    vs = metrics["vs_selected_member"]
+    trials = pd.read_parquet(experiment / "trials.parquet").sort_values(["select_ic", "trial_id"],
+                                                                        ascending=[False, True])
+    assert vs["trial_id"] == trials["trial_id"].iloc[0] and vs["in_ensemble"]
+    assert vs["ic_member"] == metrics["members"][vs["member"]]["summary"]["ic"]
+    assert vs["ic_ensemble"] == metrics["ensemble"]["summary"]["ic"]
+    assert metrics["seed_average"] and metrics["selection"]["rule"] == "top_k"
+    html = (scored / "report.html").read_text()
+    assert "vs selected member" in html and "baseline ridge" in html and "select IC" in html
+    # greedy: chosen on the selection split; the selected member is predicted even when left out
+    out = tmp_path / "greedy"
+    rc, printed, _ = run(["--experiment", experiment, "--out", out, "--in-process", "--selection", "greedy"], capsys)
+    assert rc == 0 and "greedy selection on " in printed and "ensemble vs selected member " in printed
+    g = json.loads((out / "metrics.json").read_text())
+    assert g["selection"]["rule"] == "greedy" and g["selection"]["trace"][0]["unit"] == g["selection"]["pool"][0]
+    assert g["selection"]["split"][1] < g["period"]["start"]
+    assert list(read_signals(out).columns)[3:] == list(g["weights"])  # one column per ensemble trial only

@@ -218,3 +218,120 @@ def test_latest_is_the_panels_last_date_and_excludes_start_end(tmp_path, capsys)
         err = capsys.readouterr().err
         assert rc == 2 and err.count("\n") == 1 and err.startswith("error: --latest")
         assert not out.exists()
+
+
+# ------------------------------------------------------------------ seed averaging, greedy, vs selected member
+def test_seed_average_groups_seeds_and_averages_their_z_scores(tmp_path):
+    from crnn_ray.score.ensemble import ensemble_signal, ensemble_units, unit_standardised
+    from crnn_ray.score.select import select_units
+
+    exp = tmp_path / "exp"
+    hp = {"hparams": "{}"}
+    write_trials(exp, [
+        {"trial_id": "t0", "variant_id": "a", "seed": 0, "status": "ok", "valid_ic": 0.02, "select_ic": 0.01, **hp},
+        {"trial_id": "t1", "variant_id": "a", "seed": 1, "status": "ok", "valid_ic": 0.04, "select_ic": 0.05, **hp},
+        {"trial_id": "t2", "variant_id": "b", "seed": 0, "status": "ok", "valid_ic": 0.09, "select_ic": 0.04, **hp},
+        {"trial_id": "t3", "variant_id": "b", "seed": 1, "status": "diverged", "valid_ic": 0.09, "select_ic": 0.09,
+         **hp},
+        {"trial_id": "t4", "variant_id": "a", "seed": 0, "status": "ok", "valid_ic": 0.01, "select_ic": 0.02,
+         "hparams": '{"lr": 0.1}'},
+    ])
+    units, ranked = select_units(exp, "select_ic", seed_average=True)
+    assert [m.trial_id for m in ranked] == ["t1", "t2", "t4", "t0"]
+    assert [u.name for u in units] == ["b", "a#t0", "a#t4"]  # a/{} mean 0.03 < b 0.04; a/{lr} 0.02
+    assert [[m.trial_id for m in u.members] for u in units] == [["t2"], ["t1", "t0"], ["t4"]]
+    np.testing.assert_allclose([u.select_value for u in units], [0.04, 0.03, 0.02])
+    np.testing.assert_allclose(units[1].valid_ic, 0.03)
+    plain, _ = select_units(exp, "select_ic", seed_average=False)  # off: one unit per trial, today's order
+    assert [u.members[0].trial_id for u in plain[:3]] == [m.trial_id for m in select_members(exp, 3, "select_ic")]
+
+    rng = np.random.default_rng(3)
+    preds = rng.normal(size=(5, 8, 3)) * np.array([1.0, 7.0, 0.1]) + 2.0
+    preds[:, 7] = np.nan  # a stock never scored
+    preds[1, :7, 2] = 4.0  # a constant member-day
+    groups = [[0, 2], [1]]
+    got = unit_standardised(preds, groups, "mean")
+    for d in range(5):
+        p = preds[d, :7]
+        z = np.where(p.std(0) > 0, (p - p.mean(0)) / np.where(p.std(0) > 0, p.std(0), 1), 0.0)
+        avg = z[:, [0, 2]].mean(1)
+        np.testing.assert_allclose(got[d, :7, 0], (avg - avg.mean()) / avg.std(), atol=1e-12)
+        np.testing.assert_allclose(got[d, :7, 1], z[:, 1], atol=1e-12)
+    sig = ensemble_units(preds, groups, "ic_weighted", np.array([0.25, 0.75]))
+    np.testing.assert_allclose(sig[:, :7], got[:, :7] @ [0.25, 0.75], atol=1e-12)
+    assert np.isnan(sig[:, 7]).all()
+    w = np.array([0.5, 0.3, 0.2])  # singleton units in column order: exactly today's per-member signal
+    assert np.array_equal(ensemble_units(preds, [[0], [1], [2]], "rank_mean", w),
+                          ensemble_signal(preds, "rank_mean", w), equal_nan=True)
+
+
+def _greedy_market(seed=0, days=60, stocks=50):
+    rng = np.random.default_rng(seed)
+    label = rng.normal(size=(days, stocks))
+    noise = rng.normal(size=(days, stocks))
+    units = np.stack([label + 2.0 * noise,                               # 0: best alone
+                      label + 2.0 * noise + 0.3 * rng.normal(size=(days, stocks)),  # 1: near-duplicate of 0
+                      label + 2.5 * rng.normal(size=(days, stocks)),     # 2: weaker, independent errors
+                      rng.normal(size=(days, stocks))], axis=-1)         # 3: noise
+    return units, label
+
+
+def test_greedy_selection_prefers_diverse_units_and_stops_when_ic_stops_rising():
+    from crnn_ray.metrics import zscore_by_day
+    from crnn_ray.score.ensemble import greedy_select
+
+    units, label = _greedy_market()
+    z = np.stack([zscore_by_day(units[..., k]) for k in range(units.shape[-1])], axis=-1)
+
+    def ic(idx):  # plain per-day Pearson loop
+        s = z[..., idx].mean(-1)
+        return float(np.mean([np.corrcoef(s[d], label[d])[0, 1] for d in range(len(s))]))
+
+    def corr(a, b):
+        return float(np.mean([np.corrcoef(z[d, :, a], z[d, :, b])[0, 1] for d in range(len(z))]))
+
+    chosen, trace = greedy_select(z, label, top_k=4, corr_penalty=0.5, min_stocks=10)
+    assert chosen[:2] == [0, 2]  # the near-duplicate (corr ~0.98) loses to the independent unit
+    assert 3 not in chosen       # noise never raises the ensemble's IC
+    for t, idx in zip(trace, [chosen[:i + 1] for i in range(len(chosen))]):
+        assert abs(t["ic"] - ic(idx)) < 1e-9
+    assert abs(trace[1]["corr"] - corr(2, 0)) < 1e-9
+    assert abs(trace[1]["score"] - (ic([0, 2]) - 0.5 * corr(2, 0))) < 1e-9
+    for i in range(1, len(chosen)):
+        assert trace[i]["ic"] > trace[i - 1]["ic"]
+    assert greedy_select(z, label, top_k=1, corr_penalty=0.5)[0] == [0]
+    # with every candidate a copy of unit 0 nothing improves: it stops at one unit
+    same = np.repeat(z[..., :1], 3, axis=-1)
+    assert greedy_select(same, label, top_k=3, corr_penalty=0.0)[0] == [0]
+
+
+def test_vs_selected_member_matches_a_hand_loop_and_newey_west():
+    from crnn_ray.metrics import evaluate, hac_lags
+    from crnn_ray.score.report import vs_line, vs_member
+
+    units, label = _greedy_market(seed=1, days=45)
+    dates = np.arange("2024-01-01", 45, dtype="datetime64[D]")
+    ens_sig, mem_sig = units[..., :3].mean(-1), units[..., 0].copy()
+    mem_sig[3, :] = np.nan  # a day the member cannot be scored: left out of the difference
+    ens = evaluate(ens_sig, label, horizon=5, dates=dates, min_stocks=10)
+    mem = evaluate(mem_sig, label, horizon=5, dates=dates, min_stocks=10)
+    member = Member(name="a@seed0", trial_id="t0", variant_id="a", spec="s", seed=0, checkpoint=Path("ck"),
+                    valid_ic=0.1, select_value=0.05)
+    vs = vs_member(ens, mem, member, horizon=5)
+
+    diff = []
+    for d in range(45):
+        if d == 3:
+            continue
+        diff.append(np.corrcoef(ens_sig[d], label[d])[0, 1] - np.corrcoef(mem_sig[d], label[d])[0, 1])
+    x = np.array(diff)
+    n, lags = len(x), max(4, int(np.floor(4 * (len(x) / 100) ** (2 / 9))))
+    e = x - x.mean()
+    s = e @ e / n + 2 * sum((1 - j / (lags + 1)) * (e[j:] @ e[:-j]) / n for j in range(1, lags + 1))
+    assert vs["n_days"] == n == 44 and vs["hac_lags"] == lags == hac_lags(44, 5)
+    assert abs(vs["ic_diff"] - x.mean()) < 1e-12
+    assert abs(vs["ic_diff_tstat_hac"] - x.mean() / np.sqrt(s / (n - 1))) < 1e-9
+    assert vs["ic_ensemble"] == ens.summary["ic"] and vs["ic_member"] == mem.summary["ic"]
+    line = vs_line(vs, "select_ic")
+    assert line.startswith("ensemble vs selected member a@seed0 (chosen alone by select_ic): IC ")
+    assert f"daily difference {x.mean():+.4f}" in line and f"{lags} lags, 44 days)" in line

@@ -18,7 +18,7 @@ from pathlib import Path
 from crnn_ray.io import ArgumentParser, CliError, cli_main
 from crnn_ray.schema import SELECT_METRICS
 from crnn_ray.score import ScoreOptions, run_score
-from crnn_ray.score.config import DEFAULT_CONFIG_FILE, METHODS, load_score_config  # noqa: F401 (re-export)
+from crnn_ray.score.config import DEFAULT_CONFIG_FILE, METHODS, SELECTIONS, load_score_config  # noqa: F401
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,10 +26,17 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--experiment", required=True, help="sweep experiment directory DIR/NAME")
     ap.add_argument("--out", required=True, help="output directory (signals/, metrics.json, report.html)")
     ap.add_argument("--config", help="score config YAML (default: configs/score/default.yaml)")
-    ap.add_argument("--top-k", type=int, help="number of members (default from config: 5)")
+    ap.add_argument("--top-k", type=int,
+                    help="number of units: trials, or seed averages with --seed-average (default from config: 5)")
     ap.add_argument("--select-by",
                     help=f"validation metric that ranks trials: {', '.join(SELECT_METRICS)} (default valid_ic)")
     ap.add_argument("--method", choices=METHODS, help="how member z-scores combine (default mean)")
+    ap.add_argument("--seed-average", action=argparse.BooleanOptionalAction, default=None,
+                    help="average the seeds of one (variant, hparams) into one unit before selecting and "
+                         "combining (default from config: on)")
+    ap.add_argument("--selection", choices=SELECTIONS,
+                    help="top_k: the K best units by --select-by; greedy: forward selection on the selection "
+                         "split with a correlation penalty (default from config: top_k)")
     ap.add_argument("--data", help="panel to score (default: the experiment's own panel)")
     ap.add_argument("--start", help="first date to score YYYY-MM-DD (default: the members' test period)")
     ap.add_argument("--end", help="last date to score (default: test end; with --data the panel's last date)")
@@ -55,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         top_k=args.top_k if args.top_k is not None else int(cfg["top_k"]),
         select_by=args.select_by or str(cfg["select_by"]),
         method=args.method or str(cfg["method"]),
+        seed_average=bool(cfg["seed_average"]) if args.seed_average is None else bool(args.seed_average),
+        selection=args.selection or str(cfg["selection"]),
         data=Path(args.data) if args.data else None, start=args.start, end=args.end, latest=bool(args.latest),
         allow_in_sample=bool(args.allow_in_sample), path=args.path or str(cfg["path"]), config=cfg,
     )

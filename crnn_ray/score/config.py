@@ -10,17 +10,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from crnn_ray.config import (Checker, auto_or, choice, int_at_least, load_yaml, nonneg_number, optional,
+from crnn_ray.config import (Checker, auto_or, boolean, choice, int_at_least, load_yaml, nonneg_number, optional,
                              positive_int, positive_number, read_section, section, setting, text)
 from crnn_ray.io import CliError
 from crnn_ray.schema import DEFAULT_RANK_METRIC
 from crnn_ray.score.ensemble import METHODS
 
 __all__ = ["ScoreConfig", "DEFAULT_CONFIG", "merge_config", "load_score_config", "DEFAULT_CONFIG_FILE", "METHODS",
-           "PATHS"]
+           "PATHS", "SELECTIONS"]
 
 #: where the predictor runs
 PATHS = ("auto", "in_process", "ray")
+#: how the ensemble's units are chosen (docs/scoring.md "Member selection")
+SELECTIONS = ("top_k", "greedy")
 DEFAULT_CONFIG_FILE = Path(__file__).resolve().parents[2] / "configs" / "score" / "default.yaml"
 
 
@@ -47,6 +49,10 @@ class ScoreConfig:
     top_k: int = setting(5, check=positive_int)
     select_by: str = setting(DEFAULT_RANK_METRIC, check=text)  # checked against the trials by score/select.py
     method: str = setting("mean", check=choice(*METHODS))
+    seed_average: bool = setting(True, check=boolean)  # a unit = the seeds of one (variant, hparams), averaged
+    selection: str = setting("top_k", check=choice(*SELECTIONS))  # top_k | greedy (on the selection split)
+    corr_penalty: float = setting(0.5, check=nonneg_number)  # greedy: x mean correlation with the units in
+    pool: int = setting(12, check=positive_int)  # greedy: candidates = the best `pool` units by select_by
     path: str = setting("auto", check=choice(*PATHS))
     in_process_max_days: int = setting(5, check=positive_int)      # auto: at most this many dates ...
     in_process_max_rows: int = setting(200000, check=positive_int)  # ... or rows -> in-process

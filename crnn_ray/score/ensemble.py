@@ -24,7 +24,7 @@ from crnn_ray.io import CliError
 from crnn_ray.metrics import scaled_ranks, zscore_by_day
 
 __all__ = ["METHODS", "member_weights", "standardise", "ensemble_signal", "correlation", "zscore_by_date",
-           "rank_by_date", "combine", "member_correlation"]
+           "rank_by_date", "combine", "member_correlation", "unit_standardised", "ensemble_units", "greedy_select"]
 
 METHODS = ("mean", "ic_weighted", "rank_mean")
 
@@ -62,6 +62,78 @@ def ensemble_signal(preds: np.ndarray, method: str, weights: np.ndarray) -> np.n
     signal = np.full(preds.shape[:2], np.nan)
     signal[rows, stocks] = standardise(preds, method)[rows, stocks] @ np.asarray(weights, dtype=np.float64)
     return signal
+
+
+def unit_standardised(preds: np.ndarray, groups: list[list[int]], method: str) -> np.ndarray:
+    """[D, S, U]: per unit (a list of member columns of `preds`) the mean of its members' per-date z-scores
+    (rank_mean: scaled ranks), re-standardised per date the same way; a one-member unit is its member's z.
+    0 where a row is not scored."""
+    z = standardise(preds, method)
+    per_day = scaled_ranks if method == "rank_mean" else zscore_by_day
+    scored = ~np.isnan(preds[..., 0])
+    out = []
+    for g in groups:
+        if len(g) == 1:
+            out.append(z[..., g[0]])
+        else:
+            avg = np.where(scored, z[..., list(g)].mean(axis=-1), np.nan)
+            out.append(np.nan_to_num(per_day(avg), nan=0.0))
+    return np.stack(out, axis=-1)
+
+
+def ensemble_units(preds: np.ndarray, groups: list[list[int]], method: str, weights: np.ndarray) -> np.ndarray:
+    """Ensemble signal [D, S] of units (seed averages) with one weight per unit. When every unit is one member
+    and the groups are the first columns in order, this is `ensemble_signal` exactly (bit for bit)."""
+    if all(len(g) == 1 for g in groups) and [g[0] for g in groups] == list(range(len(groups))):
+        return ensemble_signal(preds[..., :len(groups)], method, weights)
+    rows, stocks = np.nonzero(~np.isnan(preds[..., 0]))
+    signal = np.full(preds.shape[:2], np.nan)
+    signal[rows, stocks] = unit_standardised(preds, groups, method)[rows, stocks] @ np.asarray(weights, np.float64)
+    return signal
+
+
+def greedy_select(unit_z: np.ndarray, label: np.ndarray, top_k: int, corr_penalty: float,
+                  min_stocks: int = 10) -> tuple[list[int], list[dict]]:
+    """Greedy forward selection of units on one split (the selection split): (chosen unit indices, trace).
+
+    `unit_z` [D, S, U] holds the units' per-date standardised signals (NaN where not scored), ordered by the
+    selection metric, best first; `label` [D, S]. Start from unit 0; at each step every unit not yet in whose
+    addition raises the mean daily IC of the equal-weight ensemble (mean of the chosen units' z) is scored
+    ic(chosen + u) - corr_penalty * mean correlation of u with the chosen units (mean daily cross-sectional
+    Pearson, `correlation`); the best score joins (ties: the better-ranked unit). Stop at top_k units or when
+    no unit raises the IC.
+    """
+    from crnn_ray.metrics import daily_ic
+
+    n_units = unit_z.shape[-1]
+    corr = correlation({i: unit_z[..., i] for i in range(n_units)}).to_numpy()
+
+    def ic(idx: list[int]) -> float:
+        daily = daily_ic(unit_z[..., idx].mean(axis=-1), label, min_stocks)
+        return float(np.nanmean(daily)) if np.isfinite(daily).any() else -math.inf
+
+    chosen = [0]
+    current = ic(chosen)
+    trace = [{"unit": 0, "ic": current, "corr": None, "score": current}]
+    while len(chosen) < min(int(top_k), n_units):
+        best = None
+        for u in range(n_units):
+            if u in chosen:
+                continue
+            value = ic(chosen + [u])
+            if not value > current:
+                continue
+            c = float(np.nanmean(corr[u, chosen]))
+            score = value - float(corr_penalty) * c
+            if best is None or score > best[0]:
+                best = (score, u, value, c)
+        if best is None:
+            break
+        score, u, value, c = best
+        chosen.append(u)
+        current = value
+        trace.append({"unit": u, "ic": value, "corr": c, "score": score})
+    return chosen, trace
 
 
 def correlation(grids: dict[str, np.ndarray]) -> pd.DataFrame:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,8 @@ class ScoreOptions:
     top_k: int = 5
     select_by: str = DEFAULT_RANK_METRIC
     method: str = "mean"
+    seed_average: bool = True       # units = the seeds of one (variant, hparams), averaged (docs/scoring.md)
+    selection: str = "top_k"        # top_k | greedy (forward selection on the selection split)
     data: Path | None = None
     start: str | None = None
     end: str | None = None
@@ -68,6 +70,24 @@ class ScorePlan:
     in_sample: dict[str, list]     # member -> overlapping dates (only with allow_in_sample)
     weights: np.ndarray
     weight_note: str | None
+    # 1-day forward returns float64 [D, S] over the scored dates, every cell (a held name's return counts
+    # whether or not it is scored that day); None: no returns in the panel, no label, or horizon 1
+    returns_grid: np.ndarray | None = None
+    returns_name: str | None = None   # its column in the panel and in labels.parquet (y1)
+    units: list = field(default_factory=list)       # select.Unit: what the ensemble combines (members grouped)
+    unit_weights: np.ndarray | None = None          # one weight per unit (`weights`: per member, unit / seeds)
+    groups: list = field(default_factory=list)      # member columns of each unit
+    # members predicted for the report only, not in the signal (the member selection would pick alone);
+    # their columns follow the members' in the prediction grid
+    extra: list = field(default_factory=list)
+    selected: Any = None            # select.Member ranked first by select_by (in members or extra)
+    selection: dict = field(default_factory=dict)   # the rule and, for greedy, its trace on the selection split
+    baselines: dict = field(default_factory=dict)   # name -> signal [D, S] (crnn_ray.baselines) on the grid
+
+    @property
+    def predicted(self) -> list:
+        """Every member with a column in the prediction grid: the ensemble's, then `extra`."""
+        return list(self.members) + list(self.extra)
 
     @property
     def dates(self) -> np.ndarray:
@@ -90,8 +110,15 @@ class ScorePlan:
 
 
 # ------------------------------------------------------------------------------------------------- planning
-def _resolve_day_range(panel, members, opts: ScoreOptions) -> tuple[int, int]:
+def _resolve_day_range(panel, members, opts: ScoreOptions, split: str | None = None) -> tuple[int, int]:
     dates = panel.dates
+    if split is not None:  # greedy selection: the members' selection split (valid without one), intersected
+        parts = [m.meta["splits"].get(split) or m.meta["splits"]["valid"] for m in members]
+        lo = int(np.searchsorted(dates, np.datetime64(max(str(p[0]) for p in parts), "D"), side="left"))
+        hi = int(np.searchsorted(dates, np.datetime64(min(str(p[1]) for p in parts), "D"), side="right")) - 1
+        if hi < lo:
+            raise CliError(f"greedy selection: the members' {split} splits do not overlap in the panel")
+        return lo, hi
     tests = [m.meta["splits"].get("test") for m in members if m.meta["splits"].get("test")]
     default_start = max(str(t[0]) for t in tests) if tests else None
     default_end = min(str(t[1]) for t in tests) if tests else None
@@ -152,16 +179,83 @@ def _read_oracle(panel, panel_path: Path, label: str) -> np.ndarray | None:
     return grid
 
 
-def plan_scoring(opts: ScoreOptions) -> ScorePlan:
-    """Select and load members, load and slice the panel, check look-ahead: all checks, no writes."""
+def _choose_units(opts: ScoreOptions) -> tuple[list, Any, dict]:
+    """(the ensemble's units, the trial ranked first by select_by, the selection record) by opts.selection."""
+    from crnn_ray.score.select import select_units
+
+    if int(opts.top_k) != opts.top_k or opts.top_k < 1:
+        raise CliError(f"--top-k must be a positive integer, got {opts.top_k}")
+    units, ranked = select_units(opts.experiment, opts.select_by, opts.seed_average)
+    info: dict[str, Any] = {"rule": opts.selection, "seed_average": bool(opts.seed_average)}
+    if opts.selection == "top_k":
+        return units[:int(opts.top_k)], ranked[0], info
+    if opts.selection != "greedy":
+        raise CliError(f"--selection {opts.selection!r}: unknown (top_k | greedy)")
+    from crnn_ray.score.ensemble import greedy_select, unit_standardised
+
+    cfg = opts.config
+    pool = units[:int(cfg["pool"])]
+    # the pool's predictions on the selection split: chosen there only, never on the scored period
+    sel = plan_scoring(replace(opts, start=None, end=None, latest=False, allow_in_sample=True), _units=pool,
+                       _split="select")
+    if sel.label_grid is None:
+        raise CliError(f"greedy selection: no label {sel.label} on the selection split {sel.period[0]}..")
+    preds = predict_in_process(sel, cfg)
+    scored = ~np.isnan(preds[..., 0])
+    unit_z = np.where(scored[..., None], unit_standardised(preds, sel.groups, opts.method), np.nan)
+    chosen, trace = greedy_select(unit_z, sel.label_grid, int(opts.top_k), float(cfg["corr_penalty"]),
+                                  int(cfg["evaluation"]["min_stocks"]))
+    for t in trace:
+        t["unit"] = pool[t["unit"]].name
+    info.update({"pool": [u.name for u in pool], "corr_penalty": float(cfg["corr_penalty"]),
+                 "split": list(sel.period), "trace": trace})
+    return [pool[i] for i in chosen], ranked[0], info
+
+
+def _baseline_grids(panel, member, label: str, lo: int, hi: int) -> dict[str, np.ndarray]:
+    """crnn_ray.baselines' signals on the panel days lo..hi, fitted on `member`'s train split (one sweep's
+    members share it) with its clip / lookback / rank_label; {} (with a note) when they cannot be fitted."""
+    from crnn_ray.baselines import baseline_signals
+
+    tr = member.meta["splits"]["train"]
+    a = int(np.searchsorted(panel.dates, np.datetime64(str(tr[0]), "D"), side="left"))
+    b = int(np.searchsorted(panel.dates, np.datetime64(str(tr[1]), "D"), side="right")) - 1
+    if b <= a or label not in panel.labels:
+        print(f"note: baselines skipped (train split {tr[0]}..{tr[1]} or label {label} not in the panel)")
+        return {}
+    clip = float((member.meta.get("normalisation") or {}).get("clip", 5.0))
+    try:
+        grids = baseline_signals(panel, (a, b), label, member.lookback, clip=clip,
+                                 rank_label=bool(member.meta.get("rank_label", True)), days=(lo, hi))
+    except Exception as exc:  # a report extra: never stops the scoring
+        print(f"note: baselines skipped ({type(exc).__name__}: {str(exc)[:120]})")
+        return {}
+    return {name: g[lo:hi + 1] for name, g in grids.items()}
+
+
+def plan_scoring(opts: ScoreOptions, _units: list | None = None, _split: str | None = None) -> ScorePlan:
+    """Select and load members, load and slice the panel, check look-ahead: all checks, no writes.
+
+    `_units` / `_split` (greedy selection's own plan): these units, on the members' `_split` dates."""
     if opts.latest and (opts.start or opts.end):
         raise CliError("--latest scores the panel's last date: do not combine it with --start/--end")
     from crnn_ray.data import load_panel, normalize_features
     from crnn_ray.score.ensemble import member_weights
     from crnn_ray.score.predict import build_member_model, member_payload
-    from crnn_ray.score.select import check_look_ahead, in_sample_overlaps, load_members, select_members
+    from crnn_ray.score.select import check_look_ahead, in_sample_overlaps, load_members
 
-    members = load_members(select_members(opts.experiment, opts.top_k, opts.select_by))
+    if _units is None:
+        units, selected, selection = _choose_units(opts)
+    else:
+        units, selected, selection = _units, None, {}
+    ens_members = [m for u in units for m in u.members]
+    groups, k = [], 0
+    for u in units:
+        groups.append(list(range(k, k + len(u.members))))
+        k += len(u.members)
+    extra = [] if selected is None or any(m.trial_id == selected.trial_id for m in ens_members) else [selected]
+    members = ens_members + extra
+    load_members([m for m in members if m.state_dict is None])
     labels = sorted({str(m.meta["label"]) for m in members})
     if len(labels) != 1:
         raise CliError(f"members predict different labels ({', '.join(labels)}): select one sweep's members")
@@ -175,7 +269,7 @@ def plan_scoring(opts: ScoreOptions) -> ScorePlan:
                            f"(member {m.name}; the scorer implements robust_z)")
     panel_path = _panel_path(members, opts)
     panel = load_panel(panel_path, features=features)
-    day_lo, day_hi = _resolve_day_range(panel, members, opts)
+    day_lo, day_hi = _resolve_day_range(panel, members, opts, _split)
     if opts.allow_in_sample:
         in_sample = in_sample_overlaps(members, panel.dates, day_lo, day_hi)
     else:
@@ -220,17 +314,28 @@ def plan_scoring(opts: ScoreOptions) -> ScorePlan:
     oracle = _read_oracle(panel, panel_path, label)
     if oracle is not None:
         oracle_grid = np.where(scored, oracle[first_scorable:day_hi + 1], np.nan)
-    weights, note = member_weights(opts.method, [m.valid_ic for m in members])
+    unit_weights, note = member_weights(opts.method, [u.valid_ic for u in units])
+    weights = np.array([w / len(u.members) for u, w in zip(units, unit_weights) for _ in u.members])
+    baselines = _baseline_grids(panel, members[0], label, first_scorable, day_hi) \
+        if _units is None and label_grid is not None else {}
     try:
         horizon = panel.horizon(label)
     except CliError:
         horizon = int(members[0].meta.get("horizon") or 1)
+    # the realised pnl of the H overlapping books (metrics.evaluate(returns=...)) needs the 1-day returns
+    forward = panel.returns() if label_grid is not None and horizon > 1 else None
+    returns_grid = None if forward is None else forward[first_scorable:day_hi + 1].astype(np.float64)
+    returns_name = None if forward is None else str(panel.meta.get("returns") or "y1")
+    if selected is not None:
+        selected = next(m for m in members if m.trial_id == selected.trial_id)
     return ScorePlan(
-        members=members, payloads=payloads, inputs=inputs, slice_dates=panel.dates[s_lo:day_hi + 1],
+        members=ens_members, payloads=payloads, inputs=inputs, slice_dates=panel.dates[s_lo:day_hi + 1],
         symbols=panel.symbols, first_day=first_day, days=grid_days + first_day, stocks=stocks, panel=panel,
         panel_path=panel_path, label=label, horizon=horizon, label_grid=label_grid, oracle_grid=oracle_grid,
         period=(str(panel.dates[first_scorable]), str(panel.dates[day_hi])), in_sample=in_sample,
-        weights=weights, weight_note=note,
+        weights=weights, weight_note=note, returns_grid=returns_grid, returns_name=returns_name,
+        units=units, unit_weights=unit_weights, groups=groups, extra=extra, selected=selected,
+        selection=selection, baselines=baselines,
     )
 
 
@@ -261,7 +366,7 @@ def _batch_rows(cfg: dict) -> int:
 
 def _empty_grid(plan: ScorePlan) -> np.ndarray:
     """float32 [D, S, K], NaN: the prediction grid before any row is scored."""
-    return np.full((len(plan.dates), len(plan.symbols), len(plan.members)), np.nan, dtype=np.float32)
+    return np.full((len(plan.dates), len(plan.symbols), len(plan.predicted)), np.nan, dtype=np.float32)
 
 
 def predict_in_process(plan: ScorePlan, cfg: dict) -> np.ndarray:
@@ -308,7 +413,7 @@ def predict_ray(plan: ScorePlan, cfg: dict) -> tuple[np.ndarray, dict]:
             ray.init(address=address, log_to_driver=False)
         else:  # "local": never attach to somebody else's Ray on this machine
             ray.init(address="local", num_cpus=rcfg.get("num_cpus"), include_dashboard=False, log_to_driver=False)
-    names = [m.name for m in plan.members]
+    names = [m.name for m in plan.predicted]
     grid = _empty_grid(plan)
     hit = np.zeros(grid.shape[:2], dtype=bool)
     returned = 0
@@ -361,7 +466,7 @@ def predict_rows(plan: ScorePlan, path: str, cfg: dict) -> tuple[np.ndarray, dic
     seconds = time.perf_counter() - t0
     finite = np.isfinite(preds[plan.cells]).all(axis=0)
     if not finite.all():
-        bad = plan.members[int(np.flatnonzero(~finite)[0])]
+        bad = plan.predicted[int(np.flatnonzero(~finite)[0])]
         raise CliError(f"member {bad.name} predicts non-finite values on {plan.period[0]}..{plan.period[1]} "
                        f"(checkpoint {bad.checkpoint})")
     return preds, {"path": path, "seconds": seconds, "rows_per_s": plan.n_rows / max(seconds, 1e-9), **info}
@@ -373,7 +478,9 @@ def signals_metadata(plan: ScorePlan, opts: ScoreOptions) -> dict:
     return {"method": opts.method, "select_by": opts.select_by, "label": plan.label, "horizon": plan.horizon,
             "members": [{"name": m.name, "trial_id": m.trial_id, "spec": m.spec, "seed": m.seed,
                          "weight": float(w), "valid_ic": m.valid_ic} for m, w in zip(plan.members, plan.weights)],
-            "in_sample": sorted(plan.in_sample)}
+            "in_sample": sorted(plan.in_sample), "seed_average": bool(opts.seed_average), "selection": opts.selection,
+            "units": [{"name": u.name, "members": [m.name for m in u.members], "weight": float(w)}
+                      for u, w in zip(plan.units, plan.unit_weights)]}
 
 
 def partition_path(out: Path, date: Any) -> Path:
@@ -414,14 +521,23 @@ def write_signals(out: Path, plan: ScorePlan, opts: ScoreOptions, signal: np.nda
 
 
 def write_labels(out: Path, plan: ScorePlan) -> None:
-    """labels.parquet: (date, symbol, <label>) of the scored rows whose label is known, in (date, symbol) order."""
+    """labels.parquet: (date, symbol, <label>) of the scored rows whose label is known, in (date, symbol) order;
+    with 1-day returns also their column (y1), on those rows and on every other cell of the evaluated dates and
+    symbols whose return is known (label NaN there): `python -m crnn_ray.evaluate --returns y1` then builds the
+    very grids report.evaluate_all evaluates."""
     import pyarrow as pa
 
     from crnn_ray.io import write_parquet_atomic
 
-    rows, stocks = np.nonzero(np.isfinite(plan.label_grid))
-    table = pa.table({**_key_columns(plan, rows, stocks),
-                      plan.label: pa.array(plan.label_grid[rows, stocks], type=pa.float64())})
+    keep = labelled = np.isfinite(plan.label_grid)
+    if plan.returns_grid is not None:
+        inside = labelled.any(axis=1)[:, None] & labelled.any(axis=0)[None, :]  # evaluate_all's cut
+        keep = labelled | (inside & np.isfinite(plan.returns_grid))
+    rows, stocks = np.nonzero(keep)
+    columns = {plan.label: pa.array(plan.label_grid[rows, stocks], type=pa.float64())}
+    if plan.returns_grid is not None:
+        columns[plan.returns_name] = pa.array(plan.returns_grid[rows, stocks], type=pa.float64())
+    table = pa.table({**_key_columns(plan, rows, stocks), **columns})
     write_parquet_atomic(table, Path(out) / "labels.parquet")
 
 
@@ -429,7 +545,7 @@ def write_labels(out: Path, plan: ScorePlan) -> None:
 def run_score(opts: ScoreOptions) -> dict:
     """The whole scoring command; returns the metrics dict it wrote (or would have, without labels)."""
     from crnn_ray.score import report as rep
-    from crnn_ray.score.ensemble import ensemble_signal
+    from crnn_ray.score.ensemble import ensemble_units
 
     cfg = opts.config
     plan = plan_scoring(opts)
@@ -439,7 +555,7 @@ def run_score(opts: ScoreOptions) -> dict:
     path, why = choose_path(plan, opts.path, cfg)
     print(f"path: {path.replace('_', '-')} ({why})")
     preds, timing = predict_rows(plan, path, cfg)
-    signal = ensemble_signal(preds, opts.method, plan.weights)
+    signal = ensemble_units(preds, plan.groups, opts.method, plan.unit_weights)
     print(f"scored {plan.n_rows} rows ({plan.n_dates} dates) on the {path.replace('_', '-')} path "
           f"in {timing['seconds']:.2f}s = {timing['rows_per_s']:,.0f} rows/s"
           + (f" ({timing['actors']} actors x {timing['num_cpus']} CPU"

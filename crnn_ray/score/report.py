@@ -19,14 +19,21 @@ import pandas as pd
 from crnn_ray.io import atomic_path, write_json_atomic
 
 __all__ = ["print_plan", "evaluate_all", "metrics_document", "render_figures", "render_html", "write_report",
-           "print_evaluation", "recompute_command"]
+           "print_evaluation", "recompute_command", "vs_member", "vs_line"]
 
 #: the ensemble's key numbers, in the order a PM reads them: (summary key, label, format)
 KEY_NUMBERS = [
     ("ic", "IC", "{:+.4f}"), ("rank_ic", "RankIC", "{:+.4f}"), ("icir", "ICIR (daily)", "{:+.3f}"),
-    ("ic_tstat", "IC t-stat", "{:+.2f}"), ("ic_positive", "days IC > 0", "{:.0%}"),
+    ("ic_tstat", "IC t-stat (plain)", "{:+.2f}"), ("ic_tstat_hac", "IC t-stat (Newey-West)", "{:+.2f}"),
+    ("rank_ic_tstat_hac", "RankIC t-stat (Newey-West)", "{:+.2f}"), ("hac_lags", "Newey-West lags", "{:d}"),
+    ("ic_positive", "days IC > 0", "{:.0%}"),
+    ("pnl_method", "pnl method (docs/metrics.md)", "{}"),
     ("pnl_long_short", "long-short pnl (sum)", "{:+.4f}"), ("ann_return", "long-short ann. return", "{:+.2%}"),
-    ("sharpe", "long-short Sharpe", "{:+.2f}"), ("max_drawdown", "long-short max drawdown", "{:+.4f}"),
+    ("ann_vol", "long-short ann. vol", "{:.2%}"),
+    ("sharpe", "long-short Sharpe", "{:+.2f}"), ("sharpe_booked", "long-short Sharpe, booked (naive)", "{:+.2f}"),
+    ("ls_tstat", "long-short mean pnl t-stat (plain)", "{:+.2f}"),
+    ("ls_tstat_hac", "long-short mean pnl t-stat (Newey-West)", "{:+.2f}"),
+    ("max_drawdown", "long-short max drawdown", "{:+.4f}"),
     ("pnl_long", "long-only pnl vs mean (sum)", "{:+.4f}"), ("sharpe_long", "long-only Sharpe", "{:+.2f}"),
     ("turnover", "turnover / day", "{:.3f}"), ("n_days", "days evaluated", "{:d}"),
 ]
@@ -54,6 +61,16 @@ def print_plan(plan, opts) -> None:
               f"lookback {m.lookback}  {m.spec}")
     if plan.weight_note:
         print(f"note: {plan.weight_note}")
+    sel = plan.selection or {}
+    if sel.get("seed_average") and any(len(u.members) > 1 for u in plan.units):
+        for u, w in zip(plan.units, plan.unit_weights):
+            print(f"  unit {u.name:<27} {len(u.members)} seed(s) averaged  {opts.select_by} (mean) "
+                  f"{u.select_value:+.4f}  weight {w:.3f}")
+    if sel.get("rule") == "greedy":
+        steps = ", ".join(f"{t['unit']} (IC {t['ic']:+.4f}" + (f", corr {t['corr']:.2f}" if t["corr"] is not None
+                                                              else "") + ")" for t in sel["trace"])
+        print(f"greedy selection on {sel['split'][0]}..{sel['split'][1]} (pool {len(sel['pool'])}, corr_penalty "
+              f"{sel['corr_penalty']:g}): {steps}")
     print(f"data {plan.panel_path}: {plan.period[0]}..{plan.period[1]}, {plan.n_rows} rows, "
           f"{plan.n_dates} dates, label {plan.label} (horizon {plan.horizon})")
     for name, (a, b) in plan.in_sample.items():
@@ -69,9 +86,20 @@ def print_evaluation(plan, ev: dict, metrics: dict) -> None:
     rows = [("ENSEMBLE (" + metrics["method"] + ")", ev["ensemble"].summary, "", "")]
     rows += [(m.name, ev["members"][m.name].summary, f"{w:.3f}", f"{m.valid_ic:+.4f}")
              for m, w in zip(plan.members, plan.weights)]
+    rows += [(f"baseline {name}", e.summary, "", "") for name, e in (ev.get("baselines") or {}).items()]
     for name, s, w, vic in rows:
         print(f"{name[:33]:<34}" + "".join(f"{_fmt(s.get(k), f):>10}" for k, _, f in SIDE_BY_SIDE)
               + f"{w:>8}{vic:>10}")
+    s = ev["ensemble"].summary
+    print(f"ensemble: pnl method {s['pnl_method']}"
+          + (f" (1-day returns {ev.get('returns')})" if s["pnl_method"] == "realised" else "")
+          + f"; long-short Sharpe {_fmt(s['sharpe'], '{:+.2f}')} (booked {_fmt(s['sharpe_booked'], '{:+.2f}')}), "
+          f"ann. vol {_fmt(s['ann_vol'], '{:.2%}')}, max drawdown {_fmt(s['max_drawdown'], '{:+.4f}')}; "
+          f"IC t {_fmt(s['ic_tstat'], '{:+.2f}')} plain, {_fmt(s['ic_tstat_hac'], '{:+.2f}')} Newey-West "
+          f"({s['hac_lags']} lags); mean long-short pnl t {_fmt(s['ls_tstat'], '{:+.2f}')} plain, "
+          f"{_fmt(s['ls_tstat_hac'], '{:+.2f}')} Newey-West")
+    if ev.get("vs_selected"):
+        print(vs_line(ev["vs_selected"], metrics["select_by"]))
     if metrics.get("oracle_ic") is not None:
         print(f"ensemble test IC {ev['ensemble'].summary['ic']:+.4f} vs the data's oracle IC "
               f"{metrics['oracle_ic']:+.4f} on the same rows (panel-wide {metrics.get('oracle_ic_panel')}); "
@@ -106,10 +134,12 @@ def evaluate_all(plan, signal: np.ndarray, preds: np.ndarray, ecfg: dict) -> dic
                   min_stocks=int(ecfg["min_stocks"]), horizon=int(plan.horizon),
                   periods_per_year=float(ecfg["periods_per_year"]))
     label = plan.label_grid[days][:, stocks]
+    # every known 1-day return of the cut (labels.parquet holds the same): the realised pnl of the H books
+    returns = None if plan.returns_grid is None else plan.returns_grid[days][:, stocks]
 
     def score(grid: np.ndarray):
         signal_cut = np.where(labelled, grid, np.nan)[days][:, stocks]
-        return evaluate(signal_cut, label, dates=plan.dates[days], **params)
+        return evaluate(signal_cut, label, dates=plan.dates[days], returns=returns, **params)
 
     ensemble = score(signal)
     if ensemble.summary["n_days"] == 0:
@@ -122,15 +152,50 @@ def evaluate_all(plan, signal: np.ndarray, preds: np.ndarray, ecfg: dict) -> dic
         oracle = score(plan.oracle_grid)
     grids = {m.name: preds[..., k] for k, m in enumerate(plan.members)}
     grids["signal"] = signal
+    baselines = {name: score(g) for name, g in (getattr(plan, "baselines", None) or {}).items()}
+    vs = None
+    if getattr(plan, "selected", None) is not None:
+        k = [m.trial_id for m in plan.predicted].index(plan.selected.trial_id)
+        chosen = members.get(plan.selected.name) if k < len(plan.members) else None
+        chosen = chosen or score(preds[..., k].astype(np.float64))
+        vs = vs_member(ensemble, chosen, plan.selected, plan.horizon)
+        vs["in_ensemble"] = k < len(plan.members)
     return {"ensemble": ensemble, "members": members, "oracle": oracle, "correlation": correlation(grids),
-            "params": params}
+            "params": params, "returns": plan.returns_name if returns is not None else None,
+            "baselines": baselines, "vs_selected": vs}
 
 
-def recompute_command(out: Path, label: str, params: dict) -> str:
+def vs_member(ensemble, member_ev, member, horizon: int) -> dict:
+    """The ensemble against one member on the same rows: daily IC difference (ensemble - member), its mean and
+    Newey-West t-stat (lags = hac_lags(n, horizon)) over the days where both have an IC."""
+    from crnn_ray.metrics import hac_lags, newey_west_tstat
+
+    a = pd.Series(ensemble.daily["ic"].to_numpy(np.float64), index=pd.to_datetime(ensemble.daily["date"]))
+    b = pd.Series(member_ev.daily["ic"].to_numpy(np.float64), index=pd.to_datetime(member_ev.daily["date"]))
+    diff = (a - b.reindex(a.index)).dropna()
+    n = int(len(diff))
+    lags = hac_lags(n, horizon)
+    return {"member": member.name, "trial_id": member.trial_id, "select_value": member.select_value,
+            "ic_ensemble": float(ensemble.summary["ic"]), "ic_member": float(member_ev.summary["ic"]),
+            "ic_diff": float(diff.mean()) if n else math.nan,
+            "ic_diff_tstat_hac": newey_west_tstat(diff.to_numpy(), lags) if n else math.nan,
+            "hac_lags": int(lags), "n_days": n}
+
+
+def vs_line(vs: dict, select_by: str) -> str:
+    """`ensemble vs selected member X (chosen alone by select_ic): IC +a vs +b, daily difference +c (HAC t ...)`"""
+    return (f"ensemble vs selected member {vs['member']} (chosen alone by {select_by}): IC "
+            f"{_fmt(vs['ic_ensemble'], '{:+.4f}')} vs {_fmt(vs['ic_member'], '{:+.4f}')}, daily difference "
+            f"{_fmt(vs['ic_diff'], '{:+.4f}')} (HAC t {_fmt(vs['ic_diff_tstat_hac'], '{:+.2f}')}, "
+            f"{vs['hac_lags']} lags, {vs['n_days']} days)")
+
+
+def recompute_command(out: Path, label: str, params: dict, returns: str | None = None) -> str:
     return (f"python -m crnn_ray.evaluate --signals {out / 'signals'} --labels {out / 'labels.parquet'} "
             f"--label {label} --horizon {params['horizon']} --quantiles {params['quantiles']} "
             f"--cost-bps {params['cost_bps']:g} --min-stocks {params['min_stocks']} "
-            f"--periods-per-year {params['periods_per_year']:g} --json metrics_check.json")
+            f"--periods-per-year {params['periods_per_year']:g}" + (f" --returns {returns}" if returns else "")
+            + " --json metrics_check.json")
 
 
 def metrics_document(plan, opts, timing: dict, ev: dict | None) -> dict:
@@ -150,6 +215,11 @@ def metrics_document(plan, opts, timing: dict, ev: dict | None) -> dict:
         "in_sample": plan.in_sample,
         "weights": {m.name: float(w) for m, w in zip(plan.members, plan.weights)},
         "weight_note": plan.weight_note,
+        "seed_average": bool(getattr(opts, "seed_average", False)),
+        "selection": getattr(plan, "selection", None) or {"rule": "top_k"},
+        "units": {u.name: {**u.info(), "weight": float(w)}
+                  for u, w in zip(getattr(plan, "units", None) or [],
+                                  [] if getattr(plan, "unit_weights", None) is None else plan.unit_weights)},
         "member_info": {m.name: m.info() for m in plan.members},
         "path": timing["path"],
     }
@@ -160,7 +230,7 @@ def metrics_document(plan, opts, timing: dict, ev: dict | None) -> dict:
     out = Path(opts.out).resolve()
     doc["ensemble"]["inputs"] = {  # as python -m crnn_ray.evaluate writes them for these files
         "signals": str(out / "signals"), "labels": str(out / "labels.parquet"), "label": plan.label,
-        "signal_col": "signal", "first_date": str(pd.Timestamp(ens.daily["date"].iloc[0]).date()),
+        "signal_col": "signal", **({"returns": ev["returns"]} if ev.get("returns") else {}), "first_date": str(pd.Timestamp(ens.daily["date"].iloc[0]).date()),
         "last_date": str(pd.Timestamp(ens.daily["date"].iloc[-1]).date())}
     doc["members"] = {name: e.to_dict() for name, e in ev["members"].items()}
     doc["oracle_ic"] = ev["oracle"].summary["ic"] if ev["oracle"] is not None else None
@@ -169,7 +239,9 @@ def metrics_document(plan, opts, timing: dict, ev: dict | None) -> dict:
     doc["ic_vs_oracle"] = (ens_ic / doc["oracle_ic"]) if doc["oracle_ic"] else None
     doc["member_correlation"] = {r: {c: float(v) for c, v in row.items()} for r, row in
                                  ev["correlation"].to_dict(orient="index").items()}
-    doc["recompute"] = recompute_command(Path(opts.out), plan.label, ev["params"])
+    doc["baselines"] = {name: e.to_dict()["summary"] for name, e in (ev.get("baselines") or {}).items()}
+    doc["vs_selected_member"] = ev.get("vs_selected")
+    doc["recompute"] = recompute_command(Path(opts.out), plan.label, ev["params"], ev.get("returns"))
     return doc
 
 
@@ -205,7 +277,9 @@ def render_figures(plan, ev: dict, ecfg: dict) -> dict[str, bytes]:
         ax.plot(pd.to_datetime(d["date"]), d["cum_ls"], lw=0.8, alpha=0.5, color=f"C{(i % 7) + 2}",
                 label=f"{name} long-short")
     ax.axhline(0, color="k", lw=0.6)
-    ax.set_title(f"Cumulative pnl ({plan.label}/{plan.horizon} per day, summed)")
+    how = {"realised": f"realised daily pnl of the {plan.horizon} overlapping books",
+           "non_overlapping": f"{plan.label} of every {plan.horizon}th day's book, on its last day held"}
+    ax.set_title(f"Cumulative pnl ({how.get(ens.summary['pnl_method'], plan.label + ' per day')}, summed)")
     ax.legend(fontsize=7, ncol=2, loc="upper left")
     fig.autofmt_xdate()
     figs["pnl.png"] = _png(fig)
@@ -280,7 +354,8 @@ def _leaderboard_rows(plan, opts, ev: dict) -> tuple[list[str], list[list[str]]]
     test_ic = {}
     for m in plan.members:  # this report's test figures per variant (mean over its selected seeds)
         test_ic.setdefault(m.variant_id, []).append(ev["members"][m.name].summary)
-    header = ["variant", "status", "seeds ok", "valid IC", "valid pnl LS", "test IC (here)", "test pnl LS (here)",
+    header = ["variant", "status", "seeds ok", "valid IC", "select IC", "valid pnl LS", "test IC (here)",
+              "test pnl LS (here)",
               "report IC", "report pnl", "params"]
     rows = []
     for r in lb.itertuples(index=False):
@@ -292,6 +367,8 @@ def _leaderboard_rows(plan, opts, ev: dict) -> tuple[list[str], list[list[str]]]
             name, _html.escape(str(r.status)), f"{getattr(r, 'n_ok', '')}/{getattr(r, 'n_seeds', '')}",
             _fmt(getattr(r, "valid_ic_mean", None), "{:+.4f}") + " ± " + _fmt(getattr(r, "valid_ic_std", None),
                                                                               "{:.4f}"),
+            _fmt(getattr(r, "select_ic_mean", None), "{:+.4f}") + " ± " + _fmt(getattr(r, "select_ic_std", None),
+                                                                               "{:.4f}"),
             _fmt(getattr(r, "valid_pnl_long_short_mean", None), "{:+.4f}"),
             _fmt(t_ic, "{:+.4f}"), _fmt(t_pnl, "{:+.4f}"),
             _fmt(getattr(r, "seed_ic", None), "{:.4f}"), _fmt(getattr(r, "seed_pnl", None), "{:.3f}"),
@@ -319,12 +396,22 @@ def render_html(plan, opts, metrics: dict, ev: dict, figures: dict[str, bytes]) 
     if metrics.get("oracle_ic") is not None:
         key_rows.insert(1, ["oracle IC of the data (same rows)", _fmt(metrics["oracle_ic"], "{:+.4f}")
                             + f" &nbsp;(ensemble / oracle = {_fmt(metrics['ic_vs_oracle'], '{:.2f}')})"])
+    vs = metrics.get("vs_selected_member")
+    if vs:
+        key_rows.insert(1, [f"vs selected member {_html.escape(vs['member'])} (chosen alone by "
+                            f"{_html.escape(opts.select_by)}): daily IC difference",
+                            f"{_fmt(vs['ic_diff'], '{:+.4f}')} (HAC t {_fmt(vs['ic_diff_tstat_hac'], '{:+.2f}')}, "
+                            f"{vs['hac_lags']} lags, {vs['n_days']} days; member IC "
+                            f"{_fmt(vs['ic_member'], '{:+.4f}')})"])
     side_rows = [[f"<b>ENSEMBLE ({_html.escape(opts.method)})</b>", "", "", "",
                   *[_fmt(s.get(k), f) for k, _, f in SIDE_BY_SIDE]]]
     for m, w in zip(plan.members, plan.weights):
         ms = ev["members"][m.name].summary
         side_rows.append([_html.escape(m.name), _html.escape(m.trial_id), _fmt(w, "{:.3f}"),
                           _fmt(m.valid_ic, "{:+.4f}"), *[_fmt(ms.get(k), f) for k, _, f in SIDE_BY_SIDE]])
+    for bname, e in (ev.get("baselines") or {}).items():
+        side_rows.append([f"baseline {_html.escape(bname)}", "", "", "",
+                          *[_fmt(e.summary.get(k), f) for k, _, f in SIDE_BY_SIDE]])
     corr = ev["correlation"]
     corr_rows = [[f"{i} {_html.escape(n)}", *[_fmt(v, "{:+.2f}") for v in corr.iloc[i].to_numpy()]]
                  for i, n in enumerate(corr.index)]

@@ -19,7 +19,8 @@ import pandas as pd
 from crnn_ray.io import CliError
 from crnn_ray.schema import DEFAULT_RANK_METRIC, RANKED, SELECT_METRICS
 
-__all__ = ["Member", "read_trials", "select_members", "load_members", "check_look_ahead", "forbidden_window"]
+__all__ = ["Member", "read_trials", "select_members", "load_members", "check_look_ahead", "forbidden_window", "Unit",
+           "select_units"]
 
 
 @dataclass
@@ -191,3 +192,44 @@ def in_sample_overlaps(members: list[Member], dates: np.ndarray, day_lo: int, da
         if a <= b:
             out[m.name] = [str(dates[a]), str(dates[b])]
     return out
+
+
+# ------------------------------------------------------------------------------------------------ units
+@dataclass
+class Unit:
+    """What the ensemble selects and combines: one trial, or (seed averaging) the seeds of one (variant,
+    hyperparameters), whose per-date z-scores are averaged and re-standardised before they are combined."""
+
+    name: str                 # e.g. "convgru/m01" (seed average) or the member's name (one trial)
+    members: list[Member]     # its trials, in selection order
+    select_value: float       # mean of its trials' selection metric
+    valid_ic: float           # mean of its trials' valid IC (the ic_weighted weights)
+
+    def info(self) -> dict[str, Any]:
+        return {"members": [m.name for m in self.members], "select_value": self.select_value,
+                "valid_ic": self.valid_ic}
+
+
+def select_units(exp_dir: str | Path, select_by: str = DEFAULT_RANK_METRIC,
+                 seed_average: bool = True) -> tuple[list[Unit], list[Member]]:
+    """(every unit ranked by select_by, every eligible trial ranked): without seed averaging one unit per trial
+    (so units[:k] are exactly select_members(exp_dir, k)); with it, one per (variant_id, hparams), its
+    figure the mean of its seeds' (ties: the smaller first trial_id)."""
+    ranked = select_members(exp_dir, 10 ** 9, select_by)
+    if not seed_average:
+        return [Unit(m.name, [m], m.select_value, m.valid_ic) for m in ranked], ranked
+    trials = read_trials(exp_dir)
+    hp = dict(zip(trials["trial_id"].astype(str),
+                  trials["hparams"].astype(str) if "hparams" in trials.columns else [""] * len(trials)))
+    groups: dict[tuple[str, str], list[Member]] = {}
+    for m in ranked:
+        groups.setdefault((m.variant_id, hp.get(m.trial_id, "")), []).append(m)
+    variants = [v for v, _ in groups]
+    units = []
+    for (variant, _), ms in groups.items():
+        name = variant if variants.count(variant) == 1 else f"{variant}#{min(m.trial_id for m in ms)}"
+        ics = [m.valid_ic for m in ms if math.isfinite(m.valid_ic)]
+        units.append(Unit(name, ms, float(np.mean([m.select_value for m in ms])),
+                          float(np.mean(ics)) if ics else math.nan))
+    units.sort(key=lambda u: (-u.select_value, min(m.trial_id for m in u.members)))
+    return units, ranked

@@ -1,0 +1,76 @@
+"""Ensemble rules side by side on one experiment's test period: which way of choosing members pays?
+
+Every rule is the production scorer (`run_score`, in-process, writing into a temporary folder), chosen on
+validation / selection data only; the table shows what each gives on the test period, and the daily IC
+difference against the member selection would have picked alone (the trial ranked first by --select-by):
+
+    top-K mean            seed_average off, top_k, method mean          (the scorer's old default)
+    top-K ic_weighted     seed_average off, top_k, method ic_weighted
+    seed-avg top-K        seed_average on,  top_k, method mean
+    greedy (seed-avg)     seed_average on,  greedy on the selection split, method mean
+
+    .venv/bin/python bench/ensemble_rules.py --experiment runs/quickstart [--top-k 5] [--select-by select_ic]
+        [--corr-penalty 0.5] [--pool 12]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import math
+import sys
+import tempfile
+from pathlib import Path
+
+from crnn_ray.score import ScoreOptions, merge_config, run_score
+
+RULES = [("top-K mean", False, "top_k", "mean"), ("top-K ic_weighted", False, "top_k", "ic_weighted"),
+         ("seed-avg top-K", True, "top_k", "mean"), ("greedy (seed-avg)", True, "greedy", "mean")]
+
+
+def _f(v, fmt: str) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else fmt.format(v)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--experiment", required=True)
+    ap.add_argument("--top-k", type=int, default=5)
+    ap.add_argument("--select-by", default="select_ic")
+    ap.add_argument("--corr-penalty", type=float, default=0.5)
+    ap.add_argument("--pool", type=int, default=12)
+    ap.add_argument("--verbose", action="store_true", help="show the scorer's own output")
+    args = ap.parse_args(argv)
+    cfg = merge_config({"corr_penalty": args.corr_penalty, "pool": args.pool})
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="ensemble_rules_") as tmp:
+        for i, (rule, seed_average, selection, method) in enumerate(RULES):
+            opts = ScoreOptions(experiment=Path(args.experiment), out=Path(tmp) / str(i), top_k=args.top_k,
+                                select_by=args.select_by, method=method, seed_average=seed_average,
+                                selection=selection, path="in_process", config=cfg)
+            buf = io.StringIO()
+            with contextlib.redirect_stdout(sys.stdout if args.verbose else buf):
+                m = run_score(opts)
+            if "ensemble" not in m:
+                print(f"{rule}: no labels on the test period")
+                continue
+            s, vs = m["ensemble"]["summary"], m.get("vs_selected_member") or {}
+            rows.append((rule, f"{len(m['units'])}u/{len(m['weights'])}t", s["ic"], s["rank_ic"], s["sharpe"],
+                         s["ic_tstat_hac"], vs.get("ic_diff"), vs.get("ic_diff_tstat_hac")))
+            sel = vs.get("member", "?")
+    print(f"experiment {args.experiment}: test {m['period']['start']}..{m['period']['end']} "
+          f"({m['ensemble']['summary']['n_days']} days), chosen by {args.select_by}, top-K {args.top_k}; "
+          f"selected member (alone) {sel} IC {_f(vs.get('ic_member'), '{:+.4f}')}")
+    print(f"{'rule':<20}{'members':>10}{'test IC':>10}{'RankIC':>10}{'Sharpe':>9}{'IC HAC t':>10}"
+          f"{'vs sel dIC':>12}{'dIC HAC t':>11}")
+    for rule, n, ic, ric, sh, t, d, dt in rows:
+        print(f"{rule:<20}{n:>10}{_f(ic, '{:+.4f}'):>10}{_f(ric, '{:+.4f}'):>10}{_f(sh, '{:+.2f}'):>9}"
+              f"{_f(t, '{:+.2f}'):>10}{_f(d, '{:+.4f}'):>12}{_f(dt, '{:+.2f}'):>11}")
+    print("members: units/trials; Sharpe: realised long-short (docs/metrics.md); vs sel dIC: mean daily IC of the "
+          "ensemble minus the selected member's, HAC t with hac_lags(n, horizon) lags")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
