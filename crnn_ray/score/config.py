@@ -49,7 +49,7 @@ class ScoreConfig:
     top_k: int = setting(5, check=positive_int)
     select_by: str = setting(DEFAULT_RANK_METRIC, check=text)  # checked against the trials by score/select.py
     method: str = setting("mean", check=choice(*METHODS))
-    seed_average: bool = setting(True, check=boolean)  # a unit = the seeds of one (variant, hparams), averaged
+    seed_average: bool = setting(False, check=boolean)  # a unit = the seeds of one (variant, hparams), averaged
     selection: str = setting("top_k", check=choice(*SELECTIONS))  # top_k | greedy (on the selection split)
     corr_penalty: float = setting(0.5, check=nonneg_number)  # greedy: x mean correlation with the units in
     pool: int = setting(12, check=positive_int)  # greedy: candidates = the best `pool` units by select_by

@@ -37,7 +37,7 @@ class ScoreOptions:
     top_k: int = 5
     select_by: str = DEFAULT_RANK_METRIC
     method: str = "mean"
-    seed_average: bool = True       # units = the seeds of one (variant, hparams), averaged (docs/scoring.md)
+    seed_average: bool = False      # units = the seeds of one (variant, hparams), averaged (docs/scoring.md)
     selection: str = "top_k"        # top_k | greedy (forward selection on the selection split)
     data: Path | None = None
     start: str | None = None
