@@ -156,6 +156,70 @@ def test_kuberay_images_and_install_match_the_tested_versions():
         assert TORCH_PIN.findall(" ".join(c.get("command", []))) == [_tested_torch()], c.get("command")
 
 
+def _head_pod_labels(cluster: dict) -> dict:
+    """The labels the head pod will carry: its template's plus the ones KubeRay stamps on every pod it makes
+    (ray.io/cluster = the RayCluster's name, ray.io/node-type = head | worker)."""
+    template = cluster["spec"]["headGroupSpec"]["template"]
+    return {**(template.get("metadata") or {}).get("labels", {}),
+            "ray.io/cluster": cluster["metadata"]["name"], "ray.io/node-type": "head"}
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    assert set(selector) <= {"matchLabels"}, selector  # matchExpressions would need more than this check
+    return all(labels.get(k) == v for k, v in (selector.get("matchLabels") or {}).items())
+
+
+def test_kuberay_network_policy_limits_the_head_ports_to_clients_and_the_cluster():
+    docs = [d for d in yaml.safe_load_all(KUBERAY.read_text()) if d]
+    cluster = _raycluster()
+    head = _head_pod_labels(cluster)
+    worker = {**head, "ray.io/node-type": "worker"}
+    client = {"crnn-ray/client": "true"}
+    stranger = {"app": "something-else"}
+    policies = [d for d in docs if d.get("kind") == "NetworkPolicy"]
+    assert policies and all(p["apiVersion"] == "networking.k8s.io/v1" for p in policies)
+    for p in policies:
+        assert p["spec"]["policyTypes"] == ["Ingress"]
+        assert p["spec"]["podSelector"]["matchLabels"], "an empty selector would cover every pod of the namespace"
+
+    def allowed(target: dict, source: dict, port: int) -> bool:
+        """Whether the policies that select `target` let `source` in on `port` (NetworkPolicy semantics:
+        the union of every rule of every policy selecting the pod; no policy: all allowed)."""
+        selecting = [p for p in policies if _selects(p["spec"]["podSelector"], target)]
+        if not selecting:
+            return True
+        for p in selecting:
+            for rule in p["spec"].get("ingress", []):
+                ports = [q["port"] for q in rule.get("ports", [])]
+                assert all(q.get("protocol", "TCP") == "TCP" for q in rule.get("ports", []))
+                peers = rule.get("from", [])
+                assert all(set(peer) == {"podSelector"} for peer in peers), peers  # same namespace only
+                if (not ports or port in ports) and any(_selects(peer["podSelector"], source) for peer in peers):
+                    return True
+        return False
+
+    head_ports = {c["containerPort"] for c in cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+                  ["ports"]}
+    assert {8265, 10001, 6379} <= head_ports
+    # the two exposed ports: the cluster's own pods and labelled clients only
+    for port in (8265, 10001):
+        assert allowed(head, client, port) and allowed(head, worker, port) and allowed(head, head, port)
+        assert not allowed(head, stranger, port), port
+    # the client label opens nothing else
+    for port in (6379, 8076, 10002):
+        assert not allowed(head, client, port) and not allowed(worker, client, port)
+    # Ray's own traffic stays open between the cluster's pods, any port (GCS, object manager, worker ports)
+    for port in (6379, 8076, 10002, 20000, 52365):
+        assert allowed(head, worker, port) and allowed(worker, head, port) and allowed(worker, worker, port)
+        assert not allowed(worker, stranger, port) and not allowed(head, stranger, port)
+    # the policy that names the two ports selects the head pod, and lists exactly them
+    named = [p for p in policies if any(r.get("ports") for r in p["spec"]["ingress"])]
+    assert len(named) == 1 and _selects(named[0]["spec"]["podSelector"], head)
+    assert not _selects(named[0]["spec"]["podSelector"], worker)
+    assert sorted(q["port"] for r in named[0]["spec"]["ingress"] for q in r["ports"]) == [8265, 10001]
+    assert "crnn-ray/client" in (ROOT / "docs" / "operations.md").read_text()
+
+
 # -------------------------------------------------------------------------------------------- local config
 def test_local_fake_multinode_config_is_complete():
     # The wheel lacks the provider's example.yaml, so nothing can be filled in from defaults: the file must

@@ -96,6 +96,37 @@ def test_selection_ranks_on_validation_and_skips_failed(tmp_path):
         select_members(tmp_path, 3)
 
 
+def test_selection_prints_every_excluded_trial_and_why(tmp_path, capsys):
+    """The issue: an exploded trial vanished silently, or joined; now each trial that may not join is named,
+    with its status and reason, before the members are listed."""
+    exp = tmp_path / "exp"
+    loss = "train loss 5.1e+08 at epoch 2 is 6.1e+09 x the target variance (bound: max_loss_ratio 100)"
+    write_trials(exp, [
+        {"trial_id": "t0", "variant_id": "a", "seed": 0, "status": "ok", "valid_ic": 0.02},
+        {"trial_id": "t1", "variant_id": "convgru/m01", "seed": 0, "status": "diverged", "valid_ic": float("nan"),
+         "reason": loss},
+        {"trial_id": "t2", "variant_id": "c", "seed": 1, "status": "failed", "valid_ic": float("nan"),
+         "reason": "TrainingFailedError: worker died"},
+        {"trial_id": "t3", "variant_id": "d", "seed": 0, "status": "ok", "valid_ic": float("nan")},
+        {"trial_id": "t4", "variant_id": "e", "seed": 0, "status": "ok", "valid_ic": 0.05, "checkpoint": None},
+        {"trial_id": "t5", "variant_id": "f", "seed": 2, "status": "pruned", "valid_ic": 0.01},
+    ])
+    members = select_members(exp, 1, "valid_ic")
+    assert [m.trial_id for m in members] == ["t0"]  # t5 was eligible, only not among the top 1: not "excluded"
+    assert capsys.readouterr().out.splitlines() == [
+        f"excluded t1 convgru/m01@seed0: diverged ({loss})",
+        "excluded t2 c@seed1: failed (TrainingFailedError: worker died)",
+        "excluded t3 d@seed0: ok but no finite valid_ic",
+        "excluded t4 e@seed0: ok but no checkpoint",
+    ]
+    # nothing eligible: the lines still come, then the one-line error
+    write_trials(exp, [{"trial_id": "t9", "variant_id": "z", "seed": 0, "status": "diverged",
+                        "valid_ic": float("nan"), "reason": "non-finite loss (nan) at epoch 1 step 3"}])
+    with pytest.raises(CliError, match="no eligible trial"):
+        select_members(exp, 1, "valid_ic")
+    assert capsys.readouterr().out == "excluded t9 z@seed0: diverged (non-finite loss (nan) at epoch 1 step 3)\n"
+
+
 def test_look_ahead_window_runs_to_the_selection_end_plus_embargo_and_refuses_backcasts():
     dates = np.arange("2024-01-01", 40, dtype="datetime64[D]")
     m = Member(name="x@seed0", trial_id="t0", variant_id="x", spec="s", seed=0, checkpoint=Path("c"),

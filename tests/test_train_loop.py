@@ -314,3 +314,62 @@ def test_data_order_depends_on_the_run_identity_not_only_the_seed():
     assert not np.array_equal(same, order(cfg, "cnn1d(c5s1+relu+avgpool)"))
     assert not np.array_equal(same, order(_cfg(seed=0, lr=1e-2), SPEC))
     assert not np.array_equal(same, order(_cfg(seed=1), SPEC))
+
+
+def test_a_finite_loss_explosion_is_diverged_with_its_ratio(small, tmp_path):
+    """convgru at lr 1e3 stays finite but its mse reaches ~1e9 x a constant prediction's: diverged, not ok
+    (the issue's run was reported ok, ranked and picked by the scorer)."""
+    import re
+
+    from crnn_ray.train.loop import _loss_explosion, _target_variance, _TrainData
+
+    panel, splits = small
+    spec = load_zoo()["convgru/m01"].spec
+    cfg = _cfg(lr=1e3, epochs=3, max_steps_per_epoch=6)
+    reports = []
+    result = train_one(spec, panel, splits, cfg, workdir=tmp_path / "w", on_epoch=lambda m, d: reports.append(m))
+    print("->", result.reason)
+    assert result.status == "diverged" and len(result.history) < cfg.epochs
+    m = re.fullmatch(r"train loss (\S+) at epoch (\d) is (\S+) x the target variance \(bound: max_loss_ratio 100\)",
+                     result.reason)
+    assert m, result.reason
+    last = result.history[-1]
+    assert int(m.group(2)) == last["epoch"] and float(m.group(3)) > 100
+    assert math.isfinite(last["train_loss"]) and float(m.group(1)) == pytest.approx(last["train_loss"], rel=0.05)
+    assert math.isnan(last["valid_ic"])  # not validated: a diverged epoch has no metrics
+    assert reports[-1]["status"] == "diverged" and reports[-1]["reason"] == result.reason
+    assert load_checkpoint(result.checkpoint_dir)[0]["status"] == "diverged"
+    again = train_one(spec, panel, splits, cfg, workdir=tmp_path / "again", resume_from=result.checkpoint_dir)
+    assert again.status == "diverged" and len(again.history) == len(result.history)  # final, like NaN
+
+    # the variance is the ranked target's (~1/12) over the training samples; the rule is the ratio
+    data = _TrainData.build(spec, panel, splits, cfg, torch.device("cpu"))
+    var = _target_variance(data)
+    assert 0.07 < var < 0.09
+    assert _loss_explosion(100 * var, var, 100.0, 1) == ""
+    assert _loss_explosion(5.1e8, 5.1e8 / 6.1e9, 100.0, 2) == (
+        "train loss 5.1e+08 at epoch 2 is 6.1e+09 x the target variance (bound: max_loss_ratio 100)")
+    assert _loss_explosion(5.1e8, None, 100.0, 2) == "" and _loss_explosion(5.1e8, var, None, 2) == ""
+
+    # null switches the bound off: the same run then counts as ok (what it did before the rule)
+    off = train_one(spec, panel, splits, dataclasses.replace(cfg, max_loss_ratio=None), workdir=tmp_path / "off")
+    assert off.status == "ok" and max(h["train_loss"] for h in off.history) > 100 * var
+    # the ic loss is bounded: no loss-ratio rule, whatever the learning rate
+    ic = train_one(spec, panel, splits, _cfg(loss="ic", lr=1e3, epochs=1, max_steps_per_epoch=4),
+                   workdir=tmp_path / "ic")
+    assert "target variance" not in ic.reason
+
+
+def test_max_loss_ratio_is_checked_and_a_sweep_key(tmp_path):
+    from crnn_ray.sweep.config import parse_config
+
+    assert TrainConfig().max_loss_ratio == 100.0
+    assert TrainConfig(max_loss_ratio="1e3").validate().max_loss_ratio == 1000.0
+    assert TrainConfig(max_loss_ratio=None).validate().max_loss_ratio is None
+    for bad in (1, 0.5, -2, "x", True):
+        with pytest.raises(CliError, match=r"'max_loss_ratio': expected a number > 1"):
+            TrainConfig(max_loss_ratio=bad).validate()
+    cfg = parse_config({"variants": ["cnn1d/m01"], "training": {"max_loss_ratio": 50}}, source="s.yaml")
+    assert cfg.training.max_loss_ratio == 50.0
+    with pytest.raises(CliError, match="max_loss_ratio"):
+        parse_config({"variants": ["cnn1d/m01"], "training": {"max_loss_ratio": 0.5}}, source="s.yaml")

@@ -109,6 +109,7 @@ def select_members(exp_dir: str | Path, top_k: int, select_by: str = DEFAULT_RAN
     _check_metric(select_by, trials, path)
     values = pd.to_numeric(trials[select_by], errors="coerce")
     eligible = trials[trials["status"].isin(RANKED) & np.isfinite(values) & trials["checkpoint"].notna()]
+    print_excluded(trials.drop(eligible.index), values, select_by)
     if eligible.empty:
         statuses = ", ".join(f"{k}={v}" for k, v in trials["status"].value_counts().sort_index().items())
         raise CliError(f"{path}: no eligible trial (status in {list(RANKED)} with a finite {select_by} and a "
@@ -130,6 +131,20 @@ def select_members(exp_dir: str | Path, top_k: int, select_by: str = DEFAULT_RAN
                               spec=str(row.spec), seed=int(row.seed), checkpoint=ckpt, valid_ic=valid_ic,
                               select_value=float(row.select_value_)))
     return members
+
+
+def print_excluded(excluded: pd.DataFrame, values: pd.Series, select_by: str) -> None:
+    """One line per trial that may not join, and why: `excluded t001 convgru/m01@seed0: diverged (reason)`."""
+    for row in excluded.sort_values("trial_id", key=lambda c: c.astype(str), kind="mergesort").itertuples():
+        reason = str(getattr(row, "reason", "") or "")
+        reason = "" if reason in ("nan", "None") else reason
+        if row.status not in RANKED:
+            why = f"{row.status}{f' ({reason})' if reason else ''}"
+        elif not np.isfinite(values[row.Index]):
+            why = f"{row.status} but no finite {select_by}"
+        else:
+            why = f"{row.status} but no checkpoint"
+        print(f"excluded {row.trial_id} {row.variant_id}@seed{row.seed}: {why}", flush=True)
 
 
 def load_members(members: list[Member]) -> list[Member]:

@@ -203,7 +203,8 @@ def trial_driver(config: dict, ctx: TrialContext) -> None:
             storage_path=ctx.train_storage,
             failure_config=FailureConfig(max_failures=ctx.max_failures,
                                          controller_failure_limit=ctx.start_retries),
-            checkpoint_config=CheckpointConfig(num_to_keep=1),
+            # two: when the newest is corrupt, the worker resumes from the one before (resume_point)
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=[TuneReportCallback()],
             logging_config=LoggingConfig(log_level="WARNING"),  # Train's per-report INFO lines are noise here
         ),
@@ -270,13 +271,52 @@ def train_worker(loop_config: dict) -> None:
         if checkpoint is None:
             train()
         else:
-            with checkpoint.as_directory() as resume_dir:
-                resumed_from = _checkpoint_epoch(resume_dir)
-                print(f"[{trial['variant_id']}] resuming {trial['key']} from epoch {resumed_from} "
-                      f"({checkpoint.path})", flush=True)
+            with checkpoint.as_directory() as given:
+                # a corrupt checkpoint is not retried (every restart would fail the same way): one line, then
+                # the newest intact older checkpoint of this Train run, or epoch 0
+                resume_dir, warning = resume_point(
+                    Path(given), Path(ctx.train_storage) / run_name(ctx.experiment, trial["key"]),
+                    str(checkpoint.path), f"[{trial['variant_id']}] {trial['key']}")
+                resumed_from = _checkpoint_epoch(resume_dir) if resume_dir is not None else 0
+                print(warning or f"[{trial['variant_id']}] resuming {trial['key']} from epoch {resumed_from} "
+                                 f"({checkpoint.path})", flush=True)
                 train(resume_dir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def resume_point(given: Path, run_dir: Path, shown: str, tag: str) -> tuple[Path | None, str | None]:
+    """Where a restarted worker continues: (checkpoint directory, or None for epoch 0; warning line or None).
+
+    `given` is Train's latest checkpoint as a local directory (`shown`: its persisted path). It is used when
+    it loads (crnn_ray.train.checkpoint.load_train_state: meta, weights, state). Otherwise the newest intact
+    other `checkpoint_*` directory of the same Train run under `run_dir` (local or shared-filesystem storage;
+    Train keeps two), else none — with one warning line either way, never a retry of the same file.
+    """
+    problem = _unusable(given)
+    if problem is None:
+        return given, None
+    skip = {Path(shown).name, given.name}
+    older = [(_checkpoint_epoch(d), d.name, d) for d in sorted(run_dir.glob("checkpoint_*"))
+             if d.is_dir() and d.name not in skip and _unusable(d) is None] if run_dir.is_dir() else []
+    line = f"{tag}: checkpoint {shown} is corrupt ({problem}); "
+    if not older:
+        return None, line + "no intact checkpoint: restarting from epoch 0"
+    epoch, name, directory = max(older)
+    return directory, line + f"resuming from {name} (epoch {epoch})"
+
+
+def _unusable(directory: Path) -> str | None:
+    """Why a checkpoint directory cannot be resumed from (one short line), or None when it loads."""
+    from crnn_ray.train.checkpoint import load_train_state
+
+    try:
+        load_train_state(directory)
+    except CliError as exc:
+        return str(exc).replace(f"{directory}{os.sep}", "")
+    except Exception as exc:  # noqa: BLE001 - any failure to read it is a reason not to resume from it
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+    return None
 
 
 def _checkpoint_epoch(directory: str) -> int:

@@ -98,7 +98,10 @@ def _load_pt(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated / foreign files
-        raise CliError(f"{path}: corrupt checkpoint file ({type(exc).__name__})") from None
+        # its first sentence, on one line (the message stays one line)
+        detail = (str(exc).strip().splitlines() or [""])[0].split(". ")[0][:100]
+        raise CliError(f"{path}: corrupt checkpoint file ({type(exc).__name__}{': ' + detail if detail else ''})"
+                       ) from None
 
 
 def _to_cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

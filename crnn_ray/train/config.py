@@ -11,10 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from crnn_ray import defaults
-from crnn_ray.config import (Checker, boolean, choice, int_at_least, nonneg_int, nonneg_number, optional,
-                             positive_int, positive_number, setting, text)
+from crnn_ray.config import (Checker, _as_number, boolean, choice, int_at_least, nonneg_int, nonneg_number,
+                             optional, positive_int, positive_number, setting, show, text)
 from crnn_ray.io import CliError
 from crnn_ray.schema import LOSSES, STOPPING_METRICS
+
+
+def _above_one(c: Checker, value, key: str) -> float:
+    num = _as_number(value)
+    if num is None or num <= 1:  # at 1 a constant prediction would already count as diverged
+        raise c.fail(key, f"expected a number > 1 (a constant prediction scores 1), got {show(value)}")
+    return float(num)
 
 
 @dataclass
@@ -39,6 +46,9 @@ class TrainConfig:
     eval_batch_size: int = setting(4096, check=positive_int)
     seed: int = setting(0, check=nonneg_int)
     compile: bool = setting(False, check=boolean)
+    # "mse": an epoch whose mean train loss exceeds this many times the training target's variance (what a
+    # constant prediction scores) ends the run "diverged"; null: no bound (docs/training.md, "Divergence")
+    max_loss_ratio: float | None = setting(100.0, check=optional(_above_one))
 
     def validate(self) -> "TrainConfig":
         """Check (and normalise, e.g. "1e-3" -> 0.001) every field; CliError naming the first bad key."""

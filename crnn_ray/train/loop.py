@@ -63,8 +63,9 @@ def train_one(
     """Train `spec` on `panel` (train split), validate each epoch on the valid split, checkpoint each epoch.
 
     on_epoch(metrics, checkpoint_dir) is called after every epoch with a full checkpoint directory (it may be
-    deleted once the call returns). A NaN/inf loss, gradient or prediction ends training with status
-    "diverged" and the reason; it is reported, never raised.
+    deleted once the call returns). A NaN/inf loss, gradient or prediction, or (loss "mse") an epoch's mean
+    loss above cfg.max_loss_ratio x the target variance, ends training with status "diverged" and the
+    reason; it is reported, never raised.
     """
     from crnn_ray.zoo import build_model, count_params
 
@@ -73,6 +74,8 @@ def train_one(
     meta_extra = dict(meta_extra or {})
     tag = meta_extra.get("variant_id") or spec
     data = _TrainData.build(spec, panel, splits, cfg, device)
+    # what a constant prediction's mse is: the scale of the finite-explosion rule (mse only; see _loss_explosion)
+    target_var = _target_variance(data) if cfg.loss == "mse" and cfg.max_loss_ratio is not None else None
 
     # ---- model + optimizer (init under the seed) ------------------------------------------------------
     torch.manual_seed(cfg.seed)
@@ -112,11 +115,13 @@ def train_one(
         t0 = time.perf_counter()
         torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout stream of this epoch
         train_loss, samples_per_s, diverged = _train_epoch(model, forward, optimizer, data, cfg, epoch, device)
+        exploded = "" if diverged else _loss_explosion(train_loss, target_var, cfg.max_loss_ratio, epoch)
+        diverged = diverged or exploded
         summary, bad_prediction = ({}, "") if diverged else _validate(forward, model, data, cfg, epoch)
         diverged = diverged or bad_prediction
         metrics = {
             "epoch": epoch,
-            "train_loss": math.nan if diverged else train_loss,
+            "train_loss": train_loss if exploded or not diverged else math.nan,  # an explosion's is finite
             **{m.name: _finite_or_nan(summary.get(m.part, {}).get(m.summary_key)) for m in METRICS.values()},
             "samples_per_s": samples_per_s,
             "epoch_s": 0.0,
@@ -323,6 +328,28 @@ def _divergence(losses: torch.Tensor, norms: torch.Tensor, epoch: int) -> str:
     return f"non-finite gradient norm ({norm}) at epoch {epoch} step {step + 1}"
 
 
+def _target_variance(data: _TrainData) -> float:
+    """Variance of the training target over the training samples: the mse of the best constant prediction
+    (~1/12 for the ranked label, whose values spread evenly over [-0.5, 0.5])."""
+    y = data.y[data.train_rows[:, 0], data.train_rows[:, 1]].double()
+    return float(y.var(unbiased=False)) if len(y) else math.nan
+
+
+def _loss_explosion(train_loss: float, target_var: float | None, max_ratio: float | None, epoch: int) -> str:
+    """A finite blow-up as a reason: the epoch's mean train loss above max_ratio x the target variance; "".
+
+    Only for "mse" (the caller passes target_var None otherwise): the "ic" loss is bounded in [-1, 1], and
+    the gradient norm is no robust sign there (docs/training.md, "Divergence").
+    """
+    if target_var is None or max_ratio is None or not (math.isfinite(train_loss) and target_var > 0):
+        return ""
+    ratio = train_loss / target_var
+    if ratio <= max_ratio:
+        return ""
+    return (f"train loss {train_loss:.2g} at epoch {epoch} is {ratio:.2g} x the target variance "
+            f"(bound: max_loss_ratio {max_ratio:g})")
+
+
 def _validate(forward, model, data: _TrainData, cfg: TrainConfig, epoch: int) -> tuple[dict, str]:
     """evaluate() summaries of this epoch's predictions per eval part ({"valid": ..., "select": ...}), or
     ({}, reason) when a prediction is non-finite."""
@@ -507,7 +534,9 @@ def _meta(spec, panel, splits, cfg, horizon, epoch, best_epoch, best_metrics, pa
 
 
 def _epoch_line(tag: str, m: dict, epochs: int) -> str:
-    line = (f"[{tag}] epoch {m['epoch']}/{epochs} loss {m['train_loss']:.5f} valid IC {m['valid_ic']:+.4f} "
+    loss = m["train_loss"]
+    loss = f"{loss:.5f}" if not abs(loss) >= 1e4 else f"{loss:.3g}"  # an exploded loss: 6.88e+08
+    line = (f"[{tag}] epoch {m['epoch']}/{epochs} loss {loss} valid IC {m['valid_ic']:+.4f} "
             f"RankIC {m['valid_rank_ic']:+.4f} ICIR {m['valid_icir']:+.3f} pnl {m['valid_pnl_long_short']:+.4f} "
             f"long {m['valid_pnl_long']:+.4f}")
     if math.isfinite(m.get("select_ic", math.nan)):
