@@ -11,7 +11,6 @@ tests/hooks), the newest persisted checkpoint truncated, and `--resume`.
 from __future__ import annotations
 
 import math
-import os
 import re
 import shutil
 from pathlib import Path
@@ -19,12 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_config, write_yaml
+from conftest import init_ray_with_kill_hook, tiny_config, write_yaml
 from crnn_ray.data import load_panel, make_splits, save_panel, synthesize
 from crnn_ray.sweep.trial import resume_point
 from crnn_ray.train import TrainConfig, train_one
 
-HOOKS = Path(__file__).resolve().parent / "hooks"
 SPEC = "cnn1d(c3s1+batchnorm+relu+dropout+avgpool)"
 
 
@@ -131,15 +129,7 @@ def ray_kill_after_2(tmp_path_factory):
     tests/hooks/sitecustomize.py); the workers' prints reach this process (log_to_driver)."""
     import ray
 
-    assert not ray.is_initialized(), "the kill hook must be in the environment the workers start from"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(HOOKS), os.environ.get("PYTHONPATH", "")) if p))
-    mp.setenv("CRNN_RAY_TEST_KILL_AFTER_EPOCH", "2")
-    mp.setenv("CRNN_RAY_TEST_KILL_MARKER_DIR", str(tmp_path_factory.mktemp("kill-markers")))
-    try:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=True)
-    finally:
-        mp.undo()
+    init_ray_with_kill_hook(2, tmp_path_factory.mktemp("kill-markers"), log_to_driver=True)
     yield ray
     ray.shutdown()
 

@@ -10,38 +10,25 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-from conftest import read_results_json, tiny_config, write_yaml
+from conftest import init_ray_with_kill_hook, read_results_json, tiny_config, write_yaml
 from crnn_ray.io import CliError
 from crnn_ray.sweep import run_sweep
 from crnn_ray.sweep.leaderboard import LEADERBOARD_COLUMNS, TRIAL_COLUMNS
 
 pytestmark = pytest.mark.ray
 
-HOOKS = Path(__file__).resolve().parent / "hooks"
-
-
 @pytest.fixture(scope="module")
 def ray_kill_hook(tmp_path_factory):
-    """A local Ray whose workers load tests/hooks/sitecustomize.py: each Train worker SIGKILLs itself once,
-    right after reporting epoch 1 (the raylet, and so every worker, inherits the environment of ray.init)."""
+    """A local Ray whose Train workers SIGKILL themselves once, right after reporting epoch 1."""
     import ray
 
-    assert not ray.is_initialized(), "the kill hook must be in the environment the workers start from"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(HOOKS), os.environ.get("PYTHONPATH", "")) if p))
-    mp.setenv("CRNN_RAY_TEST_KILL_AFTER_EPOCH", "1")
-    mp.setenv("CRNN_RAY_TEST_KILL_MARKER_DIR", str(tmp_path_factory.mktemp("kill-markers")))
-    try:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    finally:
-        mp.undo()
+    init_ray_with_kill_hook(1, tmp_path_factory.mktemp("kill-markers"))
     yield ray
     ray.shutdown()
 
