@@ -168,5 +168,8 @@ def test_a_corrupt_newest_checkpoint_resumes_from_the_older_one_without_retries(
     assert re.search(rf"\[cnn1d/m01\] t000: checkpoint \S*{re.escape(kept[2].name)} is corrupt \(last\.pt: "
                      r"corrupt checkpoint file \(\w+: [^()]+\)\); resuming from "  # torch's error type varies
                      rf"{re.escape(kept[1].name)} \(epoch 1\)", warnings[0]), warnings[0]
-    assert "Traceback" not in text and "CliError" not in text
+    # no traceback of ours; Ray's own bookkeeping actors may print theirs under load (docs/sweep.md lists them)
+    ray_noise = ("PlacementGroupCleaner", "PreemptionWatcher", "TrainController")
+    ours = [ln for ln in text.splitlines() if "Traceback" in ln and not any(a in ln for a in ray_noise)]
+    assert not ours and "CliError" not in text and "crnn_ray/train/checkpoint.py" not in text, ours
     assert pd.read_parquet(tmp_path / "runs" / "rel" / "trials.parquet").status.tolist() == ["ok"]
