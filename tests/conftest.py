@@ -142,9 +142,10 @@ def ray_head():
 HOOKS = Path(__file__).resolve().parent / "hooks"
 
 
-def init_ray_with_kill_hook(epoch: int, marker_dir: Path, log_to_driver: bool = False) -> None:
+def init_ray_with_kill_hook(epoch: int, marker_dir: Path, log_to_driver: bool = False, trial: str = "") -> None:
     """ray.init a local Ray whose workers load tests/hooks/sitecustomize.py: each Train worker SIGKILLs itself
-    once, right after reporting `epoch` (the raylet, and so every worker, inherits the environment of init)."""
+    once, right after reporting `epoch` (of model `trial` only, when given; the raylet, and so every worker,
+    inherits the environment of init)."""
     import ray
 
     assert not ray.is_initialized(), "the kill hook must be in the environment the workers start from"
@@ -152,6 +153,7 @@ def init_ray_with_kill_hook(epoch: int, marker_dir: Path, log_to_driver: bool = 
     mp.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(HOOKS), os.environ.get("PYTHONPATH", "")) if p))
     mp.setenv("CRNN_RAY_TEST_KILL_AFTER_EPOCH", str(epoch))
     mp.setenv("CRNN_RAY_TEST_KILL_MARKER_DIR", str(marker_dir))
+    mp.setenv("CRNN_RAY_TEST_KILL_TRIAL", trial)
     try:
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=log_to_driver)
     finally:

@@ -149,8 +149,10 @@ def test_a_corrupt_newest_checkpoint_resumes_from_the_older_one_without_retries(
     first = run_sweep(config, storage=tmp_path / "runs")
     assert list(first.trials.status) == ["failed"]
     run_dir = tmp_path / "runs" / "rel" / "train" / "rel-t000"
-    kept = {json.loads((d / "meta.json").read_text())["epoch"]: d for d in run_dir.glob("checkpoint_*")
-            if d.is_dir()}  # (next to them: Train's checkpoint_manager_snapshot.json)
+    # each checkpoint holds the pack's model directories (here one: t000; next to them Train's
+    # checkpoint_manager_snapshot.json)
+    kept = {json.loads((d / "t000" / "meta.json").read_text())["epoch"]: d / "t000"
+            for d in run_dir.glob("checkpoint_*") if d.is_dir()}
     assert sorted(kept) == [1, 2]  # Train keeps two
     _truncate(kept[2] / "last.pt")
 
@@ -165,9 +167,9 @@ def test_a_corrupt_newest_checkpoint_resumes_from_the_older_one_without_retries(
     assert math.isfinite(row.valid_ic) and again.n_ranked == 1
     warnings = [line for line in text.splitlines() if "is corrupt" in line]
     assert len(warnings) == 1, warnings
-    assert re.search(rf"\[cnn1d/m01\] t000: checkpoint \S*{re.escape(kept[2].name)} is corrupt \(last\.pt: "
-                     r"corrupt checkpoint file \(\w+: [^()]+\)\); resuming from "  # torch's error type varies
-                     rf"{re.escape(kept[1].name)} \(epoch 1\)", warnings[0]), warnings[0]
+    assert re.search(rf"\[cnn1d/m01\] t000: checkpoint \S*{re.escape(kept[2].parent.name)}/t000 is corrupt "
+                     r"\(last\.pt: corrupt checkpoint file \(\w+: [^()]+\)\); resuming from "  # torch's error varies
+                     rf"{re.escape(kept[1].parent.name)} \(epoch 1\)", warnings[0]), warnings[0]
     # no traceback of ours; Ray's own bookkeeping actors may print theirs under load (docs/sweep.md lists them)
     ray_noise = ("PlacementGroupCleaner", "PreemptionWatcher", "TrainController")
     ours = [ln for ln in text.splitlines() if "Traceback" in ln and not any(a in ln for a in ray_noise)]

@@ -87,6 +87,9 @@ BAD = [
     ({"resources": {"cpus_per_trial": 0}}, "bad.yaml: resources.cpus_per_trial: expected a positive number"),
     ({"scheduler": {"type": "pbt"}}, "bad.yaml: scheduler.type: expected one of fifo, asha"),
     ({"seeds": [0, 0]}, "bad.yaml: seeds: duplicate seeds"),
+    ({"resources": {"models_per_trial": 0}}, "bad.yaml: resources.models_per_trial: expected"),
+    ({"resources": {"models_per_trial": 3}, "scheduler": {"type": "asha"}},
+     "bad.yaml: resources.models_per_trial: 3 models per Train run cannot run under scheduler.type asha"),
     ({"sedes": [0]}, "bad.yaml: sedes: unknown key"),
 ]
 
@@ -264,6 +267,22 @@ def test_scheduler_pruned_trial_is_ranked_from_its_history():
     assert lb.status[0] == "ok" and lb.n_ok[0] == 1
 
 
+def test_packs_fill_the_slots_evenly():
+    from crnn_ray.sweep.trial import make_packs, pack_models, pack_size
+
+    grid = [{"key": f"t{i:03d}"} for i in range(7)]
+    assert [pack_size("auto", n, slots) for n, slots in ((6, 2), (18, 2), (18, 16), (7, 2), (3, 8), (5, 5))] == [
+        3, 9, 2, 4, 1, 1]
+    assert pack_size(4, 3, 2) == 3 and pack_size(1, 10, 2) == 1  # never more than the models there are
+    packs = make_packs(grid, 3)  # ceil(7 / 3) = 3 packs, dealt round-robin
+    assert [[m["key"] for m in p["models"]] for p in packs] == [
+        ["t000", "t003", "t006"], ["t001", "t004"], ["t002", "t005"]]
+    assert [p["key"] for p in packs] == ["p000", "p001", "p002"]
+    ones = make_packs(grid[:2], 1)  # a pack of one keeps its model's key (its Train run is named after it)
+    assert [p["key"] for p in ones] == ["t000", "t001"] and pack_models(ones[0]) == [grid[0]]
+    assert pack_models(grid[0]) == [grid[0]]  # a Tune config from before packs: a pack of one
+
+
 def test_asha_scheduler_prunes_on_the_epoch_axis(tmp_path):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -277,6 +296,7 @@ def test_asha_scheduler_prunes_on_the_epoch_axis(tmp_path):
     assert sched._time_attr == "epoch" and sched._metric == "valid_rank_ic" and sched._mode == "max"
     assert sched._max_t == 6  # the last epoch: every report is an epoch's (no separate summary report)
     assert isinstance(_scheduler(load_config(SWEEPS / "tiny.yaml")), FIFOScheduler)
+    assert cfg.models_per_trial == 1 and load_config(SWEEPS / "tiny.yaml").models_per_trial == "auto"
     with pytest.raises(CliError, match=r"scheduler\.grace_period: 9 exceeds training\.epochs \(6\)"):
         doc["scheduler"]["grace_period"] = 9
         load_config(write_yaml(tmp_path / "asha.yaml", doc))

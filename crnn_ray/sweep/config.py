@@ -60,6 +60,8 @@ class ResourcesConfig:
     max_concurrent_trials: Any = setting("auto", check=auto_or(positive_int))  # "auto": from the cluster
     driver_memory_mb: int = setting(256, check=positive_int)  # reserved for each trial's driver
     cpu_quota: bool = setting(True, check=boolean)  # false: torch may use every core (the seed's setting)
+    # models one Train run trains one after another (a "pack"): "auto" fills the concurrent slots evenly
+    models_per_trial: Any = setting("auto", check=auto_or(positive_int))
 
 
 @dataclass
@@ -136,6 +138,11 @@ class SweepConfig:
         return dict(trial["train_config"])
 
     @property
+    def models_per_trial(self):
+        """resources.models_per_trial, except under ASHA: it prunes whole Tune trials, so one model each."""
+        return 1 if self.scheduler.type == "asha" else self.resources.models_per_trial
+
+    @property
     def schedule_metric(self) -> str:
         return self.scheduler.metric or self.training.early_stopping_metric
 
@@ -177,14 +184,17 @@ def parse_config(raw: Any, *, source: str = "config.yaml", default_name: str = "
     scheduler = SchedulerConfig(**read_section(c, SchedulerConfig, raw.get("scheduler"), "scheduler"))
     if scheduler.reduction_factor <= 1:
         raise c.fail("scheduler.reduction_factor", f"expected a number > 1, got {scheduler.reduction_factor:g}")
+    resources = ResourcesConfig(**read_section(c, ResourcesConfig, raw.get("resources"), "resources"))
+    if scheduler.type == "asha" and resources.models_per_trial not in ("auto", 1):
+        raise c.fail("resources.models_per_trial", f"{resources.models_per_trial} models per Train run cannot run "
+                     "under scheduler.type asha (it prunes whole trials): use 1 or auto (auto is 1 under asha)")
     if scheduler.type == "asha" and scheduler.grace_period > training.epochs:
         raise c.fail("scheduler.grace_period", f"{scheduler.grace_period} exceeds training.epochs "
                      f"({training.epochs}): nothing would be pruned")
     cfg = SweepConfig(
         name=name, data=_parse_data(c, raw.get("data")), variants=_parse_variants(c, raw.get("variants")),
         seeds=_parse_seeds(c, raw.get("seeds", [0])), training=training,
-        resources=ResourcesConfig(**read_section(c, ResourcesConfig, raw.get("resources"), "resources")),
-        scheduler=scheduler,
+        resources=resources, scheduler=scheduler,
         fault_tolerance=FaultToleranceConfig(**read_section(c, FaultToleranceConfig, raw.get("fault_tolerance"),
                                                             "fault_tolerance")),
         source=source)

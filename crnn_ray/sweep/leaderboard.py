@@ -51,15 +51,21 @@ def _int(value: Any, missing: int) -> int:
     return missing if math.isnan(value) else int(value)
 
 
-def trial_row(trial: dict, reports: list[dict], error: str | None, family: str) -> dict:
-    """One trial's row from its config (the grid entry), its epoch reports (in order) and its error.
+def trial_row(trial: dict, reports: list[dict], error: str | None, family: str,
+              checkpoint: str | None = None) -> dict:
+    """One trial's (model's) row from its config (the grid entry), its epoch reports (in order), its error
+    and its checkpoint (default: the newest a report names).
 
     The last report says it all (status, reason, best epoch and its metrics as `best_*`, where it ran); the
     earlier ones only feed the run's averages. A last report still "running" means the scheduler stopped
     the trial (pruned), unless the trial errored (failed).
     """
+    metric_reports = [r for r in reports if r.get("status") != "failed" or r.get("epoch") is not None]
     last = reports[-1] if reports else {}
-    if last.get("status") in ("ok", "diverged"):
+    if last.get("status") == "failed":  # the model raised inside its pack: its metrics are the epochs before
+        status, reason = "failed", str(last.get("reason") or "failed")
+        last = metric_reports[-1] if metric_reports else last
+    elif last.get("status") in ("ok", "diverged"):
         status, reason = last["status"], last.get("reason", "")
     elif error:
         status, reason = "failed", _first_line(error)
@@ -67,7 +73,8 @@ def trial_row(trial: dict, reports: list[dict], error: str | None, family: str) 
         status, reason = "pruned", f"stopped by the scheduler after epoch {last.get('epoch')}"
     else:
         status, reason = "failed", "no result reported"
-    checkpoint = next((r["checkpoint_path"] for r in reversed(reports) if r.get("checkpoint_path")), None)
+    if checkpoint is None:
+        checkpoint = next((r["checkpoint_path"] for r in reversed(reports) if r.get("checkpoint_path")), None)
     return {
         "trial_id": trial["key"],
         "variant_id": trial["variant_id"],

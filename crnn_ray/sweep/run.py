@@ -36,6 +36,7 @@ class SweepOutcome:
         self.experiment_dir = experiment_dir
         self.trials = trials
         self.leaderboard = leaderboard
+        self.time: dict = {}  # run_sweep's time_split
 
     @property
     def n_ranked(self) -> int:
@@ -268,19 +269,25 @@ def run_sweep(config_path=None, storage: str | os.PathLike = "runs", name: str |
     import ray
     from ray import tune
 
-    from crnn_ray.sweep.trial import TrialContext, TrialProgress, cluster_nodes, plan_placement, trial_driver
+    from crnn_ray.sweep.trial import (TrialContext, TrialProgress, cluster_nodes, make_packs, pack_size,
+                                      plan_placement, trial_driver)
 
     started = False
     try:
         started = _connect_ray()
         nodes, node_types = cluster_nodes()
-        placement = plan_placement(cfg.resources, len(grid), nodes, node_types, source=cfg.source)
+        slots = plan_placement(cfg.resources, len(grid), nodes, node_types, source=cfg.source)
+        k = pack_size(cfg.models_per_trial, len(grid), slots.max_concurrent_trials)
+        packs = make_packs(grid, k)
+        placement = plan_placement(cfg.resources, len(packs), nodes, node_types, source=cfg.source)
         write_experiment(prep, exp_dir, replace)  # every check passed: now the experiment may change
-        print(f"cluster: {placement.cluster}; {len(grid)} trial(s) ({len(cfg.resolved_variants)} variant(s) x "
-              f"{len(cfg.seeds)} seed(s) x {len(grid) // max(1, len(cfg.resolved_variants) * len(cfg.seeds))} "
-              f"hyperparameter setting(s)); per trial {placement.worker_resources()} "
-              f"(torch threads {placement.threads if placement.cpu_quota else 'unbounded'}), "
-              f"up to {placement.max_concurrent_trials} at once", flush=True)
+        n_hp = len(grid) // max(1, len(cfg.resolved_variants) * len(cfg.seeds))
+        print(f"cluster: {placement.cluster}; {len(grid)} model(s) ({len(cfg.resolved_variants)} variant(s) x "
+              f"{len(cfg.seeds)} seed(s) x {n_hp} hyperparameter setting(s)) in {len(packs)} Train run(s) of "
+              f"up to {k} model(s) (resources.models_per_trial {cfg.resources.models_per_trial}); per run "
+              f"{placement.worker_resources()} (torch threads "
+              f"{placement.threads if placement.cpu_quota else 'unbounded'}), up to "
+              f"{placement.max_concurrent_trials} at once", flush=True)
         ctx = TrialContext(
             experiment=cfg.name,
             experiment_dir=str(exp_dir),
@@ -303,7 +310,7 @@ def run_sweep(config_path=None, storage: str | os.PathLike = "runs", name: str |
         else:
             tuner = tune.Tuner(
                 trainable,
-                param_space={"trial": tune.grid_search(grid)},
+                param_space={"trial": tune.grid_search(packs)},
                 tune_config=tune.TuneConfig(
                     max_concurrent_trials=placement.max_concurrent_trials,
                     scheduler=_scheduler(cfg),
@@ -318,12 +325,15 @@ def run_sweep(config_path=None, storage: str | os.PathLike = "runs", name: str |
                     verbose=0,  # TrialProgress prints one line per trial event instead of Tune's tables
                 ),
             )
+        t_fit = time.perf_counter()
         with _graceful_stop() as stopped:
             results = tuner.fit()
+        fit_s = time.perf_counter() - t_fit
         if stopped.is_set():
             raise SweepInterrupted(f"sweep interrupted; Tune saved its state. Resume with: python -m crnn_ray.sweep "
                                    f"--storage {exp_dir.parent} --name {exp_dir.name} --resume")
         outcome = collect(cfg, exp_dir, grid, results, _baselines(cfg, panel, splits))
+        outcome.time = time_split(results, fit_s, min(placement.max_concurrent_trials, len(packs)))
     finally:
         if prep.new_panel is not None and prep.new_panel.exists():  # a check failed before it was moved in
             shutil.rmtree(prep.new_panel.parent, ignore_errors=True)
@@ -332,6 +342,10 @@ def run_sweep(config_path=None, storage: str | os.PathLike = "runs", name: str |
     n_variants = int((outcome.leaderboard["family"] != "baseline").sum())
     print(f"sweep finished in {time.perf_counter() - t0:.0f}s: {outcome.n_ranked}/{n_variants} "
           f"variant(s) ranked; {exp_dir / 'leaderboard.md'}", flush=True)
+    t = outcome.time
+    print(f"time: Tune {t['fit_s']:.0f}s x {t['slots']} slot(s) = {t['slot_s']:.0f} slot-s; model epochs "
+          f"{t['epoch_s']:.0f}s (training {t['train_s']:.0f}s + validation {t['valid_s']:.0f}s); overhead "
+          f"{100 * t['overhead']:.0f} % (Ray start-up and bookkeeping, idle slots, data set-up)", flush=True)
     return outcome
 
 
@@ -413,29 +427,50 @@ def _reports(result) -> list[dict]:
     return rows
 
 
+def time_split(results, fit_s: float, slots: int) -> dict:
+    """Where the sweep's slot-seconds went: the models' epochs (training + validation, as each epoch timed
+    itself) against Tune's wall time x the concurrent slots. The rest — `overhead` — is Ray's start-up and
+    bookkeeping per Train run, each run's data set-up, and slots left idle at the end."""
+    epochs = [r for result in results for r in _reports(result) if r.get("epoch_s") is not None]
+    total = lambda key: float(sum(float(r.get(key) or 0.0) for r in epochs if r.get(key) == r.get(key)))  # noqa: E731
+    slot_s = fit_s * max(1, slots)
+    epoch_s = total("epoch_s")
+    return {"fit_s": fit_s, "slots": max(1, slots), "slot_s": slot_s, "epoch_s": epoch_s,
+            "train_s": total("train_s"), "valid_s": total("valid_s"),
+            "overhead": max(0.0, 1.0 - epoch_s / slot_s) if slot_s > 0 else math.nan}
+
+
 def collect(cfg: SweepConfig, exp_dir: Path, grid: list[dict], results, baselines: list[dict] = ()) -> SweepOutcome:
     """trials.parquet + leaderboard.{parquet,md} from the Tune results; prints the leaderboard."""
     from crnn_ray.sweep.leaderboard import (build_leaderboard, leaderboard_markdown, trial_row, trials_frame,
                                             write_results)
     from crnn_ray.zoo import family_of, load_zoo
 
+    from crnn_ray.sweep.trial import pack_models
+
     zoo = load_zoo()
     by_key = {}
     for result in results:
-        trial = (result.config or {}).get("trial")
-        if trial is None:
+        pack = (result.config or {}).get("trial")
+        if pack is None:
             continue
-        rows = _reports(result)
+        reports = _reports(result)
         error = None
         if result.error is not None:
             error = f"{type(result.error).__name__}: {result.error}"
-        by_key[trial["key"]] = (trial, rows, error)
+        # the pack's newest checkpoint carries every model that reported: each model's directory in it
+        newest = next((r["checkpoint_path"] for r in reversed(reports) if r.get("checkpoint_path")), None)
+        models = pack_models(pack)
+        for trial in models:
+            own = [r for r in reports if r.get("trial_key", trial["key"] if len(models) == 1 else None) == trial["key"]]
+            checkpoint = f"{newest}/{trial['key']}" if newest and any(r.get("checkpoint_path") for r in own) else None
+            by_key[trial["key"]] = (trial, own, error, checkpoint)
     rows = []
     for trial in grid:  # every trial of the grid gets a row, even one Tune never started
-        t, results_rows, error = by_key.get(trial["key"], (trial, [], "not run"))
+        t, results_rows, error, checkpoint = by_key.get(trial["key"], (trial, [], "not run", None))
         entry = zoo.get(t["variant_id"])
         family = entry.family if entry is not None else family_of(t["spec"])
-        row = trial_row(t, results_rows, error, family)
+        row = trial_row(t, results_rows, error, family, checkpoint)
         row["checkpoint"] = relative_checkpoint(row["checkpoint"])
         rows.append(row)
     trials = trials_frame(rows)

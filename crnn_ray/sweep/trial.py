@@ -1,12 +1,23 @@
-"""One trial = one Ray Train run, driven from a Tune function trainable ("Train-in-Tune", Train V2).
+"""One Tune trial = one Ray Train run = one *pack* of models, driven from a Tune function trainable
+("Train-in-Tune", Train V2).
 
 Why this shape: Tune owns the grid, the scheduler and trial-level retries; Train owns placement of the one
 worker on a (node, GPU) with its CPU grant, worker restarts from the last checkpoint, and checkpoint
 persistence. The Tune trainable (`trial_driver`) holds no CPU or GPU (only a little memory); it builds a
-TorchTrainer whose single worker runs `train_worker`, which calls the plain-PyTorch `train_one`.
+TorchTrainer whose single worker runs `train_worker`, which calls the plain-PyTorch `train_one` once per model
+of its pack, one after another (at any moment one model per GPU).
 
-A Train run is named `<experiment>-<trial key>` under `<experiment dir>/train/`, so a trial that Tune reruns
-(or an experiment resumed with `--resume`) picks up the same run and continues from its last checkpoint.
+Why packs: a Train run costs ~15 s of start-up and four bookkeeping processes (~1.2 GB) whatever it trains;
+a pack of K models pays that once (resources.models_per_trial, see `pack_size`). Each model keeps its own
+trial key, epoch reports (`trial_id`), status and checkpoint; a model that diverges or raises ends alone.
+
+A pack's checkpoint is a directory with one sub-directory per model in the single-model format
+(crnn_ray/train/checkpoint.py) and `pack.json` (which models are over). Every checkpoint carries the finished
+models' final directories, so the newest one (Train keeps two) holds the whole pack: a restarted worker skips
+the finished models and resumes the first unfinished one from its last epoch.
+
+A Train run is named `<experiment>-<pack key>` under `<experiment dir>/train/` (a one-model pack's key is its
+model's, `t000`), so a trial that Tune reruns (or an experiment resumed with `--resume`) picks up the same run.
 """
 
 from __future__ import annotations
@@ -16,6 +27,7 @@ import math
 import os
 import shutil
 import tempfile
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,6 +147,33 @@ def plan_placement(resources, n_trials: int, nodes: list[dict], node_types: list
                      driver_memory_mb=int(resources.driver_memory_mb), cluster=cluster)
 
 
+# -------------------------------------------------------------------------------------------------- packs
+def pack_size(models_per_trial, n_models: int, slots: int) -> int:
+    """Models per Train run. `auto`: as few packs as fill the concurrent slots evenly — K = ceil(n / slots),
+    so the packs number ceil(n / K) <= slots and the longest holds one model more than the shortest at most.
+    (A cluster that autoscales without a bound has a slot per model: K = 1.)"""
+    if models_per_trial == "auto":
+        return max(1, math.ceil(n_models / max(1, slots)))
+    return max(1, min(int(models_per_trial), n_models))
+
+
+def make_packs(grid: list[dict], k: int) -> list[dict]:
+    """The grid's trials dealt round-robin into ceil(n / k) packs (so each pack mixes variants and seeds
+    rather than holding one slow family). A pack is `{"key", "models": [trial, ...]}`; one model's pack has
+    that model's key, a larger one `p000`, `p001`, ..."""
+    n_packs = math.ceil(len(grid) / max(1, k))
+    packs = []
+    for i in range(n_packs):
+        models = grid[i::n_packs]
+        packs.append({"key": models[0]["key"] if len(models) == 1 else f"p{i:03d}", "models": models})
+    return packs
+
+
+def pack_models(trial: dict) -> list[dict]:
+    """The models of a Tune trial's `trial` config (a pack; an older single-trial config is a pack of one)."""
+    return list(trial["models"]) if "models" in trial else [trial]
+
+
 # ------------------------------------------------------------------------------------------ shared context
 @dataclass
 class TrialContext:
@@ -164,16 +203,25 @@ class TrialProgress(tune.Callback):
     """One line per trial start / end / error (the workers print one line per epoch)."""
 
     @staticmethod
-    def _tag(trial) -> str:
-        t = trial.config["trial"]
+    def _model_tag(t: dict) -> str:
         grid = " ".join(f"{k}={v}" for k, v in t.get("grid", {}).items())
         return f"{t['key']} {t['variant_id']} seed {t['seed']}{' ' + grid if grid else ''}"
+
+    @classmethod
+    def _tag(cls, trial) -> str:
+        models = pack_models(trial.config["trial"])
+        if len(models) == 1:
+            return cls._model_tag(models[0])
+        return f"pack {trial.config['trial']['key']} ({len(models)} models: {', '.join(m['key'] for m in models)})"
 
     def on_trial_start(self, iteration, trials, trial, **info):
         print(f"[sweep] started {self._tag(trial)}", flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         r = trial.last_result or {}
+        if len(pack_models(trial.config["trial"])) > 1:
+            print(f"[sweep] finished {self._tag(trial)}", flush=True)
+            return
         ic = r.get("valid_ic")
         ic = f", valid IC {ic:+.4f}" if isinstance(ic, float) and math.isfinite(ic) else ""
         print(f"[sweep] finished {self._tag(trial)}: {r.get('status', '?')}{ic}", flush=True)
@@ -213,13 +261,18 @@ def trial_driver(config: dict, ctx: TrialContext) -> None:
 
 
 # -------------------------------------------------------------------------------------------- Train worker
-def train_worker(loop_config: dict) -> None:
-    """The Ray Train worker: quota first, then train_one with one report (and checkpoint) per epoch.
+PACK_FILE = "pack.json"
 
-    Each report is the epoch's metrics (they carry the best epoch's metrics as `best_*`, the status and the
-    reason), stamped with where the worker ran: the trial's last report alone makes its trials.parquet row.
+
+def train_worker(loop_config: dict) -> None:
+    """The Ray Train worker: quota first (once), then train_one for each unfinished model of the pack, one
+    report (and checkpoint) per epoch.
+
+    Each report is one model's epoch metrics under its own `trial_key` (Tune overwrites `trial_id` with its own) (they carry its best epoch's metrics as
+    `best_*`, the status and the reason), stamped with where the worker ran: a model's last report alone makes
+    its trials.parquet row. A model that raises gets one `failed` report and the pack goes on.
     """
-    trial: dict = loop_config["trial"]
+    pack: dict = loop_config["trial"]
     ctx: TrialContext = loop_config["ctx"]
     p = ctx.placement
 
@@ -239,13 +292,12 @@ def train_worker(loop_config: dict) -> None:
     ray_compat.quiet_train_report_log()
     panel = ray.get(ctx.panel_refs[0])
     splits = Splits(**{k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in ctx.splits.items()})
-    cfg = TrainConfig(**trial["train_config"])
     device = ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")
-    checkpoint = ray.train.get_checkpoint()
-    resumed_from = 0
+    models = pack_models(pack)
+    run_dir = Path(ctx.train_storage) / run_name(ctx.experiment, pack["key"])
     # `worker_` prefixes: Tune stamps every result with its own pid / node_ip (the trial driver's)
     where = {
-        "trial_id": trial["key"],
+        "pack_id": pack["key"],
         "worker_node_ip": ray.util.get_node_ip_address(),
         "worker_node_id": ray.get_runtime_context().get_node_id(),
         "gpu_ids": json.dumps([str(g) for g in ray.get_gpu_ids()]),
@@ -254,52 +306,170 @@ def train_worker(loop_config: dict) -> None:
         "cpu_quota": float(p.cpus_per_trial) if p.cpu_quota else 0.0,
         "quota_threads": int(quota["threads"]),
     }
-
-    def on_epoch(metrics: dict, checkpoint_dir: Path) -> None:
-        # the sampler's `threads` is the worker's OS thread count (Ray's threads included); `threads` in the
-        # report is torch's, the quota
-        metrics = {**metrics, **where, "os_threads": metrics.get("threads"), "threads": torch.get_num_threads(),
-                   "resumed_from_epoch": resumed_from}
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint_dir)))
-
-    workdir = Path(tempfile.mkdtemp(prefix=f"crnn_{trial['key']}_"))
-    meta_extra = {"variant_id": trial["variant_id"], "trial_id": trial["key"], "experiment": ctx.experiment}
-    train = lambda resume_dir=None: train_one(  # noqa: E731
-        trial["spec"], panel, splits, cfg, device=device, resume_from=resume_dir, on_epoch=on_epoch,
-        workdir=workdir, sampler=CpuSampler(), meta_extra=meta_extra)
+    workdir = Path(tempfile.mkdtemp(prefix=f"crnn_{pack['key']}_"))
     try:
-        if checkpoint is None:
-            train()
-        else:
-            with checkpoint.as_directory() as given:
-                # a corrupt checkpoint is not retried (every restart would fail the same way): one line, then
-                # the newest intact older checkpoint of this Train run, or epoch 0
-                resume_dir, warning = resume_point(
-                    Path(given), Path(ctx.train_storage) / run_name(ctx.experiment, trial["key"]),
-                    str(checkpoint.path), f"[{trial['variant_id']}] {trial['key']}")
-                resumed_from = _checkpoint_epoch(resume_dir) if resume_dir is not None else 0
-                print(warning or f"[{trial['variant_id']}] resuming {trial['key']} from epoch {resumed_from} "
-                                 f"({checkpoint.path})", flush=True)
-                train(resume_dir)
+        checkpoint = ray.train.get_checkpoint()
+        with checkpoint.as_directory() if checkpoint is not None else nullcontext(None) as given:
+            state = PackState.restore(Path(given) if given else None, workdir, models, run_dir,
+                                      str(checkpoint.path) if checkpoint is not None else "")
+        sampler = CpuSampler()
+        for i, trial in enumerate(models):
+            if trial["key"] in state.over:
+                continue
+            tag = f"[{trial['variant_id']}] {trial['key']}"
+            if len(models) > 1:
+                print(f"[pack {pack['key']}] model {i + 1}/{len(models)}: {trial['key']} {trial['variant_id']} "
+                      f"seed {trial['seed']}", flush=True)
+            resume_dir, resumed_from = state.resume.get(trial["key"], (None, 0))
+            if trial["key"] in state.lines:
+                print(state.lines[trial["key"]], flush=True)
+            elif resume_dir is not None:
+                print(f"{tag}: resuming from epoch {resumed_from} ({state.shown})", flush=True)
+            stamp = {**where, "trial_key": trial["key"], "resumed_from_epoch": resumed_from}
+
+            def on_epoch(metrics: dict, checkpoint_dir: Path, trial=trial, stamp=stamp) -> None:
+                # the sampler's `threads` is the worker's OS thread count (Ray's threads included); `threads`
+                # in the report is torch's, the quota
+                metrics = {**metrics, **stamp, "os_threads": metrics.get("threads"),
+                           "threads": torch.get_num_threads()}
+                over = metrics.get("status") != "running"
+                _report(metrics, state.stage(workdir, trial["key"], checkpoint_dir, over))
+
+            try:
+                result = train_one(
+                    trial["spec"], panel, splits, TrainConfig(**trial["train_config"]), device=device,
+                    resume_from=resume_dir, on_epoch=on_epoch, workdir=workdir / "run" / trial["key"],
+                    sampler=sampler, meta_extra={"variant_id": trial["variant_id"], "trial_id": trial["key"],
+                                                 "experiment": ctx.experiment})
+            except Exception as exc:  # noqa: BLE001 - one model's failure must not end its pack
+                reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+                print(f"{tag}: failed: {reason}", flush=True)
+                state.failed[trial["key"]] = reason
+                _report({**stamp, "status": "failed", "reason": reason},
+                        state.stage(workdir, trial["key"], None, True))
+                continue
+            if result.checkpoint_dir is not None and trial["key"] not in state.over:
+                # resumed into an already finished run (train_one reports nothing then): carry it as it is
+                state.keep(workdir, trial["key"], result.checkpoint_dir)
+            shutil.rmtree(workdir / "run" / trial["key"], ignore_errors=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def resume_point(given: Path, run_dir: Path, shown: str, tag: str) -> tuple[Path | None, str | None]:
-    """Where a restarted worker continues: (checkpoint directory, or None for epoch 0; warning line or None).
+def _report(metrics: dict, directory: Path) -> None:
+    import ray.train
 
-    `given` is Train's latest checkpoint as a local directory (`shown`: its persisted path). It is used when
-    it loads (crnn_ray.train.checkpoint.load_train_state: meta, weights, state). Otherwise the newest intact
-    other `checkpoint_*` directory of the same Train run under `run_dir` (local or shared-filesystem storage;
-    Train keeps two), else none — with one warning line either way, never a retry of the same file.
+    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(directory)))
+
+
+class PackState:
+    """Which models of a pack are over (their final checkpoint directories, kept locally) and where the first
+    unfinished one resumes; builds each epoch's pack checkpoint directory."""
+
+    def __init__(self, models: list[dict]):
+        self.models = models
+        self.over: dict[str, Path] = {}          # finished (ok / diverged) model key -> its final directory
+        self.failed: dict[str, str] = {}         # model key -> reason (raised; nothing to carry)
+        self.resume: dict[str, tuple[Path, int]] = {}  # model key -> (directory to resume from, its epoch)
+        self.lines: dict[str, str] = {}          # model key -> the corrupt-checkpoint warning line
+        self.shown = ""
+
+    @classmethod
+    def restore(cls, given: Path | None, workdir: Path, models: list[dict], run_dir: Path, shown: str):
+        """From Train's latest checkpoint (None: a fresh start). Everything needed later is copied out, since
+        Train deletes old checkpoints as new ones are reported."""
+        state = cls(models)
+        state.shown = shown
+        if given is None:
+            return state
+        info = _read_pack_file(given)
+        state.failed = dict(info.get("failed") or {})
+        for trial in models:
+            key = trial["key"]
+            if key in state.failed:
+                state.over[key] = None  # type: ignore[assignment] - over, nothing to carry
+                continue
+            tag = f"[{trial['variant_id']}] {key}"
+            if key in info.get("over", []):
+                directory, line = resume_point(given / key, run_dir, shown, tag, sub=key)
+                if directory is not None and line is None:
+                    state.keep(workdir, key, directory)
+                    continue
+                # a finished model whose final files are damaged: train_one continues from what is intact
+            elif not (given / key).is_dir():
+                continue  # not started yet
+            directory, line = resume_point(given / key, run_dir, shown, tag, sub=key)
+            if line:
+                state.lines[key] = line
+            if directory is not None:
+                local = workdir / "resume" / key
+                shutil.copytree(directory, local)
+                state.resume[key] = (local, _checkpoint_epoch(local))
+            break  # models after the first unfinished one have not started
+        return state
+
+    def keep(self, workdir: Path, key: str, directory: Path) -> None:
+        local = workdir / "over" / key
+        if local.exists():
+            shutil.rmtree(local)
+        shutil.copytree(directory, local)
+        self.over[key] = local
+
+    def stage(self, workdir: Path, key: str, current: Path | None, over: bool) -> Path:
+        """This report's checkpoint: the finished models' final directories, the current model's newest one
+        (when it has one) and pack.json; the previous stage is removed once Train has persisted it."""
+        if over and current is not None:
+            self.keep(workdir, key, current)
+        elif over:
+            self.over[key] = None  # type: ignore[assignment]
+        stage = Path(tempfile.mkdtemp(prefix="stage_", dir=workdir))
+        for done, directory in self.over.items():
+            if directory is not None:
+                _link_tree(directory, stage / done)
+        if current is not None and not over:
+            _link_tree(current, stage / key)
+        (stage / PACK_FILE).write_text(json.dumps({
+            "models": [m["key"] for m in self.models],
+            "over": [k for k, d in self.over.items() if d is not None],
+            "failed": self.failed}))
+        for old in workdir.glob("stage_*"):
+            if old != stage:
+                shutil.rmtree(old, ignore_errors=True)
+        return stage
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Hard links where the filesystem allows (no bytes copied locally; Train copies once to storage)."""
+    try:
+        shutil.copytree(src, dst, copy_function=os.link)
+    except OSError:
+        shutil.rmtree(dst, ignore_errors=True)
+        shutil.copytree(src, dst)
+
+
+def _read_pack_file(directory: Path) -> dict:
+    try:
+        return json.loads((directory / PACK_FILE).read_text())
+    except (OSError, ValueError):  # missing or damaged: every model's own files say how far it got
+        return {}
+
+
+def resume_point(given: Path, run_dir: Path, shown: str, tag: str, sub: str = "") -> tuple[Path | None, str | None]:
+    """Where a restarted model continues: (checkpoint directory, or None for epoch 0; warning line or None).
+
+    `given` is the model's directory in Train's latest checkpoint, local (`shown`: the checkpoint's persisted
+    path; `sub`: the model's sub-directory in a pack checkpoint). It is used when it loads
+    (crnn_ray.train.checkpoint.load_train_state: meta, weights, state). Otherwise the newest intact model
+    directory in the other `checkpoint_*` directories of the same Train run under `run_dir` (local or
+    shared-filesystem storage; Train keeps two), else none — with one warning line either way, never a retry.
     """
     problem = _unusable(given)
     if problem is None:
         return given, None
-    skip = {Path(shown).name, given.name}
-    older = [(_checkpoint_epoch(d), d.name, d) for d in sorted(run_dir.glob("checkpoint_*"))
-             if d.is_dir() and d.name not in skip and _unusable(d) is None] if run_dir.is_dir() else []
-    line = f"{tag}: checkpoint {shown} is corrupt ({problem}); "
+    skip = {Path(shown).name, (given.parent if sub else given).name}
+    older = [(_checkpoint_epoch(d / sub), d.name, d / sub) for d in sorted(run_dir.glob("checkpoint_*"))
+             if d.is_dir() and d.name not in skip and _unusable(d / sub) is None] if run_dir.is_dir() else []
+    line = f"{tag}: checkpoint {shown}{'/' + sub if sub else ''} is corrupt ({problem}); "
     if not older:
         return None, line + "no intact checkpoint: restarting from epoch 0"
     epoch, name, directory = max(older)

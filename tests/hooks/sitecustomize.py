@@ -2,8 +2,9 @@
 
 With CRNN_RAY_TEST_KILL_AFTER_EPOCH=N set, it wraps `ray.train.report` as soon as `ray.train` is imported:
 right after a Train worker reported epoch N of a still-running trial (with its checkpoint), the worker
-SIGKILLs itself, once per trial (a marker file in CRNN_RAY_TEST_KILL_MARKER_DIR remembers it). The
-production code knows nothing of this; tests/test_sweep_e2e.py starts its Ray with it.
+SIGKILLs itself, once per trial (a marker file in CRNN_RAY_TEST_KILL_MARKER_DIR remembers it); with
+CRNN_RAY_TEST_KILL_TRIAL=t001 only after that trial's (model's) epoch. The production code knows nothing of
+this; tests/test_sweep_e2e.py starts its Ray with it.
 """
 
 import importlib.abc
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 KILL_AFTER_EPOCH = int(os.environ.get("CRNN_RAY_TEST_KILL_AFTER_EPOCH", "0") or 0)
+KILL_TRIAL = os.environ.get("CRNN_RAY_TEST_KILL_TRIAL", "")
 
 
 def _patch(module) -> None:
@@ -22,8 +24,9 @@ def _patch(module) -> None:
 
     def report_then_die(metrics, *args, **kwargs):
         out = report(metrics, *args, **kwargs)
-        if metrics.get("epoch") == KILL_AFTER_EPOCH and metrics.get("status") == "running":
-            marker = Path(os.environ["CRNN_RAY_TEST_KILL_MARKER_DIR"]) / f"killed-{metrics.get('trial_id')}"
+        if (metrics.get("epoch") == KILL_AFTER_EPOCH and metrics.get("status") == "running"
+                and KILL_TRIAL in ("", metrics.get("trial_key"))):
+            marker = Path(os.environ["CRNN_RAY_TEST_KILL_MARKER_DIR"]) / f"killed-{metrics.get('trial_key')}"
             if not marker.exists():
                 marker.parent.mkdir(parents=True, exist_ok=True)
                 marker.write_text(str(os.getpid()))
