@@ -25,15 +25,23 @@ def autoscaler_node_types() -> list[tuple[dict, int]]:
             for group in config.node_group_configs]
 
 
-def configure_train_driver(start_timeout_s: float) -> None:
+def configure_train_driver(start_timeout_s: float, private_ray: bool = False) -> None:
     """Environment the Train V2 controller reads (propagated from the process that builds the trainer).
 
     RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S bounds how long a worker group may wait for its placement group
     (start-up failures are then retried). RAY_TRAIN_ENABLE_PRINT_PATCH=0: train_one prints one line per epoch,
     and Train's print patch would log each line a second time.
+
+    private_ray: the sweep started this Ray itself (one machine, no autoscaler, no dashboard). Then two
+    per-run costs buy nothing and are turned off: the PreemptionWatcher actor (one process per Train run,
+    ~190 MB, polling for node drains that only a cloud autoscaler sends) and Train's metrics callbacks
+    (Prometheus gauges nobody scrapes without a dashboard). On a cluster Ray's defaults stand.
     """
     os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(start_timeout_s)
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    if private_ray:
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+        os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
 
 
 def quiet_train_report_log() -> None:

@@ -297,6 +297,7 @@ def run_sweep(config_path=None, storage: str | os.PathLike = "runs", name: str |
             max_failures=cfg.fault_tolerance.max_failures,
             start_timeout_s=cfg.fault_tolerance.start_timeout_s,
             start_retries=cfg.fault_tolerance.start_retries,
+            private_ray=started,
         )
         trainable = tune.with_resources(
             tune.with_parameters(trial_driver, ctx=ctx),

@@ -188,6 +188,7 @@ class TrialContext:
     max_failures: int = 2
     start_timeout_s: float = 120.0
     start_retries: int = 2
+    private_ray: bool = False               # the sweep started its own local Ray (ray_compat.configure_train_driver)
 
     @property
     def train_storage(self) -> str:
@@ -237,7 +238,7 @@ def trial_driver(config: dict, ctx: TrialContext) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     trial = config["trial"]
-    ray_compat.configure_train_driver(ctx.start_timeout_s)
+    ray_compat.configure_train_driver(ctx.start_timeout_s, ctx.private_ray)
     p = ctx.placement
     trainer = TorchTrainer(
         train_worker,
