@@ -300,3 +300,23 @@ def test_asha_scheduler_prunes_on_the_epoch_axis(tmp_path):
     with pytest.raises(CliError, match=r"scheduler\.grace_period: 9 exceeds training\.epochs \(6\)"):
         doc["scheduler"]["grace_period"] = 9
         load_config(write_yaml(tmp_path / "asha.yaml", doc))
+
+
+def test_check_looks_at_the_data_path_without_reading_the_data(tmp_path, capsys):
+    from crnn_ray.data import save_panel, synthesize
+    from crnn_ray.sweep.__main__ import main
+
+    doc = tiny_config(data={"path": str(tmp_path / "nowhere.parquet"), "lookback": 10, "label": "y5"})
+    doc["data"].pop("synth")
+    bad = write_yaml(tmp_path / "bad.yaml", doc)
+    assert main(["--config", str(bad), "--check"]) == 2
+    assert f"error: bad.yaml: data.path: file not found: {tmp_path / 'nowhere.parquet'}" in capsys.readouterr().err
+
+    df, meta = synthesize(n_symbols=12, n_days=80, seed=0)
+    save_panel(df, tmp_path / "nowhere.parquet", meta)
+    assert main(["--config", str(bad), "--check"]) == 0
+    assert "bad.yaml: ok, 2 trial(s); data: " in capsys.readouterr().out
+    doc["data"]["label"] = "y15"
+    other = write_yaml(tmp_path / "other.yaml", doc)
+    assert main(["--config", str(other), "--check"]) == 2
+    assert "error: other.yaml: data.label: 'y15' is not a label of nowhere.parquet" in capsys.readouterr().err

@@ -25,8 +25,41 @@ def _parser() -> argparse.ArgumentParser:
                            "from their last checkpoint")
     mode.add_argument("--overwrite", action="store_true", help="delete an existing experiment of that name first")
     p.add_argument("--check", action="store_true",
-                   help="validate the config (keys, types, variants) and print the grid; reads no data, starts no Ray")
+                   help="validate the config (keys, types, variants), check that data.path exists (and, for a "
+                        "Parquet panel, its footer lists the label and features) and print the grid; starts no Ray")
     return p
+
+
+def check_data_path(cfg) -> str:
+    """--check's look at the data without reading it: data.path must exist, and a Parquet panel's footer
+    (its metadata alone) must list data.label and data.features. Returns what was checked, for the ok line."""
+    from pathlib import Path
+
+    from crnn_ray.data.panel import read_panel_meta
+    from crnn_ray.io import CliError
+
+    if cfg.data.path is None:
+        return "data: synthetic market (made at run time)"
+    path = Path(cfg.data.path).expanduser().resolve()
+    if not path.is_file():
+        raise CliError(f"{cfg.source}: data.path: file not found: {path}")
+    if not path.name.lower().endswith(".parquet"):
+        return f"data: {path} exists (columns are checked when the sweep reads it)"
+    try:
+        meta = read_panel_meta(path)
+    except CliError as exc:
+        raise CliError(f"{cfg.source}: data.path: {exc}") from None
+    if not meta:
+        return f"data: {path} exists (no crnn_ray metadata: columns are checked when the sweep reads it)"
+    labels, features = list(meta.get("labels") or []), list(meta.get("features") or [])
+    if labels and cfg.data.label not in labels:
+        raise CliError(f"{cfg.source}: data.label: {cfg.data.label!r} is not a label of {path.name} "
+                       f"(it has {', '.join(labels)})")
+    missing = [f for f in (cfg.data.features or []) if features and f not in features]
+    if missing:
+        raise CliError(f"{cfg.source}: data.features: {', '.join(missing)} not in {path.name} "
+                       f"(it has {', '.join(features)})")
+    return f"data: {path} has label {cfg.data.label} and {len(cfg.data.features or features)} feature(s)"
 
 
 def _main(argv: list[str] | None = None) -> int:
@@ -39,10 +72,11 @@ def _main(argv: list[str] | None = None) -> int:
 
             raise CliError("--check needs --config")
         cfg = load_config(args.config)
+        data = check_data_path(cfg)
         grid = cfg.grid()
         for t in grid:
             print(f"{t['key']} {t['variant_id']} seed {t['seed']} {t['grid'] or ''}")
-        print(f"{args.config}: ok, {len(grid)} trial(s)")
+        print(f"{args.config}: ok, {len(grid)} trial(s); {data}")
         return 0
 
     from crnn_ray.sweep import run_sweep
