@@ -13,13 +13,16 @@ NAME    ?= quickstart
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q -e ".[test]"
 	# real price panel for the ingest tests: skfolio ships 20 S&P 500 closes; only its data file is used
 	$(BIN)/pip install -q --no-deps "skfolio==1.12.2"
+	# real daily OHLCV with volume for the vendor-file tests: arch ships the S&P 500 and NASDAQ Composite
+	# (1999-2018); only its data files are read (tests/real_ohlcv.py), never the package
+	$(BIN)/pip install -q --no-deps "arch==8.0.0"
 	touch $@
 
 demo: venv

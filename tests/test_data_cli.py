@@ -121,3 +121,63 @@ def test_synth_preset_realistic_and_inspect_shows_the_returns(tmp_path, capsys):
     assert "returns  y1" in text and "label    y1 (horizon 1)" in text and "preset=realistic" in text
     assert main(["synth", "--preset", "hard", "--out", str(tmp_path / "h.parquet")]) == 2
     assert "--preset" in capsys.readouterr().err and not (tmp_path / "h.parquet").exists()
+
+
+def _messy_csv(path):
+    df = _ohlcv_csv(path)
+    df = df.assign(volume=df["volume"].astype(float))
+    first = (df["TradeDate"] == df["TradeDate"].iloc[5]) & (df["Ticker"] == "BBB")
+    df.loc[first, ["close", "volume"]] = [0.0, 0.0]                     # a placeholder row
+    neg = (df["TradeDate"] == df["TradeDate"].iloc[7]) & (df["Ticker"] == "CCC")
+    df.loc[neg, "volume"] = -10.0
+    df.to_csv(path, index=False)
+    return df
+
+
+def test_ingest_prints_repairs_lag_and_the_coverage_inspect_prints(tmp_path, capsys):
+    src, out = tmp_path / "messy.csv", tmp_path / "p.parquet"
+    _messy_csv(src)
+    assert main(["ingest", "--ohlcv", str(src), "--out", str(out), "--horizon", "3", "--date-col", "TradeDate",
+                 "--min-price", "19"]) == 0
+    text = capsys.readouterr().out
+    assert "119 rows" in text and "(120 input rows, 1 without a usable price dropped)" in text
+    assert "repairs    placeholder 1 row(s), first (2023-01-09, BBB); negative_volume 1 value(s) in column " \
+           "'volume', first (2023-01-11, CCC)" in text
+    assert "0 break(s)" in text and "universe   min_price 19 (raw close): " in text
+    m = re.search(r"label      y3 \(close t\+1 -> t\+4, label_lag 1\): (present on [\d.]+% of rows with a price "
+                  r"\(\d+ of 119\))", text)
+    assert m, text
+    p = load_panel(out)
+    assert p.meta["label_lag"] == 1 and p.meta["repairs"]["placeholder"] == 1
+    assert main(["inspect", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert f"label    y3 (horizon 3) close t+1 -> t+4, label_lag 1: {m.group(1)}" in shown  # same basis, same figure
+    assert "repairs    placeholder 1 row(s)" in shown and "aux      universe, traded_value_med" in shown
+    # a lag of 0 (trade at the close the features end on) is recorded too
+    assert main(["ingest", "--ohlcv", str(src), "--out", str(tmp_path / "l0.parquet"), "--date-col", "TradeDate",
+                 "--label-lag", "0"]) == 0
+    assert "close t -> t+5, label_lag 0" in capsys.readouterr().out
+    assert load_panel(tmp_path / "l0.parquet").label_lag == 0
+
+
+def test_ingest_strict_refuses_in_one_line_naming_every_kind(tmp_path, capsys):
+    src, out = tmp_path / "messy.csv", tmp_path / "out" / "p.parquet"
+    _messy_csv(src)
+    before = _leftovers(tmp_path)
+    assert main(["ingest", "--ohlcv", str(src), "--out", str(out), "--date-col", "TradeDate", "--strict"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {src}: --strict: 2 kind(s) of repair refused: ")
+    assert "placeholder 1 row(s)" in err and "negative_volume 1 value(s) in column 'volume'" in err
+    assert not out.exists() and _leftovers(tmp_path) == before
+
+
+def test_ingest_max_jump_is_a_deprecated_alias(tmp_path, capsys):
+    src = tmp_path / "ohlcv.csv"
+    _ohlcv_csv(src)
+    assert main(["ingest", "--ohlcv", str(src), "--out", str(tmp_path / "a.parquet"), "--date-col", "TradeDate",
+                 "--max-jump", "1.0"]) == 0
+    assert "--max-jump is deprecated" in capsys.readouterr().err
+    assert load_panel(tmp_path / "a.parquet").meta["params"]["max_down"] == 0.5
+    assert main(["ingest", "--ohlcv", str(src), "--out", str(tmp_path / "b.parquet"), "--date-col", "TradeDate",
+                 "--max-jump", "1.0", "--max-up", "2.0"]) == 2
+    assert "give one or the other" in capsys.readouterr().err and not (tmp_path / "b.parquet").exists()

@@ -1,4 +1,5 @@
-"""OHLCV ingest: real S&P 500 closes, no look-ahead (property), gaps / zero volume / jumps, bad input."""
+"""OHLCV ingest: real S&P 500 closes, no look-ahead (property), label lag, gaps / zero volume, breaks and bad
+prints, repairs, adjustment, universe filters, bad input."""
 
 import importlib.util
 from pathlib import Path
@@ -43,39 +44,72 @@ def test_sp500_shapes_and_features(sp500):
     tickers = [c for c in wide.columns if c != "Date"]
     assert len(panel) == len(wide) * len(tickers)
     assert meta["features"] == ["ret1", "ret5", "ma20_gap", "vol20"] and meta["labels"] == ["y5", "y1"]
-    assert meta["horizons"] == {"y5": 5, "y1": 1} and meta["returns"] == "y1"
+    assert meta["horizons"] == {"y5": 5, "y1": 1} and meta["returns"] == "y1" and meta["label_lag"] == 1
     assert meta["params"]["columns"]["close"] == "Adj Close"
+    assert meta["repairs"] == {k: 0 for k in meta["repairs"]} and meta["repair_summary"] == []
+    # two real one-day moves beyond -40 % that stay: RRC x0.333 in 1990 and AAPL's -52 % of 2000-09-29
+    ca = meta["corporate_actions"]
+    assert ca["adjustment"] == "none" and ca["breaks"] == 2 and ca["bad_prints"] == 0
+    assert ca["break_examples"] == ["(1990-04-10, RRC) x0.333", "(2000-09-29, AAPL) x0.482"]
     dates = np.sort(panel["date"].unique())
-    enough_history = panel["date"] >= dates[20]
-    assert panel.loc[enough_history, meta["features"]].notna().all().all()
+    broken = panel.loc[panel["price_break"], ["symbol", "date"]]
+    after_break = np.zeros(len(panel), dtype=bool)
+    for sym, day in zip(broken["symbol"], broken["date"]):  # the series restarts: 20 days of warm-up again
+        pos = np.searchsorted(dates, day)
+        after_break |= ((panel["symbol"] == sym) & panel["date"].between(day, dates[pos + 20])).to_numpy()
+    enough_history = (panel["date"] >= dates[20]).to_numpy()
+    assert panel.loc[enough_history & ~after_break, meta["features"]].notna().all().all()
+    assert panel.loc[enough_history & after_break, "ma20_gap"].isna().sum() == 2 * 9  # < 10 closes in the segment
     assert panel.loc[panel["date"] == dates[0], "ret1"].isna().all()
-    # label NaN on the last H dates, finite elsewhere unless a flagged jump sits inside the window
-    assert panel.loc[panel["date"] >= dates[-5], "y5"].isna().all()
-    assert panel.loc[panel["date"] < dates[-5], "y5"].notna().mean() > 0.99
+    # label NaN on the last L + H dates, finite elsewhere unless a break sits inside the window
+    assert panel.loc[panel["date"] >= dates[-6], "y5"].isna().all()
+    assert panel.loc[panel["date"] < dates[-6], "y5"].isna().sum() == 2 * 5
     assert panel["ret1"].abs().max() <= np.log(2) + 1e-6
 
 
-def test_sp500_label_is_the_hand_computed_forward_return(sp500):
+def test_sp500_label_is_the_hand_computed_lagged_forward_return(sp500):
+    """y5 at t = close_{t+1+5} / close_{t+1} - 1 and y1 at t = close_{t+2} / close_{t+1} - 1 (label_lag 1)."""
     wide, panel, _ = sp500
     rng = np.random.default_rng(0)
     checked = 0
     for _ in range(8):
-        t = int(rng.integers(30, len(wide) - 6))
+        t = int(rng.integers(30, len(wide) - 7))
         tk = str(rng.choice([c for c in wide.columns if c != "Date"]))
-        expected = wide[tk].iloc[t + 5] / wide[tk].iloc[t] - 1
         row = panel[(panel["date"] == pd.Timestamp(wide["Date"].iloc[t])) & (panel["symbol"] == tk)]
         if row["y5"].notna().all():
-            assert row["y5"].iloc[0] == pytest.approx(expected, rel=1e-4, abs=1e-6)
+            assert row["y5"].iloc[0] == pytest.approx(wide[tk].iloc[t + 6] / wide[tk].iloc[t + 1] - 1, rel=1e-4, abs=1e-6)
+            assert row["y1"].iloc[0] == pytest.approx(wide[tk].iloc[t + 2] / wide[tk].iloc[t + 1] - 1, rel=1e-4, abs=1e-6)
             checked += 1
-        ret1 = np.log(wide[tk].iloc[t] / wide[tk].iloc[t - 1])
-        assert row["ret1"].iloc[0] == pytest.approx(np.clip(ret1, -np.log(2), np.log(2)), abs=1e-5)
+        assert row["ret1"].iloc[0] == pytest.approx(np.log(wide[tk].iloc[t] / wide[tk].iloc[t - 1]), abs=1e-5)
     assert checked >= 6
+
+
+def test_sp500_no_label_spans_the_aapl_break(sp500):
+    wide, panel, _ = sp500
+    a = panel[panel["symbol"] == "AAPL"].reset_index(drop=True)
+    b = int(np.flatnonzero(a["price_break"])[0])
+    assert str(a["date"].iloc[b].date()) == "2000-09-29" and np.isnan(a["ret1"].iloc[b])
+    # y5 at t covers closes t+1 .. t+6: NaN exactly when the break day lies in t+2 .. t+6
+    nan5 = np.flatnonzero(a["y5"].isna().to_numpy()[:-6])
+    np.testing.assert_array_equal(nan5, np.arange(b - 6, b - 1))
+    nan1 = np.flatnonzero(a["y1"].isna().to_numpy()[:-2])
+    np.testing.assert_array_equal(nan1, [b - 2])
+    # the labels just outside are the plain returns on each side of the break
+    px = wide["AAPL"].to_numpy()
+    assert a["y5"].iloc[b - 1] == pytest.approx(px[b + 5] / px[b] - 1, rel=1e-5)
+    assert a["y5"].iloc[b - 7] == pytest.approx(px[b - 1] / px[b - 6] - 1, rel=1e-5)
+    # ret5 restarts: NaN for the break day and the 4 days after it, then from the break day's close
+    assert a["ret5"].iloc[b:b + 5].isna().all() and a["ret5"].iloc[b + 5] == pytest.approx(np.log(px[b + 5] / px[b]), abs=1e-5)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_no_look_ahead_property(seed):
+    """Changing (even wildly: future breaks and spikes) or dropping rows after t changes no feature, liquidity
+    measure or universe flag at <= t, and no label that ends at or before t."""
     df = _random_ohlcv(seed)
-    base, meta = ingest_ohlcv(df, horizon=3)
+    filters = {"min_price": 45.0, "min_traded_value": 2e6, "max_stale_share": 0.5, "liquidity_window": 10}
+    base, meta = ingest_ohlcv(df, horizon=3, **filters)
+    assert meta["universe"]["rows_out_total"] > 0
     assert meta["features"] == FEATURES_OHLCV
     dates = np.sort(df["Date"].unique())
     rng = np.random.default_rng(100 + seed)
@@ -87,12 +121,13 @@ def test_no_look_ahead_property(seed):
             changed.loc[future, col] *= rng.uniform(0.3, 3.0, future.sum())
         # also drop some future rows (a halt that starts after t)
         changed = changed.drop(changed.index[future][:3])
-        new, _ = ingest_ohlcv(changed, horizon=3)
+        new, _ = ingest_ohlcv(changed, horizon=3, **filters)
         a = base[base["date"] <= cut].reset_index(drop=True)
         b = new[new["date"] <= cut].reset_index(drop=True)
-        pd.testing.assert_frame_equal(a[["date", "symbol"] + FEATURES_OHLCV], b[["date", "symbol"] + FEATURES_OHLCV])
-        # labels that end at or before t are unchanged too; the ones that reach past t moved
-        settled = a["date"] <= dates[t - 3]
+        causal = ["date", "symbol"] + FEATURES_OHLCV + ["traded_value_med", "universe"]
+        pd.testing.assert_frame_equal(a[causal], b[causal])
+        # labels that end at or before t (close t'+1+3 <= t) are unchanged too; the ones that reach past t moved
+        settled = a["date"] <= dates[t - 4]
         np.testing.assert_array_equal(a.loc[settled, "y3"].to_numpy(), b.loc[settled, "y3"].to_numpy())
         assert not np.allclose(a.loc[a["date"] == cut, "y3"].fillna(0), b.loc[b["date"] == cut, "y3"].fillna(0))
 
@@ -105,7 +140,7 @@ def test_gap_zero_volume_and_label_rules():
     dates = pd.bdate_range("2022-01-03", periods=10)
     rows = [(d, "A", 10.0 + i, 100.0) for i, d in enumerate(dates) if i != 4]  # A halted on day 4 (no row)
     rows += [(d, "B", 20.0, 0.0 if i == 2 else 50.0) for i, d in enumerate(dates)]  # B: zero volume on day 2
-    out, meta = ingest_ohlcv(_small(rows), horizon=2)
+    out, meta = ingest_ohlcv(_small(rows), horizon=2, label_lag=0)
     a = out[out["symbol"] == "A"].set_index("date")
     # after the halt, ret1 is measured from the last available close
     assert a.loc[dates[5], "ret1"] == pytest.approx(np.log(15.0 / 13.0), rel=1e-6)
@@ -114,20 +149,47 @@ def test_gap_zero_volume_and_label_rules():
     b = out[out["symbol"] == "B"].set_index("date")
     assert b.loc[dates[2], ["ret1", "volume_rel"]].isna().all() and np.isnan(b.loc[dates[0], "y2"])
     assert meta["params"]["n_zero_volume_rows"] == 1
+    # label_lag 1: y2 at t = close t+3 / close t+1 - 1; day 1 -> days 2..4: day 4 missing -> NaN; day 2 -> 3..5 ok
+    lagged, _ = ingest_ohlcv(_small(rows), horizon=2)
+    a1 = lagged[lagged["symbol"] == "A"].set_index("date")
+    assert np.isnan(a1.loc[dates[1], "y2"]) and np.isnan(a1.loc[dates[3], "y2"])
+    assert a1.loc[dates[0], "y2"] == pytest.approx(13.0 / 11.0 - 1, rel=1e-6)
+    assert a1.loc[dates[4 - 2], "y2"] == pytest.approx(15.0 / 13.0 - 1, rel=1e-6)
 
 
-def test_suspicious_jump_is_flagged_clipped_and_drops_labels_over_it():
-    dates = pd.bdate_range("2022-01-03", periods=12)
-    px = [10.0] * 6 + [40.0] * 6  # a 4x jump on day 6 (a missed split, say)
-    rows = [(d, "A", p, 100.0) for d, p in zip(dates, px)] + [(d, "B", 10.0, 100.0) for d in dates]
-    out, meta = ingest_ohlcv(_small(rows), horizon=3, max_jump=1.0)
-    a = out[out["symbol"] == "A"].set_index("date")
-    assert a["suspect_jump"].sum() == 1 and a.loc[dates[6], "suspect_jump"]
-    assert a.loc[dates[6], "ret1"] == pytest.approx(np.log(2.0), rel=1e-6)
-    assert a.loc[dates[3:6], "y3"].isna().all() and a.loc[dates[2], "y3"] == pytest.approx(0.0)
-    assert meta["params"]["n_suspect_jumps"] == 1
-    loose, _ = ingest_ohlcv(_small(rows), horizon=3, max_jump=5.0)
-    assert not loose["suspect_jump"].any()
+def test_a_jump_that_stays_is_a_break_a_reversed_spike_is_a_bad_print():
+    dates = pd.bdate_range("2022-01-03", periods=30)
+    a = np.full(30, 40.0)
+    a[:12] = 10.0                                          # A: a 4x jump on day 12 that stays (a missed 1:4 split)
+    b = 20.0 + 0.1 * np.arange(30)
+    b[8] *= 3.0                                            # B: a bad tick on day 8 (x3, back the next day)
+    c = np.full(30, 30.0)
+    c[20] = 30.0 * 0.5                                     # C: -50 % on day 20, back by +100 %: not beyond +100 %
+    rows = [(d, sym, p, 100.0) for sym, px in (("A", a), ("B", b), ("C", c)) for d, p in zip(dates, px)]
+    out, meta = ingest_ohlcv(_small(rows), horizon=3, label_lag=0)
+    g = {s: out[out["symbol"] == s].reset_index(drop=True) for s in "ABC"}
+    assert meta["corporate_actions"]["breaks"] == 1 and meta["corporate_actions"]["bad_prints"] == 2
+    assert meta["corporate_actions"]["break_examples"] == ["(2022-01-19, A) x4"]
+    assert list(np.flatnonzero(g["A"]["price_break"])) == [12] and not g["A"]["suspect_jump"].any()
+    assert list(np.flatnonzero(g["B"]["suspect_jump"])) == [8, 9] and not g["B"]["price_break"].any()
+    assert list(np.flatnonzero(g["C"]["suspect_jump"])) == [20, 21]
+    assert meta["params"]["n_suspect_jumps"] == 4 and meta["params"]["n_breaks"] == 1
+    # no label over a flagged day: y3 at t covers t+1..t+3
+    assert list(np.flatnonzero(g["A"]["y3"].isna())) == [9, 10, 11, 27, 28, 29]
+    assert list(np.flatnonzero(g["B"]["y3"].isna())) == [5, 6, 7, 8, 27, 28, 29]
+    assert list(np.flatnonzero(g["C"]["y3"].isna())) == [17, 18, 19, 20, 27, 28, 29]
+    assert g["A"]["y3"].iloc[12] == 0.0 and g["A"]["y3"].iloc[8] == 0.0
+    # features restart at every beyond-limit move (known that day: causal) and the day a bad print came back
+    assert list(np.flatnonzero(g["B"]["ret1"].isna())) == [0, 8, 9]
+    assert g["A"]["ma20_gap"].iloc[12:21].isna().all() and g["A"]["ma20_gap"].iloc[21] == 0.0
+    # asymmetric limits: with a 10 % exchange limit a +20 % day is a move beyond it
+    _, m2 = ingest_ohlcv(_small(rows), horizon=3, label_lag=0, max_up=0.1, max_down=0.1)
+    assert m2["corporate_actions"]["breaks"] == 1 and m2["corporate_actions"]["bad_prints"] == 2
+    loose, _ = ingest_ohlcv(_small(rows), horizon=3, label_lag=0, max_up=5.0, max_down=0.7)
+    assert not loose["suspect_jump"].any() and not loose["price_break"].any()
+    # the deprecated symmetric --max-jump J reads as max_up J, max_down J / (1 + J)
+    _, m4 = ingest_ohlcv(_small(rows), horizon=3, max_jump=1.0)
+    assert (m4["params"]["max_up"], m4["params"]["max_down"]) == (1.0, 0.5)
 
 
 def test_column_names_case_insensitive_and_explicit():
@@ -140,16 +202,32 @@ def test_column_names_case_insensitive_and_explicit():
 @pytest.mark.parametrize("mutate, match", [
     (lambda df: pd.concat([df, df.iloc[[0, 1]]]), r"2 duplicate \(date, symbol\) row\(s\), first: \(20"),
     (lambda df: df.drop(columns=["Close"]), "missing column 'close'"),
-    (lambda df: df.assign(Close=df["Close"].astype(object).where(df.index != 5, "n/a?")), "'Close' is not numeric"),
+    (lambda df: df.assign(Close=df["Close"].astype(object).where(df.index != 5, "n/a?")),
+     r"'Close' is not numeric: 1 value\(s\), first \(2021-0\d-\d\d, T\d\) 'n/a\?'"),
     (lambda df: df.assign(Close=df["Close"].where(df.index != 5, np.inf)), "'Close' has 1 infinite"),
-    (lambda df: df.assign(Close=df["Close"].where(df.index != 5, -1.0)), "'Close' has 1 non-positive"),
     (lambda df: df.assign(Date=df["Date"].astype(str).where(df.index != 5, "yesterday")), "unparsable date 'yesterday'"),
-    (lambda df: df.assign(Volume=df["Volume"].where(df.index != 5, -3.0)), "'Volume' has 1 negative"),
+    (lambda df: df.assign(Date="someday"), "column 'Date': no parsable date"),
+    (lambda df: df.assign(Ticker=df["Ticker"].where(df.index != 5, None)), "'Ticker' has 1 missing value"),
+    (lambda df: df.assign(Close=0.0), "no row with a positive close"),
 ])
 def test_bad_input_one_line_errors(mutate, match):
     with pytest.raises(CliError, match=match) as err:
         ingest_ohlcv(mutate(_random_ohlcv(4, n_days=20)), horizon=5)
     assert "\n" not in str(err.value)
+
+
+def test_every_problem_is_reported_at_once():
+    df = _random_ohlcv(4, n_days=20)
+    df = pd.concat([df, df.iloc[[0]]])
+    df["Close"] = df["Close"].astype(object)
+    df.iloc[[3, 7], df.columns.get_loc("Close")] = "n/a?"
+    df.iloc[[4], df.columns.get_loc("Volume")] = np.inf
+    with pytest.raises(CliError) as err:
+        ingest_ohlcv(df, horizon=5, where="prices.csv")
+    msg = str(err.value)
+    assert msg.startswith("prices.csv: 3 problems: ") and "\n" not in msg
+    assert "'Close' is not numeric: 2 value(s)" in msg and "'Volume' has 1 infinite value(s)" in msg
+    assert "1 duplicate (date, symbol) row(s)" in msg
 
 
 def test_one_day_forward_return_column_follows_the_label_rules():
@@ -158,16 +236,185 @@ def test_one_day_forward_return_column_follows_the_label_rules():
     px = [10.0, 11.0, 12.1, 11.0, 11.0, 11.5, 46.0, 46.0, 47.0, 48.0, 49.0, 50.0]  # a 4x jump on day 6
     rows = [(d, "A", p, 100.0) for i, (d, p) in enumerate(zip(dates, px)) if i != 3]  # A halted on day 3
     rows += [(d, "B", 10.0 + i, 100.0) for i, d in enumerate(dates)]
-    out, meta = ingest_ohlcv(_small(rows), horizon=3)
+    out, meta = ingest_ohlcv(_small(rows), horizon=3, label_lag=0)
     assert meta["labels"] == ["y3", "y1"] and meta["returns"] == "y1" and meta["horizons"]["y1"] == 1
     a = out[out["symbol"] == "A"].set_index("date")
     assert a.loc[dates[0], "y1"] == pytest.approx(0.1, rel=1e-6)
     assert np.isnan(a.loc[dates[2], "y1"])  # day 3 has no close
-    assert np.isnan(a.loc[dates[5], "y1"])  # the jump on day 6 is suspect
+    assert np.isnan(a.loc[dates[5], "y1"])  # the jump on day 6 is a break
     assert a.loc[dates[7], "y1"] == pytest.approx(47.0 / 46.0 - 1, rel=1e-6) and np.isnan(a.loc[dates[11], "y1"])
     b = out[out["symbol"] == "B"].set_index("date")
     np.testing.assert_allclose(b["y1"].iloc[:-1], (11.0 + np.arange(11)) / (10.0 + np.arange(11)) - 1, rtol=1e-6)
     # a 1-day label is the returns column itself (no second column)
-    one, meta1 = ingest_ohlcv(_small(rows), horizon=1)
+    one, meta1 = ingest_ohlcv(_small(rows), horizon=1, label_lag=0)
     assert meta1["labels"] == ["y1"] and meta1["returns"] == "y1" and list(one.columns).count("y1") == 1
     np.testing.assert_array_equal(one["y1"].to_numpy(), out["y1"].to_numpy())
+    # with label_lag 1, y1 at t is the next row's lag-0 y1: the return the book formed at t earns first
+    lagged, meta_l = ingest_ohlcv(_small(rows), horizon=3)
+    assert meta_l["label_lag"] == 1
+    lb = lagged[lagged["symbol"] == "B"]["y1"].to_numpy()
+    np.testing.assert_array_equal(lb[:-1], b["y1"].to_numpy()[1:])
+    # compounding y1 over t..t+2 gives y3 at t (both lagged): the realised pnl and the label agree
+    l3 = lagged[lagged["symbol"] == "B"]["y3"].to_numpy()
+    comp = (1 + lb[:-2]) * (1 + lb[1:-1]) * (1 + lb[2:]) - 1
+    np.testing.assert_allclose(comp[:-2], l3[:-4], rtol=1e-5)
+
+
+def _ohlcv(n_days=30, symbols=("A", "B", "C"), seed=5):
+    rng = np.random.default_rng(seed)
+    dates = pd.bdate_range("2022-01-03", periods=n_days)
+    frames = []
+    for k, sym in enumerate(symbols):
+        close = (20 + 10 * k) * np.exp(np.cumsum(rng.normal(0, 0.01, n_days)))
+        frames.append(pd.DataFrame({"date": dates, "symbol": sym, "open": close * 0.995, "high": close * 1.01,
+                                    "low": close * 0.99, "close": close, "volume": 1000.0 + 100 * k}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _at(df, day, sym):
+    return (df["date"] == pd.bdate_range("2022-01-03", periods=60)[day]) & (df["symbol"] == sym)
+
+
+def test_repairs_are_counted_with_examples_and_strict_refuses_them_all():
+    df = _ohlcv()
+    holiday = pd.DataFrame({"date": pd.Timestamp("2022-01-08"), "symbol": ["A", "B", "C"], "open": 0.0,
+                            "high": 0.0, "low": 0.0, "close": 0.0, "volume": 0.0})  # a Saturday filled with zeros
+    df = pd.concat([df, holiday], ignore_index=True)
+    df.loc[_at(df, 4, "A"), "open"] = 0.0
+    df.loc[_at(df, 5, "B"), "high"] = -1.0
+    df.loc[_at(df, 6, "B"), "low"] = np.nan            # already missing: no repair
+    df.loc[_at(df, 7, "C"), "volume"] = -5.0
+    df.loc[_at(df, 9, "C"), "volume"] = -7.0
+    df.loc[_at(df, 3, "C"), "close"] = 0.0             # close unusable, other prices fine: the row goes
+    df.loc[_at(df, 8, "A"), ["open", "high", "low", "close"]] = np.nan  # no price at all: absent, no repair
+    df.loc[_at(df, 10, "B"), ["open", "high", "low", "close"]] = [0.0, 0.0, np.nan, 0.0]  # a placeholder row
+    out, meta = ingest_ohlcv(df, horizon=2, where="v.csv")
+    assert meta["repairs"] == {"placeholder": 4, "bad_close": 1, "bad_open": 1, "bad_high": 1, "bad_low": 0,
+                               "negative_volume": 2, "bad_factor": 0, "bad_adj_close": 0}
+    assert meta["repair_summary"][0] == ("placeholder 4 row(s), first (2022-01-08, A), (2022-01-08, B), "
+                                         "(2022-01-08, C), ...")
+    assert "negative_volume 2 value(s) in column 'volume', first (2022-01-12, C), (2022-01-14, C)" in meta[
+        "repair_summary"]
+    assert meta["params"]["n_rows_dropped"] == 6 and meta["params"]["n_rows_without_price"] == 1
+    assert len(out) == 90 - 3 and pd.Timestamp("2022-01-08") not in set(out["date"])  # the filler day is gone
+    o = out.set_index(["date", "symbol"])
+    d = pd.bdate_range("2022-01-03", periods=30)
+    assert np.isnan(o.loc[(d[4], "A"), "open"]) and np.isnan(o.loc[(d[4], "A"), "open_gap"])
+    assert np.isfinite(o.loc[(d[4], "A"), "ret1"]) and np.isfinite(o.loc[(d[4], "A"), "high_rel"])
+    assert np.isnan(o.loc[(d[7], "C"), "volume"]) and np.isnan(o.loc[(d[7], "C"), "volume_rel"])
+    assert (d[3], "C") not in o.index and (d[10], "B") not in o.index and (d[8], "A") not in o.index
+    # C's ret1 after its missing day is measured from the last close it had
+    c = df[df["symbol"] == "C"].set_index("date")["close"]
+    assert o.loc[(d[4], "C"), "ret1"] == pytest.approx(np.log(c[d[4]] / c[d[2]]), rel=1e-5)
+    with pytest.raises(CliError) as err:
+        ingest_ohlcv(df, horizon=2, strict=True, where="v.csv")
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("v.csv: --strict: 5 kind(s) of repair refused: placeholder 4 row(s)")
+    for kind in ("bad_close 1 row(s) in column 'close'", "bad_open 1 value(s) in column 'open'",
+                 "bad_high 1 value(s) in column 'high', first (2022-01-10, B)", "negative_volume 2 value(s)"):
+        assert kind in msg, kind
+
+
+def test_factor_or_adj_close_adjusts_a_split_away():
+    df = _ohlcv(n_days=40, symbols=("A", "B", "C", "D"))
+    split = df["symbol"].eq("A") & (df["date"] >= pd.bdate_range("2022-01-03", periods=40)[20])
+    true_close = df["close"].copy()
+    for col in ("open", "high", "low", "close"):
+        df.loc[split, col] /= 2.0  # a 2:1 split the raw prices show
+    df.loc[split, "volume"] *= 2.0
+    clean, _ = ingest_ohlcv(df.assign(open=df["open"].where(~split, df["open"] * 2), high=df["high"].where(
+        ~split, df["high"] * 2), low=df["low"].where(~split, df["low"] * 2), close=true_close,
+        volume=df["volume"].where(~split, df["volume"] / 2)), horizon=5)
+    with_factor, mf = ingest_ohlcv(df.assign(factor=np.where(split, 2.0, 1.0)), horizon=5)
+    with_adj, ma = ingest_ohlcv(df.assign(adj_close=true_close), horizon=5)
+    _, mr = ingest_ohlcv(df, horizon=5)
+    assert mf["corporate_actions"]["adjustment"] == "factor" and mf["corporate_actions"]["breaks"] == 0
+    assert ma["corporate_actions"]["adjustment"] == "adj_close" and ma["corporate_actions"]["breaks"] == 0
+    feats = mf["features"] + ["y5", "y1"]
+    for adjusted in (with_factor, with_adj):
+        pd.testing.assert_frame_equal(adjusted[feats], clean[feats], rtol=1e-5)
+        np.testing.assert_allclose(adjusted["adj_close"], clean["close"], rtol=1e-12)
+        np.testing.assert_array_equal(adjusted["close"], df.sort_values(["date", "symbol"])["close"])  # raw kept
+    assert mr["corporate_actions"]["breaks"] == 1 and mr["corporate_actions"]["break_examples"][0].startswith(
+        "(2022-01-31, A) x0.")
+    # --no-adjust ignores the factor: the split is a break again
+    _, mn = ingest_ohlcv(df.assign(factor=np.where(split, 2.0, 1.0)), horizon=5, adjust=False)
+    assert mn["corporate_actions"] == {**mr["corporate_actions"]}
+    bad = df.assign(factor=np.where(split, 2.0, 1.0))
+    bad.loc[_at(bad, 3, "B"), "factor"] = 0.0
+    _, mb = ingest_ohlcv(bad, horizon=5)
+    assert mb["repairs"]["bad_factor"] == 1 and mb["params"]["n_rows_dropped"] == 1
+
+
+def test_universe_filters_drop_labels_keep_features():
+    df = _ohlcv(n_days=40, symbols=("A", "B", "C"))
+    days = pd.bdate_range("2022-01-03", periods=40)
+    cheap = df["symbol"].eq("A") & df["date"].between(days[10], days[19])
+    df.loc[cheap, ["open", "high", "low", "close"]] *= 0.2         # A trades below 5 on days 10..19 (a ramp-free
+    df.loc[cheap, "volume"] = 10.0                                  # drop: it is a break in and out, too)
+    stale = df["symbol"].eq("B") & df["date"].between(days[20], days[35])
+    df.loc[stale, ["open", "high", "low", "close"]] = df.loc[_at(df, 19, "B"), "close"].iloc[0]
+    base, mb = ingest_ohlcv(df, horizon=3)
+    out, meta = ingest_ohlcv(df, horizon=3, min_price=5.0, min_traded_value=5e3, liquidity_window=10,
+                             max_stale_share=0.5)
+    # reference figures, symbol by symbol (groupby) on the long table
+    long = df.sort_values(["symbol", "date"])
+    tv_med = (long["close"] * long["volume"]).groupby(long["symbol"]).transform(
+        lambda s: s.rolling(10, min_periods=5).median())
+    share = long["close"].groupby(long["symbol"]).transform(lambda s: s.eq(s.shift(1)).astype(float).rolling(
+        10, min_periods=5).mean())
+    ref = pd.DataFrame({"date": long["date"], "symbol": long["symbol"], "med": tv_med, "share": share,
+                        "price_out": long["close"] < 5.0}).sort_values(["date", "symbol"]).reset_index(drop=True)
+    np.testing.assert_allclose(out["traded_value_med"], ref["med"], rtol=1e-12)
+    tv_out, stale_out = ~(ref["med"] >= 5e3), ~(ref["share"] <= 0.5)
+    assert meta["universe"]["rows_out"] == {"min_price": 10, "min_traded_value": int(tv_out.sum()),
+                                            "max_stale_share": int(stale_out.sum())}
+    gone = (ref["price_out"] | tv_out | stale_out).to_numpy()
+    assert meta["universe"]["rows_out_total"] == int(gone.sum()) and 10 < gone.sum() < len(out)
+    np.testing.assert_array_equal(out["universe"].to_numpy(), ~gone)
+    assert out.loc[gone, "y3"].isna().all()
+    pd.testing.assert_series_equal(out.loc[~gone, "y3"], base.loc[~gone, "y3"])
+    pd.testing.assert_frame_equal(out[meta["features"]], base[mb["features"]])   # features untouched
+    pd.testing.assert_series_equal(out["y1"], base["y1"])  # H > 1: the held books' returns stay
+    one, _ = ingest_ohlcv(df, horizon=1, min_price=5.0)
+    assert one.loc[ref["price_out"].to_numpy(), "y1"].isna().all()  # H = 1: y1 is the label
+    with pytest.raises(CliError, match="--min-traded-value needs a volume column"):
+        ingest_ohlcv(df.drop(columns=["volume"]), horizon=3, min_traded_value=1.0)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"label_lag": -1}, "--label-lag must be an integer >= 0"),
+    ({"max_down": 1.0}, r"--max-down must be in \(0, 1\)"),
+    ({"max_up": 0.0}, "--max-up must be a positive number"),
+    ({"max_stale_share": 1.5}, r"--max-stale-share must be in \[0, 1\]"),
+    ({"liquidity_window": 1}, "--liquidity-window must be an integer >= 2"),
+    ({"min_price": -1.0}, "--min-price must be a number >= 0"),
+])
+def test_bad_settings_name_the_flag(kwargs, match):
+    with pytest.raises(CliError, match=match):
+        ingest_ohlcv(_ohlcv(), horizon=3, **kwargs)
+
+
+def test_panel_file_exposes_label_lag_and_aux_grids(tmp_path):
+    from crnn_ray.data import load_panel, save_panel, synthesize
+
+    df, meta = ingest_ohlcv(_ohlcv(n_days=40).drop(index=[5, 50]), horizon=5, min_price=30.0)
+    path = tmp_path / "p.parquet"
+    save_panel(df, path, meta)
+    p = load_panel(path)
+    assert p.meta["label_lag"] == 1 and p.label_lag == 1 and p.horizon("y5") == 5 and p.label_span("y5") == 6
+    assert "traded_value_med" not in p.features and "universe" not in p.features
+    assert set(p.aux) == {"universe", "traded_value_med"} and p.aux["universe"].dtype == bool
+    di = np.searchsorted(p.dates, df["date"].to_numpy().astype("datetime64[D]"))
+    si = np.searchsorted(p.symbols.astype(str), df["symbol"].to_numpy().astype(str))
+    np.testing.assert_array_equal(p.aux["universe"][di, si], df["universe"].to_numpy())
+    np.testing.assert_allclose(p.aux["traded_value_med"][di, si], df["traded_value_med"], rtol=1e-6)
+    # NaN where absent (2 cells) and over the first 9 rows of each stock (a median needs >= 10 of the 20 days)
+    assert p.aux["universe"].sum() == df["universe"].sum() and np.isnan(p.aux["traded_value_med"]).sum() == 2 + 3 * 9
+    # no universe row has a label, and a CSV without metadata keeps the aux columns out of the features too
+    assert not np.isfinite(p.labels["y5"][~p.aux["universe"]]).any()
+    df.to_csv(tmp_path / "p.csv", index=False)
+    assert load_panel(tmp_path / "p.csv").features == meta["features"]
+    sdf, smeta = synthesize(20, 80, seed=1)
+    save_panel(sdf, tmp_path / "s.parquet", smeta)
+    assert smeta["label_lag"] == 0 and load_panel(tmp_path / "s.parquet").label_lag == 0

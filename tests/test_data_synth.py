@@ -70,7 +70,7 @@ def test_stored_oracle_ic_equals_independent_recomputation(market, tmp_path):
 def test_features_are_the_ingest_features_of_its_ohlcv(market):
     df, meta = market
     raw = df[["date", "symbol", "open", "high", "low", "close", "volume"]]
-    ing, _ = ingest_ohlcv(raw, horizon=5)
+    ing, _ = ingest_ohlcv(raw, horizon=5, label_lag=0)  # synth labels start at close t
     merged = df.merge(ing, on=["date", "symbol"], suffixes=("", "_ing"))
     late = merged["date"] > np.sort(df["date"].unique())[25]  # past the rolling warm-up of the ingest run
     for col in ["ret1", "open_gap", "high_rel", "low_rel", "volume_rel", "y5"]:
@@ -104,7 +104,7 @@ def test_returns_column_is_the_one_day_forward_return(market):
     df, meta = market
     assert meta["returns"] == "y1" and meta["labels"] == ["y5", "y1"]
     raw = df[["date", "symbol", "open", "high", "low", "close", "volume"]]
-    ing, _ = ingest_ohlcv(raw, horizon=5)
+    ing, _ = ingest_ohlcv(raw, horizon=5, label_lag=0)  # synth labels start at close t
     merged = df.merge(ing, on=["date", "symbol"], suffixes=("", "_ing"))
     np.testing.assert_array_equal(np.isnan(merged["y1"]), np.isnan(merged["y1_ing"]))
     np.testing.assert_allclose(merged["y1"], merged["y1_ing"], rtol=1e-5, atol=1e-7)

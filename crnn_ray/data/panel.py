@@ -24,11 +24,12 @@ from crnn_ray.io import CliError, write_parquet_atomic
 META_KEY = "crnn_ray"
 #: panel format version written into the metadata
 PANEL_VERSION = 1
-#: the 1-day forward return column synth and ingest always write (returns[d] = close_{d+1} / close_d - 1, the
-#: convention of a y1 label at d), named by the metadata key "returns"
+#: the 1-day forward return column synth and ingest always write (returns[d] = close_{d+L+1} / close_{d+L} - 1
+#: with L the label lag, 0 for synth: the convention of a y1 label at d), named by the metadata key "returns"
 RETURNS = "y1"
 #: raw / bookkeeping columns that are never features when a file has no metadata (CSV)
-NON_FEATURE_COLUMNS = {"date", "symbol", "open", "high", "low", "close", "volume", "suspect_jump"}
+NON_FEATURE_COLUMNS = {"date", "symbol", "open", "high", "low", "close", "volume", "adj_close", "factor",
+                       "suspect_jump", "price_break", "universe", "traded_value_med"}
 _LABEL_RE = re.compile(r"^y(\d+)$")
 #: MAD -> standard deviation for normal data
 MAD_SCALE = 1.4826
@@ -47,10 +48,14 @@ class Panel:
     meta: dict = field(default_factory=dict)
     #: float32 [D, S] 1-day forward returns (NaN unknown), loaded whatever `labels` selected; see returns()
     forward_returns: np.ndarray | None = None
+    #: per-row non-feature grids named by the metadata's "aux_columns" (ingest: "universe" bool [D, S], False
+    #: where absent; "traded_value_med" float32 [D, S], NaN where absent)
+    aux: dict = field(default_factory=dict)
 
     def returns(self) -> np.ndarray | None:
-        """The [D, S] 1-day forward returns (returns[d, s] = close_{d+1} / close_d - 1, as a y1 label at d) that
-        realise the pnl of overlapping H-day books (metrics.evaluate(returns=...)); None when the panel has none."""
+        """The [D, S] 1-day forward returns (returns[d, s] = close_{d+L+1} / close_{d+L} - 1 with L = label_lag,
+        as a y1 label at d: what a book formed on d..d-H+1 earns on day d) that realise the pnl of overlapping
+        H-day books (metrics.evaluate(returns=...)); None when the panel has none."""
         if self.forward_returns is not None:
             return self.forward_returns
         name = self.meta.get("returns") or RETURNS
@@ -69,8 +74,21 @@ class Panel:
     def n_stocks(self) -> int:
         return int(self.X.shape[1])
 
+    @property
+    def label_lag(self) -> int:
+        """Days between the features' last close (t) and the label's first close (t+L); 0 for panels made
+        before the lag existed (their labels started at close t) and for the synthetic market."""
+        return int(self.meta.get("label_lag") or 0)
+
+    def label_span(self, label: str) -> int:
+        """Days after t that the label's last close lies: label_lag + horizon (yH spans close t+L .. t+L+H)."""
+        return self.label_lag + self.horizon(label)
+
     def horizon(self, label: str) -> int:
-        """Label horizon in days, from the metadata or the `yH` name."""
+        """Label horizon in days (the label's own length, without the lag), from the metadata or the `yH` name.
+
+        The split embargo uses it: training labels (t+L .. t+L+H) and the next part's labels cover disjoint
+        returns when at least H days lie between the parts, whatever the lag (docs/data.md, "Label lag")."""
         horizons = self.meta.get("horizons") or {}
         if label in horizons:
             return int(horizons[label])
@@ -81,21 +99,26 @@ class Panel:
 
 
 # ----------------------------------------------------------------------------------------------- load / save
-def _read_table(path: Path) -> tuple[pd.DataFrame, dict]:
-    """Read a Parquet or CSV panel file; returns the frame and the `crnn_ray` metadata ({} when absent)."""
+def _read_table(path: Path, columns: list[str] | None = None) -> tuple[pd.DataFrame, dict]:
+    """Read a Parquet or CSV panel file (only `columns` that exist, when given); returns the frame and the
+    `crnn_ray` metadata ({} when absent)."""
     if not path.exists():
         raise CliError(f"{path}: no such file")
     suffixes = "".join(path.suffixes).lower()
     if suffixes.endswith((".csv", ".csv.gz", ".txt")):
         try:
-            return pd.read_csv(path), {}
+            want = None if columns is None else (lambda c: c in set(columns))
+            return pd.read_csv(path, usecols=want), {}
         except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
             raise CliError(f"{path}: not a readable CSV ({type(exc).__name__}: {str(exc).splitlines()[0]})")
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        if columns is not None:
+            names = set(pq.read_schema(path).names)
+            columns = [c for c in columns if c in names]
+        table = pq.read_table(path, columns=columns)
     except (pa.ArrowInvalid, OSError) as exc:
         raise CliError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})")
     raw = (table.schema.metadata or {}).get(META_KEY.encode())
@@ -167,8 +190,11 @@ def check_duplicates(dates: np.ndarray, symbols: np.ndarray, where: str) -> None
         raise CliError(f"{where}: {int(dup.sum())} duplicate (date, symbol) row(s), first: {shown}")
 
 
-def load_panel(path: str | Path, features: list[str] | None = None, labels: list[str] | None = None) -> Panel:
-    """Load a panel file into dense arrays (vectorised scatter of the long rows)."""
+def load_panel(path: str | Path, features: list[str] | None = None, labels: list[str] | None = None,
+               aux: list[str] | None = None) -> Panel:
+    """Load a panel file into dense arrays (vectorised scatter of the long rows).
+
+    `aux`: per-row non-feature columns to scatter into `panel.aux` (None: the metadata's "aux_columns")."""
     path = Path(path)
     df, meta = _read_table(path)
     where = str(path)
@@ -219,6 +245,21 @@ def load_panel(path: str | Path, features: list[str] | None = None, labels: list
         check_numeric(df, [returns_col], where)
         forward_returns = np.full((D, S), np.nan, dtype=np.float32)
         forward_returns[day_idx, sym_idx] = df[returns_col].to_numpy(dtype=np.float32, na_value=np.nan)
+    aux_arrays = {}
+    for name in (meta.get("aux_columns") or []) if aux is None else aux:
+        if name not in df.columns:
+            if aux is None:
+                continue
+            raise CliError(f"{where}: missing column {name!r}")
+        col = df[name]
+        if col.dtype == bool:
+            grid = np.zeros((D, S), dtype=bool)
+            grid[day_idx, sym_idx] = col.to_numpy(dtype=bool)
+        else:
+            check_numeric(df, [name], where)
+            grid = np.full((D, S), np.nan, dtype=np.float32)
+            grid[day_idx, sym_idx] = col.to_numpy(dtype=np.float32, na_value=np.nan)
+        aux_arrays[name] = grid
     meta = dict(meta)
     meta.setdefault("version", PANEL_VERSION)
     meta["features"], meta["labels"] = feats, labs
@@ -229,9 +270,27 @@ def load_panel(path: str | Path, features: list[str] | None = None, labels: list
             horizons[name] = int(m.group(1))
     meta["horizons"] = horizons
     meta.setdefault("source", "file")
+    meta.setdefault("label_lag", 0)  # panels made before the lag existed: labels started at close t
     meta["path"] = str(path.resolve())
     return Panel(X=X, mask=mask, labels=lab_arrays, dates=uniq_dates, symbols=uniq_syms.astype(object),
-                 features=feats, meta=meta, forward_returns=forward_returns)
+                 features=feats, meta=meta, forward_returns=forward_returns, aux=aux_arrays)
+
+
+def label_coverage(df: pd.DataFrame, label: str) -> tuple[int, int, str]:
+    """(rows with the label present, rows on the basis, basis): the basis is the rows with a price (a finite,
+    positive close) when the table has a close column, else every row. ingest and inspect both report this."""
+    present = df[label].notna().to_numpy()
+    if "close" in df.columns:
+        close = pd.to_numeric(df["close"], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        base = np.isfinite(close) & (close > 0)
+        return int((present & base).sum()), int(base.sum()), "rows with a price"
+    return int(present.sum()), len(df), "rows in the file"
+
+
+def read_label_coverage(path: str | Path, labels: list[str]) -> dict[str, tuple[int, int, str]]:
+    """label_coverage of each label of a panel file, reading only the close and label columns."""
+    df, _ = _read_table(Path(path), columns=["close", *labels])
+    return {name: label_coverage(df, name) for name in labels if name in df.columns}
 
 
 def save_panel(df: pd.DataFrame, path: str | Path, meta: dict) -> None:

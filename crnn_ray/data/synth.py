@@ -193,6 +193,7 @@ def synthesize(n_symbols: int = 300, n_days: int = 600, seed: int = 0, horizon: 
         "features": FEATURES,
         "labels": [label] + ([RETURNS] if label != RETURNS else []),
         "horizons": {label: H, RETURNS: 1},
+        "label_lag": 0,  # yH = close_{t+H} / close_t - 1: the planted drift starts at t+1
         "returns": RETURNS,
         "source": "synth",
         "oracle_ic": {label: round(oracle_ic, 6)},
