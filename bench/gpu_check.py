@@ -6,6 +6,11 @@ Prints
      fractional `gpus_per_trial` (0.5, 0.25) buys: the speed-up of the aggregate over one model.
   2. one convGRU training step (zoo variant) vs a cuDNN nn.GRU of the same hidden width and depth, in
      ms/step and their ratio: the price of the report's conv-in-the-gates cell over the fused kernel.
+  3. K = 1 / 4 / 16 models of one spec (convgru/m01, cnn1d/m02) trained at once in ONE process on the one
+     device: K independent modules and AdamW optimizers, one CUDA stream, each step runs the K forward /
+     backward / optimizer steps in turn, each model on its own batch. Aggregate samples/s vs one model and
+     the ratio: whether stacking several members on a GPU in one worker buys throughput (a ratio near 1
+     means the step is launch-bound on the host and stacking gains nothing; near K, that the GPU was idle).
 
 Runs where Ray is not installed: a meta-path hook makes any `import ray` fail here and in every worker, so
 the data / zoo / metrics / train path is proven Ray-free on the way. `--smoke` is a tiny CPU version (the
@@ -45,6 +50,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 DEFAULT_SPEC = "convgru/m06"
+#: section 3's specs and model counts (the figure that decides whether members are stacked on a GPU)
+STACK_VARIANTS = "convgru/m01,cnn1d/m02"
+STACK_MODELS = "1,4,16"
 #: the smoke version's model: a one-layer convGRU small enough for a loaded CI core
 SMOKE_SPEC = "convgru(conv_relu)x1[b1k3]{w=4}"
 
@@ -221,6 +229,62 @@ def step_comparison(spec: str, args: dict) -> dict:
     }
 
 
+def _stacked_run(spec: str, k: int, args: dict) -> tuple[float, float]:
+    """(seconds for the timed steps, peak device MiB) of K models of `spec` trained in turn in this process."""
+    from crnn_ray.zoo import build_model
+
+    device = torch.device(args["device"])
+    n_features, lookback, batch_size = args["n_features"], args["lookback"], args["batch_size"]
+    torch.manual_seed(0)
+    models = [build_model(spec, n_features, lookback).to(device).train() for _ in range(k)]
+    optimizers = [torch.optim.AdamW(m.parameters(), lr=1e-3) for m in models]
+    xs = torch.randn(k, 2, batch_size, lookback, n_features, device=device)
+    ys = torch.randn(k, 2, batch_size, device=device)
+
+    def step(s: int) -> None:
+        for i, (model, opt) in enumerate(zip(models, optimizers, strict=True)):
+            opt.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.mse_loss(model(xs[i, s % 2]).reshape(-1), ys[i, s % 2])
+            loss.backward()
+            opt.step()
+
+    for s in range(args["stack_warmup"]):
+        step(s)
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    for s in range(args["stack_steps"]):
+        step(s)
+    _sync(device)
+    seconds = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
+    return seconds, peak
+
+
+def stacked_throughput(spec: str, ks: list[int], args: dict) -> list[dict]:
+    """K models of `spec` trained at once in this process on one device (one stream), for each K in `ks`.
+
+    Each model has its own module, AdamW optimizer and batches (two per model, alternated, made on the
+    device up front, so the figure is the models' compute and launch cost, not the data path). One step =
+    for each of the K models in turn: zero_grad, forward, MSE, backward, optimizer step; the device is
+    synchronised only around the timed steps, so the host may run ahead of the GPU as a training loop does.
+    """
+    rows: list[dict] = []
+    for k in ks:
+        seconds, peak = _stacked_run(spec, k, args)
+        aggregate = k * args["batch_size"] * args["stack_steps"] / seconds
+        rows.append({
+            "spec": spec, "k": k, "aggregate_samples_per_s": aggregate, "per_model_samples_per_s": aggregate / k,
+            "ms_per_step": seconds / args["stack_steps"] * 1e3,
+            "ratio": aggregate / rows[0]["aggregate_samples_per_s"] if rows else 1.0,
+            "peak_mem_mb": peak,
+        })
+        if args["device"] == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny CPU version (seconds; what the tests run)")
@@ -233,6 +297,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--symbols", type=int, default=None)
     parser.add_argument("--days", type=int, default=None)
+    parser.add_argument("--stack-variants", default=STACK_VARIANTS,
+                        help=f"section 3: comma list of zoo ids / specs (default {STACK_VARIANTS})")
+    parser.add_argument("--stack-models", default=STACK_MODELS,
+                        help=f"section 3: comma list of K, models trained at once in one process (default {STACK_MODELS})")
+    parser.add_argument("--stack-steps", type=int, default=None, help="section 3: timed steps per K (default 100)")
+    parser.add_argument("--skip-concurrent", action="store_true", help="leave out section 1 (the processes)")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     opts = parser.parse_args(argv)
 
@@ -250,7 +320,10 @@ def main(argv: list[str] | None = None) -> int:
         "lookback": 20,
         "gru_steps": 3 if smoke else 100,
         "gru_warmup": 1 if smoke else 10,
+        "stack_steps": opts.stack_steps or (3 if smoke else 100),
+        "stack_warmup": 1 if smoke else 10,
     }
+    stack_ks = [int(k) for k in opts.stack_models.split(",")]
     symbols = opts.symbols or (20 if smoke else 500)
     days = opts.days or (60 if smoke else 400)
 
@@ -272,10 +345,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"panel: {symbols} symbols x {days} days, {panel.X.shape[2]} features; model {variant} "
               f"= {args['spec']}; {args['steps']} steps x batch {args['batch_size']} per model", flush=True)
 
-        print("\n1) models trained at once on one device (separate processes, train_one)")
-        print(f"{'models':>6} {'aggregate samples/s':>20} {'per model':>12} {'speed-up':>9} {'peak MB/model':>14}")
+        print("\n1) models trained at once on one device (separate processes, train_one)"
+              + (": skipped (--skip-concurrent)" if opts.skip_concurrent else ""))
+        if not opts.skip_concurrent:
+            print(f"{'models':>6} {'aggregate samples/s':>20} {'per model':>12} {'speed-up':>9} {'peak MB/model':>14}")
         rows = []
-        for row in concurrent_throughput(models, args):
+        for row in ([] if opts.skip_concurrent else concurrent_throughput(models, args)):
             n = row["n_models"]
             row["speedup"] = row["aggregate_samples_per_s"] / rows[0]["aggregate_samples_per_s"] if rows else 1.0
             rows.append(row)
@@ -296,6 +371,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nn.GRU{fused} hidden {cmp['state_size']} (same state size) x {cmp['layers']} layers: "
               f"{cmp['gru_state_ms']:.2f} ms/step ({cmp['gru_state_params']:,} params)  "
               f"ratio convGRU / GRU {cmp['ratio_state']:.1f}x")
+
+        print(f"\n3) K models of one spec at once in ONE process on one device (K modules + optimizers, one "
+              f"stream, each step the K models in turn, each on its own batch of {args['batch_size']}; "
+              f"{args['stack_steps']} timed steps)")
+        print(f"{'spec':<34} {'K':>3} {'aggregate samples/s':>20} {'per model':>10} {'ms/step':>8} "
+              f"{'vs 1 model':>10} {'peak MB':>8}")
+        out["stacked"] = []
+        for variant_k in opts.stack_variants.split(","):
+            spec_k = _variant_spec(variant_k.strip())
+            for row in stacked_throughput(spec_k, stack_ks, args):
+                row["variant"] = variant_k.strip()
+                out["stacked"].append(row)
+                print(f"{variant_k.strip():<34} {row['k']:>3} {row['aggregate_samples_per_s']:>20,.0f} "
+                      f"{row['per_model_samples_per_s']:>10,.0f} {row['ms_per_step']:>8.1f} {row['ratio']:>9.2f}x "
+                      f"{row['peak_mem_mb']:>8.0f}", flush=True)
 
     ray_imported = "ray" in sys.modules or any(r["ray_imported"] for r in rows)
     out["ray_imported"] = ray_imported

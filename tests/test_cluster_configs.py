@@ -220,6 +220,91 @@ def test_kuberay_network_policy_limits_the_head_ports_to_clients_and_the_cluster
     assert "crnn-ray/client" in (ROOT / "docs" / "operations.md").read_text()
 
 
+# ------------------------------------------------------------------------------------------- head sizing
+# Measured with bench/bookkeeping_placement.py (docs/operations.md, "Sizing the head: bookkeeping per
+# concurrent trial"), MiB of RSS per concurrent Train run. Everything but the cleaner lands together on the
+# Tune trainable's node (the head or a GPU node: Ray's choice); the cleaner is always on the head.
+TRIAL_BOOKKEEPING_RSS_MIB = 1497  # ImplicitFunc 390 + TrainController 389 + SynchronizationActor 195 +
+#                                   _QueueActor 129 + PreemptionWatcher 195 + DatasetManager 199
+CLEANER_RSS_MIB = 201             # PlacementGroupCleaner, one per running Train run, pinned to the head
+HEAD_RESERVE_MIB = 4096           # Ray's own processes (measured ~0.4 GiB), the sweep's driver (~0.5 GiB),
+#                                   the AutoscalingCoordinator (0.2 GiB), the panel twice, the OS
+FRACTIONAL_TRIALS_PER_GPU = 4     # gpus_per_trial 0.25, the sharing docs/operations.md ("Scale") suggests
+MIB = 2**20
+#: RAM of the head instance types the launcher config may name (GiB); add a row when choosing another
+INSTANCE_RAM_GIB = {"m6i.xlarge": 16, "m6i.2xlarge": 32, "m6i.4xlarge": 64, "r6i.xlarge": 32,
+                    "r6i.2xlarge": 64, "r6i.4xlarge": 128, "m7i.2xlarge": 32, "r7i.2xlarge": 64}
+
+
+def _driver_memory_mib() -> int:
+    from crnn_ray.sweep.config import ResourcesConfig
+
+    return int(ResourcesConfig().driver_memory_mb)
+
+
+def _k8s_bytes(quantity: str) -> int:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+    for suffix in sorted(units, key=len, reverse=True):
+        if str(quantity).endswith(suffix):
+            return int(float(str(quantity)[: -len(suffix)]) * units[suffix])
+    return int(quantity)
+
+
+def _check_head(name: str, concurrent: int, head_memory: int, head_ram: int) -> None:
+    """The head fits the bookkeeping of `concurrent` Train runs (one per GPU) when every trainable lands on it,
+    and the cleaners of the fractional-GPU concurrency besides."""
+    driver = _driver_memory_mib()
+    need_memory = concurrent * driver * MIB
+    assert head_memory >= need_memory, (
+        f"{name}: head memory resource {head_memory / MIB:.0f} MiB < {concurrent} concurrent trials x "
+        f"driver_memory_mb {driver} = {need_memory / MIB:.0f} MiB: resize the head")
+    for runs in (concurrent, concurrent * FRACTIONAL_TRIALS_PER_GPU):
+        need_ram = head_memory + (runs * CLEANER_RSS_MIB + HEAD_RESERVE_MIB) * MIB
+        assert head_ram >= need_ram, (
+            f"{name}: head RAM {head_ram / MIB:.0f} MiB < memory resource {head_memory / MIB:.0f} + {runs} "
+            f"cleaners x {CLEANER_RSS_MIB} + reserve {HEAD_RESERVE_MIB} = {need_ram / MIB:.0f} MiB: resize the head")
+
+
+def test_driver_memory_default_covers_the_measured_bookkeeping():
+    driver = _driver_memory_mib()
+    assert TRIAL_BOOKKEEPING_RSS_MIB <= driver <= 1.25 * TRIAL_BOOKKEEPING_RSS_MIB, driver
+    assert f"driver_memory_mb: {driver} " in (ROOT / "docs" / "sweep.md").read_text()  # the config reference
+
+
+def test_aws_head_fits_the_bookkeeping_of_the_largest_concurrency():
+    config = _aws()
+    types = config["available_node_types"]
+    head = types[config["head_node_type"]]
+    # one trial per GPU on every GPU node the types allow (the top-level max_workers may cap lower: ignored)
+    concurrent = sum(int(t["max_workers"]) * int(t["resources"].get("GPU", 0))
+                     for name, t in types.items() if name != config["head_node_type"])  # 8 x 1 + 2 x 4
+    instance = head["node_config"]["InstanceType"]
+    assert instance in INSTANCE_RAM_GIB, f"{instance}: add its RAM to INSTANCE_RAM_GIB"
+    _check_head("cluster/aws-gpu.yaml", concurrent, int(head["resources"]["memory"]), INSTANCE_RAM_GIB[instance] * 2**30)
+
+
+def test_aws_head_check_fails_when_a_gpu_type_grows_without_the_head():
+    config = _aws()
+    head = config["available_node_types"][config["head_node_type"]]
+    ram = INSTANCE_RAM_GIB[head["node_config"]["InstanceType"]] * 2**30
+    with pytest.raises(AssertionError, match="resize the head"):
+        _check_head("aws", 16 + 2 * 4 * 2, int(head["resources"]["memory"]), ram)  # gpu4 max_workers 2 -> 6
+
+
+def test_kuberay_head_fits_the_bookkeeping_of_the_largest_concurrency():
+    spec = _raycluster()["spec"]
+    concurrent = sum(int(g["maxReplicas"]) * int(g["template"]["spec"]["containers"][0]["resources"]["limits"]
+                                                 .get("nvidia.com/gpu", 0)) for g in spec["workerGroupSpecs"])  # 8
+    head = spec["headGroupSpec"]
+    limits = head["template"]["spec"]["containers"][0]["resources"]["limits"]
+    requests = head["template"]["spec"]["containers"][0]["resources"]["requests"]
+    assert _k8s_bytes(requests["memory"]) == _k8s_bytes(limits["memory"])  # guaranteed, never evicted first
+    # KubeRay advertises the pod's whole limit as Ray's memory unless rayStartParams names it
+    memory = head["rayStartParams"].get("memory")
+    assert isinstance(memory, str), "set the head's memory resource (a string) below the pod limit"
+    _check_head("cluster/kuberay.yaml", concurrent, int(memory), _k8s_bytes(limits["memory"]))
+
+
 # -------------------------------------------------------------------------------------------- local config
 def test_local_fake_multinode_config_is_complete():
     # The wheel lacks the provider's example.yaml, so nothing can be filled in from defaults: the file must

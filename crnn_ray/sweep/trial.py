@@ -7,9 +7,10 @@ persistence. The Tune trainable (`trial_driver`) holds no CPU or GPU (only a lit
 TorchTrainer whose single worker runs `train_worker`, which calls the plain-PyTorch `train_one` once per model
 of its pack, one after another (at any moment one model per GPU).
 
-Why packs: a Train run costs ~15 s of start-up and four bookkeeping processes (~1.2 GB) whatever it trains;
+Why packs: a Train run costs ~15 s of start-up and bookkeeping processes whatever it trains (six on the
+trainable's node, ~1.5 GB RSS, and a PlacementGroupCleaner on the head, ~0.2 GB; docs/operations.md);
 a pack of K models pays that once (resources.models_per_trial, see `pack_size`). Each model keeps its own
-trial key, epoch reports (`trial_id`), status and checkpoint; a model that diverges or raises ends alone.
+trial key, epoch reports (`trial_key`), status and checkpoint; a model that diverges or raises ends alone.
 
 A pack's checkpoint is a directory with one sub-directory per model in the single-model format
 (crnn_ray/train/checkpoint.py) and `pack.json` (which models are over). Every checkpoint carries the finished
@@ -46,7 +47,7 @@ class Placement:
     gpus_per_trial: float
     max_concurrent_trials: int
     cpu_quota: bool = True
-    driver_memory_mb: int = 256
+    driver_memory_mb: int = 1536
     cluster: str = ""                       # one line: what the cluster offers
 
     @property
