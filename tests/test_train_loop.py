@@ -26,7 +26,7 @@ from crnn_ray.zoo import build_model, load_zoo
 REPO = Path(__file__).resolve().parents[1]
 # small, fast, and with both batchnorm (buffers in the state dict) and dropout (the per-epoch RNG stream)
 SPEC = "cnn1d(c3s1+batchnorm+relu+dropout+avgpool)"
-TIMING_KEYS = {"samples_per_s", "epoch_s", "cpu_percent", "threads"}
+TIMING_KEYS = {"samples_per_s", "epoch_s", "train_s", "valid_s", "cpu_percent", "threads", "os_threads"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -373,3 +373,106 @@ def test_max_loss_ratio_is_checked_and_a_sweep_key(tmp_path):
     assert cfg.training.max_loss_ratio == 50.0
     with pytest.raises(CliError, match="max_loss_ratio"):
         parse_config({"variants": ["cnn1d/m01"], "training": {"max_loss_ratio": 0.5}}, source="s.yaml")
+
+
+# ---- validation budget (docs/training.md, "Validation budget") ---------------------------------------------
+
+
+def _valid_signals(panel, splits, checkpoint_dir: Path) -> np.ndarray:
+    """The last.pt model's predictions on every valid sample, scattered into [valid days, S]."""
+    meta = json.loads((checkpoint_dir / "meta.json").read_text())
+    model = build_model(meta["spec"], meta["n_features"], meta["lookback"])
+    model.load_state_dict(_weights(checkpoint_dir / "last.pt"))
+    model.eval()
+    X = normalize_features(panel.X, panel.mask, clip=meta["normalisation"]["clip"])
+    lo, hi = splits.valid
+    idx = sample_index(panel.mask, panel.label("y5"), meta["lookback"], lo, hi)
+    L = meta["lookback"]
+    windows = torch.from_numpy(X[idx[:, 0][:, None] - (L - 1) + np.arange(L), idx[:, 1][:, None]]).float()
+    with torch.no_grad():
+        pred = model(windows).numpy().reshape(-1)
+    signal = np.full((hi - lo + 1, panel.X.shape[1]), np.nan)
+    signal[idx[:, 0] - lo, idx[:, 1]] = pred
+    return signal
+
+
+def test_budget_days_are_evenly_spaced_and_off_by_default():
+    from crnn_ray.train.loop import budget_days
+
+    assert TrainConfig().eval_max_days is None and TrainConfig().eval_every == 1
+    assert list(budget_days(22, None)) == list(range(22)) == list(budget_days(22, 22)) == list(budget_days(22, 99))
+    days = budget_days(22, 5)
+    assert list(days) == [0, 5, 10, 16, 21]  # round(linspace(0, 21, 5)): first and last day, gaps 5 or 6
+    assert list(budget_days(22, 1)) == [0] and len(budget_days(1000, 37)) == 37
+    for bad in (0, -1, "x", 1.5):
+        with pytest.raises(CliError, match="eval_max_days"):
+            TrainConfig(eval_max_days=bad).validate()
+    with pytest.raises(CliError, match="eval_every"):
+        TrainConfig(eval_every=0).validate()
+
+
+def test_budget_scores_the_same_days_every_epoch_and_equals_those_days_metrics(small, tmp_path, capsys):
+    from crnn_ray.train.loop import budget_days
+
+    panel, splits = small
+    lo, hi = splits.valid
+    valid_days = np.unique(sample_index(panel.mask, panel.label("y5"), 20, lo, hi)[:, 0]) - lo
+    chosen = valid_days[budget_days(len(valid_days), 4)]
+    assert len(chosen) == 4 < len(valid_days)
+    label, returns = panel.label("y5")[lo:hi + 1], panel.returns()[lo:hi + 1]
+    expected = []
+
+    def on_epoch(metrics, checkpoint_dir):  # what the budget should report: the model scored on those days only
+        signal = _valid_signals(panel, splits, checkpoint_dir)
+        only = np.full_like(signal, np.nan)
+        only[chosen] = signal[chosen]
+        ev = evaluate(only, label, horizon=5, returns=returns)
+        whole = evaluate(signal, label, horizon=5, returns=returns)
+        expected.append((ev.summary, float(np.nanmean(whole.daily["ic"].to_numpy()[chosen]))))
+
+    result = train_one(SPEC, panel, splits, _cfg(epochs=2, eval_max_days=4), workdir=tmp_path / "w",
+                       on_epoch=on_epoch)
+    assert result.status == "ok" and len(expected) == 2
+    for h, (summary, ic_on_days) in zip(result.history, expected):
+        for key in ("ic", "rank_ic", "icir", "pnl_long_short", "pnl_long"):
+            assert h[f"valid_{key}"] == pytest.approx(summary[key], abs=1e-5), key
+        assert summary["n_days"] == 4
+        assert h["valid_ic"] == pytest.approx(ic_on_days, abs=1e-5)  # IC: the mean of those days' ICs
+    out = capsys.readouterr().out
+    assert out.count(f"valid (4 of {len(valid_days)} days) IC") == 2
+    # a budget at least as large as the part is no budget: the default run's numbers, exactly
+    default = train_one(SPEC, panel, splits, _cfg(epochs=2), workdir=tmp_path / "d")
+    wide = train_one(SPEC, panel, splits, _cfg(epochs=2, eval_max_days=len(valid_days)), workdir=tmp_path / "x")
+    assert _comparable(wide.history) == _comparable(default.history)
+    assert _comparable(result.history) != _comparable(default.history)
+
+
+def test_eval_every_validates_every_nth_and_the_last_epoch(small, tmp_path, capsys):
+    panel, splits = small
+    default = train_one(SPEC, panel, splits, _cfg(epochs=3), workdir=tmp_path / "d")
+    capsys.readouterr()
+    sparse = train_one(SPEC, panel, splits, _cfg(epochs=3, eval_every=2), workdir=tmp_path / "s",
+                       sampler=CpuSampler())
+    validated = [math.isfinite(h["valid_ic"]) for h in sparse.history]
+    assert validated == [False, True, True]  # epoch 2, and the last one
+    assert sparse.history[0]["valid_s"] == 0.0 and sparse.best_epoch in (2, 3)
+    for h, d in zip(sparse.history[1:], default.history[1:]):  # validating changes nothing about training
+        assert h["valid_ic"] == d["valid_ic"] and h["train_loss"] == d["train_loss"]
+    out = capsys.readouterr().out
+    assert "epoch 1/3 loss" in out and "valid skipped (eval_every 2)" in out
+    for h in sparse.history:
+        assert 0 <= h["train_s"] and 0 <= h["valid_s"] and h["train_s"] + h["valid_s"] <= h["epoch_s"] + 1e-6
+        assert h["threads"] == torch.get_num_threads() == 1 and h["os_threads"] >= 1
+    line = [ln for ln in out.splitlines() if "epoch 2/3" in ln][0]
+    assert f"valid {sparse.history[1]['valid_s']:.1f}s (" in line and " %)" in line
+    assert "torch threads 1 (os threads " in line
+
+
+def test_validation_budget_keys_are_sweep_training_keys():
+    from crnn_ray.sweep.config import parse_config
+
+    cfg = parse_config({"variants": ["cnn1d/m01"], "training": {"eval_max_days": 30, "eval_every": 2}},
+                       source="s.yaml")
+    assert (cfg.training.eval_max_days, cfg.training.eval_every) == (30, 2)
+    with pytest.raises(CliError, match="eval_max_days"):
+        parse_config({"variants": ["cnn1d/m01"], "training": {"eval_max_days": 0}}, source="s.yaml")

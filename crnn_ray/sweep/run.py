@@ -238,15 +238,21 @@ def write_experiment(prep: Prepared, exp_dir: Path, replace: bool) -> None:
 
 # ------------------------------------------------------------------------------------------------- the run
 def _connect_ray():
-    """Join RAY_ADDRESS when set (`ray job submit`, a cluster), else start a local Ray. Returns started?"""
+    """Join RAY_ADDRESS when set (`ray job submit`, a cluster), else start a local Ray. Returns started?
+
+    Either way Ray's known-benign messages are silenced (ray_compat.quiet_init_kwargs: a driver-side line
+    filter and a worker setup hook, merged into a job's runtime_env; docs/operations.md lists them).
+    """
     import ray
+
+    from crnn_ray.sweep.ray_compat import quiet_init_kwargs
 
     if ray.is_initialized():
         return False
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=True)
+        ray.init(**quiet_init_kwargs(log_to_driver=True))
     else:  # "local": never attach to another `ray start` cluster found on this machine
-        ray.init(address="local", include_dashboard=False, log_to_driver=True)
+        ray.init(**quiet_init_kwargs(address="local", include_dashboard=False, log_to_driver=True))
     return True
 
 

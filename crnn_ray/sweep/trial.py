@@ -330,10 +330,8 @@ def train_worker(loop_config: dict) -> None:
             stamp = {**where, "trial_key": trial["key"], "resumed_from_epoch": resumed_from}
 
             def on_epoch(metrics: dict, checkpoint_dir: Path, trial=trial, stamp=stamp) -> None:
-                # the sampler's `threads` is the worker's OS thread count (Ray's threads included); `threads`
-                # in the report is torch's, the quota
-                metrics = {**metrics, **stamp, "os_threads": metrics.get("threads"),
-                           "threads": torch.get_num_threads()}
+                # train_one reports `threads` (torch's: the quota) and `os_threads` (the worker's, Ray's included)
+                metrics = {**metrics, **stamp}
                 over = metrics.get("status") != "running"
                 _report(metrics, state.stage(workdir, trial["key"], checkpoint_dir, over))
 

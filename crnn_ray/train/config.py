@@ -44,6 +44,12 @@ class TrainConfig:
     patience: int = setting(3, check=positive_int, yaml_key="early_stopping.patience")
     max_steps_per_epoch: int | None = setting(None, check=optional(positive_int))
     eval_batch_size: int = setting(4096, check=positive_int)
+    # validation budget (docs/training.md, "Validation budget"); the defaults validate everything every epoch.
+    # eval_max_days: score the valid part on at most this many evenly spaced days, the same days every epoch
+    # (null: all); the select part, which ranks runs, is always scored whole
+    eval_max_days: int | None = setting(None, check=optional(positive_int))
+    # validate (valid and select) every N epochs and always at the last epoch; the others report NaN metrics
+    eval_every: int = setting(1, check=positive_int)
     seed: int = setting(0, check=nonneg_int)
     compile: bool = setting(False, check=boolean)
     # "mse": an epoch whose mean train loss exceeds this many times the training target's variance (what a

@@ -60,7 +60,8 @@ def train_one(
     sampler=None,
     meta_extra: dict | None = None,
 ) -> TrainResult:
-    """Train `spec` on `panel` (train split), validate each epoch on the valid split, checkpoint each epoch.
+    """Train `spec` on `panel` (train split), validate on the valid (and select) split every cfg.eval_every
+    epochs and at the last (the valid part on cfg.eval_max_days evenly spaced days when set), checkpoint each epoch.
 
     on_epoch(metrics, checkpoint_dir) is called after every epoch with a full checkpoint directory (it may be
     deleted once the call returns). A NaN/inf loss, gradient or prediction, or (loss "mse") an epoch's mean
@@ -117,14 +118,19 @@ def train_one(
         train_loss, samples_per_s, diverged = _train_epoch(model, forward, optimizer, data, cfg, epoch, device)
         exploded = "" if diverged else _loss_explosion(train_loss, target_var, cfg.max_loss_ratio, epoch)
         diverged = diverged or exploded
-        summary, bad_prediction = ({}, "") if diverged else _validate(forward, model, data, cfg, epoch)
+        t_valid = time.perf_counter()
+        validated = not diverged and _validates(cfg, epoch)
+        summary, bad_prediction = _validate(forward, model, data, cfg, epoch) if validated else ({}, "")
         diverged = diverged or bad_prediction
+        valid_s = time.perf_counter() - t_valid if validated else 0.0
         metrics = {
             "epoch": epoch,
             "train_loss": train_loss if exploded or not diverged else math.nan,  # an explosion's is finite
             **{m.name: _finite_or_nan(summary.get(m.part, {}).get(m.summary_key)) for m in METRICS.values()},
             "samples_per_s": samples_per_s,
             "epoch_s": 0.0,
+            "train_s": t_valid - t0,  # training steps (+ the divergence checks)
+            "valid_s": valid_s,       # predicting and scoring the valid and select parts (0 when skipped)
             "params": params,
         }
 
@@ -132,7 +138,8 @@ def train_one(
         if diverged:
             status, reason, finished_by = "diverged", diverged, "diverged"
         else:
-            stopper.update(metrics, epoch, model)
+            if validated:  # an epoch without validation neither improves nor uses up patience
+                stopper.update(metrics, epoch, model)
             if stopper.done:
                 status, finished_by = "ok", "early_stopping"
                 reason = (f"early stopped at epoch {epoch}: no {cfg.early_stopping_metric} gain for "
@@ -145,7 +152,11 @@ def train_one(
         metrics.update({f"best_{name}": stopper.best_metrics.get(name, math.nan) for name in VALID_METRICS})
         metrics["status"], metrics["reason"] = status, reason
         if sampler is not None:
-            metrics.update(sampler.sample())
+            # `threads` is torch's intra-op quota (what the CPU quota sets); the OS count (Ray's threads
+            # included) is `os_threads`, the same keys the sweep reports
+            sample = sampler.sample()
+            metrics.update(cpu_percent=sample["cpu_percent"], threads=torch.get_num_threads(),
+                           os_threads=sample["threads"])
         metrics["epoch_s"] = time.perf_counter() - t0
         history.append(metrics)
         rates.append(samples_per_s)
@@ -163,7 +174,8 @@ def train_one(
             meta=_meta(spec, panel, splits, cfg, data.horizon, epoch, stopper.best_epoch, stopper.best_metrics,
                        params, status, reason, tag, meta_extra),
         )
-        print(_epoch_line(tag, metrics, cfg.epochs), flush=True)
+        print(_epoch_line(tag, metrics, cfg.epochs, data.eval_parts["valid"].budget if validated else None,
+                          None if validated or diverged else cfg.eval_every), flush=True)
         if on_epoch is not None:
             on_epoch(dict(metrics), checkpoint_dir)
         if previous_dir is not None and previous_dir != checkpoint_dir:
@@ -197,6 +209,7 @@ class _EvalPart:
     label: np.ndarray               # raw label [days of the part, S]
     dates: np.ndarray
     returns: np.ndarray | None = None  # 1-day forward returns [days of the part, S]: realised pnl (H > 1)
+    budget: tuple[int, int] | None = None  # (days scored, days with samples) under cfg.eval_max_days
 
 
 @dataclass
@@ -231,9 +244,15 @@ class _TrainData:
         returns = panel.returns() if hasattr(panel, "returns") else None  # None: evaluate's fallback pnl
         for part in [p for p in ("valid", "select") if p in rows]:
             lo, hi = (int(d) for d in getattr(splits, part))
-            eval_parts[part] = _EvalPart(torch.from_numpy(rows[part]).to(device), rows[part], lo,
+            index, budget = rows[part], None
+            if part == "valid" and cfg.eval_max_days is not None:  # select ranks runs: always whole
+                days = np.unique(index[:, 0])
+                chosen = days[budget_days(len(days), cfg.eval_max_days)]
+                index = np.ascontiguousarray(index[np.isin(index[:, 0], chosen)])
+                budget = (len(chosen), len(days))
+            eval_parts[part] = _EvalPart(torch.from_numpy(index).to(device), index, lo,
                                          raw_label[lo:hi + 1], panel.dates[lo:hi + 1],
-                                         None if returns is None else returns[lo:hi + 1])
+                                         None if returns is None else returns[lo:hi + 1], budget)
         return cls(
             X=torch.from_numpy(np.ascontiguousarray(X)).to(device),
             y=torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32)).to(device),
@@ -275,6 +294,23 @@ class EarlyStopping:
         self.best_epoch, self.bad_epochs = state["best_epoch"], int(state["bad_epochs"])
         self.best_state = best_state
         self.best_metrics = next((h for h in history if h["epoch"] == self.best_epoch), {})
+
+
+def budget_days(n_days: int, max_days: int | None) -> np.ndarray:
+    """Positions 0..n_days-1 of the days validated under a budget of `max_days`: all when it is None or not
+    smaller, else max_days evenly spaced ones, first and last included (round(linspace)).
+
+    A fixed set, not a draw: every epoch (and every run with the same splits) is scored on the same days, so
+    early stopping compares epochs on one sample, and runs under one budget stay comparable.
+    """
+    if max_days is None or max_days >= n_days:
+        return np.arange(n_days)
+    return np.unique(np.round(np.linspace(0, n_days - 1, int(max_days))).astype(np.int64))
+
+
+def _validates(cfg: TrainConfig, epoch: int) -> bool:
+    """Whether epoch `epoch` is validated: every cfg.eval_every-th one, and always the last."""
+    return epoch % cfg.eval_every == 0 or epoch == cfg.epochs
 
 
 def _train_epoch(model, forward, optimizer, data: _TrainData, cfg: TrainConfig, epoch: int,
@@ -533,17 +569,27 @@ def _meta(spec, panel, splits, cfg, horizon, epoch, best_epoch, best_metrics, pa
     return meta
 
 
-def _epoch_line(tag: str, m: dict, epochs: int) -> str:
+def _epoch_line(tag: str, m: dict, epochs: int, budget: tuple[int, int] | None = None,
+                skipped_every: int | None = None) -> str:
+    """One line per epoch. `budget`: (days scored, days) of the valid part under eval_max_days;
+    `skipped_every`: the eval_every that left this epoch unvalidated."""
     loss = m["train_loss"]
     loss = f"{loss:.5f}" if not abs(loss) >= 1e4 else f"{loss:.3g}"  # an exploded loss: 6.88e+08
-    line = (f"[{tag}] epoch {m['epoch']}/{epochs} loss {loss} valid IC {m['valid_ic']:+.4f} "
-            f"RankIC {m['valid_rank_ic']:+.4f} ICIR {m['valid_icir']:+.3f} pnl {m['valid_pnl_long_short']:+.4f} "
-            f"long {m['valid_pnl_long']:+.4f}")
+    line = f"[{tag}] epoch {m['epoch']}/{epochs} loss {loss} "
+    if skipped_every is not None:
+        line += f"valid skipped (eval_every {skipped_every})"
+    else:
+        days = f" ({budget[0]} of {budget[1]} days)" if budget and budget[0] < budget[1] else ""
+        line += (f"valid{days} IC {m['valid_ic']:+.4f} RankIC {m['valid_rank_ic']:+.4f} ICIR "
+                 f"{m['valid_icir']:+.3f} pnl {m['valid_pnl_long_short']:+.4f} long {m['valid_pnl_long']:+.4f}")
     if math.isfinite(m.get("select_ic", math.nan)):
         line += f" | select IC {m['select_ic']:+.4f} RankIC {m['select_rank_ic']:+.4f}"
-    line += f" samples/s {m['samples_per_s']:,.0f} ({m['epoch_s']:.1f}s)"
+    epoch_s, valid_s = m["epoch_s"], m.get("valid_s", 0.0)
+    share = f" ({100 * valid_s / epoch_s:.0f} %)" if epoch_s > 0 else ""
+    line += (f" samples/s {m['samples_per_s']:,.0f} ({epoch_s:.1f}s: train {m.get('train_s', 0.0):.1f}s "
+             f"valid {valid_s:.1f}s{share})")
     if "cpu_percent" in m:
-        line += f" cpu {m['cpu_percent']:.0f}% threads {m['threads']}"
+        line += f" cpu {m['cpu_percent']:.0f}% torch threads {m['threads']} (os threads {m['os_threads']})"
     if m["status"] != "running":
         line += f" -> {m['status']}: {m['reason']}"
     return line
