@@ -24,6 +24,7 @@ import torch
 from crnn_ray.data import gather_windows, load_panel, make_splits, save_panel, synthesize
 from crnn_ray.defaults import LOOKBACK
 from crnn_ray.score import ScoreOptions, merge_config, plan_scoring, predict_rows
+from crnn_ray.score.predict import resolve_chunk_rows
 from crnn_ray.train.checkpoint import write_checkpoint
 from crnn_ray.zoo import build_model, load_zoo
 
@@ -105,7 +106,7 @@ def main(argv=None) -> int:
         base_s, t_in, t_ray, t_ray2 = math.inf, None, None, None
         try:
             for r in range(args.rounds):
-                base_s = min(base_s, plain_loop(plan, int(cfg["chunk_rows"])))
+                base_s = min(base_s, plain_loop(plan, resolve_chunk_rows(cfg["chunk_rows"], "cpu")))
                 t = predict_rows(plan, "in_process", cfg)[1]
                 t_in = t if t_in is None or t["seconds"] < t_in["seconds"] else t_in
                 t = predict_rows(plan, "ray", cfg)[1]
@@ -128,6 +129,8 @@ def main(argv=None) -> int:
         ratio = t_ray2["rows_per_s"] / t_in["rows_per_s"]
         print(f"Ray Data: {t_ray['actors']} actors x {t_ray['num_cpus']} CPU on {t_ray['cluster_cpus']:.0f} CPUs; "
               f"ray.init {init_s:.1f}s not included; Ray/in-process ratio {ratio:.2f}")
+        print("in-process rows/s per member (forward passes alone, chunks of "
+              f"{t_in['chunk_rows']} rows): " + ", ".join(f"{k} {v:,.0f}" for k, v in t_in["member_rows_per_s"].items()))
         print("note: the predictor's time includes building the 5 models and moving the features (once per job/actor)")
     return 0
 

@@ -108,6 +108,33 @@ def write_parquet_atomic(data: Any, path: str | os.PathLike, metadata: dict[str,
         pq.write_table(table, tmp)
 
 
+def parquet_dataset(path: str | os.PathLike, dictionary_columns: tuple[str, ...] = ()) -> Any:
+    """A pyarrow dataset of a Parquet file or directory; `date=YYYY-MM-DD` folders supply a date32 `date`.
+
+    The scorer's signals/ keep the date in the folder names only (docs/scoring.md, "Reading the signals"): the
+    partition is typed date32 here instead of pyarrow's inferred string. A directory without `date=` folders,
+    or whose files hold a `date` of another type (a hand-made layout), is read from the files' own columns.
+    `dictionary_columns` (e.g. symbol) are read as Arrow dictionaries: one small dictionary and int32
+    indices instead of a Python string per row.
+    """
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=list(dictionary_columns)))
+    path = Path(path)
+    if not path.is_dir():
+        return ds.dataset(str(path), format=fmt)
+    plain = ds.dataset(str(path), format=fmt, partitioning=None)
+    base = len(path.resolve().parts)
+    if not any(p.startswith("date=") for f in plain.files for p in Path(f).resolve().parts[base:-1]):
+        return plain
+    try:
+        return ds.dataset(plain.files, format=fmt, partition_base_dir=str(path),
+                          partitioning=ds.partitioning(pa.schema([("date", pa.date32())]), flavor="hive"))
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # in-file dates of another type, or a folder date=foo
+        return plain
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose usage errors are CliErrors: the same one-line `error: ...` and exit status 2 as every
     other bad input, instead of the usage text."""

@@ -30,6 +30,8 @@ __all__ = [
     "daily_rank_ic",
     "quantile_buckets",
     "evaluate",
+    "break_even_bps",
+    "liquidity_split",
     "hac_lags",
     "newey_west_tstat",
     "align_frames",
@@ -653,14 +655,83 @@ class Evaluation:
     daily: pd.DataFrame
     quantile_returns: np.ndarray
     params: dict[str, Any] = field(default_factory=dict)
+    #: IC / RankIC on the more and the less liquid half of each day's names (`evaluate(liquidity=...)`); kept
+    #: out of `summary` so the summary of a grid is the same with or without a liquidity column
+    liquidity_split: dict[str, Any] = field(default_factory=lambda: dict(NO_LIQUIDITY))
 
     def to_dict(self) -> dict[str, Any]:
-        """The summary, the quantile returns and the parameters: what `python -m crnn_ray.evaluate` writes."""
+        """The summary, the quantile returns, the parameters and the liquidity split: what
+        `python -m crnn_ray.evaluate` writes."""
         return {
             "summary": dict(self.summary),
             "quantile_returns": {str(q + 1): float(v) for q, v in enumerate(self.quantile_returns)},
             "params": dict(self.params),
+            "liquidity_split": dict(self.liquidity_split),
         }
+
+
+#: the liquidity split of an evaluation without a liquidity measure
+NO_LIQUIDITY: dict[str, Any] = {"available": False, "note": "n/a (no liquidity column)"}
+
+
+def break_even_bps(pnl: np.ndarray, turnover: np.ndarray) -> float:
+    """The cost, in bps per unit of traded notional, at which the summed net pnl is zero:
+    1e4 * mean(pnl) / mean(turnover) over the days where both are finite.
+
+    Net pnl is pnl - cost * turnover day by day, so this is the cost the strategy can pay before its net
+    pnl (and net Sharpe) reaches zero. NaN when the mean turnover is 0 (nothing traded: costs cannot turn it)
+    or the mean gross pnl is <= 0 (no cost makes a losing strategy break even).
+    """
+    pnl, turnover = np.asarray(pnl, dtype=np.float64), np.asarray(turnover, dtype=np.float64)
+    both = np.isfinite(pnl) & np.isfinite(turnover)
+    if not both.any():
+        return math.nan
+    mean_pnl, mean_turnover = float(pnl[both].mean()), float(turnover[both].mean())
+    if not (mean_turnover > 0 and mean_pnl > 0):
+        return math.nan
+    return 1e4 * mean_pnl / mean_turnover
+
+
+def liquidity_split(signal: Any, label: Any, liquidity: Any, *, min_stocks: int = 10, horizon: int = 1,
+                    days: np.ndarray | None = None) -> dict[str, Any]:
+    """Mean daily IC and RankIC on the more liquid and the less liquid half of each day's names.
+
+    A diagnostic: a signal whose IC lives in the illiquid half is worth less than its headline IC, since that
+    half costs more to trade. Each day, over the valid pairs (finite signal, label and liquidity), names whose
+    liquidity rank is above the day's median rank form the liquid half, those below it the illiquid half (a
+    name exactly at the median, odd counts or ties, sits in neither); each half is then scored like the whole
+    (a half with fewer than `min_stocks` pairs is skipped that day). `days` (bool [D]) restricts the split to
+    the days the whole evaluation used. `ic_diff` is the mean over days of IC(liquid) - IC(illiquid), with its
+    Newey-West t (hac_lags(n, horizon)).
+    """
+    signal, label = _as_panel(signal, "signal"), _as_panel(label, "label")
+    liquidity = _as_panel(liquidity, "liquidity")
+    if liquidity.shape != signal.shape:
+        raise CliError(f"liquidity shape {liquidity.shape} != signal shape {signal.shape}")
+    sig = signal.astype(np.float64, copy=False)
+    lab = label.astype(np.float64, copy=False)
+    liq = liquidity.astype(np.float64, copy=False)
+    valid = np.isfinite(sig) & np.isfinite(lab) & np.isfinite(liq)
+    if days is not None:
+        valid &= np.asarray(days, dtype=bool)[:, None]
+    ranks = average_ranks(np.where(valid, liq, np.nan))
+    middle = ((_row_counts(valid) + 1) * 0.5)[:, None]
+    out: dict[str, Any] = {"available": True}
+    daily = {}
+    with np.errstate(invalid="ignore"):
+        halves = {"liquid": valid & (ranks > middle), "illiquid": valid & (ranks < middle)}
+    for name, half in halves.items():
+        day = _scan(np.where(half, sig, np.nan), lab, _check_min_stocks(min_stocks), 2, 1, portfolios=False)
+        daily[name] = day["ic"]
+        out[f"ic_{name}"] = _mean(day["ic"])
+        out[f"rank_ic_{name}"] = _mean(day["rank_ic"])
+        out[f"mean_stocks_{name}"] = _mean(np.where(day["use_day"], day["n"], np.nan))
+    diff = daily["liquid"] - daily["illiquid"]
+    n = int(np.isfinite(diff).sum())
+    out["ic_diff"] = _mean(diff)
+    out["ic_diff_tstat_hac"] = newey_west_tstat(diff, hac_lags(n, horizon))
+    out["n_days"] = n
+    return {k: (v if isinstance(v, (bool, int, str)) else float(v)) for k, v in out.items()}
 
 
 def evaluate(
@@ -674,6 +745,7 @@ def evaluate(
     periods_per_year: float = 252,
     dates: Any = None,
     returns: Any = None,
+    liquidity: Any = None,
 ) -> Evaluation:
     """IC / RankIC / quantile returns / long-short and long-only pnl / turnover / drawdown of a signal.
 
@@ -683,7 +755,10 @@ def evaluate(
     "daily" (H = 1: the label is the 1-day return), "realised" (H > 1 with `returns`, the [D, S] 1-day forward
     returns aligned with the label: the daily pnl of the H overlapping books) or "non_overlapping" (H > 1
     without returns: every H-th formation day's book, annualised by sqrt(P / H), averaged over the H offsets).
-    pnl is summed, not compounded. t-statistics come plain and Newey-West (`*_tstat_hac`). See docs/metrics.md.
+    pnl is summed, not compounded. t-statistics come plain and Newey-West (`*_tstat_hac`). Costs: `cost_bps` per
+    unit of traded notional makes the `*_net` figures; `break_even_bps` is the cost that would zero the net pnl.
+    `liquidity` ([D, S], e.g. a trailing median traded value, aligned like the label) adds
+    `Evaluation.liquidity_split` (IC on the more vs the less liquid half of each day). See docs/metrics.md.
     """
     signal, label = _as_panel(signal, "signal"), _as_panel(label, "label")
     _check_shapes(signal, label)
@@ -758,6 +833,12 @@ def evaluate(
     cum_ls = np.cumsum(np.nan_to_num(series["pnl_ls"], nan=0.0))
     cum_long = np.cumsum(np.nan_to_num(series["pnl_long"], nan=0.0))
     cum_ls_net = np.cumsum(np.nan_to_num(series["pnl_ls_net"], nan=0.0))
+    # the cost that zeroes the summed net pnl: the net figures' own gross series and traded notional
+    if method == "realised":
+        gross_turnover = {"ls": (series["pnl_ls"], series["turnover_port"]),
+                          "long": (series["pnl_long"], series["turnover_port_long"])}
+    else:  # daily / non_overlapping: the net totals are sums of the booked ls_d - cost * turnover_d
+        gross_turnover = {"ls": (ls, turnover), "long": (long, turnover_long)}
     # t-statistics: plain (independent days) and Newey-West with lags >= H - 1 (overlapping labels)
     lags = hac_lags(int(use_day.sum()), horizon)
     ls_days = ls if method == "non_overlapping" else series["pnl_ls"]  # the mean daily long-short pnl's series
@@ -814,6 +895,9 @@ def evaluate(
         "turnover_bottom": _mean(turnover_bottom),
         "signal_autocorr": _mean(signal_autocorr),
         "quantile_spread": float(q_mean_over_days[-1] - q_mean_over_days[0]),
+        "cost_bps": float(cost_bps),
+        "break_even_bps": break_even_bps(*gross_turnover["ls"]),
+        "break_even_bps_long": break_even_bps(*gross_turnover["long"]),
     }
     summary = {k: (v if isinstance(v, (int, str)) else float(v)) for k, v in summary.items()}
 
@@ -845,7 +929,11 @@ def evaluate(
         "horizon": horizon,
         "periods_per_year": float(periods_per_year),
     }
-    return Evaluation(summary=summary, daily=daily, quantile_returns=q_mean_over_days, params=params)
+    split = dict(NO_LIQUIDITY)
+    if liquidity is not None:
+        split = liquidity_split(signal, label, liquidity, min_stocks=min_stocks, horizon=horizon, days=use_day)
+    return Evaluation(summary=summary, daily=daily, quantile_returns=q_mean_over_days, params=params,
+                      liquidity_split=split)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -853,9 +941,14 @@ def evaluate(
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _check_table(df: pd.DataFrame, value_col: str, name: str, *, require_variation: bool) -> tuple[np.ndarray, ...]:
-    """Validate one long table; return its days (datetime64[D]), symbols and float values. CliError names the fault."""
-    for col in ("date", "symbol", value_col):
+def _check_table(df: pd.DataFrame, value_col: str, name: str, *, require_variation: bool,
+                 keys: bool = True) -> tuple[Any, ...]:
+    """Validate one long table; return its days (datetime64[D]), symbols and float values. CliError names the fault.
+
+    Text symbols come back coded once, as a pd.Categorical (a Categorical column, e.g. Parquet dictionaries,
+    as it is): the join then works on integer codes, never on a Python string per row. `keys=False`: the
+    value column only (another column of a table whose keys were checked), (None, None, values)."""
+    for col in ("date", "symbol", value_col) if keys else (value_col,):
         if col not in df.columns:
             raise CliError(f"{name}: missing column {col!r} (has {', '.join(map(str, df.columns[:12]))})")
     values = df[value_col]
@@ -865,10 +958,12 @@ def _check_table(df: pd.DataFrame, value_col: str, name: str, *, require_variati
     n_inf = int(np.isinf(values).sum())
     if n_inf:
         raise CliError(f"{name}: column {value_col!r} has {n_inf} infinite value(s); use NaN for missing")
-    if require_variation:
-        finite = values[np.isfinite(values)]
-        if finite.size == 0 or finite.min() == finite.max():
+    if require_variation:  # fmin/fmax skip NaN without a filtered copy (infinities are refused above)
+        lo, hi = np.fmin.reduce(values, initial=np.nan), np.fmax.reduce(values, initial=np.nan)
+        if not np.isfinite(lo) or lo == hi:
             raise CliError(f"{name}: column {value_col!r} is constant (or all missing) over all rows")
+    if not keys:
+        return None, None, values
     dates = df["date"]
     if pd.api.types.is_datetime64_any_dtype(dates):
         parsed = dates
@@ -894,32 +989,67 @@ def _check_table(df: pd.DataFrame, value_col: str, name: str, *, require_variati
         raise CliError(f"{name}: column 'date' has {int(parsed.isna().sum())} missing date(s)")
     parsed = parsed.dt.tz_localize(None) if getattr(parsed.dt, "tz", None) is not None else parsed
     symbols = df["symbol"]
-    if symbols.isna().any():
-        raise CliError(f"{name}: column 'symbol' has {int(symbols.isna().sum())} missing symbol(s)")
-    days = parsed.to_numpy(dtype="datetime64[ns]").astype("datetime64[D]")
-    return days, symbols.to_numpy(), values
+    if isinstance(symbols.dtype, pd.CategoricalDtype):
+        coded = symbols.array
+    elif pd.api.types.is_numeric_dtype(symbols.dtype):  # integer symbols: _codes' lookup table, no hashing
+        coded = None
+    else:  # one hash pass (Arrow's for Arrow strings); a missing symbol becomes code -1
+        codes, uniques = pd.factorize(symbols)
+        coded = pd.Categorical.from_codes(codes, uniques, validate=False)
+    n_missing = int(symbols.isna().sum()) if coded is None else int((coded.codes < 0).sum())
+    if n_missing:
+        raise CliError(f"{name}: column 'symbol' has {n_missing} missing symbol(s)")
+    stamps = np.asarray(parsed.to_numpy())
+    # to days: an integer floor division (numpy's own datetime cast, the same floor, is ~3x slower)
+    per_day = np.timedelta64(1, "D") // np.timedelta64(1, np.datetime_data(stamps.dtype)[0])
+    days = (stamps.view(np.int64) // per_day).view("datetime64[D]")
+    return days, symbols.to_numpy() if coded is None else coded, values
 
 
-def _codes(keys: np.ndarray, common: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Code each row's key; return (a code of its own, unique per key) and its index in `common` (-1: absent).
+def _codes(keys: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Code one key column once: (each row's code, the codes that occur (ascending), their keys).
 
-    Dates and integer symbols go through an int32 lookup table over their range (one gather, no hashing, and
-    half-width temporaries: fresh 100 MB arrays cost more in page faults than in arithmetic);
-    other keys (text symbols) are factorized.
+    Dates and integer symbols: the offset from the smallest (int32: one subtraction, no hashing, half-width
+    temporaries -- fresh 100 MB arrays cost more in page faults than in arithmetic); text symbols: the codes
+    of the pd.Categorical _check_table made, whose few categories are the keys; other keys are factorized.
+    Each table's keys are coded once and the codes reused for the distinct keys and for the grid position.
     """
-    if keys.dtype.kind in "iuM" and len(keys):
+    if isinstance(keys, pd.Categorical):
+        own, domain = keys.codes, np.asarray(keys.categories, dtype=object)
+    elif keys.dtype.kind in "iuM" and len(keys):
         as_int = keys.view(np.int64) if keys.dtype.kind == "M" else keys
         lo, hi = int(as_int.min()), int(as_int.max())
-        if hi - lo <= min(4 * len(keys) + 4096, 2**31 - 2) and len(common) < 2**31 - 1:
-            common_int = common.view(np.int64) if common.dtype.kind == "M" else common.astype(np.int64)
-            lut = np.full(hi - lo + 1, -1, dtype=np.int32)
-            inside = (common_int >= lo) & (common_int <= hi)
-            lut[common_int[inside] - lo] = np.flatnonzero(inside)
-            own = np.empty(len(keys), dtype=np.int32)
-            np.subtract(as_int, lo, out=own, casting="unsafe")  # in [0, hi - lo]: fits int32 (checked above)
-            return own, lut[own]
-    own, uniques = pd.factorize(keys)
-    return own, pd.Index(common).get_indexer(uniques)[own]
+        if hi - lo > min(4 * len(keys) + 4096, 2**31 - 2):  # too sparse for a table over the range
+            own, uniques = pd.factorize(keys)
+            return own, np.arange(len(uniques)), np.asarray(uniques)
+        own = np.empty(len(keys), dtype=np.int32)
+        np.subtract(as_int, lo, out=own, casting="unsafe")  # in [0, hi - lo]: fits int32 (checked above)
+        seen = np.zeros(hi - lo + 1, dtype=bool)
+        seen[own] = True
+        used = np.flatnonzero(seen)
+        values = used.astype(np.int64) + lo
+        return own, used, values.view(keys.dtype) if keys.dtype.kind == "M" else values.astype(keys.dtype)
+    else:
+        own, uniques = pd.factorize(keys)
+        return own, np.arange(len(uniques)), np.asarray(uniques)
+    seen = np.zeros(len(domain), dtype=bool)
+    seen[own] = True
+    used = np.flatnonzero(seen)
+    return own, used, domain[used]
+
+
+def _positions(coded: tuple[np.ndarray, ...], common: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Each row's index in `common` (sorted, distinct), -1 where its key is absent, and whether every key is
+    in `common` (then no row needs the -1 test): the few distinct keys are looked up once, and one int32
+    gather through their codes places every row."""
+    own, used, keys = coded
+    lut = np.full(int(used[-1]) + 1 if len(used) else 0, -1, dtype=np.int32)
+    hit = np.zeros(len(keys), dtype=bool)
+    if len(common) and len(keys):
+        pos = np.minimum(np.searchsorted(common, keys), len(common) - 1)
+        hit = np.asarray(common[pos] == keys, dtype=bool)
+        lut[used[hit]] = pos[hit]
+    return lut[own], bool(hit.all())
 
 
 def _check_unique(day_code: np.ndarray, sym_code: np.ndarray, days: np.ndarray, symbols: np.ndarray,
@@ -934,35 +1064,43 @@ def _check_unique(day_code: np.ndarray, sym_code: np.ndarray, days: np.ndarray, 
         )
 
 
-def _scatter_table(days: np.ndarray, symbols: np.ndarray, values: np.ndarray, common_days: np.ndarray,
-                   common_syms: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """One table's values on the flat [len(common_days) * len(common_syms)] grid, and where it has a row.
+def _scatter_table(days: np.ndarray, symbols: Any, day_codes: tuple, sym_codes: tuple, columns: list[np.ndarray],
+                   common_days: np.ndarray, common_syms: np.ndarray, name: str) -> tuple[np.ndarray, ...]:
+    """Where one table has a row on the flat [len(common_days) * len(common_syms)] grid, then each of its value
+    `columns` on that grid (the label and the returns of one table share the keys and the positions).
 
-    One flat index per row: a 1-D scatter is ~50x cheaper than a 2-D fancy one here, and the bincount that
-    marks presence also finds duplicate keys inside the grid (rows outside it are checked by sorting them).
+    One flat index per row: a 1-D scatter is ~50x cheaper than a 2-D fancy one here. Presence is a boolean
+    scatter; a cell written twice (a duplicate key inside the grid) shows as fewer cells than rows, and only
+    then are the counts made for the message (rows outside the grid are checked by sorting them).
     """
-    day_own, day = _codes(days, common_days)
-    sym_own, sym = _codes(symbols, common_syms)
-    inside = (day >= 0) & (sym >= 0)
+    day, all_days = _positions(day_codes, common_days)
+    sym, all_syms = _positions(sym_codes, common_syms)
+    inside = (day >= 0) & (sym >= 0) if not (all_days and all_syms) else None  # None: every row inside
+    partial = inside is not None and not inside.all()
     n_cells = len(common_days) * len(common_syms)
     index_type = np.int32 if n_cells < 2**31 else np.int64
     flat = day.astype(index_type, copy=False) * index_type(len(common_syms))
     flat += sym
-    if not inside.all():
+    if partial:
         outside = ~inside
-        _check_unique(day_own[outside], sym_own[outside], days[outside], symbols[outside], name)
-        flat, values = flat[inside], values[inside]
-    counts = np.bincount(flat, minlength=n_cells)
-    if counts.max(initial=0) > 1:
+        _check_unique(day_codes[0][outside], sym_codes[0][outside], days[outside], symbols[outside], name)
+        flat, columns = flat[inside], [values[inside] for values in columns]
+    present = np.zeros(n_cells, dtype=bool)
+    present[flat] = True
+    if int(np.count_nonzero(present)) != len(flat):
+        counts = np.bincount(flat, minlength=n_cells)
         first = int(np.flatnonzero(flat == int(np.argmax(counts > 1)))[0])
-        rows = np.flatnonzero(inside)[first] if not inside.all() else first
+        rows = np.flatnonzero(inside)[first] if partial else first
         raise CliError(
             f"{name}: {int((counts[counts > 1] - 1).sum())} duplicate (date, symbol) key(s), "
             f"e.g. ({days[rows]}, {symbols[rows]})"
         )
-    grid = np.full(n_cells, np.nan)
-    grid[flat] = values
-    return grid, counts.astype(bool)
+    grids = []
+    for values in columns:
+        grid = np.full(n_cells, np.nan)
+        grid[flat] = values
+        grids.append(grid)
+    return (present, *grids)
 
 
 def align_frames(
@@ -987,14 +1125,24 @@ def align_frames(
     lab_days, lab_syms, lab_vals = _check_table(labels_df, label_col, labels_name, require_variation=True)
     ret_vals = None
     if returns_col is not None:
-        ret_vals = _check_table(labels_df, returns_col, labels_name, require_variation=False)[2]
-    if pd.api.types.is_numeric_dtype(sig_syms.dtype) != pd.api.types.is_numeric_dtype(lab_syms.dtype):
-        sig_syms, lab_syms = sig_syms.astype(str), lab_syms.astype(str)  # e.g. 600000 vs "600000"
+        ret_vals = _check_table(labels_df, returns_col, labels_name, require_variation=False, keys=False)[2]
 
-    common_days = np.intersect1d(pd.unique(sig_days), pd.unique(lab_days))
-    common_syms = np.intersect1d(pd.unique(sig_syms), pd.unique(lab_syms))
-    signal, has_signal = _scatter_table(sig_days, sig_syms, sig_vals, common_days, common_syms, signals_name)
-    label, has_label = _scatter_table(lab_days, lab_syms, lab_vals, common_days, common_syms, labels_name)
+    def numeric(syms: Any) -> bool:
+        return pd.api.types.is_numeric_dtype(syms.categories.dtype if isinstance(syms, pd.Categorical) else syms.dtype)
+
+    if numeric(sig_syms) != numeric(lab_syms):  # e.g. 600000 vs "600000"
+        sig_syms, lab_syms = (np.asarray(s, dtype=object).astype(str) if isinstance(s, pd.Categorical)
+                              else s.astype(str) for s in (sig_syms, lab_syms))
+
+    sig_day_codes, lab_day_codes = _codes(sig_days), _codes(lab_days)
+    sig_sym_codes, lab_sym_codes = _codes(sig_syms), _codes(lab_syms)
+    common_days = np.intersect1d(sig_day_codes[2], lab_day_codes[2])
+    common_syms = np.intersect1d(sig_sym_codes[2], lab_sym_codes[2])
+    has_signal, signal = _scatter_table(sig_days, sig_syms, sig_day_codes, sig_sym_codes, [sig_vals], common_days,
+                                        common_syms, signals_name)
+    has_label, label, *returns_flat = _scatter_table(
+        lab_days, lab_syms, lab_day_codes, lab_sym_codes, [lab_vals] + ([] if ret_vals is None else [ret_vals]),
+        common_days, common_syms, labels_name)
     shape = (len(common_days), len(common_syms))
     pair = (has_signal & has_label).reshape(shape)
     keep_days, keep_syms = pair.any(axis=1), pair.any(axis=0)
@@ -1004,10 +1152,8 @@ def align_frames(
             f"and {labels_name} ({len(lab_vals)} rows)"
         )
     signal, label = signal.reshape(shape), label.reshape(shape)
-    returns = None
-    if ret_vals is not None:  # the label's rows and keys, the returns column's values
-        returns = _scatter_table(lab_days, lab_syms, ret_vals, common_days, common_syms, labels_name)[0]
-        returns = returns.reshape(shape)
+    # the returns: the labels table's rows and keys, the returns column's values
+    returns = returns_flat[0].reshape(shape) if returns_flat else None
     unpaired = ~pair
     if unpaired.any():  # a signal without a label row (or vice versa) is not a pair
         signal[unpaired] = np.nan
@@ -1024,7 +1170,14 @@ def evaluate_frames(
 ) -> Evaluation:
     """`evaluate` on long tables aligned on (date, symbol); `Evaluation.daily["date"]` holds the real dates.
 
-    `returns_col` (keyword): a 1-day forward return column of `labels_df`, passed to evaluate as `returns`."""
+    `returns_col` (keyword): a 1-day forward return column of `labels_df`, passed to evaluate as `returns`;
+    `liquidity_col`: a liquidity column of `labels_df` (e.g. traded_value_med), passed as `liquidity`."""
     names = {k: kw.pop(k) for k in ("signals_name", "labels_name", "returns_col") if k in kw}
+    liquidity_col = kw.pop("liquidity_col", None)
     grids = align_frames(signals_df, labels_df, label_col, signal_col, **names)
-    return evaluate(grids[0], grids[1], dates=grids[2], returns=grids[4] if len(grids) > 4 else None, **kw)
+    liquidity = None
+    if liquidity_col is not None:  # the same join, with the liquidity column where the returns would be
+        liquidity = align_frames(signals_df, labels_df, label_col, signal_col,
+                                 **{**names, "returns_col": liquidity_col})[4]
+    return evaluate(grids[0], grids[1], dates=grids[2], returns=grids[4] if len(grids) > 4 else None,
+                    liquidity=liquidity, **kw)

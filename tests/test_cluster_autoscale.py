@@ -202,7 +202,8 @@ def test_gpu_nodes_scale_up_for_a_sweep_and_back_down(cluster, tmp_path):
     assert f"latest date in {storage / 'autoscale' / 'data' / 'panel.parquet'}: {day}" in score_out.text()
     partitions = sorted(p.name for p in (signals / "autoscale" / "signals").iterdir())
     assert partitions == [f"date={day}"]
-    scored = pd.read_parquet(signals / "autoscale" / "signals" / f"date={day}" / "part-0.parquet")
+    # one day of the dataset: the date comes from its date=YYYY-MM-DD folder, not from inside the file
+    scored = pd.read_parquet(signals / "autoscale" / "signals", filters=[("date", "==", day)])
     assert len(scored) > 0 and {"date", "symbol", "signal"} <= set(scored.columns)
 
     print(

@@ -722,3 +722,104 @@ def test_fewer_days_than_the_horizon_and_no_day_give_nan_not_a_crash():
             s = evaluate(signal, label, horizon=5, **kw).summary
             assert s["pnl_method"] == ("realised" if kw else "non_overlapping") and s["hac_lags"] == 4
             assert s["n_days_pnl"] == (days if kw else 0)
+
+
+# ---- costs: break-even, and the liquidity split (docs/metrics.md, "Costs", "Liquidity split") -------------
+
+
+def test_break_even_cost_on_a_constructed_book():
+    """4 names, 2 buckets, H = 1: the top pair earns a = 1 % more than the bottom pair every day, and the
+    signal flips daily. The book trades 2 on day 0 (opened from cash: four half-unit legs) and 4 on every
+    later day (each name moves from +1/2 to -1/2 or back): mean turnover (2 + 4 x 9) / 10 = 3.8, mean
+    pnl 0.01, break-even 1e4 x 0.01 / 3.8 bps. The long book earns a/2 on a traded (1 + 2 x 9) / 10 = 1.9."""
+    a, days = 0.01, 10
+    up = np.array([1.0, 2.0, 3.0, 4.0])
+    signal = np.array([up if d % 2 == 0 else up[::-1] for d in range(days)])
+    label = np.where(signal > 2.5, a, 0.0)
+    ev = evaluate(signal, label, quantiles=2, min_stocks=2)
+    s = ev.summary
+    assert s["ls_mean"] == pytest.approx(a) and s["turnover"] == pytest.approx(3.8)
+    assert s["break_even_bps"] == pytest.approx(1e4 * a / 3.8)  # 26.3 bps per unit traded
+    assert s["break_even_bps_long"] == pytest.approx(1e4 * (a / 2) / 1.9)
+    assert s["cost_bps"] == 0.0 and s["pnl_long_short_net"] == s["pnl_long_short"]  # gross when no cost
+    at = evaluate(signal, label, quantiles=2, min_stocks=2, cost_bps=s["break_even_bps"]).summary
+    assert at["pnl_long_short_net"] == pytest.approx(0.0, abs=1e-15) and at["cost_bps"] == s["break_even_bps"]
+    assert at["break_even_bps"] == s["break_even_bps"]  # a property of the gross pnl, whatever cost is assumed
+    # a losing signal, and a book that never trades: no cost makes them break even
+    assert math.isnan(evaluate(-signal, label, quantiles=2, min_stocks=2).summary["break_even_bps"])
+    from crnn_ray.metrics import break_even_bps
+
+    assert math.isnan(break_even_bps(np.full(5, 0.01), np.zeros(5)))
+    assert math.isnan(break_even_bps(np.full(5, np.nan), np.ones(5)))
+
+
+@pytest.mark.parametrize("with_returns", [True, False])
+def test_break_even_zeroes_the_net_pnl_of_every_pnl_method(with_returns):
+    signal, label, returns = books_panel(21)
+    kw = {"returns": returns} if with_returns else {}
+    gross = evaluate(signal, label, horizon=5, **kw).summary
+    assert gross["pnl_method"] == ("realised" if with_returns else "non_overlapping")
+    assert gross["pnl_long_short"] > 0 and gross["break_even_bps"] > 0
+    net = evaluate(signal, label, horizon=5, cost_bps=gross["break_even_bps"], **kw).summary
+    assert net["pnl_long_short_net"] == pytest.approx(0.0, abs=1e-12)
+    if with_returns:  # realised: the net daily series has mean 0, so its Sharpe is 0
+        assert net["sharpe_net"] == pytest.approx(0.0, abs=1e-9)
+    for key in ("ic", "pnl_long_short", "sharpe", "turnover"):  # the gross figures do not move
+        assert net[key] == gross[key]
+
+
+def test_liquidity_split_scores_each_half_of_the_day():
+    rng = np.random.default_rng(5)
+    days, stocks = 30, 41
+    label = rng.normal(size=(days, stocks))
+    liquidity = np.tile(np.arange(stocks, dtype=float), (days, 1)) + rng.random((days, stocks))  # ~ the name
+    signal = rng.normal(size=(days, stocks))
+    liquid_names = liquidity > np.median(liquidity, axis=1, keepdims=True)
+    signal[liquid_names] = label[liquid_names] + 0.3 * signal[liquid_names]  # skill only where it is cheap
+    signal[3, :7] = np.nan
+    liquidity[7, 10] = np.nan  # a name without a liquidity value is in neither half
+    ev = evaluate(signal, label, liquidity=liquidity)
+    split = ev.liquidity_split
+    # the same by a plain per-day loop
+    ics = {"liquid": [], "illiquid": []}
+    rics = {"liquid": [], "illiquid": []}
+    sizes = {"liquid": [], "illiquid": []}
+    for d in range(days):
+        ok = np.isfinite(signal[d]) & np.isfinite(label[d]) & np.isfinite(liquidity[d])
+        med = np.median(liquidity[d][ok])
+        for name, half in (("liquid", ok & (liquidity[d] > med)), ("illiquid", ok & (liquidity[d] < med))):
+            ics[name].append(st.pearsonr(signal[d][half], label[d][half])[0])
+            rics[name].append(st.spearmanr(signal[d][half], label[d][half])[0])
+            sizes[name].append(half.sum())
+    for name in ("liquid", "illiquid"):
+        assert split[f"ic_{name}"] == pytest.approx(np.mean(ics[name]), abs=TOL)
+        assert split[f"rank_ic_{name}"] == pytest.approx(np.mean(rics[name]), abs=TOL)
+    assert split["ic_liquid"] > 0.9 and abs(split["ic_illiquid"]) < 0.1 and split["n_days"] == days
+    assert split["ic_diff"] == pytest.approx(np.mean(np.subtract(ics["liquid"], ics["illiquid"])), abs=TOL)
+    assert split["ic_diff_tstat_hac"] > 10 and sizes["liquid"] == sizes["illiquid"]  # 41 names: 20 + 20
+    assert split["mean_stocks_liquid"] == pytest.approx(np.mean(sizes["liquid"])) == split["mean_stocks_illiquid"]
+    # the summary does not depend on it; without a liquidity measure the split says so
+    plain = evaluate(signal, label)
+    same = lambda a, b: a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b))  # noqa: E731
+    assert plain.summary.keys() == ev.summary.keys()
+    assert all(same(plain.summary[k], ev.summary[k]) for k in plain.summary)
+    assert plain.liquidity_split == {"available": False, "note": "n/a (no liquidity column)"}
+    assert ev.to_dict()["liquidity_split"] == split and "liquidity_split" in plain.to_dict()
+    with pytest.raises(CliError, match="liquidity shape"):
+        evaluate(signal, label, liquidity=liquidity[:, :5])
+
+
+def test_evaluate_frames_passes_the_liquidity_column():
+    signal, label, returns = books_panel(11, days=25, stocks=30)
+    liquidity = np.random.default_rng(2).lognormal(size=signal.shape)
+    dates = pd.bdate_range("2023-03-01", periods=25)
+    symbols = [f"S{i:02d}" for i in range(30)]
+    grid = pd.MultiIndex.from_product([dates, symbols], names=["date", "symbol"]).to_frame(index=False)
+    sig_df = grid.assign(signal=signal.ravel())
+    sig_df = sig_df[np.isfinite(sig_df["signal"])]
+    lab_df = grid.assign(y5=label.ravel(), y1=returns.ravel(), traded_value_med=liquidity.ravel())
+    ev = evaluate_frames(sig_df, lab_df.sample(frac=1.0, random_state=4), "y5", horizon=5, returns_col="y1",
+                         liquidity_col="traded_value_med", min_stocks=5)
+    ref = evaluate(signal, label, horizon=5, returns=returns, liquidity=liquidity, min_stocks=5)
+    assert ev.liquidity_split == pytest.approx(ref.liquidity_split) and ev.liquidity_split["available"]
+    assert evaluate_frames(sig_df, lab_df, "y5", horizon=5).liquidity_split["available"] is False

@@ -366,3 +366,25 @@ def test_vs_selected_member_matches_a_hand_loop_and_newey_west():
     line = vs_line(vs, "select_ic")
     assert line.startswith("ensemble vs selected member a@seed0 (chosen alone by select_ic): IC ")
     assert f"daily difference {x.mean():+.4f}" in line and f"{lags} lags, 44 days)" in line
+
+
+def test_predictor_worker_threads_give_the_same_bits_and_restore_torch_threads():
+    """Chunks on several threads (in-process scoring) = one thread, bit for bit; torch's thread count is
+    the caller's again afterwards; per-member seconds are counted."""
+    from crnn_ray.zoo import load_zoo
+
+    torch.manual_seed(1)
+    D, S, F, L = 24, 30, 4, 6
+    X = np.random.default_rng(1).normal(size=(D, S, F)).astype(np.float32)
+    payloads = [member_payload(f"m{i}", {"spec": load_zoo()[v].spec, "lookback": L},
+                               build_model(load_zoo()[v].spec, F, L).state_dict(), list(range(F)), "z")
+                for i, v in enumerate(["convgru/m05", "cnn1d/m01"])]
+    days, stocks = np.meshgrid(np.arange(L - 1, D), np.arange(S), indexing="ij")
+    one = EnsemblePredictor(payloads, {"z": X}, device="cpu", chunk_rows=32)
+    many = EnsemblePredictor(payloads, {"z": X}, device="cpu", chunk_rows=32, workers=3)
+    threads = torch.get_num_threads()
+    a = one.predict_indices(days.ravel(), stocks.ravel())
+    b = many.predict_indices(days.ravel(), stocks.ravel())
+    assert torch.get_num_threads() == threads
+    assert np.array_equal(a, b) and np.isfinite(a).all()
+    assert (many.member_seconds > 0).all() and many.workers == 3

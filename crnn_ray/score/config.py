@@ -56,7 +56,8 @@ class ScoreConfig:
     path: str = setting("auto", check=choice(*PATHS))
     in_process_max_days: int = setting(5, check=positive_int)      # auto: at most this many dates ...
     in_process_max_rows: int = setting(200000, check=positive_int)  # ... or rows -> in-process
-    chunk_rows: int = setting(1024, check=positive_int)   # fixed model batch (padded): batching-independent
+    # fixed model batch (padded): batching-independent; auto = predict.CHUNK_ROWS (512 on CPU, 1024 on a GPU)
+    chunk_rows: int | str = setting("auto", check=auto_or(positive_int))
     batch_rows: int = setting(8192, check=positive_int)   # rows per Ray Data / in-process batch
     device: str = setting("auto", check=auto_or(choice("cpu", "cuda")))  # in-process device
     ray: RayConfig = setting(default_factory=RayConfig, check=section(RayConfig))

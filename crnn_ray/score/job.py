@@ -356,11 +356,16 @@ def choose_path(plan: ScorePlan, requested: str, cfg: dict) -> tuple[str, str]:
 
 
 def _predictor_kwargs(plan: ScorePlan, cfg: dict) -> dict:
-    return {"members": plan.payloads, "inputs": plan.inputs, "chunk_rows": int(cfg["chunk_rows"])}
+    chunk = cfg["chunk_rows"]  # "auto": each predictor picks its device's size (predict.CHUNK_ROWS)
+    return {"members": plan.payloads, "inputs": plan.inputs, "chunk_rows": chunk if chunk == "auto" else int(chunk)}
 
 
 def _batch_rows(cfg: dict) -> int:
-    chunk = int(cfg["chunk_rows"])
+    """Rows per Ray Data batch: a multiple of the chunk (with "auto", of every device's, so CPU and GPU actors
+    both cut it into whole chunks)."""
+    from crnn_ray.score.predict import CHUNK_ROWS
+
+    chunk = max(CHUNK_ROWS.values()) if cfg["chunk_rows"] == "auto" else int(cfg["chunk_rows"])
     return max(chunk, int(cfg["batch_rows"]) // chunk * chunk)
 
 
@@ -374,12 +379,33 @@ def predict_in_process(plan: ScorePlan, cfg: dict) -> np.ndarray:
 
     One call: the predictor cuts the rows into the same fixed chunks as the Ray Data batches (a multiple of
     chunk_rows), so both paths give the same values."""
+    return _predict_in_process(plan, cfg)[0]
+
+
+def _member_rates(plan: ScorePlan, member_seconds: np.ndarray) -> dict[str, float]:
+    """rows/s of each member's forward passes alone: which member the scoring time goes to."""
+    return {m.name: plan.n_rows / max(float(s), 1e-9) for m, s in zip(plan.predicted, member_seconds)}
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # what this process may run on (a container's or taskset's share)
+    except AttributeError:  # pragma: no cover - not on Linux
+        return os.cpu_count() or 1
+
+
+def _predict_in_process(plan: ScorePlan, cfg: dict) -> tuple[np.ndarray, dict]:
+    """(grid, timing figures): chunks on one worker thread per usable CPU, each op single-threaded (see
+    EnsemblePredictor's `workers`: torch's own threads stall each other on a shared machine)."""
     from crnn_ray.score.predict import EnsemblePredictor
 
-    predictor = EnsemblePredictor(**_predictor_kwargs(plan, cfg), device=str(cfg.get("device", "auto")))
+    predictor = EnsemblePredictor(**_predictor_kwargs(plan, cfg), device=str(cfg.get("device", "auto")),
+                                  workers=_usable_cpus())
     grid = _empty_grid(plan)
     grid[plan.cells] = predictor.predict_indices(plan.days, plan.stocks)
-    return grid
+    return grid, {"member_rows_per_s": _member_rates(plan, predictor.member_seconds),
+                  "chunk_rows": predictor.chunk_rows, "device": predictor.device.type,
+                  "workers": min(predictor.workers, -(-plan.n_rows // predictor.chunk_rows))}
 
 
 class _SharedPredictor:
@@ -397,7 +423,14 @@ class _SharedPredictor:
         self.predictor = EnsemblePredictor(**ray.get(shared[0]), device=device, threads=threads)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.predictor(batch)
+        """The predictions plus `_seconds_<k>`: member k's forward time on this batch spread over its rows
+        (summed over every batch by the driver: the per-member figures of the log line)."""
+        before = self.predictor.member_seconds.copy()
+        out = self.predictor(batch)
+        n = max(1, len(out["day"]))
+        for k, spent in enumerate(self.predictor.member_seconds - before):
+            out[f"_seconds_{k}"] = np.full(len(out["day"]), spent / n)
+        return out
 
 
 def predict_ray(plan: ScorePlan, cfg: dict) -> tuple[np.ndarray, dict]:
@@ -417,6 +450,7 @@ def predict_ray(plan: ScorePlan, cfg: dict) -> tuple[np.ndarray, dict]:
     grid = _empty_grid(plan)
     hit = np.zeros(grid.shape[:2], dtype=bool)
     returned = 0
+    member_seconds = np.zeros(len(names))  # summed over the actors: per-actor member throughput
     try:
         resources = ray.cluster_resources()
         cpus, gpus = float(resources.get("CPU", 1)), float(resources.get("GPU", 0))
@@ -448,12 +482,14 @@ def predict_ray(plan: ScorePlan, cfg: dict) -> tuple[np.ndarray, dict]:
             grid[cells] = np.column_stack([out[n] for n in names])
             hit[cells] = True
             returned += len(out["day"])
+            member_seconds += [float(out[f"_seconds_{k}"].sum()) for k in range(len(names))]
     finally:
         if connected_here:
             ray.shutdown()
     if returned != plan.n_rows or int(hit.sum()) != plan.n_rows:
         raise RuntimeError(f"scoring returned {returned} rows for {plan.n_rows} scored rows")
-    return grid, {"actors": actors, **remote, "cluster_cpus": cpus, "cluster_gpus": gpus}
+    return grid, {"actors": actors, **remote, "cluster_cpus": cpus, "cluster_gpus": gpus,
+                  "member_rows_per_s": _member_rates(plan, member_seconds)}
 
 
 def predict_rows(plan: ScorePlan, path: str, cfg: dict) -> tuple[np.ndarray, dict]:
@@ -462,7 +498,7 @@ def predict_rows(plan: ScorePlan, path: str, cfg: dict) -> tuple[np.ndarray, dic
     if path == "ray":
         preds, info = predict_ray(plan, cfg)
     else:
-        preds, info = predict_in_process(plan, cfg), {}
+        preds, info = _predict_in_process(plan, cfg)
     seconds = time.perf_counter() - t0
     finite = np.isfinite(preds[plan.cells]).all(axis=0)
     if not finite.all():
@@ -498,13 +534,18 @@ def _key_columns(plan: ScorePlan, rows: np.ndarray, stocks: np.ndarray) -> dict:
 def write_signals(out: Path, plan: ScorePlan, opts: ScoreOptions, signal: np.ndarray, preds: np.ndarray) -> list[Path]:
     """One file per scored date, each written to a temporary name and renamed; other dates are untouched.
 
-    The scored cells of the signal [D, S] and prediction [D, S, K] grids, in (date, symbol) order."""
+    The scored cells of the signal [D, S] and prediction [D, S, K] grids, in (date, symbol) order. The date
+    is the folder's only (signals/date=YYYY-MM-DD/): a `date` column repeated inside the files clashes with
+    the one hive readers take from the folder names (pyarrow / pandas refuse to merge date32 with the
+    partition's string), so every reader -- pandas, pyarrow, duckdb, polars -- gets the date from the
+    partition in one plain call (docs/scoring.md, "Reading the signals")."""
     import pyarrow as pa
 
     from crnn_ray.io import write_parquet_atomic
 
     rows, stocks = plan.cells
-    columns = {**_key_columns(plan, rows, stocks), "signal": pa.array(signal[rows, stocks], type=pa.float64())}
+    columns = {"symbol": _key_columns(plan, rows, stocks)["symbol"],
+               "signal": pa.array(signal[rows, stocks], type=pa.float64())}
     values = preds[rows, stocks]
     for k, m in enumerate(plan.members):
         columns[m.name] = pa.array(np.ascontiguousarray(values[:, k]), type=pa.float32())
@@ -559,7 +600,10 @@ def run_score(opts: ScoreOptions) -> dict:
     print(f"scored {plan.n_rows} rows ({plan.n_dates} dates) on the {path.replace('_', '-')} path "
           f"in {timing['seconds']:.2f}s = {timing['rows_per_s']:,.0f} rows/s"
           + (f" ({timing['actors']} actors x {timing['num_cpus']} CPU"
-             + (f" + {timing['num_gpus']:g} GPU" if timing.get("num_gpus") else "") + ")" if path == "ray" else ""))
+             + (f" + {timing['num_gpus']:g} GPU" if timing.get("num_gpus") else "") + ")" if path == "ray" else
+             f" ({timing['device']}, chunks of {timing['chunk_rows']} rows on {timing['workers']} threads)"))
+    print("  rows/s per member (its forward passes alone, per thread / per actor): "
+          + ", ".join(f"{name} {rate:,.0f}" for name, rate in timing["member_rows_per_s"].items()))
 
     evaluation = rep.evaluate_all(plan, signal, preds, cfg["evaluation"])   # None when labels are absent
     metrics = rep.metrics_document(plan, opts, timing, evaluation)

@@ -19,7 +19,12 @@ import pandas as pd
 from crnn_ray.io import atomic_path, write_json_atomic
 
 __all__ = ["print_plan", "evaluate_all", "metrics_document", "render_figures", "render_html", "write_report",
-           "print_evaluation", "recompute_command", "vs_member", "vs_line"]
+           "print_evaluation", "recompute_command", "vs_member", "vs_line", "costs_document", "costs_line",
+           "liquidity_line"]
+
+#: what one unit of turnover is, wherever a cost or a break-even is stated (docs/metrics.md, "Turnover")
+TURNOVER_UNIT = ("traded notional per day, buys + sells of both legs, per unit of capital in each leg "
+                 "(a full swap of a 1-day long-short book trades 4)")
 
 #: the ensemble's key numbers, in the order a PM reads them: (summary key, label, format)
 KEY_NUMBERS = [
@@ -28,19 +33,85 @@ KEY_NUMBERS = [
     ("rank_ic_tstat_hac", "RankIC t-stat (Newey-West)", "{:+.2f}"), ("hac_lags", "Newey-West lags", "{:d}"),
     ("ic_positive", "days IC > 0", "{:.0%}"),
     ("pnl_method", "pnl method (docs/metrics.md)", "{}"),
-    ("pnl_long_short", "long-short pnl (sum)", "{:+.4f}"), ("ann_return", "long-short ann. return", "{:+.2%}"),
+    ("pnl_long_short", "long-short pnl (sum, gross)", "{:+.4f}"),
+    ("ann_return", "long-short ann. return (gross)", "{:+.2%}"),
     ("ann_vol", "long-short ann. vol", "{:.2%}"),
-    ("sharpe", "long-short Sharpe", "{:+.2f}"), ("sharpe_booked", "long-short Sharpe, booked (naive)", "{:+.2f}"),
+    ("sharpe", "long-short Sharpe (gross, before costs)", "{:+.2f}"),
+    ("sharpe_booked", "long-short Sharpe, booked (naive, gross)", "{:+.2f}"),
     ("ls_tstat", "long-short mean pnl t-stat (plain)", "{:+.2f}"),
     ("ls_tstat_hac", "long-short mean pnl t-stat (Newey-West)", "{:+.2f}"),
-    ("max_drawdown", "long-short max drawdown", "{:+.4f}"),
-    ("pnl_long", "long-only pnl vs mean (sum)", "{:+.4f}"), ("sharpe_long", "long-only Sharpe", "{:+.2f}"),
-    ("turnover", "turnover / day", "{:.3f}"), ("n_days", "days evaluated", "{:d}"),
+    ("max_drawdown", "long-short max drawdown (gross)", "{:+.4f}"),
+    ("pnl_long", "long-only pnl vs mean (sum, gross)", "{:+.4f}"),
+    ("sharpe_long", "long-only Sharpe (gross)", "{:+.2f}"),
+    ("turnover", "turnover / day (traded notional, both legs)", "{:.3f}"), ("n_days", "days evaluated", "{:d}"),
 ]
-#: columns of the members-vs-ensemble table
+#: columns of the members-vs-ensemble table (pnl and Sharpe gross of costs; BE: break-even cost, bps)
 SIDE_BY_SIDE = [("ic", "IC", "{:+.4f}"), ("rank_ic", "RankIC", "{:+.4f}"), ("icir", "ICIR", "{:+.3f}"),
                 ("pnl_long_short", "LS pnl", "{:+.4f}"), ("pnl_long", "long pnl", "{:+.4f}"),
-                ("sharpe", "Sharpe", "{:+.2f}"), ("turnover", "turnover", "{:.3f}")]
+                ("sharpe", "gross SR", "{:+.2f}"), ("turnover", "turnover", "{:.3f}"),
+                ("break_even_bps", "BE bps", "{:.1f}")]
+#: added to SIDE_BY_SIDE when a cost is assumed
+NET_COLUMN = ("sharpe_net", "net SR", "{:+.2f}")
+
+
+def _side_by_side(s: dict) -> list[tuple[str, str, str]]:
+    return SIDE_BY_SIDE + ([NET_COLUMN] if (s.get("cost_bps") or 0) > 0 else [])
+
+
+def _break_even_text(value: Any, gross_total: Any) -> str:
+    """`12.3 bps per unit traded`, or n/a with the reason (a losing strategy, or nothing traded).
+
+    `gross_total`: the summed gross pnl over the same days (pnl_long_short / pnl_long), whose sign is the mean's."""
+    if isinstance(value, float) and math.isfinite(value):
+        return f"{value:.1f} bps per unit traded"
+    if isinstance(gross_total, float) and math.isfinite(gross_total) and gross_total <= 0:
+        return "n/a (gross pnl <= 0: no cost makes it break even)"
+    return "n/a (no turnover, or no pnl days)"
+
+
+def costs_document(summary: dict) -> dict:
+    """metrics.json's `costs`: the cost assumption, gross beside net, the break-even costs and what they mean."""
+    cost = float(summary.get("cost_bps") or 0.0)
+    return {
+        "cost_bps": cost,
+        "cost_unit": f"bps of traded notional: turnover = {TURNOVER_UNIT}",
+        "headline_sharpe": "gross" if cost == 0 else f"gross, with net of {cost:g} bps beside it",
+        "sharpe_gross": summary.get("sharpe"), "sharpe_net": summary.get("sharpe_net"),
+        "pnl_long_short_gross": summary.get("pnl_long_short"), "pnl_long_short_net": summary.get("pnl_long_short_net"),
+        "sharpe_long_gross": summary.get("sharpe_long"), "sharpe_long_net": summary.get("sharpe_long_net"),
+        "break_even_bps": summary.get("break_even_bps"),
+        "break_even_bps_long": summary.get("break_even_bps_long"),
+        "break_even": ("the cost per unit traded at which the summed net long-short pnl is zero: 1e4 x mean "
+                       "daily gross pnl / mean daily turnover over the pnl days; null when the turnover is 0 "
+                       "or the gross pnl <= 0"),
+        "break_even_text": _break_even_text(summary.get("break_even_bps"), summary.get("pnl_long_short")),
+        "break_even_long_text": _break_even_text(summary.get("break_even_bps_long"), summary.get("pnl_long")),
+    }
+
+
+def costs_line(summary: dict) -> str:
+    """One printed line: the cost assumption, gross vs net, and the break-even cost."""
+    c = costs_document(summary)
+    head = ("costs: none assumed (evaluation.cost_bps 0): every pnl and Sharpe above is gross"
+            if c["cost_bps"] == 0 else
+            f"costs: {c['cost_bps']:g} bps per unit traded: long-short Sharpe {_fmt(c['sharpe_gross'], '{:+.2f}')} "
+            f"gross, {_fmt(c['sharpe_net'], '{:+.2f}')} net; pnl {_fmt(c['pnl_long_short_gross'], '{:+.4f}')} "
+            f"gross, {_fmt(c['pnl_long_short_net'], '{:+.4f}')} net")
+    return (f"{head}; break-even {c['break_even_text']} (long-only {c['break_even_long_text']}); "
+            f"turnover = {TURNOVER_UNIT}")
+
+
+def liquidity_line(split: dict | None, column: str | None = None) -> str:
+    """One printed line: IC on the more vs the less liquid half of each day's names, or why there is none."""
+    if not split or not split.get("available"):
+        return "liquidity split: " + ((split or {}).get("note") or "n/a (no liquidity column)")
+    name = f" by {column}" if column else ""
+    return (f"liquidity split{name} (each day's names halved at the median): IC "
+            f"{_fmt(split['ic_liquid'], '{:+.4f}')} more liquid vs {_fmt(split['ic_illiquid'], '{:+.4f}')} less "
+            f"liquid (difference {_fmt(split['ic_diff'], '{:+.4f}')}, HAC t {_fmt(split['ic_diff_tstat_hac'], '{:+.2f}')}"
+            f", {split['n_days']} days); RankIC {_fmt(split['rank_ic_liquid'], '{:+.4f}')} vs "
+            f"{_fmt(split['rank_ic_illiquid'], '{:+.4f}')}; names per half {_fmt(split['mean_stocks_liquid'], '{:.1f}')}"
+            f" vs {_fmt(split['mean_stocks_illiquid'], '{:.1f}')}")
 
 
 def _fmt(value: Any, fmt: str) -> str:
@@ -79,7 +150,8 @@ def print_plan(plan, opts) -> None:
 
 
 def print_evaluation(plan, ev: dict, metrics: dict) -> None:
-    head = f"{'':<34}" + "".join(f"{lab:>10}" for _, lab, _ in SIDE_BY_SIDE) + f"{'weight':>8}{'valid IC':>10}"
+    columns = _side_by_side(ev["ensemble"].summary)
+    head = f"{'':<34}" + "".join(f"{lab:>10}" for _, lab, _ in columns) + f"{'weight':>8}{'valid IC':>10}"
     print(f"\nevaluation on {plan.label} ({ev['ensemble'].summary['n_days']} days, "
           f"{int(np.isfinite(plan.label_grid).sum())} labelled rows):")
     print(head)
@@ -88,16 +160,18 @@ def print_evaluation(plan, ev: dict, metrics: dict) -> None:
              for m, w in zip(plan.members, plan.weights)]
     rows += [(f"baseline {name}", e.summary, "", "") for name, e in (ev.get("baselines") or {}).items()]
     for name, s, w, vic in rows:
-        print(f"{name[:33]:<34}" + "".join(f"{_fmt(s.get(k), f):>10}" for k, _, f in SIDE_BY_SIDE)
+        print(f"{name[:33]:<34}" + "".join(f"{_fmt(s.get(k), f):>10}" for k, _, f in columns)
               + f"{w:>8}{vic:>10}")
     s = ev["ensemble"].summary
     print(f"ensemble: pnl method {s['pnl_method']}"
           + (f" (1-day returns {ev.get('returns')})" if s["pnl_method"] == "realised" else "")
-          + f"; long-short Sharpe {_fmt(s['sharpe'], '{:+.2f}')} (booked {_fmt(s['sharpe_booked'], '{:+.2f}')}), "
+          + f"; long-short Sharpe {_fmt(s['sharpe'], '{:+.2f}')} gross (booked {_fmt(s['sharpe_booked'], '{:+.2f}')}), "
           f"ann. vol {_fmt(s['ann_vol'], '{:.2%}')}, max drawdown {_fmt(s['max_drawdown'], '{:+.4f}')}; "
           f"IC t {_fmt(s['ic_tstat'], '{:+.2f}')} plain, {_fmt(s['ic_tstat_hac'], '{:+.2f}')} Newey-West "
           f"({s['hac_lags']} lags); mean long-short pnl t {_fmt(s['ls_tstat'], '{:+.2f}')} plain, "
           f"{_fmt(s['ls_tstat_hac'], '{:+.2f}')} Newey-West")
+    print(costs_line(s))
+    print(liquidity_line(ev["ensemble"].liquidity_split, ev.get("liquidity")))
     if ev.get("vs_selected"):
         print(vs_line(ev["vs_selected"], metrics["select_by"]))
     if metrics.get("oracle_ic") is not None:
@@ -136,12 +210,15 @@ def evaluate_all(plan, signal: np.ndarray, preds: np.ndarray, ecfg: dict) -> dic
     label = plan.label_grid[days][:, stocks]
     # every known 1-day return of the cut (labels.parquet holds the same): the realised pnl of the H books
     returns = None if plan.returns_grid is None else plan.returns_grid[days][:, stocks]
+    # a per-row liquidity measure on the plan's grid (e.g. the panel's traded_value_med), when the plan has one
+    liquidity_grid = getattr(plan, "liquidity_grid", None)
+    liquidity = None if liquidity_grid is None else np.asarray(liquidity_grid, dtype=np.float64)[days][:, stocks]
 
-    def score(grid: np.ndarray):
+    def score(grid: np.ndarray, liquidity=None):
         signal_cut = np.where(labelled, grid, np.nan)[days][:, stocks]
-        return evaluate(signal_cut, label, dates=plan.dates[days], returns=returns, **params)
+        return evaluate(signal_cut, label, dates=plan.dates[days], returns=returns, liquidity=liquidity, **params)
 
-    ensemble = score(signal)
+    ensemble = score(signal, liquidity)
     if ensemble.summary["n_days"] == 0:
         print(f"labels present on {int(labelled.sum())} rows but no day has >= {params['min_stocks']} "
               f"labelled stocks: evaluation skipped")
@@ -162,7 +239,8 @@ def evaluate_all(plan, signal: np.ndarray, preds: np.ndarray, ecfg: dict) -> dic
         vs["in_ensemble"] = k < len(plan.members)
     return {"ensemble": ensemble, "members": members, "oracle": oracle, "correlation": correlation(grids),
             "params": params, "returns": plan.returns_name if returns is not None else None,
-            "baselines": baselines, "vs_selected": vs}
+            "baselines": baselines, "vs_selected": vs,
+            "liquidity": getattr(plan, "liquidity_name", None) if liquidity is not None else None}
 
 
 def vs_member(ensemble, member_ev, member, horizon: int) -> dict:
@@ -242,6 +320,8 @@ def metrics_document(plan, opts, timing: dict, ev: dict | None) -> dict:
     doc["baselines"] = {name: e.to_dict()["summary"] for name, e in (ev.get("baselines") or {}).items()}
     doc["vs_selected_member"] = ev.get("vs_selected")
     doc["recompute"] = recompute_command(Path(opts.out), plan.label, ev["params"], ev.get("returns"))
+    doc["costs"] = costs_document(ens.summary)
+    doc["ensemble"]["liquidity_split"]["column"] = ev.get("liquidity")
     return doc
 
 
@@ -393,6 +473,19 @@ def render_html(plan, opts, metrics: dict, ev: dict, figures: dict[str, bytes]) 
     s = ev["ensemble"].summary
     name = Path(opts.experiment).name
     key_rows = [[lab, _fmt(s.get(k), f)] for k, lab, f in KEY_NUMBERS]
+    costs = costs_document(s)
+    at = key_rows.index(next(r for r in key_rows if r[0].startswith("long-short Sharpe (gross")))
+    cost_rows = [["cost assumed", f"{costs['cost_bps']:g} bps per unit traded"
+                  + (" (none: every pnl and Sharpe here is gross)" if costs["cost_bps"] == 0 else "")]]
+    if costs["cost_bps"] > 0:
+        cost_rows += [[f"long-short Sharpe (net of {costs['cost_bps']:g} bps)", _fmt(s.get("sharpe_net"), "{:+.2f}")],
+                      [f"long-short pnl (sum, net of {costs['cost_bps']:g} bps)",
+                       _fmt(s.get("pnl_long_short_net"), "{:+.4f}")]]
+    cost_rows += [["break-even cost, long-short", _html.escape(costs["break_even_text"])],
+                  ["break-even cost, long-only", _html.escape(costs["break_even_long_text"])]]
+    key_rows[at + 1:at + 1] = cost_rows
+    key_rows.append(["liquidity split (IC by half)",
+                     _html.escape(liquidity_line(ev["ensemble"].liquidity_split, ev.get("liquidity")))])
     if metrics.get("oracle_ic") is not None:
         key_rows.insert(1, ["oracle IC of the data (same rows)", _fmt(metrics["oracle_ic"], "{:+.4f}")
                             + f" &nbsp;(ensemble / oracle = {_fmt(metrics['ic_vs_oracle'], '{:.2f}')})"])
@@ -403,15 +496,16 @@ def render_html(plan, opts, metrics: dict, ev: dict, figures: dict[str, bytes]) 
                             f"{_fmt(vs['ic_diff'], '{:+.4f}')} (HAC t {_fmt(vs['ic_diff_tstat_hac'], '{:+.2f}')}, "
                             f"{vs['hac_lags']} lags, {vs['n_days']} days; member IC "
                             f"{_fmt(vs['ic_member'], '{:+.4f}')})"])
+    columns = _side_by_side(s)
     side_rows = [[f"<b>ENSEMBLE ({_html.escape(opts.method)})</b>", "", "", "",
-                  *[_fmt(s.get(k), f) for k, _, f in SIDE_BY_SIDE]]]
+                  *[_fmt(s.get(k), f) for k, _, f in columns]]]
     for m, w in zip(plan.members, plan.weights):
         ms = ev["members"][m.name].summary
         side_rows.append([_html.escape(m.name), _html.escape(m.trial_id), _fmt(w, "{:.3f}"),
-                          _fmt(m.valid_ic, "{:+.4f}"), *[_fmt(ms.get(k), f) for k, _, f in SIDE_BY_SIDE]])
+                          _fmt(m.valid_ic, "{:+.4f}"), *[_fmt(ms.get(k), f) for k, _, f in columns]])
     for bname, e in (ev.get("baselines") or {}).items():
         side_rows.append([f"baseline {_html.escape(bname)}", "", "", "",
-                          *[_fmt(e.summary.get(k), f) for k, _, f in SIDE_BY_SIDE]])
+                          *[_fmt(e.summary.get(k), f) for k, _, f in columns]])
     corr = ev["correlation"]
     corr_rows = [[f"{i} {_html.escape(n)}", *[_fmt(v, "{:+.2f}") for v in corr.iloc[i].to_numpy()]]
                  for i, n in enumerate(corr.index)]
@@ -431,7 +525,9 @@ def render_html(plan, opts, metrics: dict, ev: dict, figures: dict[str, bytes]) 
         "</div>", warn,
         "<h2>Key numbers (ensemble)</h2>", _table(["metric", "value"], key_rows, "key"),
         "<h2>Ensemble beside its members</h2>",
-        _table(["", "trial", "weight", "valid IC", *[lab for _, lab, _ in SIDE_BY_SIDE]], side_rows),
+        _table(["", "trial", "weight", "valid IC", *[lab for _, lab, _ in columns]], side_rows),
+        f"<p class='small'>pnl and Sharpe gross of costs{'' if costs['cost_bps'] == 0 else ' (net SR: net of ' + format(costs['cost_bps'], 'g') + ' bps)'}; "
+        f"BE bps: break-even cost per unit traded (turnover = {_html.escape(TURNOVER_UNIT)})</p>",
         "<h2>Performance</h2>", img("pnl.png"), img("ic_daily.png"),
         "<div class='grid'>", img("ic_hist.png", "32%"), img("quantiles.png", "32%"),
         img("correlation.png", "32%"), "</div>", img("turnover.png"),
