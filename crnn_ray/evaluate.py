@@ -6,11 +6,14 @@ scorer's `signals/`, or CSV -- checks them, prints a readable summary and writes
 
     python -m crnn_ray.evaluate --signals S.parquet --labels L.parquet --label y5 --json metrics.json
     python -m crnn_ray.evaluate ... --label y5 --horizon 5 --returns y1     # realised pnl of the 5 live books
+    python -m crnn_ray.evaluate ... --liquidity traded_value_med            # IC on the liquid vs illiquid half
+    python -m crnn_ray.evaluate ... --label-lag 1                           # state when the label is entered
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -70,10 +73,33 @@ def pnl_note(ev: Evaluation, returns: str | None = None) -> str:
     return "pnl method: daily -- horizon 1, the label is the 1-day return"
 
 
-def format_summary(ev: Evaluation, returns: str | None = None) -> str:
-    """The numbers a researcher reads first, one per line."""
+def label_lag_text(label: str, horizon: int, lag: int | None) -> str:
+    """When the label's position is entered (docs/data.md, "Label lag"); "" when the lag is unknown.
+
+    `label y5 entered at close t+1 (label_lag 1): return close t+1 -> t+6, features up to close t`"""
+    if lag is None:
+        return ""
+    lag, h = int(lag), int(horizon)
+    if lag == 0:
+        return (f"label {label} entered at close t (label_lag 0: entered at the close the features use, "
+                f"frictionless): return close t -> t+{h}")
+    return (f"label {label} entered at close t+{lag} (label_lag {lag}): return close t+{lag} -> t+{lag + h}, "
+            f"features up to close t")
+
+
+def break_even_text(value: Any) -> str:
+    """`break-even 12.3 bps per unit traded`, or `break-even n/a` (nothing traded, or gross pnl <= 0)."""
+    ok = isinstance(value, (int, float)) and math.isfinite(value)
+    return f"break-even {value:.1f} bps per unit traded" if ok else "break-even n/a"
+
+
+def format_summary(ev: Evaluation, returns: str | None = None, *, label: str | None = None,
+                   label_lag: int | None = None, liquidity: str | None = None) -> str:
+    """The numbers a researcher reads first, one per line (with `label_lag`: when the label is entered; with
+    `liquidity`: the liquidity split by that column)."""
     s, p = ev.summary, ev.params
-    lines = [
+    lag_line = label_lag_text(label or "label", p["horizon"], label_lag)
+    lines = [*([f"execution: {lag_line}"] if lag_line else []),
         f"days evaluated {s['n_days']}  skipped {s['n_days_skipped']} (< {p['min_stocks']} valid pairs)  "
         f"mean stocks/day {s['mean_stocks']:.1f}",
         f"IC       {s['ic']:+.4f}  ICIR {s['icir']:+.3f}  t {s['ic_tstat']:+.2f}  HAC t {s['ic_tstat_hac']:+.2f}"
@@ -89,10 +115,15 @@ def format_summary(ev: Evaluation, returns: str | None = None) -> str:
         f"turnover ls {s['turnover']:.4f}/day  top {s['turnover_top']:.3f}  bottom {s['turnover_bottom']:.3f}  "
         f"signal autocorr {s['signal_autocorr']:+.3f}",
         f"net of {p['cost_bps']:g} bps: ls pnl {s['pnl_long_short_net']:+.4f}  sharpe {s['sharpe_net']:+.3f}  "
-        f"long pnl {s['pnl_long_net']:+.4f}",
+        f"long pnl {s['pnl_long_net']:+.4f}  (gross above; {break_even_text(s.get('break_even_bps'))}, "
+        f"long-only {break_even_text(s.get('break_even_bps_long')).removeprefix('break-even ')})",
         "quantile mean label (1=lowest signal): "
         + "  ".join(f"q{q + 1} {v:+.5f}" for q, v in enumerate(ev.quantile_returns)),
     ]
+    if liquidity:
+        from crnn_ray.score.report import liquidity_line
+
+        lines.append(liquidity_line(ev.liquidity_split, liquidity))
     return "\n".join(lines)
 
 
@@ -113,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--returns", metavar="COL", default=None,
                     help="1-day forward return column of the labels file (e.g. y1): with --horizon > 1 the "
                     "Sharpe / vol / drawdown are those of the realised daily pnl of the H overlapping books")
+    ap.add_argument("--liquidity", metavar="COL", default=None,
+                    help="liquidity column of the labels file (e.g. traded_value_med): adds the IC on the more vs "
+                    "the less liquid half of each day's names (liquidity_split)")
+    ap.add_argument("--label-lag", metavar="L", type=int, default=None,
+                    help="the label's lag L (yH at t = return close t+L -> t+L+H; docs/data.md): only stated in "
+                    "the summary and the JSON inputs (default: unknown, not stated)")
     ap.add_argument("--periods-per-year", type=float, default=252.0, help="annualisation (default 252)")
     ap.add_argument("--json", required=True, help="output JSON (written atomically)")
     ap.add_argument("--daily", help="optional CSV of the per-day series (written atomically)")
@@ -121,10 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.label_lag is not None and args.label_lag < 0:
+        raise CliError(f"--label-lag must be >= 0 (got {args.label_lag})")
     signals = read_table(args.signals, ["date", "symbol", args.signal_col])
     label_cols = ["date", "symbol", args.label]
     if args.returns and args.returns not in label_cols:
         label_cols.append(args.returns)
+    if args.liquidity and args.liquidity not in label_cols:
+        label_cols.append(args.liquidity)
     labels = read_table(args.labels, label_cols)
     ev = evaluate_frames(
         signals,
@@ -134,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         signals_name=str(args.signals),
         labels_name=str(args.labels),
         returns_col=args.returns,
+        liquidity_col=args.liquidity,
         quantiles=args.quantiles,
         cost_bps=args.cost_bps,
         min_stocks=args.min_stocks,
@@ -147,16 +189,19 @@ def main(argv: list[str] | None = None) -> int:
             f"lower --min-stocks"
         )
     out: dict[str, Any] = ev.to_dict()
+    out["liquidity_split"]["column"] = args.liquidity
     out["inputs"] = {
         "signals": str(Path(args.signals).resolve()),
         "labels": str(Path(args.labels).resolve()),
         "label": args.label,
         "signal_col": args.signal_col,
         **({"returns": args.returns} if args.returns else {}),
+        **({"liquidity": args.liquidity} if args.liquidity else {}),
+        **({"label_lag": args.label_lag} if args.label_lag is not None else {}),
         "first_date": str(pd.Timestamp(ev.daily["date"].iloc[0]).date()),
         "last_date": str(pd.Timestamp(ev.daily["date"].iloc[-1]).date()),
     }
-    print(format_summary(ev, args.returns))
+    print(format_summary(ev, args.returns, label=args.label, label_lag=args.label_lag, liquidity=args.liquidity))
     if args.daily:
         with atomic_path(args.daily) as tmp:
             ev.daily.to_csv(tmp, index=False)

@@ -175,3 +175,44 @@ def test_cli_missing_returns_column_is_one_line_exit_2(tables, tmp_path, capsys)
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("error: ") and "'y2'" in err and str(lab_path) in err and "\n" not in err
     assert not out.exists()
+
+
+def test_cli_liquidity_split_break_even_and_label_lag(tables, tmp_path, capsys):
+    sig_path, _, signals, labels, signal, label = tables
+    size = np.tile(np.arange(signal.shape[1], dtype=float), signal.shape[0])  # S000 least liquid ... S029 most
+    lab_path = _write(labels.assign(traded_value_med=size), tmp_path / "liq.parquet")
+    out = tmp_path / "l.json"
+    rc = main(["--signals", str(sig_path), "--labels", str(lab_path), "--label", "y5", "--horizon", "5",
+               "--liquidity", "traded_value_med", "--label-lag", "1", "--json", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    got = json.loads(out.read_text())
+    ref = evaluate(signal, label, horizon=5, liquidity=size.reshape(signal.shape))
+    split = got["liquidity_split"]
+    assert split["available"] and split["column"] == "traded_value_med"
+    assert split["ic_liquid"] == pytest.approx(ref.liquidity_split["ic_liquid"], abs=1e-12)
+    assert split["ic_illiquid"] == pytest.approx(ref.liquidity_split["ic_illiquid"], abs=1e-12)
+    assert f"liquidity split by traded_value_med (each day's names halved at the median): IC " \
+           f"{split['ic_liquid']:+.4f} more liquid vs {split['ic_illiquid']:+.4f} less liquid" in printed
+    be = got["summary"]["break_even_bps"]
+    assert be > 0 and f"break-even {be:.1f} bps per unit traded" in printed
+    assert "execution: label y5 entered at close t+1 (label_lag 1): return close t+1 -> t+6" in printed
+    assert got["inputs"]["liquidity"] == "traded_value_med" and got["inputs"]["label_lag"] == 1
+
+    # without the options: no split (its reason in the JSON), no lag statement; a losing signal: n/a
+    rc = main(["--signals", str(sig_path), "--labels", str(lab_path), "--label", "y5",
+               "--json", str(tmp_path / "p.json")])
+    printed = capsys.readouterr().out
+    plain = json.loads((tmp_path / "p.json").read_text())
+    assert rc == 0 and "execution:" not in printed and "liquidity split" not in printed
+    assert plain["liquidity_split"] == {"available": False, "note": "n/a (no liquidity column)", "column": None}
+    assert "label_lag" not in plain["inputs"]
+    flipped = _write(signals.assign(signal=-signals["signal"]), tmp_path / "neg.parquet")
+    rc = main(["--signals", str(flipped), "--labels", str(lab_path), "--label", "y5", "--label-lag", "0",
+               "--json", str(tmp_path / "f.json")])
+    printed = capsys.readouterr().out
+    assert rc == 0 and "break-even n/a" in printed
+    assert "execution: label y5 entered at close t (label_lag 0: entered at the close the features use" in printed
+    rc = main(["--signals", str(sig_path), "--labels", str(lab_path), "--label", "y5", "--label-lag", "-1",
+               "--json", str(tmp_path / "bad.json")])
+    assert rc == 2 and "--label-lag" in capsys.readouterr().err and not (tmp_path / "bad.json").exists()

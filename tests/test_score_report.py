@@ -98,3 +98,29 @@ def test_report_prints_the_liquidity_split_when_the_plan_has_a_liquidity_grid(tm
     # the ensemble's summary is the same with or without the liquidity grid (the recompute command has none)
     plain = rep.evaluate_all(_plan(liquidity=False)[0], signal, preds, ecfg)["ensemble"].summary
     assert json.loads(to_json(plain)) == json.loads(to_json(ev["ensemble"].summary))
+
+
+@pytest.mark.parametrize("label_lag", [None, 0, 1])
+def test_report_states_the_label_lag_and_the_recompute_names_the_liquidity_column(tmp_path, capsys, label_lag):
+    plan, signal, preds = _plan(liquidity=True)
+    if label_lag is not None:
+        plan.label_lag = label_lag
+    ecfg = {"quantiles": 5, "cost_bps": 0.0, "min_stocks": 10, "periods_per_year": 252}
+    ev = rep.evaluate_all(plan, signal, preds, ecfg)
+    doc = json.loads(to_json(rep.metrics_document(plan, _opts(tmp_path), {"path": "in-process"}, ev)))
+    assert doc["label_lag"] == label_lag
+    assert "--liquidity traded_value_med" in doc["recompute"]
+    assert doc["ensemble"]["inputs"]["liquidity"] == "traded_value_med"
+    want = {None: "label y5: label_lag unknown",
+            0: "label y5 entered at close t (label_lag 0: entered at the close the features use",
+            1: "label y5 entered at close t+1 (label_lag 1): return close t+1 -> t+6, features up to close t"}
+    assert doc["execution"].startswith(want[label_lag])
+    assert (f"--label-lag {label_lag}" in doc["recompute"]) == (label_lag is not None)
+    rep.print_evaluation(plan, ev, {**doc, "method": "mean", "select_by": "select_ic"})
+    assert f"execution: {doc['execution']}" in capsys.readouterr().out
+    html = rep.render_html(plan, _opts(tmp_path), doc, ev, {})
+    assert "execution (label lag)" in html and want[label_lag].replace(">", "&gt;") in html
+    plain_plan = _plan(liquidity=False)[0]
+    plain = rep.metrics_document(plain_plan, _opts(tmp_path), {"path": "in-process"},
+                                 rep.evaluate_all(plain_plan, signal, preds, ecfg))
+    assert "--liquidity" not in plain["recompute"] and "liquidity" not in plain["ensemble"]["inputs"]

@@ -83,6 +83,11 @@ class ScorePlan:
     selected: Any = None            # select.Member ranked first by select_by (in members or extra)
     selection: dict = field(default_factory=dict)   # the rule and, for greedy, its trace on the selection split
     baselines: dict = field(default_factory=dict)   # name -> signal [D, S] (crnn_ray.baselines) on the grid
+    # a per-cell liquidity measure float64 [D, S] over the scored dates, aligned like label_grid (the ingested
+    # panels' traded_value_med: trailing median close x volume, NaN unknown); None: the panel has none
+    liquidity_grid: np.ndarray | None = None
+    liquidity_name: str | None = None   # its column in the panel and in labels.parquet
+    label_lag: int = 0                  # the panel's label_lag L: the label yH at t is the return close t+L -> t+L+H
 
     @property
     def predicted(self) -> list:
@@ -240,6 +245,7 @@ def plan_scoring(opts: ScoreOptions, _units: list | None = None, _split: str | N
     if opts.latest and (opts.start or opts.end):
         raise CliError("--latest scores the panel's last date: do not combine it with --start/--end")
     from crnn_ray.data import load_panel, normalize_features
+    from crnn_ray.data.ingest import LIQUIDITY
     from crnn_ray.score.ensemble import member_weights
     from crnn_ray.score.predict import build_member_model, member_payload
     from crnn_ray.score.select import check_look_ahead, in_sample_overlaps, load_members
@@ -326,6 +332,8 @@ def plan_scoring(opts: ScoreOptions, _units: list | None = None, _split: str | N
     forward = panel.returns() if label_grid is not None and horizon > 1 else None
     returns_grid = None if forward is None else forward[first_scorable:day_hi + 1].astype(np.float64)
     returns_name = None if forward is None else str(panel.meta.get("returns") or "y1")
+    liquidity = (getattr(panel, "aux", None) or {}).get(LIQUIDITY)  # ingested panels with a volume column
+    liquidity_grid = None if liquidity is None else np.asarray(liquidity[first_scorable:day_hi + 1], dtype=np.float64)
     if selected is not None:
         selected = next(m for m in members if m.trial_id == selected.trial_id)
     return ScorePlan(
@@ -335,7 +343,8 @@ def plan_scoring(opts: ScoreOptions, _units: list | None = None, _split: str | N
         period=(str(panel.dates[first_scorable]), str(panel.dates[day_hi])), in_sample=in_sample,
         weights=weights, weight_note=note, returns_grid=returns_grid, returns_name=returns_name,
         units=units, unit_weights=unit_weights, groups=groups, extra=extra, selected=selected,
-        selection=selection, baselines=baselines,
+        selection=selection, baselines=baselines, liquidity_grid=liquidity_grid,
+        liquidity_name=None if liquidity_grid is None else LIQUIDITY, label_lag=int(panel.label_lag),
     )
 
 
@@ -438,14 +447,17 @@ def predict_ray(plan: ScorePlan, cfg: dict) -> tuple[np.ndarray, dict]:
     import pyarrow as pa
     import ray
 
+    from crnn_ray.sweep.ray_compat import quiet_init_kwargs
+
     rcfg = cfg["ray"]
     connected_here = not ray.is_initialized()  # a caller's Ray (tests, a notebook) is left as it was
     if connected_here:
         address = rcfg.get("address") or os.environ.get("RAY_ADDRESS")
         if address:  # a cluster (e.g. under `ray job submit`): join it, disconnect at the end
-            ray.init(address=address, log_to_driver=False)
+            ray.init(**quiet_init_kwargs(address=address, log_to_driver=False))
         else:  # "local": never attach to somebody else's Ray on this machine
-            ray.init(address="local", num_cpus=rcfg.get("num_cpus"), include_dashboard=False, log_to_driver=False)
+            ray.init(**quiet_init_kwargs(address="local", num_cpus=rcfg.get("num_cpus"), include_dashboard=False,
+                                         log_to_driver=False))
     names = [m.name for m in plan.predicted]
     grid = _empty_grid(plan)
     hit = np.zeros(grid.shape[:2], dtype=bool)
@@ -565,7 +577,8 @@ def write_labels(out: Path, plan: ScorePlan) -> None:
     """labels.parquet: (date, symbol, <label>) of the scored rows whose label is known, in (date, symbol) order;
     with 1-day returns also their column (y1), on those rows and on every other cell of the evaluated dates and
     symbols whose return is known (label NaN there): `python -m crnn_ray.evaluate --returns y1` then builds the
-    very grids report.evaluate_all evaluates."""
+    very grids report.evaluate_all evaluates. With a liquidity grid also its column (traded_value_med) on the
+    same rows, for `--liquidity traded_value_med`."""
     import pyarrow as pa
 
     from crnn_ray.io import write_parquet_atomic
@@ -578,6 +591,8 @@ def write_labels(out: Path, plan: ScorePlan) -> None:
     columns = {plan.label: pa.array(plan.label_grid[rows, stocks], type=pa.float64())}
     if plan.returns_grid is not None:
         columns[plan.returns_name] = pa.array(plan.returns_grid[rows, stocks], type=pa.float64())
+    if plan.liquidity_grid is not None:
+        columns[plan.liquidity_name] = pa.array(plan.liquidity_grid[rows, stocks], type=pa.float64())
     table = pa.table({**_key_columns(plan, rows, stocks), **columns})
     write_parquet_atomic(table, Path(out) / "labels.parquet")
 

@@ -16,11 +16,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from crnn_ray.evaluate import label_lag_text
 from crnn_ray.io import atomic_path, write_json_atomic
 
 __all__ = ["print_plan", "evaluate_all", "metrics_document", "render_figures", "render_html", "write_report",
            "print_evaluation", "recompute_command", "vs_member", "vs_line", "costs_document", "costs_line",
-           "liquidity_line"]
+           "liquidity_line", "execution_text"]
 
 #: what one unit of turnover is, wherever a cost or a break-even is stated (docs/metrics.md, "Turnover")
 TURNOVER_UNIT = ("traded notional per day, buys + sells of both legs, per unit of capital in each leg "
@@ -114,6 +115,15 @@ def liquidity_line(split: dict | None, column: str | None = None) -> str:
             f" vs {_fmt(split['mean_stocks_illiquid'], '{:.1f}')}")
 
 
+def execution_text(plan) -> str:
+    """When the label's position is entered, from the panel's label_lag (docs/data.md, "Label lag"):
+    `label y5 entered at close t+1 (label_lag 1): return close t+1 -> t+6, features up to close t`."""
+    lag = getattr(plan, "label_lag", None)
+    if lag is None:
+        return f"label {plan.label}: label_lag unknown (when its position is entered is not recorded)"
+    return label_lag_text(plan.label, plan.horizon, lag)
+
+
 def _fmt(value: Any, fmt: str) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "n/a"
@@ -143,7 +153,8 @@ def print_plan(plan, opts) -> None:
         print(f"greedy selection on {sel['split'][0]}..{sel['split'][1]} (pool {len(sel['pool'])}, corr_penalty "
               f"{sel['corr_penalty']:g}): {steps}")
     print(f"data {plan.panel_path}: {plan.period[0]}..{plan.period[1]}, {plan.n_rows} rows, "
-          f"{plan.n_dates} dates, label {plan.label} (horizon {plan.horizon})")
+          f"{plan.n_dates} dates, label {plan.label} (horizon {plan.horizon}, "
+          f"label_lag {getattr(plan, 'label_lag', None)})")
     for name, (a, b) in plan.in_sample.items():
         print(f"WARNING in-sample: {a}..{b} lies inside member {name}'s train/valid window (+embargo); "
               f"these scores are not out-of-sample")
@@ -154,6 +165,7 @@ def print_evaluation(plan, ev: dict, metrics: dict) -> None:
     head = f"{'':<34}" + "".join(f"{lab:>10}" for _, lab, _ in columns) + f"{'weight':>8}{'valid IC':>10}"
     print(f"\nevaluation on {plan.label} ({ev['ensemble'].summary['n_days']} days, "
           f"{int(np.isfinite(plan.label_grid).sum())} labelled rows):")
+    print(f"execution: {execution_text(plan)}")
     print(head)
     rows = [("ENSEMBLE (" + metrics["method"] + ")", ev["ensemble"].summary, "", "")]
     rows += [(m.name, ev["members"][m.name].summary, f"{w:.3f}", f"{m.valid_ic:+.4f}")
@@ -268,11 +280,14 @@ def vs_line(vs: dict, select_by: str) -> str:
             f"{vs['hac_lags']} lags, {vs['n_days']} days)")
 
 
-def recompute_command(out: Path, label: str, params: dict, returns: str | None = None) -> str:
+def recompute_command(out: Path, label: str, params: dict, returns: str | None = None,
+                      liquidity: str | None = None, label_lag: int | None = None) -> str:
     return (f"python -m crnn_ray.evaluate --signals {out / 'signals'} --labels {out / 'labels.parquet'} "
             f"--label {label} --horizon {params['horizon']} --quantiles {params['quantiles']} "
             f"--cost-bps {params['cost_bps']:g} --min-stocks {params['min_stocks']} "
             f"--periods-per-year {params['periods_per_year']:g}" + (f" --returns {returns}" if returns else "")
+            + (f" --liquidity {liquidity}" if liquidity else "")
+            + (f" --label-lag {int(label_lag)}" if label_lag is not None else "")
             + " --json metrics_check.json")
 
 
@@ -285,6 +300,9 @@ def metrics_document(plan, opts, timing: dict, ev: dict | None) -> dict:
         "panel": str(Path(plan.panel_path).resolve()),
         "label": plan.label,
         "horizon": plan.horizon,
+        # the label yH at t is the return close t+L -> t+L+H (docs/data.md, "Label lag"); null: not recorded
+        "label_lag": getattr(plan, "label_lag", None),
+        "execution": execution_text(plan),
         "method": opts.method,
         "select_by": opts.select_by,
         "top_k": opts.top_k,
@@ -308,7 +326,10 @@ def metrics_document(plan, opts, timing: dict, ev: dict | None) -> dict:
     out = Path(opts.out).resolve()
     doc["ensemble"]["inputs"] = {  # as python -m crnn_ray.evaluate writes them for these files
         "signals": str(out / "signals"), "labels": str(out / "labels.parquet"), "label": plan.label,
-        "signal_col": "signal", **({"returns": ev["returns"]} if ev.get("returns") else {}), "first_date": str(pd.Timestamp(ens.daily["date"].iloc[0]).date()),
+        "signal_col": "signal", **({"returns": ev["returns"]} if ev.get("returns") else {}),
+        **({"liquidity": ev["liquidity"]} if ev.get("liquidity") else {}),
+        **({"label_lag": doc["label_lag"]} if doc["label_lag"] is not None else {}),
+        "first_date": str(pd.Timestamp(ens.daily["date"].iloc[0]).date()),
         "last_date": str(pd.Timestamp(ens.daily["date"].iloc[-1]).date())}
     doc["members"] = {name: e.to_dict() for name, e in ev["members"].items()}
     doc["oracle_ic"] = ev["oracle"].summary["ic"] if ev["oracle"] is not None else None
@@ -319,7 +340,8 @@ def metrics_document(plan, opts, timing: dict, ev: dict | None) -> dict:
                                  ev["correlation"].to_dict(orient="index").items()}
     doc["baselines"] = {name: e.to_dict()["summary"] for name, e in (ev.get("baselines") or {}).items()}
     doc["vs_selected_member"] = ev.get("vs_selected")
-    doc["recompute"] = recompute_command(Path(opts.out), plan.label, ev["params"], ev.get("returns"))
+    doc["recompute"] = recompute_command(Path(opts.out), plan.label, ev["params"], ev.get("returns"),
+                                         ev.get("liquidity"), doc["label_lag"])
     doc["costs"] = costs_document(ens.summary)
     doc["ensemble"]["liquidity_split"]["column"] = ev.get("liquidity")
     return doc
@@ -472,7 +494,8 @@ def render_html(plan, opts, metrics: dict, ev: dict, figures: dict[str, bytes]) 
     """The tear sheet: key numbers first, then members beside the ensemble, figures, correlation, leaderboard."""
     s = ev["ensemble"].summary
     name = Path(opts.experiment).name
-    key_rows = [[lab, _fmt(s.get(k), f)] for k, lab, f in KEY_NUMBERS]
+    key_rows = [["execution (label lag)", _html.escape(execution_text(plan))]]
+    key_rows += [[lab, _fmt(s.get(k), f)] for k, lab, f in KEY_NUMBERS]
     costs = costs_document(s)
     at = key_rows.index(next(r for r in key_rows if r[0].startswith("long-short Sharpe (gross")))
     cost_rows = [["cost assumed", f"{costs['cost_bps']:g} bps per unit traded"
@@ -487,11 +510,11 @@ def render_html(plan, opts, metrics: dict, ev: dict, figures: dict[str, bytes]) 
     key_rows.append(["liquidity split (IC by half)",
                      _html.escape(liquidity_line(ev["ensemble"].liquidity_split, ev.get("liquidity")))])
     if metrics.get("oracle_ic") is not None:
-        key_rows.insert(1, ["oracle IC of the data (same rows)", _fmt(metrics["oracle_ic"], "{:+.4f}")
+        key_rows.insert(2, ["oracle IC of the data (same rows)", _fmt(metrics["oracle_ic"], "{:+.4f}")
                             + f" &nbsp;(ensemble / oracle = {_fmt(metrics['ic_vs_oracle'], '{:.2f}')})"])
     vs = metrics.get("vs_selected_member")
     if vs:
-        key_rows.insert(1, [f"vs selected member {_html.escape(vs['member'])} (chosen alone by "
+        key_rows.insert(2, [f"vs selected member {_html.escape(vs['member'])} (chosen alone by "
                             f"{_html.escape(opts.select_by)}): daily IC difference",
                             f"{_fmt(vs['ic_diff'], '{:+.4f}')} (HAC t {_fmt(vs['ic_diff_tstat_hac'], '{:+.2f}')}, "
                             f"{vs['hac_lags']} lags, {vs['n_days']} days; member IC "
@@ -521,7 +544,8 @@ def render_html(plan, opts, metrics: dict, ev: dict, figures: dict[str, bytes]) 
         f"<div class='sub'>{len(plan.members)} member(s) chosen by {_html.escape(opts.select_by)}, "
         f"{_html.escape(opts.method)} of per-date z-scores &middot; {plan.period[0]} to {plan.period[1]} "
         f"({metrics['period']['n_dates']} dates, {metrics['period']['n_rows']:,} rows) &middot; label "
-        f"{_html.escape(plan.label)} (horizon {plan.horizon}) &middot; data {_html.escape(Path(plan.panel_path).name)}"
+        f"{_html.escape(plan.label)} (horizon {plan.horizon}, label_lag {getattr(plan, 'label_lag', None)}) "
+        f"&middot; data {_html.escape(Path(plan.panel_path).name)}"
         "</div>", warn,
         "<h2>Key numbers (ensemble)</h2>", _table(["metric", "value"], key_rows, "key"),
         "<h2>Ensemble beside its members</h2>",
