@@ -108,3 +108,22 @@ def test_the_hook_module_imports_without_torch():
         import crnn_ray.sweep as sweep
 
         sweep.no_such_name  # noqa: B018
+
+
+def test_our_epoch_lines_are_never_folded_by_rays_deduplication():
+    from ray._private import ray_logging
+
+    from crnn_ray.sweep.ray_compat import never_deduplicate_our_lines
+
+    assert never_deduplicate_our_lines() and never_deduplicate_our_lines()  # idempotent
+    dedup = ray_logging.LogDeduplicator(5, ray_logging.stdout_deduplicator.allow_re.pattern, None,
+                                        _timesource=lambda: 0.0)
+    ours = "[convgru/m01] epoch 2/3 loss 0.08381 valid IC +0.1435"
+    theirs = "Some Ray message from pid 12"
+    printed = []
+    for pid in (1, 2, 3):
+        for batch in dedup.deduplicate({"ip": "x", "pid": pid, "lines": [ours.replace("0.08381", f"0.0{pid}"),
+                                                                          theirs]}):
+            printed += batch["lines"]
+    assert sum(line.startswith("[convgru/m01] epoch 2/3") for line in printed) == 3  # one per worker
+    assert sum(line == theirs for line in printed) == 1  # Ray's own lines are still folded

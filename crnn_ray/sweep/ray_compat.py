@@ -194,6 +194,32 @@ def install_driver_log_filter() -> bool:
     return True
 
 
+#: our own worker lines: `[convgru/m01] epoch 2/3 ...`, `[pack p000] model 2/3: ...`, `[cnn1d/m01] t000: ...`
+OUR_LINES = r"^\[[^\]\s]+(?: [^\]\s]+)?\] "
+
+
+def never_deduplicate_our_lines() -> bool:
+    """Ray's driver folds lines that look alike across processes into "[repeated Nx across cluster]" — which
+    swallowed one epoch line in three of a packed sweep. Its deduplicators keep an allow pattern (read from
+    RAY_DEDUP_LOGS_ALLOW_REGEX at import, so set here): our own lines always print; Ray's are still folded."""
+    import re
+
+    try:
+        from ray._private import ray_logging
+    except ImportError:
+        return False
+    done = False
+    for name in ("stdout_deduplicator", "stderr_deduplicator"):
+        dedup = getattr(ray_logging, name, None)
+        if dedup is None or not hasattr(dedup, "allow_re"):
+            continue
+        old = dedup.allow_re.pattern if dedup.allow_re is not None else None
+        if old is None or OUR_LINES not in old:
+            dedup.allow_re = re.compile(OUR_LINES if old is None else f"(?:{old})|{OUR_LINES}")
+        done = True
+    return done
+
+
 def quiet_init_kwargs(**init_kwargs) -> dict:
     """ray.init keyword arguments with the known-benign Ray messages silenced (call it right before ray.init).
 
@@ -202,6 +228,7 @@ def quiet_init_kwargs(**init_kwargs) -> dict:
     worker of the job; when the job's runtime_env already names a setup hook, it is left alone (Ray refuses two).
     """
     install_driver_log_filter()
+    never_deduplicate_our_lines()
     runtime_env = dict(init_kwargs.get("runtime_env") or {})
     if "worker_process_setup_hook" not in runtime_env and not _job_has_setup_hook():
         runtime_env["worker_process_setup_hook"] = WORKER_SETUP_HOOK
