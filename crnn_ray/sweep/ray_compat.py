@@ -6,6 +6,7 @@ degrades to "do nothing" rather than failing a sweep.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -43,6 +44,21 @@ def configure_train_driver(start_timeout_s: float, private_ray: bool = False) ->
     if private_ray:
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
+
+
+@contextlib.contextmanager
+def tune_silent():
+    """Tune's new console output prints its experiment box, the results path and a TensorBoard hint even at
+    verbose=0; the legacy reporter (RAY_AIR_NEW_OUTPUT=0, read when fit() starts) prints nothing at verbose=0.
+    The sweep prints its own lines (TrialProgress, the leaderboard, the experiment path). A value the user
+    set is kept."""
+    before = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
 
 
 def quiet_train_report_log() -> None:

@@ -23,6 +23,7 @@ import numpy as np
 import yaml
 
 from crnn_ray.io import CliError, atomic_path
+from crnn_ray.sweep import ray_compat
 from crnn_ray.sweep.config import SweepConfig, load_config, parse_config, synth_kwargs
 
 __all__ = ["run_sweep", "load_config", "resolve_experiment", "prepare_experiment", "write_experiment", "collect",
@@ -333,7 +334,7 @@ def run_sweep(config_path=None, storage: str | os.PathLike = "runs", name: str |
                 ),
             )
         t_fit = time.perf_counter()
-        with _graceful_stop() as stopped:
+        with _graceful_stop() as stopped, ray_compat.tune_silent():
             results = tuner.fit()
         fit_s = time.perf_counter() - t_fit
         if stopped.is_set():
