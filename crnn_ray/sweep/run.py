@@ -471,7 +471,10 @@ def collect(cfg: SweepConfig, exp_dir: Path, grid: list[dict], results, baseline
         models = pack_models(pack)
         for trial in models:
             own = [r for r in reports if r.get("trial_key", trial["key"] if len(models) == 1 else None) == trial["key"]]
-            checkpoint = f"{newest}/{trial['key']}" if newest and any(r.get("checkpoint_path") for r in own) else None
+            # a model that raised is not carried in the pack's checkpoints: it has none
+            raised = bool(own) and own[-1].get("status") == "failed"
+            checkpoint = (f"{newest}/{trial['key']}" if newest and not raised
+                          and any(r.get("checkpoint_path") for r in own) else None)
             by_key[trial["key"]] = (trial, own, error, checkpoint)
     rows = []
     for trial in grid:  # every trial of the grid gets a row, even one Tune never started
