@@ -11,10 +11,29 @@ from crnn_ray.data.panel import (
     sample_index,
     save_panel,
 )
-from crnn_ray.data.splits import Splits, make_splits
+from crnn_ray.data.splits import (
+    Splits,
+    describe_windows,
+    make_splits,
+    walk_forward_splits,
+    window_key,
+)
 from crnn_ray.data.synth import synthesize
 
 __all__ = [
-    "Panel", "load_panel", "read_panel_meta", "save_panel", "normalize_features", "rank_label", "sample_index",
-    "gather_windows", "Splits", "make_splits", "synthesize", "ingest_ohlcv",
+    "Panel",
+    "Splits",
+    "describe_windows",
+    "gather_windows",
+    "ingest_ohlcv",
+    "load_panel",
+    "make_splits",
+    "normalize_features",
+    "rank_label",
+    "read_panel_meta",
+    "sample_index",
+    "save_panel",
+    "synthesize",
+    "walk_forward_splits",
+    "window_key",
 ]

@@ -6,6 +6,11 @@ at least H days are left out between parts: the embargo defaults to the horizon 
 `valid` chooses each run's epoch (early stopping); an optional `select` part after it ranks runs and picks
 ensemble members. A figure measured on the split that chose the epoch is biased upwards (it is the max over
 epochs); `select` did not choose anything, so its figures are honest estimates for the ranking.
+
+Walk-forward: one split scores a single stretch of history, so a figure may reflect one regime. Walk-forward
+windows slide train/valid/select forward by `step` days; their test parts tile the out-of-sample period with no
+gap or overlap, and inside every window the parts are separated by the embargo, so no label a window trained
+or chose on reaches a day it (or any later window) is scored on.
 """
 
 from __future__ import annotations
@@ -132,7 +137,7 @@ def make_splits(dates, spec: dict, horizon: int) -> Splits:
         raise CliError(f"splits: expected a mapping, got {type(spec).__name__}")
     unknown = set(spec) - {"fractions", "embargo", "select", *PARTS}
     if unknown:
-        raise CliError(f"splits.{sorted(unknown)[0]}: unknown key "
+        raise CliError(f"splits.{min(unknown)}: unknown key "
                        "(allowed: fractions, train, valid, select, test, embargo)")
     embargo = spec.get("embargo")
     embargo = int(horizon) if embargo is None else embargo
@@ -165,3 +170,141 @@ def make_splits(dates, spec: dict, horizon: int) -> Splits:
         by_name["valid"], by_name["select"] = _carve_select(by_name["valid"], select, int(embargo))
     return Splits(train=by_name["train"], valid=by_name["valid"], test=by_name["test"], embargo=int(embargo),
                   select=by_name.get("select"))
+
+
+WALK_FORWARD_KEYS = ("train", "valid", "select", "step", "embargo", "first_test", "windows")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _positive_int(spec: dict, key: str, what: str) -> int:
+    if key not in spec:
+        raise CliError(f"walk_forward.{key}: missing ({what})")
+    value = spec[key]
+    if not _is_int(value) or value <= 0:
+        raise CliError(f"walk_forward.{key}: expected {what}, got {value!r}")
+    return int(value)
+
+
+def _first_test_index(dates: np.ndarray, value: Any) -> int:
+    """A date: the first panel day on or after it; a fraction f: day floor(f * n)."""
+    n = len(dates)
+    if isinstance(value, (bool, float, int, np.integer, np.floating)):
+        if isinstance(value, bool) or not 0 < value < 1:
+            raise CliError(f"walk_forward.first_test: expected an ISO date or a fraction of the panel in (0, 1), "
+                           f"got {value!r}")
+        return int(np.floor(float(value) * n + 1e-9))
+    try:
+        ts = pd.Timestamp(value)
+    except (ValueError, TypeError):
+        raise CliError(f"walk_forward.first_test: unparsable date {value!r}")
+    if pd.isna(ts):
+        raise CliError(f"walk_forward.first_test: unparsable date {value!r}")
+    day = np.datetime64(ts.date(), "D")
+    idx = int(np.searchsorted(dates, day, side="left"))
+    if idx >= n:
+        raise CliError(f"walk_forward.first_test: {day} is after the panel's last date {dates[-1]}")
+    return idx
+
+
+def walk_forward_splits(dates, spec: dict, horizon: int) -> list[Splits]:
+    """Walk-forward windows, each a Splits; their test parts tile [first_test, panel end] in `step`-day pieces.
+
+    spec: train (days, or "expanding"), valid (days), select (share of valid, default 0.5; 0: none), step
+    (days between windows = test length), embargo (>= horizon, default horizon), first_test (ISO date, fraction
+    of the panel, or None: the earliest day window 0 fits), windows (N or "all").
+    """
+    dates = np.asarray(dates).astype("datetime64[D]")
+    n = len(dates)
+    if n == 0:
+        raise CliError("walk_forward: the panel has no dates")
+    if not isinstance(spec, dict):
+        raise CliError(f"walk_forward: expected a mapping, got {type(spec).__name__}")
+    unknown = set(spec) - set(WALK_FORWARD_KEYS)
+    if unknown:
+        raise CliError(f"walk_forward.{min(map(str, unknown))}: unknown key "
+                       f"(allowed: {', '.join(WALK_FORWARD_KEYS)})")
+
+    train = spec.get("train")
+    expanding = train == "expanding"
+    if not expanding:
+        train = _positive_int(spec, "train", 'a positive number of trading days or "expanding"')
+    valid = _positive_int(spec, "valid", "a positive number of trading days")
+    step = _positive_int(spec, "step", "a positive number of trading days between windows")
+
+    embargo = spec.get("embargo")
+    embargo = int(horizon) if embargo is None else embargo
+    if not _is_int(embargo):
+        raise CliError(f"walk_forward.embargo: expected an integer number of days, got {embargo!r}")
+    embargo = int(embargo)
+    if embargo < horizon:
+        raise CliError(f"walk_forward.embargo: {embargo} is smaller than the label horizon {horizon} "
+                       f"(training labels would overlap the next part)")
+
+    select = spec.get("select", 0.5)
+    if isinstance(select, bool) or not isinstance(select, (int, float, np.integer, np.floating)) \
+            or not 0 <= select < 1:
+        raise CliError(f"walk_forward.select: expected a share of the valid part in [0, 1), got {select!r}")
+
+    windows = spec.get("windows", "all")
+    if windows != "all" and (not _is_int(windows) or windows <= 0):
+        raise CliError(f'walk_forward.windows: expected a positive number of windows or "all", got {windows!r}')
+
+    # days window 0 needs before its first test day (expanding: at least one training day)
+    need = (1 if expanding else train) + embargo + valid + embargo
+    given = spec.get("first_test") is not None
+    if given:
+        first = _first_test_index(dates, spec["first_test"])
+    else:
+        first = (valid if expanding else train) + valid + 2 * embargo
+    key = "first_test" if given else "train"
+    recipe = f"train {'1 (expanding)' if expanding else train} + embargo {embargo} + valid {valid} + embargo {embargo}"
+    if first >= n:
+        raise CliError(f"walk_forward.{key}: window 0 needs {need} trading days before its first test day "
+                       f"({recipe}) but the panel has only {n} ({dates[0]} .. {dates[-1]}), leaving none to test")
+    if first < need:
+        raise CliError(f"walk_forward.{key}: window 0 needs {need} trading days before its first test day "
+                       f"({recipe}) but the panel has {first} before {dates[first]}")
+
+    fit = (n - first + step - 1) // step
+    if windows == "all":
+        count = fit
+    elif windows > fit:
+        raise CliError(f"walk_forward.windows: {windows} requested but only {fit} fit "
+                       f"(first test day {dates[first]}, step {step}, panel ends {dates[-1]})")
+    else:
+        count = int(windows)
+
+    out = []
+    for w in range(count):
+        t0 = first + w * step
+        test = (t0, min(t0 + step - 1, n - 1))
+        v0 = t0 - embargo - valid
+        valid_part = (v0, t0 - embargo - 1)
+        train_part = (0 if expanding else v0 - embargo - train, v0 - embargo - 1)
+        select_part = None
+        if select > 0:
+            try:
+                valid_part, select_part = _carve_select(valid_part, float(select), embargo)
+            except CliError as exc:
+                raise CliError(str(exc).replace("splits.select", "walk_forward.select", 1))
+        out.append(Splits(train=train_part, valid=valid_part, test=test, embargo=embargo, select=select_part))
+    return out
+
+
+def window_key(w: int) -> str:
+    """Window w's name in run ids and reports ("w00", "w01", ...; zero-padded so they sort)."""
+    return f"w{int(w):02d}"
+
+
+def describe_windows(windows: list[Splits], dates) -> list[str]:
+    """One line per window (dates and trading-day counts of each part), for `sweep --check`."""
+    d = np.asarray(dates).astype("datetime64[D]")
+    lines = []
+    for w, s in enumerate(windows):
+        parts = [f"{p} {d[getattr(s, p)[0]]}..{d[getattr(s, p)[1]]} ({getattr(s, p)[1] - getattr(s, p)[0] + 1} d)"
+                 for p in s.parts]
+        lines.append(f"{window_key(w)}  " + "  ".join(parts))
+    return lines

@@ -46,6 +46,11 @@ PRESETS = {
 }
 
 
+def synth_dates(n_days: int) -> np.ndarray:
+    """The synthetic market's calendar: business days from 2018-01-02 (what `sweep --check` shows windows on)."""
+    return pd.bdate_range("2018-01-02", periods=n_days).to_numpy().astype("datetime64[D]")
+
+
 def synthesize(n_symbols: int = 300, n_days: int = 600, seed: int = 0, horizon: int = 5,
                signal_strength: float | None = None, preset: str = "easy") -> tuple[pd.DataFrame, dict]:
     """Generate the synthetic panel: (long DataFrame with features, label, y1, raw OHLCV, oracle; metadata).
@@ -161,7 +166,7 @@ def synthesize(n_symbols: int = 300, n_days: int = 600, seed: int = 0, horizon: 
 
     # --- drop burn-in, long table ---------------------------------------------------------------------------
     keep = slice(BURN_IN, T)
-    dates = pd.bdate_range("2018-01-02", periods=n_days).to_numpy().astype("datetime64[D]")
+    dates = synth_dates(n_days)
     symbols = np.array([f"S{i:04d}" for i in range(S)], dtype=object)
     pres = present[keep]
     di, si = np.nonzero(pres)

@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="score only the last date of the panel (the experiment's or --data); not with --start/--end")
     ap.add_argument("--allow-in-sample", action="store_true",
                     help="score dates inside a member's train/valid window (+embargo); flagged in the output")
+    ap.add_argument("--window", type=int,
+                    help="walk-forward experiment: score one window's test part with its own members (default: "
+                         "every window, stitched into one out-of-sample record; --latest: the newest window)")
+    ap.add_argument("--reference",
+                    help="walk-forward leaderboard: the variant (or ENSEMBLE, baseline/ridge) every row's daily IC "
+                         "is compared with (default: the top variant)")
     where = ap.add_mutually_exclusive_group()
     where.add_argument("--in-process", dest="path", action="store_const", const="in_process",
                        help="run the predictor in this process (default: auto by job size)")
@@ -66,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         selection=args.selection or str(cfg["selection"]),
         data=Path(args.data) if args.data else None, start=args.start, end=args.end, latest=bool(args.latest),
         allow_in_sample=bool(args.allow_in_sample), path=args.path or str(cfg["path"]), config=cfg,
+        window=args.window, reference=args.reference,
     )
     run_score(opts)
     return 0

@@ -45,6 +45,8 @@ class ScoreOptions:
     latest: bool = False            # score only the panel's last date (start = end = it); not with start/end
     allow_in_sample: bool = False
     path: str = "auto"
+    window: int | None = None       # walk-forward: this window's trials only (None: every window, stitched)
+    reference: str | None = None    # walk-forward leaderboard: the paired-difference reference (None: the best)
     config: dict = field(default_factory=lambda: merge_config({}))
 
 
@@ -184,16 +186,19 @@ def _read_oracle(panel, panel_path: Path, label: str) -> np.ndarray | None:
     return grid
 
 
-def _choose_units(opts: ScoreOptions) -> tuple[list, Any, dict]:
-    """(the ensemble's units, the trial ranked first by select_by, the selection record) by opts.selection."""
+def _choose_units(opts: ScoreOptions) -> tuple[list, list, dict]:
+    """(the ensemble's units, every eligible trial ranked by select_by, the selection record) by opts.selection
+    (a walk-forward window's trials only when opts.window is set)."""
     from crnn_ray.score.select import select_units
 
     if int(opts.top_k) != opts.top_k or opts.top_k < 1:
         raise CliError(f"--top-k must be a positive integer, got {opts.top_k}")
-    units, ranked = select_units(opts.experiment, opts.select_by, opts.seed_average)
+    units, ranked = select_units(opts.experiment, opts.select_by, opts.seed_average, window=opts.window)
     info: dict[str, Any] = {"rule": opts.selection, "seed_average": bool(opts.seed_average)}
+    if opts.window is not None:
+        info["window"] = int(opts.window)
     if opts.selection == "top_k":
-        return units[:int(opts.top_k)], ranked[0], info
+        return units[:int(opts.top_k)], ranked, info
     if opts.selection != "greedy":
         raise CliError(f"--selection {opts.selection!r}: unknown (top_k | greedy)")
     from crnn_ray.score.ensemble import greedy_select, unit_standardised
@@ -214,7 +219,7 @@ def _choose_units(opts: ScoreOptions) -> tuple[list, Any, dict]:
         t["unit"] = pool[t["unit"]].name
     info.update({"pool": [u.name for u in pool], "corr_penalty": float(cfg["corr_penalty"]),
                  "split": list(sel.period), "trace": trace})
-    return [pool[i] for i in chosen], ranked[0], info
+    return [pool[i] for i in chosen], ranked, info
 
 
 def _baseline_grids(panel, member, label: str, lo: int, hi: int) -> dict[str, np.ndarray]:
@@ -238,10 +243,12 @@ def _baseline_grids(panel, member, label: str, lo: int, hi: int) -> dict[str, np
     return {name: g[lo:hi + 1] for name, g in grids.items()}
 
 
-def plan_scoring(opts: ScoreOptions, _units: list | None = None, _split: str | None = None) -> ScorePlan:
+def plan_scoring(opts: ScoreOptions, _units: list | None = None, _split: str | None = None,
+                 predict_all: bool = False) -> ScorePlan:
     """Select and load members, load and slice the panel, check look-ahead: all checks, no writes.
 
-    `_units` / `_split` (greedy selection's own plan): these units, on the members' `_split` dates."""
+    `_units` / `_split` (greedy selection's own plan): these units, on the members' `_split` dates.
+    `predict_all`: every eligible trial is predicted too (as `extra`), for a leaderboard of all of them."""
     if opts.latest and (opts.start or opts.end):
         raise CliError("--latest scores the panel's last date: do not combine it with --start/--end")
     from crnn_ray.data import load_panel, normalize_features
@@ -251,15 +258,19 @@ def plan_scoring(opts: ScoreOptions, _units: list | None = None, _split: str | N
     from crnn_ray.score.select import check_look_ahead, in_sample_overlaps, load_members
 
     if _units is None:
-        units, selected, selection = _choose_units(opts)
+        units, ranked, selection = _choose_units(opts)
+        selected = ranked[0]
     else:
-        units, selected, selection = _units, None, {}
+        units, ranked, selected, selection = _units, [], None, {}
     ens_members = [m for u in units for m in u.members]
     groups, k = [], 0
     for u in units:
         groups.append(list(range(k, k + len(u.members))))
         k += len(u.members)
-    extra = [] if selected is None or any(m.trial_id == selected.trial_id for m in ens_members) else [selected]
+    in_ensemble = {m.trial_id for m in ens_members}
+    extra = [] if selected is None or selected.trial_id in in_ensemble else [selected]
+    if predict_all:
+        extra += [m for m in ranked if m.trial_id not in in_ensemble and m not in extra]
     members = ens_members + extra
     load_members([m for m in members if m.state_dict is None])
     labels = sorted({str(m.meta["label"]) for m in members})
@@ -543,14 +554,16 @@ def _key_columns(plan: ScorePlan, rows: np.ndarray, stocks: np.ndarray) -> dict:
             "symbol": pa.array(np.asarray(plan.symbols[stocks], dtype=object), type=pa.string())}
 
 
-def write_signals(out: Path, plan: ScorePlan, opts: ScoreOptions, signal: np.ndarray, preds: np.ndarray) -> list[Path]:
+def write_signals(out: Path, plan: ScorePlan, opts: ScoreOptions, signal: np.ndarray, preds: np.ndarray,
+                  metadata_of=None) -> list[Path]:
     """One file per scored date, each written to a temporary name and renamed; other dates are untouched.
 
     The scored cells of the signal [D, S] and prediction [D, S, K] grids, in (date, symbol) order. The date
     is the folder's only (signals/date=YYYY-MM-DD/): a `date` column repeated inside the files clashes with
     the one hive readers take from the folder names (pyarrow / pandas refuse to merge date32 with the
     partition's string), so every reader -- pandas, pyarrow, duckdb, polars -- gets the date from the
-    partition in one plain call (docs/scoring.md, "Reading the signals")."""
+    partition in one plain call (docs/scoring.md, "Reading the signals"). `metadata_of(grid row)`: each date's
+    own metadata (a walk-forward record: which window and members produced it) instead of the plan's."""
     import pyarrow as pa
 
     from crnn_ray.io import write_parquet_atomic
@@ -568,7 +581,8 @@ def write_signals(out: Path, plan: ScorePlan, opts: ScoreOptions, signal: np.nda
     written = []
     for a, b in zip(starts, ends):
         path = partition_path(out, plan.dates[rows[a]])
-        write_parquet_atomic(table.slice(int(a), int(b - a)), path, metadata=meta)
+        own = meta if metadata_of is None else {"crnn_ray_signals": metadata_of(int(rows[a]))}
+        write_parquet_atomic(table.slice(int(a), int(b - a)), path, metadata=own)
         written.append(path)
     return written
 
@@ -603,7 +617,20 @@ def run_score(opts: ScoreOptions) -> dict:
     from crnn_ray.score import report as rep
     from crnn_ray.score.ensemble import ensemble_units
 
+    from crnn_ray.score.walk_forward import newest_window, walk_forward_windows
+
     cfg = opts.config
+    windows = walk_forward_windows(opts.experiment)
+    if windows and opts.window is None:
+        if not opts.latest:  # every window's test part, stitched into one out-of-sample record
+            from crnn_ray.score.walk_forward import run_walk_forward
+
+            return run_walk_forward(opts, windows)
+        opts = replace(opts, window=newest_window(opts.experiment, windows))
+        print(f"walk-forward: --latest uses the newest window w{opts.window:02d} "
+              f"(trained through {windows[opts.window]['select' if 'select' in windows[opts.window] else 'valid'][1]})")
+    elif opts.window is not None and not windows:
+        raise CliError(f"--window {opts.window}: {opts.experiment} is not a walk-forward experiment")
     plan = plan_scoring(opts)
     if opts.latest:
         print(f"latest date in {plan.panel_path}: {plan.period[1]}")

@@ -490,8 +490,9 @@ td:first-child{text-align:left} .key td{font-size:14px} .warn{background:#fff3cd
 """
 
 
-def render_html(plan, opts, metrics: dict, ev: dict, figures: dict[str, bytes]) -> str:
-    """The tear sheet: key numbers first, then members beside the ensemble, figures, correlation, leaderboard."""
+def render_html(plan, opts, metrics: dict, ev: dict, figures: dict[str, bytes], extra: str = "") -> str:
+    """The tear sheet: key numbers first, then members beside the ensemble, figures, correlation, leaderboard
+    (`extra`: a section after the key numbers, e.g. the walk-forward windows and leaderboard)."""
     s = ev["ensemble"].summary
     name = Path(opts.experiment).name
     key_rows = [["execution (label lag)", _html.escape(execution_text(plan))]]
@@ -547,7 +548,7 @@ def render_html(plan, opts, metrics: dict, ev: dict, figures: dict[str, bytes]) 
         f"{_html.escape(plan.label)} (horizon {plan.horizon}, label_lag {getattr(plan, 'label_lag', None)}) "
         f"&middot; data {_html.escape(Path(plan.panel_path).name)}"
         "</div>", warn,
-        "<h2>Key numbers (ensemble)</h2>", _table(["metric", "value"], key_rows, "key"),
+        "<h2>Key numbers (ensemble)</h2>", _table(["metric", "value"], key_rows, "key"), extra,
         "<h2>Ensemble beside its members</h2>",
         _table(["", "trial", "weight", "valid IC", *[lab for _, lab, _ in columns]], side_rows),
         f"<p class='small'>pnl and Sharpe gross of costs{'' if costs['cost_bps'] == 0 else ' (net SR: net of ' + format(costs['cost_bps'], 'g') + ' bps)'}; "

@@ -56,8 +56,9 @@ class Member:
         }
 
 
-def read_trials(exp_dir: str | Path) -> pd.DataFrame:
-    """trials.parquet of an experiment directory; CliError naming the file when absent or unreadable."""
+def read_trials(exp_dir: str | Path, window: int | None = None) -> pd.DataFrame:
+    """trials.parquet of an experiment directory; CliError naming the file when absent or unreadable.
+    `window`: a walk-forward window's trials only."""
     exp_dir = Path(exp_dir)
     if not exp_dir.is_dir():
         raise CliError(f"{exp_dir}: experiment directory not found")
@@ -71,6 +72,12 @@ def read_trials(exp_dir: str | Path) -> pd.DataFrame:
     for col in ("trial_id", "variant_id", "spec", "seed", "status", "checkpoint", "valid_ic"):
         if col not in trials.columns:
             raise CliError(f"{path}: missing column {col!r}")
+    if window is not None:
+        if "window" not in trials.columns:
+            raise CliError(f"{path}: no column 'window' (not a walk-forward experiment)")
+        trials = trials[trials["window"] == int(window)]
+        if trials.empty:
+            raise CliError(f"{path}: no trial of window w{int(window):02d}")
     return trials
 
 
@@ -94,10 +101,12 @@ def _member_name(variant_id: str, seed: int, trial_id: str, taken: set[str]) -> 
     return name
 
 
-def select_members(exp_dir: str | Path, top_k: int, select_by: str = DEFAULT_RANK_METRIC) -> list[Member]:
-    """Top-k eligible trials by `select_by` (descending; ties broken by trial_id, so the choice is stable)."""
+def select_members(exp_dir: str | Path, top_k: int, select_by: str = DEFAULT_RANK_METRIC,
+                   window: int | None = None) -> list[Member]:
+    """Top-k eligible trials by `select_by` (descending; ties broken by trial_id, so the choice is stable);
+    `window`: among one walk-forward window's trials (ranked on that window's selection part)."""
     exp_dir = Path(exp_dir)
-    trials = read_trials(exp_dir)
+    trials = read_trials(exp_dir, window)
     path = exp_dir / "trials.parquet"
     if int(top_k) != top_k or top_k < 1:
         raise CliError(f"--top-k must be a positive integer, got {top_k}")
@@ -226,14 +235,14 @@ class Unit:
 
 
 def select_units(exp_dir: str | Path, select_by: str = DEFAULT_RANK_METRIC,
-                 seed_average: bool = True) -> tuple[list[Unit], list[Member]]:
+                 seed_average: bool = True, window: int | None = None) -> tuple[list[Unit], list[Member]]:
     """(every unit ranked by select_by, every eligible trial ranked): without seed averaging one unit per trial
     (so units[:k] are exactly select_members(exp_dir, k)); with it, one per (variant_id, hparams), its
     figure the mean of its seeds' (ties: the smaller first trial_id)."""
-    ranked = select_members(exp_dir, 10 ** 9, select_by)
+    ranked = select_members(exp_dir, 10 ** 9, select_by, window)
     if not seed_average:
         return [Unit(m.name, [m], m.select_value, m.valid_ic) for m in ranked], ranked
-    trials = read_trials(exp_dir)
+    trials = read_trials(exp_dir, window)
     hp = dict(zip(trials["trial_id"].astype(str),
                   trials["hparams"].astype(str) if "hparams" in trials.columns else [""] * len(trials)))
     groups: dict[tuple[str, str], list[Member]] = {}

@@ -62,6 +62,47 @@ def check_data_path(cfg) -> str:
     return f"data: {path} has label {cfg.data.label} and {len(cfg.data.features or features)} feature(s)"
 
 
+def check_windows(cfg) -> list[str]:
+    """--check's walk-forward windows as dates, on the panel's calendar (the synthetic market's, or the date
+    column of data.path alone): the same arithmetic and one-line errors as the sweep."""
+    from pathlib import Path
+
+    import numpy as np
+    import pandas as pd
+
+    from crnn_ray.data import describe_windows, walk_forward_splits
+    from crnn_ray.data.panel import _LABEL_RE, read_panel_meta
+    from crnn_ray.data.synth import synth_dates
+    from crnn_ray.defaults import HORIZON
+    from crnn_ray.io import CliError
+
+    if cfg.data.path is None:
+        synth = cfg.data.synth or {}
+        dates, horizon = synth_dates(int(synth.get("days", 600))), int(synth.get("horizon", HORIZON))
+    else:
+        path = Path(cfg.data.path).expanduser().resolve()
+        try:
+            if path.name.lower().endswith(".parquet"):
+                import pyarrow.parquet as pq
+
+                raw = pq.read_table(path, columns=["date"]).column("date").to_pandas()
+            else:
+                raw = pd.read_csv(path, usecols=["date"])["date"]
+        except Exception as exc:  # noqa: BLE001 - any failure to read the dates is this one line
+            raise CliError(f"{cfg.source}: data.path: cannot read a date column of {path} "
+                           f"({type(exc).__name__})") from None
+        dates = np.unique(pd.to_datetime(raw, errors="coerce").dropna().to_numpy().astype("datetime64[D]"))
+        meta = read_panel_meta(path) if path.name.lower().endswith(".parquet") else {}
+        horizons = (meta or {}).get("horizons") or {}
+        m = _LABEL_RE.match(cfg.data.label)
+        horizon = int(horizons.get(cfg.data.label) or (m.group(1) if m else 1))
+    try:
+        windows = walk_forward_splits(dates, cfg.data.walk_forward, horizon)
+    except CliError as exc:
+        raise CliError(f"{cfg.source}: data.{exc}") from None
+    return describe_windows(windows, dates)
+
+
 def _main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.check:
@@ -73,10 +114,14 @@ def _main(argv: list[str] | None = None) -> int:
             raise CliError("--check needs --config")
         cfg = load_config(args.config)
         data = check_data_path(cfg)
-        grid = cfg.grid()
+        windows = check_windows(cfg) if cfg.walk_forward else []
+        for line in windows:
+            print(line)
+        grid = cfg.grid(max(1, len(windows)))
         for t in grid:
             print(f"{t['key']} {t['variant_id']} seed {t['seed']} {t['grid'] or ''}")
-        print(f"{args.config}: ok, {len(grid)} trial(s); {data}")
+        print(f"{args.config}: ok, {len(grid)} trial(s)"
+              + (f" ({len(windows)} walk-forward window(s))" if windows else "") + f"; {data}")
         return 0
 
     from crnn_ray.sweep import run_sweep

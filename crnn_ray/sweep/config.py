@@ -51,6 +51,9 @@ class DataConfig:
     # select: the share of the valid part that ranks runs and picks members (after an embargo); the rest
     # chooses each run's epoch. 0 turns it off (ranking then uses the epoch-choosing split: optimistic).
     splits: dict = setting(default_factory=lambda: {"fractions": [0.6, 0.2, 0.2], "select": DEFAULT_SELECT_SHARE})
+    # or: rolling retrain windows (crnn_ray.data.walk_forward_splits): {train: N | expanding, valid, select,
+    # step, embargo, first_test, windows}; every trial of the grid is trained once per window
+    walk_forward: dict | None = setting(None)
 
 
 @dataclass
@@ -100,7 +103,8 @@ class SweepConfig:
         """The resolved config as plain YAML-able data (written to DIR/NAME/config.yaml)."""
         return {
             "name": self.name,
-            "data": asdict(self.data),
+            "data": {k: v for k, v in asdict(self.data).items()
+                     if not (k == "walk_forward" and v is None) and not (k == "splits" and self.walk_forward)},
             "variants": list(self.variants),
             "seeds": list(self.seeds),
             "training": section_dict(self.training, skip=tuple(TRAINING_ELSEWHERE)),
@@ -109,12 +113,33 @@ class SweepConfig:
             "fault_tolerance": asdict(self.fault_tolerance),
         }
 
-    def grid(self) -> list[dict]:
-        """Every trial: variant x hyperparameter combination x seed, in a stable order with stable keys.
+    @property
+    def walk_forward(self) -> bool:
+        return self.data.walk_forward is not None
+
+    @property
+    def has_select(self) -> bool:
+        """Whether every trial has a selection part (data.splits.select, or walk_forward.select > 0)."""
+        if self.walk_forward:
+            return float(self.data.walk_forward.get("select", DEFAULT_SELECT_SHARE)) > 0
+        return "select" in self.data.splits
+
+    def grid(self, n_windows: int = 1) -> list[dict]:
+        """Every trial: (window x) variant x hyperparameter combination x seed, in a stable order with stable
+        keys. With walk_forward the window is the outer axis and keys read `w03-t005` (the same `t005` in every
+        window: one model line), so adding a window appends trials and leaves every earlier key as it was.
 
         Each trial carries its whole TrainConfig (`train_config`), so a trial is self-contained: it travels
         as its own Tune config, and `--resume` re-reads it from Tune's state.
         """
+        if self.walk_forward:
+            from crnn_ray.data.splits import window_key
+
+            return [{**t, "key": f"{window_key(w)}-{t['key']}", "line": t["key"], "window": w}
+                    for w in range(n_windows) for t in self._line_grid()]
+        return self._line_grid()
+
+    def _line_grid(self) -> list[dict]:
         axes = [(k, v) for k in SWEEPABLE for v in [getattr(self.training, k)] if isinstance(v, list)]
         combos: list[dict] = [{}]
         for key, values in axes:
@@ -153,7 +178,7 @@ class SweepConfig:
     def rank_metric(self) -> str:
         """What ranks the leaderboard: the schedule metric measured on the selection part when there is one
         (select_ic for valid_ic), since the valid part chose each run's epoch."""
-        return selection_twin(self.schedule_metric) if "select" in self.data.splits else self.schedule_metric
+        return selection_twin(self.schedule_metric) if self.has_select else self.schedule_metric
 
 
 TOP_KEYS = ("name", "data", "variants", "seeds", "training", "resources", "scheduler", "fault_tolerance")
@@ -218,8 +243,41 @@ def _parse_data(c: Checker, raw: Any) -> DataConfig:
         d.synth = _parse_synth(c, d.synth)
         if "label" not in (raw or {}):  # the synthetic market names its label after its horizon
             d.label = f"y{d.synth.get('horizon', defaults.HORIZON)}"
-    d.splits = _parse_splits(c, d.splits)
+    if d.walk_forward is not None:
+        if "splits" in (raw or {}):
+            raise c.fail("data.walk_forward", "give either data.splits or data.walk_forward, not both")
+        d.walk_forward = _parse_walk_forward(c, d.walk_forward)
+        d.splits = {}
+    else:
+        d.splits = _parse_splits(c, d.splits)
     return d
+
+
+def _parse_walk_forward(c: Checker, raw: Any) -> dict:
+    """The static checks (keys, types); the window arithmetic itself needs the panel's dates and is checked by
+    crnn_ray.data.walk_forward_splits when the sweep (or --check) has them."""
+    from crnn_ray.data.splits import WALK_FORWARD_KEYS
+
+    raw = c.mapping(raw, "data.walk_forward", WALK_FORWARD_KEYS)
+    for key in ("train", "valid", "step"):
+        if key not in raw:
+            raise c.fail(f"data.walk_forward.{key}", "missing (walk_forward needs train, valid and step, in "
+                         "trading days)")
+    out = dict(raw)
+    if out["train"] != "expanding":
+        out["train"] = positive_int(c, out["train"], "data.walk_forward.train")
+    out["valid"] = positive_int(c, out["valid"], "data.walk_forward.valid")
+    out["step"] = positive_int(c, out["step"], "data.walk_forward.step")
+    if out.get("select") is not None:
+        out["select"] = nonneg_number(c, out["select"], "data.walk_forward.select")
+    if out.get("embargo") is not None:
+        out["embargo"] = nonneg_int(c, out["embargo"], "data.walk_forward.embargo")
+    if out.get("windows") not in (None, "all"):
+        out["windows"] = positive_int(c, out["windows"], "data.walk_forward.windows")
+    if out.get("first_test") is not None:
+        ft = out["first_test"]
+        out["first_test"] = float(ft) if isinstance(ft, float) else str(ft)
+    return out
 
 
 #: data.synth keys -> crnn_ray.data.synthesize keyword (the sweep config speaks the CLI's words)

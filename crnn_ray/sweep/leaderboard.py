@@ -25,6 +25,9 @@ TRIAL_COLUMNS = [
     # beyond the contract (additive): the Ray node id (IPs repeat on one-machine clusters), the OS thread
     # count of the worker process (Ray's own threads included), the epoch a restarted worker resumed from
     "node_id", "os_threads", "resumed_from_epoch",
+    # walk-forward: the trial's window (0 for a static split) and its model line (the same variant, seed and
+    # hyperparameters in every window: `t005` of `w03-t005`)
+    "window", "line",
 ]
 LEADERBOARD_COLUMNS = [
     "variant_id", "spec", "family", "n_seeds", "n_ok", "status",
@@ -97,6 +100,8 @@ def trial_row(trial: dict, reports: list[dict], error: str | None, family: str,
         "node_id": str(last.get("worker_node_id") or ""),
         "os_threads": _mean(reports, "os_threads"),
         "resumed_from_epoch": _int(last.get("resumed_from_epoch"), 0),
+        "window": int(trial.get("window") or 0),
+        "line": str(trial.get("line") or trial["key"]),
     }
 
 

@@ -62,7 +62,11 @@ def resolve_experiment(config_path, storage, name, resume: bool, overwrite: bool
         _check_tune_state(exp_dir / "tune")
         if given is not None and not _same_config(given, cfg):
             raise CliError(f"{config_path}: differs from the experiment's {saved}; resume without --config "
-                           "or start a new experiment with another --name")
+                           "or start a new experiment with another --name"
+                           + (" (of data.walk_forward only `windows` may change)" if cfg.walk_forward else ""))
+        if given is not None and cfg.walk_forward:  # walk_forward.windows may grow: the production path
+            given.name = cfg.name
+            return given, exp_dir, False
         return cfg, exp_dir, False
     if config_path is None:
         raise CliError("--config is required (or --resume with --name)")
@@ -120,6 +124,8 @@ def _same_config(a: SweepConfig, b: SweepConfig) -> bool:
     da, db = a.to_dict(), b.to_dict()
     for d in (da, db):
         d["name"] = ""
+        if d["data"].get("walk_forward"):  # windows may be added to a walk-forward experiment
+            d["data"]["walk_forward"] = {k: v for k, v in d["data"]["walk_forward"].items() if k != "windows"}
         if d["data"]["path"]:
             d["data"]["path"] = str(Path(d["data"]["path"]).expanduser().resolve())
     return da == db
@@ -130,10 +136,11 @@ class Prepared:
     """The checked data of a sweep, not yet written anywhere (see write_experiment)."""
 
     panel: object
-    splits: object
+    splits: object                  # the (static) split; with walk_forward the newest window's
     panel_path: Path                # where the panel lives (once written, for a synthetic one)
     new_panel: Path | None          # a freshly synthesised panel in a temporary file, to move into place
     resolved: dict                  # config.yaml's contents
+    windows: list = None            # walk_forward: every window's Splits, oldest first; else [splits]
 
 
 def _reusable_synth(path: Path, want: dict) -> bool:
@@ -181,7 +188,7 @@ def prepare_experiment(cfg: SweepConfig, exp_dir: Path, resume: bool = False) ->
             panel = load_panel(new_panel or panel_path, features=cfg.data.features, labels=[cfg.data.label])
         except CliError as exc:
             raise CliError(f"{src}: data: {exc}") from None
-        splits = _checked_splits(cfg, panel, panel_path.name)
+        windows = _checked_windows(cfg, panel, panel_path.name)
     except BaseException:
         if new_panel is not None:
             shutil.rmtree(new_panel.parent, ignore_errors=True)
@@ -191,37 +198,53 @@ def prepare_experiment(cfg: SweepConfig, exp_dir: Path, resume: bool = False) ->
     resolved = cfg.to_dict()
     if cfg.data.path is not None:  # absolute, so --resume works from any directory
         resolved["data"]["path"] = str(panel_path)
-    resolved["resolved"] = {"panel": str(panel_path), "splits": splits.dates(panel.dates),
-                            "variants": [list(v) for v in cfg.resolved_variants], "n_trials": len(cfg.grid())}
-    return Prepared(panel, splits, panel_path, new_panel, resolved)
+    resolved["resolved"] = {"panel": str(panel_path), "splits": windows[-1].dates(panel.dates),
+                            "variants": [list(v) for v in cfg.resolved_variants],
+                            "n_trials": len(cfg.grid(len(windows)))}
+    if cfg.walk_forward:
+        resolved["resolved"]["windows"] = [w.dates(panel.dates) for w in windows]
+    return Prepared(panel, windows[-1], panel_path, new_panel, resolved, windows)
 
 
-def _checked_splits(cfg: SweepConfig, panel, panel_name: str):
-    """The splits, with every part long enough and every feature present where the models learn."""
-    from crnn_ray.data import make_splits, sample_index
+def _checked_windows(cfg: SweepConfig, panel, panel_name: str) -> list:
+    """The static split as a list of one, or every walk-forward window; each checked by _check_parts."""
+    from crnn_ray.data import make_splits, walk_forward_splits
 
     src = cfg.source
+    horizon = panel.horizon(cfg.data.label)
     try:
-        splits = make_splits(panel.dates, cfg.data.splits, panel.horizon(cfg.data.label))
+        if cfg.walk_forward:
+            windows = walk_forward_splits(panel.dates, cfg.data.walk_forward, horizon)
+        else:
+            windows = [make_splits(panel.dates, cfg.data.splits, horizon)]
     except CliError as exc:
         raise CliError(f"{src}: data.{exc}") from None
+    for w, splits in enumerate(windows):
+        _check_parts(cfg, panel, splits, panel_name, f"window w{w:02d}: " if cfg.walk_forward else "")
+    return windows
+
+
+def _check_parts(cfg: SweepConfig, panel, splits, panel_name: str, where: str = "") -> None:
+    """Every part long enough and every feature present where the models learn."""
+    from crnn_ray.data import sample_index
+
+    src, key = cfg.source, "data.walk_forward" if cfg.walk_forward else "data.splits"
     for part in ("valid", "select"):
         lo_hi = getattr(splits, part)
         if lo_hi is not None and lo_hi[1] - lo_hi[0] + 1 < cfg.data.min_part_days:
-            raise CliError(f"{src}: data.splits: the {part} part has {lo_hi[1] - lo_hi[0] + 1} days, fewer than "
+            raise CliError(f"{src}: {key}: {where}the {part} part has {lo_hi[1] - lo_hi[0] + 1} days, fewer than "
                            f"data.min_part_days ({cfg.data.min_part_days}): its IC would rest on too few days")
     lo, hi = splits.train
     for j, feature in enumerate(panel.features):
         if not np.isfinite(panel.X[lo:hi + 1, :, j]).any():
-            raise CliError(f"{src}: data.features: column {feature!r} has no finite value in the train part "
-                           f"({panel.dates[lo]}..{panel.dates[hi]}) of {panel_name}")
+            raise CliError(f"{src}: data.features: {where}column {feature!r} has no finite value in the train "
+                           f"part ({panel.dates[lo]}..{panel.dates[hi]}) of {panel_name}")
     label = panel.label(cfg.data.label)
     for part in ("train", "valid", "select"):
         lo_hi = getattr(splits, part)
         if lo_hi is not None and len(sample_index(panel.mask, label, cfg.data.lookback, *lo_hi)) == 0:
-            raise CliError(f"{src}: data.lookback: {cfg.data.lookback} leaves no {part} sample in days "
+            raise CliError(f"{src}: data.lookback: {where}{cfg.data.lookback} leaves no {part} sample in days "
                            f"{lo_hi[0]}..{lo_hi[1]} of {panel_name}")
-    return splits
 
 
 def write_experiment(prep: Prepared, exp_dir: Path, replace: bool) -> None:
@@ -266,12 +289,22 @@ def run_sweep(config_path=None, storage: str | os.PathLike = "runs", name: str |
     """Validate, run the grid, write trials + leaderboard; returns the outcome (tables + directory)."""
     t0 = time.perf_counter()
     cfg, exp_dir, replace = resolve_experiment(config_path, storage, name, resume, overwrite)
-    grid = cfg.grid()
     print(f"experiment: {exp_dir}", flush=True)
     prep = prepare_experiment(cfg, exp_dir, resume)
-    panel, splits = prep.panel, prep.splits
-    print(f"panel: {panel.n_days} days x {panel.n_stocks} stocks x {len(panel.features)} features, "
-          f"label {cfg.data.label}; splits {json.dumps(splits.dates(panel.dates))}", flush=True)
+    panel, splits, windows = prep.panel, prep.splits, prep.windows
+    grid = cfg.grid(len(windows))
+    if cfg.walk_forward:
+        from crnn_ray.data import describe_windows
+
+        print(f"panel: {panel.n_days} days x {panel.n_stocks} stocks x {len(panel.features)} features, "
+              f"label {cfg.data.label}; walk-forward, {len(windows)} window(s):", flush=True)
+        for line in describe_windows(windows, panel.dates):
+            print(f"  {line}", flush=True)
+    else:
+        print(f"panel: {panel.n_days} days x {panel.n_stocks} stocks x {len(panel.features)} features, "
+              f"label {cfg.data.label}; splits {json.dumps(splits.dates(panel.dates))}", flush=True)
+    generations = plan_generations(cfg, exp_dir, grid, prep, resume)
+    prep.resolved["resolved"]["generations"] = generations
 
     import ray
     from ray import tune
@@ -283,15 +316,22 @@ def run_sweep(config_path=None, storage: str | os.PathLike = "runs", name: str |
     try:
         started = _connect_ray()
         nodes, node_types = cluster_nodes()
-        slots = plan_placement(cfg.resources, len(grid), nodes, node_types, source=cfg.source)
-        k = pack_size(cfg.models_per_trial, len(grid), slots.max_concurrent_trials)
-        packs = make_packs(grid, k)
-        placement = plan_placement(cfg.resources, len(packs), nodes, node_types, source=cfg.source)
+        newest = [t for t in grid if t["key"] in set(generations[-1]["trials"])]
+        slots = plan_placement(cfg.resources, len(newest), nodes, node_types, source=cfg.source)
+        k = pack_size(cfg.models_per_trial, len(newest), slots.max_concurrent_trials)
+        packs = {g["tune"]: make_packs([t for t in grid if t["key"] in set(g["trials"])], k,
+                                       prefix="p" if i == 0 else f"g{i + 1}p")
+                 for i, g in enumerate(generations)}
+        placement = plan_placement(cfg.resources, len(packs[generations[-1]["tune"]]), nodes, node_types,
+                                   source=cfg.source)
         write_experiment(prep, exp_dir, replace)  # every check passed: now the experiment may change
-        n_hp = len(grid) // max(1, len(cfg.resolved_variants) * len(cfg.seeds))
-        print(f"cluster: {placement.cluster}; {len(grid)} model(s) ({len(cfg.resolved_variants)} variant(s) x "
-              f"{len(cfg.seeds)} seed(s) x {n_hp} hyperparameter setting(s)) in {len(packs)} Train run(s) of "
-              f"up to {k} model(s) (resources.models_per_trial {cfg.resources.models_per_trial}); per run "
+        n_win = len({t.get("window") for t in newest})
+        n_hp = len(newest) // max(1, len(cfg.resolved_variants) * len(cfg.seeds) * n_win)
+        print(f"cluster: {placement.cluster}; {len(newest)} model(s) ("
+              + (f"{n_win} window(s) x " if cfg.walk_forward else "")
+              + f"{len(cfg.resolved_variants)} variant(s) x {len(cfg.seeds)} seed(s) x {max(1, n_hp)} hyperparameter "
+              f"setting(s)) in {len(packs[generations[-1]['tune']])} Train run(s) of up to {k} model(s) "
+              f"(resources.models_per_trial {cfg.resources.models_per_trial}); per run "
               f"{placement.worker_resources()} (torch threads "
               f"{placement.threads if placement.cpu_quota else 'unbounded'}), up to "
               f"{placement.max_concurrent_trials} at once", flush=True)
@@ -305,43 +345,33 @@ def run_sweep(config_path=None, storage: str | os.PathLike = "runs", name: str |
             start_timeout_s=cfg.fault_tolerance.start_timeout_s,
             start_retries=cfg.fault_tolerance.start_retries,
             private_ray=started,
+            window_splits=[asdict(w) for w in windows] if cfg.walk_forward else None,
         )
         trainable = tune.with_resources(
             tune.with_parameters(trial_driver, ctx=ctx),
             {"cpu": 0, "memory": placement.driver_memory_mb * 1024 * 1024},
         )
-        tune_dir = exp_dir / "tune"
-        if resume and tune.Tuner.can_restore(str(tune_dir)):
-            print(f"resuming {tune_dir} (finished trials are kept; errored ones continue from their checkpoints)",
-                  flush=True)
-            tuner = tune.Tuner.restore(str(tune_dir), trainable=trainable, resume_errored=True)
-        else:
-            tuner = tune.Tuner(
-                trainable,
-                param_space={"trial": tune.grid_search(packs)},
-                tune_config=tune.TuneConfig(
-                    max_concurrent_trials=placement.max_concurrent_trials,
-                    scheduler=_scheduler(cfg),
-                    trial_dirname_creator=_dirname,
-                    trial_name_creator=_dirname,
-                ),
-                run_config=tune.RunConfig(
-                    name="tune",
-                    storage_path=str(exp_dir),
-                    failure_config=tune.FailureConfig(max_failures=cfg.fault_tolerance.trial_max_failures),
-                    callbacks=[TrialProgress()],
-                    verbose=0,  # TrialProgress prints one line per trial event instead of Tune's tables
-                ),
-            )
-        t_fit = time.perf_counter()
+        results, fit_s = [], 0.0
         with _graceful_stop() as stopped, ray_compat.tune_silent():
-            results = tuner.fit()
-        fit_s = time.perf_counter() - t_fit
+            for gen in generations:  # one Tune experiment per generation (walk-forward windows added later)
+                if stopped.is_set():
+                    break
+                tune_dir = exp_dir / gen["tune"]
+                if resume and tune.Tuner.can_restore(str(tune_dir)):
+                    print(f"resuming {tune_dir} (finished trials are kept; errored ones continue from their "
+                          "checkpoints)", flush=True)
+                    tuner = tune.Tuner.restore(str(tune_dir), trainable=trainable, resume_errored=True)
+                else:
+                    tuner = _new_tuner(cfg, exp_dir, gen["tune"], trainable, packs[gen["tune"]], placement)
+                t_fit = time.perf_counter()
+                results.extend(tuner.fit())
+                fit_s += time.perf_counter() - t_fit
         if stopped.is_set():
             raise SweepInterrupted(f"sweep interrupted; Tune saved its state. Resume with: python -m crnn_ray.sweep "
                                    f"--storage {exp_dir.parent} --name {exp_dir.name} --resume")
-        outcome = collect(cfg, exp_dir, grid, results, _baselines(cfg, panel, splits))
-        outcome.time = time_split(results, fit_s, min(placement.max_concurrent_trials, len(packs)))
+        outcome = collect(cfg, exp_dir, grid, results, _baselines(cfg, panel, windows))
+        outcome.time = time_split(results, fit_s, min(placement.max_concurrent_trials,
+                                                      len(packs[generations[-1]["tune"]])))
     finally:
         if prep.new_panel is not None and prep.new_panel.exists():  # a check failed before it was moved in
             shutil.rmtree(prep.new_panel.parent, ignore_errors=True)
@@ -355,6 +385,76 @@ def run_sweep(config_path=None, storage: str | os.PathLike = "runs", name: str |
           f"{t['epoch_s']:.0f}s (training {t['train_s']:.0f}s + validation {t['valid_s']:.0f}s); overhead "
           f"{100 * t['overhead']:.0f} % (Ray start-up and bookkeeping, idle slots, data set-up)", flush=True)
     return outcome
+
+
+def _new_tuner(cfg: SweepConfig, exp_dir: Path, name: str, trainable, packs: list[dict], placement):
+    from ray import tune
+
+    from crnn_ray.sweep.trial import TrialProgress
+
+    return tune.Tuner(
+        trainable,
+        param_space={"trial": tune.grid_search(packs)},
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=placement.max_concurrent_trials,
+            scheduler=_scheduler(cfg),
+            trial_dirname_creator=_dirname,
+            trial_name_creator=_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=str(exp_dir),
+            failure_config=tune.FailureConfig(max_failures=cfg.fault_tolerance.trial_max_failures),
+            callbacks=[TrialProgress()],
+            verbose=0,  # TrialProgress prints one line per trial event instead of Tune's tables
+        ),
+    )
+
+
+def _saved_resolved(exp_dir: Path) -> dict:
+    try:
+        return (yaml.safe_load((exp_dir / "config.yaml").read_text()) or {}).get("resolved") or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+
+
+def plan_generations(cfg: SweepConfig, exp_dir: Path, grid: list[dict], prep: Prepared, resume: bool) -> list[dict]:
+    """The Tune experiments of this sweep, `[{"tune": dir name, "trials": [keys]}]`, oldest first.
+
+    A fresh sweep is one generation (`tune/`). `--resume` after walk_forward gained windows adds one for the
+    new windows' trials only (`tune-2/`, ...): Tune cannot add trials to a restored grid, and the trained
+    windows stay as they were — which is checked here, since a moved window would leave its models trained on
+    other dates than the experiment records.
+    """
+    keys = [t["key"] for t in grid]
+    if not resume:
+        return [{"tune": "tune", "trials": keys}]
+    saved = _saved_resolved(exp_dir)
+    generations = [dict(g) for g in saved.get("generations") or [{"tune": "tune", "trials": keys}]]
+    old = saved.get("windows") or []
+    if cfg.walk_forward and old:
+        now = [w.dates(prep.panel.dates) for w in prep.windows]
+        if len(now) < len(old):
+            raise CliError(f"{cfg.source}: data.walk_forward.windows: {len(now)} window(s), fewer than the "
+                           f"experiment's {len(old)}: windows may be added, not removed")
+        for w, (a, b) in enumerate(zip(old, now)):
+            if a != b:
+                raise CliError(f"{cfg.source}: data.walk_forward: window w{w:02d} moved ({json.dumps(a)} -> "
+                               f"{json.dumps(b)}): trained windows must stay as they were (give first_test as a "
+                               "date, and only add days at the panel's end)")
+    known = {k for g in generations for k in g["trials"]}
+    unknown = sorted(known - set(keys))
+    if unknown:
+        raise CliError(f"{exp_dir / 'config.yaml'}: trial(s) {', '.join(unknown[:3])} of the experiment are not "
+                       "in the config's grid; start a new experiment with another --name")
+    new = [k for k in keys if k not in known]
+    if new:
+        windows = sorted({t["window"] for t in grid if t["key"] in set(new) and "window" in t})
+        generations.append({"tune": f"tune-{len(generations) + 1}", "trials": new})
+        print(f"resume: {len(new)} new trial(s)"
+              + (f" for window(s) {', '.join(f'w{w:02d}' for w in windows)}" if windows else "")
+              + f" in {generations[-1]['tune']}/; the experiment's {len(known)} earlier trial(s) are kept", flush=True)
+    return generations
 
 
 class SweepInterrupted(Exception):
@@ -392,12 +492,28 @@ def _graceful_stop():
             os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = old_env
 
 
-def _baselines(cfg: SweepConfig, panel, splits) -> list[dict]:
-    """Leaderboard rows of the ridge and reversal baselines on the nets' valid / select rows."""
+def _baselines(cfg: SweepConfig, panel, windows: list) -> list[dict]:
+    """Leaderboard rows of the ridge and reversal baselines on the nets' valid / select rows (walk-forward:
+    fitted in each window, their figures averaged over the windows like the nets')."""
+    import pandas as pd
+
     from crnn_ray.sweep.leaderboard import baseline_rows
 
     t = cfg.training
-    return baseline_rows(panel, splits, cfg.data.label, cfg.data.lookback, float(t.clip), bool(t.rank_label))
+    per_window = [baseline_rows(panel, w, cfg.data.label, cfg.data.lookback, float(t.clip), bool(t.rank_label))
+                  for w in windows]
+    if len(per_window) == 1:
+        return per_window[0]
+    rows = []
+    for same in zip(*per_window):
+        row = dict(same[0])
+        for key in [k for k in row if k.endswith("_mean")]:
+            vals = pd.to_numeric(pd.Series([r.get(key) for r in same]), errors="coerce")
+            row[key] = float(vals.mean()) if vals.notna().any() else math.nan
+            row[key[:-5] + "_std"] = float(vals.std(ddof=1)) if vals.notna().sum() >= 2 else math.nan
+        row["n_seeds"] = len(same)
+        rows.append(row)
+    return rows
 
 
 def _scheduler(cfg: SweepConfig):

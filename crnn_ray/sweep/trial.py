@@ -158,15 +158,16 @@ def pack_size(models_per_trial, n_models: int, slots: int) -> int:
     return max(1, min(int(models_per_trial), n_models))
 
 
-def make_packs(grid: list[dict], k: int) -> list[dict]:
+def make_packs(grid: list[dict], k: int, prefix: str = "p") -> list[dict]:
     """The grid's trials dealt round-robin into ceil(n / k) packs (so each pack mixes variants and seeds
     rather than holding one slow family). A pack is `{"key", "models": [trial, ...]}`; one model's pack has
-    that model's key, a larger one `p000`, `p001`, ..."""
+    that model's key, a larger one `p000`, `p001`, ... (`prefix`: a later generation's packs are `g2p000`, so
+    their Train runs never meet an earlier generation's)."""
     n_packs = math.ceil(len(grid) / max(1, k))
     packs = []
     for i in range(n_packs):
         models = grid[i::n_packs]
-        packs.append({"key": models[0]["key"] if len(models) == 1 else f"p{i:03d}", "models": models})
+        packs.append({"key": models[0]["key"] if len(models) == 1 else f"{prefix}{i:03d}", "models": models})
     return packs
 
 
@@ -190,6 +191,15 @@ class TrialContext:
     start_timeout_s: float = 120.0
     start_retries: int = 2
     private_ray: bool = False               # the sweep started its own local Ray (ray_compat.configure_train_driver)
+    window_splits: list | None = None       # walk_forward: each window's Splits fields; a trial's `window` picks
+
+    def splits_of(self, trial: dict):
+        """The Splits one model trains on: its walk-forward window's, else the sweep's one split."""
+        from crnn_ray.data import Splits
+
+        fields = self.splits if trial.get("window") is None or not self.window_splits \
+            else self.window_splits[int(trial["window"])]
+        return Splits(**{k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in fields.items()})
 
     @property
     def train_storage(self) -> str:
@@ -288,12 +298,10 @@ def train_worker(loop_config: dict) -> None:
     import ray.train.torch
     import torch
 
-    from crnn_ray.data import Splits
     from crnn_ray.train import TrainConfig, train_one
 
     ray_compat.quiet_train_report_log()
     panel = ray.get(ctx.panel_refs[0])
-    splits = Splits(**{k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in ctx.splits.items()})
     device = ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")
     models = pack_models(pack)
     run_dir = Path(ctx.train_storage) / run_name(ctx.experiment, pack["key"])
@@ -337,10 +345,12 @@ def train_worker(loop_config: dict) -> None:
 
             try:
                 result = train_one(
-                    trial["spec"], panel, splits, TrainConfig(**trial["train_config"]), device=device,
+                    trial["spec"], panel, ctx.splits_of(trial), TrainConfig(**trial["train_config"]), device=device,
                     resume_from=resume_dir, on_epoch=on_epoch, workdir=workdir / "run" / trial["key"],
                     sampler=sampler, meta_extra={"variant_id": trial["variant_id"], "trial_id": trial["key"],
-                                                 "experiment": ctx.experiment})
+                                                 "experiment": ctx.experiment,
+                                                 **({"window": int(trial["window"]), "line": trial["line"]}
+                                                    if trial.get("window") is not None else {})})
             except Exception as exc:  # noqa: BLE001 - one model's failure must not end its pack
                 reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
                 print(f"{tag}: failed: {reason}", flush=True)
