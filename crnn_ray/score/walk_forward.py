@@ -419,7 +419,7 @@ def walk_forward_figures(plan, ev: dict, parts: list[dict], table: pd.DataFrame)
     ax.axhline(0, color="k", lw=0.6)
     ax.set_xticks(x, [c[3:] for c in wcols])
     ax.set_title("Mean daily IC per window (out-of-sample)")
-    ax.legend(fontsize=7, ncol=3, loc="upper left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     figs["wf_ic_windows.png"] = _png(fig)
     return figs
 

@@ -309,8 +309,7 @@ def run_sweep(config_path=None, storage: str | os.PathLike = "runs", name: str |
     import ray
     from ray import tune
 
-    from crnn_ray.sweep.trial import (TrialContext, TrialProgress, cluster_nodes, make_packs, pack_size,
-                                      plan_placement, trial_driver)
+    from crnn_ray.sweep.trial import TrialContext, cluster_nodes, make_packs, pack_size, plan_placement, trial_driver
 
     started = False
     try:
