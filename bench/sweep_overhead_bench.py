@@ -193,6 +193,9 @@ def main() -> int:
                   f"faster, bookkeeping RSS per model {a / b if b else float('nan'):.1f}x lower")
         for label in ("mpt1", "auto"):
             if label in rows:
+                print(f"  {label} {rows[label]['time_line']}")
+        for label in ("mpt1", "auto"):
+            if label in rows:
                 print(f"  processes by role ({label}): " + "; ".join(
                     f"{role} {r['processes']} x {sorted(r['rss_mb'])[len(r['rss_mb']) // 2]:.0f} MB RSS "
                     f"({sorted(r['uss_mb'])[len(r['uss_mb']) // 2]:.0f} USS)"

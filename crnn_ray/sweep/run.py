@@ -312,15 +312,28 @@ def run_sweep(config_path=None, storage: str | os.PathLike = "runs", name: str |
     from crnn_ray.sweep.trial import TrialContext, cluster_nodes, make_packs, pack_size, plan_placement, trial_driver
 
     started = False
+    newest = [t for t in grid if t["key"] in set(generations[-1]["trials"])]
+    # packs are dealt by each model's measured cost (crnn_ray.sweep.costs); timing the specs takes a second or
+    # two of single-threaded torch, so it runs while Ray starts
+    probe = _CostProbe(newest, panel, windows) if cfg.models_per_trial != 1 and len(newest) > 1 else None
     try:
         started = _connect_ray()
         nodes, node_types = cluster_nodes()
-        newest = [t for t in grid if t["key"] in set(generations[-1]["trials"])]
         slots = plan_placement(cfg.resources, len(newest), nodes, node_types, source=cfg.source)
         k = pack_size(cfg.models_per_trial, len(newest), slots.max_concurrent_trials)
-        packs = {g["tune"]: make_packs([t for t in grid if t["key"] in set(g["trials"])], k,
-                                       prefix="p" if i == 0 else f"g{i + 1}p")
-                 for i, g in enumerate(generations)}
+        packs = {}
+        for i, g in enumerate(generations):
+            trials_g = [t for t in grid if t["key"] in set(g["trials"])]
+            # several packs of several models: deal by cost (the probe timed the newest generation's specs)
+            costs = probe.result() if probe is not None and i == len(generations) - 1 and 1 < k < len(trials_g) \
+                else None
+            packs[g["tune"]] = make_packs(trials_g, k, prefix="p" if i == 0 else f"g{i + 1}p", costs=costs)
+            if costs:
+                loads = [sum(costs[m["key"]] for m in p["models"]) for p in packs[g["tune"]]]
+                print(f"packs dealt by measured cost ({probe.seconds:.1f}s to time {len({t['spec'] for t in trials_g})} "
+                      "spec(s), while Ray started): estimated load per pack "
+                      + ", ".join(f"{p['key']} {100 * x / max(loads):.0f} %" for p, x in zip(packs[g['tune']], loads)),
+                      flush=True)
         placement = plan_placement(cfg.resources, len(packs[generations[-1]["tune"]]), nodes, node_types,
                                    source=cfg.source)
         write_experiment(prep, exp_dir, replace)  # every check passed: now the experiment may change
@@ -350,7 +363,7 @@ def run_sweep(config_path=None, storage: str | os.PathLike = "runs", name: str |
             tune.with_parameters(trial_driver, ctx=ctx),
             {"cpu": 0, "memory": placement.driver_memory_mb * 1024 * 1024},
         )
-        results, fit_s = [], 0.0
+        results, fit_s, fits = [], 0.0, []
         with _graceful_stop() as stopped, ray_compat.tune_silent():
             for gen in generations:  # one Tune experiment per generation (walk-forward windows added later)
                 if stopped.is_set():
@@ -362,15 +375,16 @@ def run_sweep(config_path=None, storage: str | os.PathLike = "runs", name: str |
                     tuner = tune.Tuner.restore(str(tune_dir), trainable=trainable, resume_errored=True)
                 else:
                     tuner = _new_tuner(cfg, exp_dir, gen["tune"], trainable, packs[gen["tune"]], placement)
-                t_fit = time.perf_counter()
-                results.extend(tuner.fit())
+                t_fit, wall0 = time.perf_counter(), time.time()
+                got = list(tuner.fit())
                 fit_s += time.perf_counter() - t_fit
+                results.extend(got)
+                fits.append((got, wall0, time.time()))
         if stopped.is_set():
             raise SweepInterrupted(f"sweep interrupted; Tune saved its state. Resume with: python -m crnn_ray.sweep "
                                    f"--storage {exp_dir.parent} --name {exp_dir.name} --resume")
         outcome = collect(cfg, exp_dir, grid, results, _baselines(cfg, panel, windows))
-        outcome.time = time_split(results, fit_s, min(placement.max_concurrent_trials,
-                                                      len(packs[generations[-1]["tune"]])))
+        outcome.time = time_split(fits, min(placement.max_concurrent_trials, len(packs[generations[-1]["tune"]])))
     finally:
         if prep.new_panel is not None and prep.new_panel.exists():  # a check failed before it was moved in
             shutil.rmtree(prep.new_panel.parent, ignore_errors=True)
@@ -382,8 +396,37 @@ def run_sweep(config_path=None, storage: str | os.PathLike = "runs", name: str |
     t = outcome.time
     print(f"time: Tune {t['fit_s']:.0f}s x {t['slots']} slot(s) = {t['slot_s']:.0f} slot-s; model epochs "
           f"{t['epoch_s']:.0f}s (training {t['train_s']:.0f}s + validation {t['valid_s']:.0f}s); overhead "
-          f"{100 * t['overhead']:.0f} % (Ray start-up and bookkeeping, idle slots, data set-up)", flush=True)
+          f"{100 * t['overhead']:.0f} %: start-up {t['startup_s']:.0f} slot-s (Tune trial {t['startup_tune_s']:.0f} + "
+          f"Train run {t['startup_s'] - t['startup_tune_s']:.0f}), per-model set-up, checkpoints "
+          f"and reports {t['model_overhead_s']:.0f}, idle slots {t['idle_s']:.0f}", flush=True)
     return outcome
+
+
+class _CostProbe:
+    """crnn_ray.sweep.costs.model_costs in a background thread (torch releases the GIL): result() waits for
+    it; a probe that failed deals round-robin instead (with one line saying why)."""
+
+    def __init__(self, trials: list[dict], panel, windows: list):
+        self._out: dict = {}
+        self.seconds = 0.0
+        self._thread = threading.Thread(target=self._run, args=(trials, panel, windows), daemon=True)
+        self._thread.start()
+
+    def _run(self, trials, panel, windows) -> None:
+        from crnn_ray.sweep.costs import model_costs
+
+        t0 = time.perf_counter()
+        try:
+            self._out["costs"] = model_costs(trials, panel, windows)
+        except Exception as exc:  # noqa: BLE001 - an estimate only: never stops the sweep
+            self._out["error"] = f"{type(exc).__name__}: {str(exc)[:160]}"
+        self.seconds = time.perf_counter() - t0
+
+    def result(self) -> dict | None:
+        self._thread.join()
+        if "error" in self._out:
+            print(f"note: packs dealt round-robin (timing the specs failed: {self._out['error']})", flush=True)
+        return self._out.get("costs")
 
 
 def _new_tuner(cfg: SweepConfig, exp_dir: Path, name: str, trainable, packs: list[dict], placement):
@@ -437,6 +480,11 @@ def plan_generations(cfg: SweepConfig, exp_dir: Path, grid: list[dict], prep: Pr
             raise CliError(f"{cfg.source}: data.walk_forward.windows: {len(now)} window(s), fewer than the "
                            f"experiment's {len(old)}: windows may be added, not removed")
         for w, (a, b) in enumerate(zip(old, now)):
+            if w == len(old) - 1 and a.get("test") and b.get("test") and a["test"][0] == b["test"][0] \
+                    and b["test"][1] >= a["test"][1]:
+                # the newest trained window's test part may have been cut by the panel's end: it grows with
+                # the panel (its models and their data are the same)
+                a, b = {**a, "test": None}, {**b, "test": None}
             if a != b:
                 raise CliError(f"{cfg.source}: data.walk_forward: window w{w:02d} moved ({json.dumps(a)} -> "
                                f"{json.dumps(b)}): trained windows must stay as they were (give first_test as a "
@@ -550,16 +598,42 @@ def _reports(result) -> list[dict]:
     return rows
 
 
-def time_split(results, fit_s: float, slots: int) -> dict:
-    """Where the sweep's slot-seconds went: the models' epochs (training + validation, as each epoch timed
-    itself) against Tune's wall time x the concurrent slots. The rest — `overhead` — is Ray's start-up and
-    bookkeeping per Train run, each run's data set-up, and slots left idle at the end."""
-    epochs = [r for result in results for r in _reports(result) if r.get("epoch_s") is not None]
+def time_split(fits: list, slots: int) -> dict:
+    """Where the sweep's slot-seconds went, from each Tune fit's results and wall-clock span
+    [(results, t0, t1)]: the models' epochs (training + validation, as each epoch timed itself) against Tune's
+    wall time x the concurrent slots. The rest, `overhead`, splits into
+      startup_s         from the fit's start to each pack's worker entering train_worker (Tune scheduling, the
+                        TrainController, the worker group; a restarted worker's start-up counts again)
+      model_overhead_s  each model's active time (its start to its last report) minus its epochs: its data and
+                        model set-up, checkpoint writes and Train's report / checkpoint persistence
+      idle_s            the remainder: slots with no pack (fewer packs than slots, uneven packs finishing at
+                        different times) and whatever the three above do not see."""
+    epochs, startup, tune_part, active, fit_s = [], 0.0, 0.0, 0.0, 0.0
+    for results, t0, t1 in fits:
+        fit_s += t1 - t0
+        for result in results:
+            reports = _reports(result)
+            epochs += [r for r in reports if r.get("epoch_s") is not None]
+            workers = sorted({(float(r["worker_t0"]), float(r.get("driver_t0") or r["worker_t0"]))
+                              for r in reports if r.get("worker_t0")})
+            if workers:
+                startup += max(0.0, workers[0][0] - t0)
+                tune_part += max(0.0, min(workers[0][1], workers[0][0]) - t0)
+            by_model: dict = {}
+            for r in reports:
+                if r.get("model_t0") and r.get("report_t"):
+                    key = (r.get("trial_key"), float(r["model_t0"]))
+                    by_model[key] = max(by_model.get(key, 0.0), float(r["report_t"]) - float(r["model_t0"]))
+            active += sum(by_model.values())
     total = lambda key: float(sum(float(r.get(key) or 0.0) for r in epochs if r.get(key) == r.get(key)))  # noqa: E731
     slot_s = fit_s * max(1, slots)
     epoch_s = total("epoch_s")
+    model_overhead = max(0.0, active - epoch_s) if active else 0.0
     return {"fit_s": fit_s, "slots": max(1, slots), "slot_s": slot_s, "epoch_s": epoch_s,
-            "train_s": total("train_s"), "valid_s": total("valid_s"),
+            "train_s": total("train_s"), "valid_s": total("valid_s"), "startup_s": startup,
+            "startup_tune_s": tune_part,
+            "model_overhead_s": model_overhead,
+            "idle_s": max(0.0, slot_s - epoch_s - startup - model_overhead),
             "overhead": max(0.0, 1.0 - epoch_s / slot_s) if slot_s > 0 else math.nan}
 
 

@@ -28,6 +28,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,15 +159,17 @@ def pack_size(models_per_trial, n_models: int, slots: int) -> int:
     return max(1, min(int(models_per_trial), n_models))
 
 
-def make_packs(grid: list[dict], k: int, prefix: str = "p") -> list[dict]:
-    """The grid's trials dealt round-robin into ceil(n / k) packs (so each pack mixes variants and seeds
-    rather than holding one slow family). A pack is `{"key", "models": [trial, ...]}`; one model's pack has
-    that model's key, a larger one `p000`, `p001`, ... (`prefix`: a later generation's packs are `g2p000`, so
-    their Train runs never meet an earlier generation's)."""
+def make_packs(grid: list[dict], k: int, prefix: str = "p", costs: dict[str, float] | None = None) -> list[dict]:
+    """The grid's trials dealt into ceil(n / k) packs of at most k: by `costs` (crnn_ray.sweep.costs: the
+    longest model first onto the least loaded pack, so the packs end together), else round-robin (so each pack
+    mixes variants and seeds rather than holding one slow family). A pack is `{"key", "models": [trial, ...]}`
+    in grid order; one model's pack has that model's key, a larger one `p000`, `p001`, ... (`prefix`: a later
+    generation's packs are `g2p000`, so their Train runs never meet an earlier generation's)."""
+    from crnn_ray.sweep.costs import deal
+
     n_packs = math.ceil(len(grid) / max(1, k))
     packs = []
-    for i in range(n_packs):
-        models = grid[i::n_packs]
+    for i, models in enumerate(deal(grid, n_packs, max(1, k), costs)):
         packs.append({"key": models[0]["key"] if len(models) == 1 else f"{prefix}{i:03d}", "models": models})
     return packs
 
@@ -245,15 +248,16 @@ class TrialProgress(tune.Callback):
 def trial_driver(config: dict, ctx: TrialContext) -> None:
     """Tune function trainable: run this trial's Train run; its reports reach Tune via TuneReportCallback."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    driver_t0 = time.time()  # the Tune trainable entered: the rest of the start-up is Train's
     trial = config["trial"]
     ray_compat.configure_train_driver(ctx.start_timeout_s, ctx.private_ray)
     p = ctx.placement
-    trainer = TorchTrainer(
+    trainer = ray_compat.lean_torch_trainer()(
         train_worker,
-        train_loop_config={"trial": trial, "ctx": ctx},
+        train_loop_config={"trial": trial, "ctx": ctx, "driver_t0": driver_t0},
         # One worker per trial: there are no collectives, so gloo works everywhere (real GPUs, fake GPUs
         # declared as Ray resources, CPU-only torch builds); the model itself goes to CUDA when present.
         torch_config=TorchConfig(backend="gloo"),
@@ -284,6 +288,7 @@ def train_worker(loop_config: dict) -> None:
     `best_*`, the status and the reason), stamped with where the worker ran: a model's last report alone makes
     its trials.parquet row. A model that raises gets one `failed` report and the pack goes on.
     """
+    worker_t0 = time.time()  # wall clock (comparable across a node's processes): the sweep's time split
     pack: dict = loop_config["trial"]
     ctx: TrialContext = loop_config["ctx"]
     p = ctx.placement
@@ -315,6 +320,8 @@ def train_worker(loop_config: dict) -> None:
         "worker_pid": os.getpid(),
         "cpu_quota": float(p.cpus_per_trial) if p.cpu_quota else 0.0,
         "quota_threads": int(quota["threads"]),
+        "worker_t0": worker_t0,
+        "driver_t0": float(loop_config.get("driver_t0") or worker_t0),
     }
     workdir = Path(tempfile.mkdtemp(prefix=f"crnn_{pack['key']}_"))
     try:
@@ -335,11 +342,12 @@ def train_worker(loop_config: dict) -> None:
                 print(state.lines[trial["key"]], flush=True)
             elif resume_dir is not None:
                 print(f"{tag}: resuming from epoch {resumed_from} ({state.shown})", flush=True)
-            stamp = {**where, "trial_key": trial["key"], "resumed_from_epoch": resumed_from}
+            stamp = {**where, "trial_key": trial["key"], "resumed_from_epoch": resumed_from,
+                     "model_t0": time.time()}
 
             def on_epoch(metrics: dict, checkpoint_dir: Path, trial=trial, stamp=stamp) -> None:
                 # train_one reports `threads` (torch's: the quota) and `os_threads` (the worker's, Ray's included)
-                metrics = {**metrics, **stamp}
+                metrics = {**metrics, **stamp, "report_t": time.time()}
                 over = metrics.get("status") != "running"
                 _report(metrics, state.stage(workdir, trial["key"], checkpoint_dir, over))
 
@@ -355,7 +363,7 @@ def train_worker(loop_config: dict) -> None:
                 reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
                 print(f"{tag}: failed: {reason}", flush=True)
                 state.failed[trial["key"]] = reason
-                _report({**stamp, "status": "failed", "reason": reason},
+                _report({**stamp, "status": "failed", "reason": reason, "report_t": time.time()},
                         state.stage(workdir, trial["key"], None, True))
                 continue
             if result.checkpoint_dir is not None and trial["key"] not in state.over:

@@ -1,0 +1,95 @@
+"""What each model of a grid costs to train, measured on the driver, so that packs can be dealt evenly.
+
+Why: a pack's wall time is the sum of its models', and the sweep waits for its slowest pack. Dealt blindly,
+the quickstart's two packs took 48 s and 99 s (the two slowest recurrent nets landed together), so one
+slot idled half the sweep. Parameter counts do not rank the nets (a small convLSTM costs more than a larger
+CNN1d: the recurrence is sequential); one timed forward and backward pass of each spec does, in a fraction
+of a second per spec.
+
+    step_costs   per spec: seconds per sample of a training step (64-sample batch) and of inference (512:
+                 validation runs large batches, where the nets' costs spread further apart than at 64)
+    model_costs  per trial: epochs x training samples x step cost + validations x validation samples x
+                 inference cost
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+TRAIN_BATCH, INFER_BATCH = 64, 512
+
+
+def step_costs(specs: list[str], n_features: int, lookback: int, repeats: int = 2) -> dict[str, tuple[float, float]]:
+    """{spec: (seconds per sample of a training step, seconds per sample of inference)}, single-threaded (what
+    a 1-CPU worker runs; relative costs are what matter), the median of `repeats` after one warm-up."""
+    import torch
+
+    from crnn_ray.zoo import build_model
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = {}
+    try:
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(INFER_BATCH, lookback, n_features, generator=gen)
+        for spec in dict.fromkeys(specs):
+            model = build_model(spec, n_features, lookback)
+            train, infer = [], []
+            for i in range(repeats + 1):
+                t0 = time.perf_counter()
+                model(x[:TRAIN_BATCH]).float().sum().backward()
+                t1 = time.perf_counter()
+                with torch.inference_mode():
+                    model(x)
+                t2 = time.perf_counter()
+                if i:  # the first pass warms up allocators and kernels
+                    train.append((t1 - t0) / TRAIN_BATCH)
+                    infer.append((t2 - t1) / INFER_BATCH)
+            out[spec] = (float(np.median(train)), float(np.median(infer)))
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def model_costs(grid: list[dict], panel, windows: list) -> dict[str, float]:
+    """{trial key: estimated seconds} from step_costs and how much data each trial's TrainConfig touches:
+    per epoch min(max_steps_per_epoch x batch, its train rows) training samples, and per validation its valid
+    (or eval_max_days of it) and select rows. Early stopping can only shorten a trial."""
+    from crnn_ray.train import TrainConfig
+
+    first = TrainConfig(**grid[0]["train_config"])
+    costs = step_costs([t["spec"] for t in grid], panel.X.shape[2], first.lookback)
+    rows_per_day = float(np.asarray(panel.mask).sum(axis=1).mean()) if panel.n_days else 0.0
+    out = {}
+    for t in grid:
+        cfg = TrainConfig(**t["train_config"])
+        splits = windows[t.get("window") or 0]
+        days = lambda part: 0 if getattr(splits, part) is None else getattr(splits, part)[1] - getattr(splits, part)[0] + 1  # noqa: E731
+        train_rows = days("train") * rows_per_day
+        if cfg.max_steps_per_epoch:
+            train_rows = min(train_rows, cfg.max_steps_per_epoch * cfg.batch_size)
+        valid_days = days("valid") if not cfg.eval_max_days else min(days("valid"), cfg.eval_max_days)
+        eval_rows = (valid_days + days("select")) * rows_per_day
+        validations = math.ceil(cfg.epochs / max(1, cfg.eval_every))
+        step, infer = costs[t["spec"]]
+        out[t["key"]] = cfg.epochs * train_rows * step + validations * eval_rows * infer
+    return out
+
+
+def deal(grid: list[dict], n_packs: int, k: int, costs: dict[str, float] | None) -> list[list[dict]]:
+    """The grid dealt into n_packs packs of at most k models, longest first onto the least loaded pack (LPT;
+    ties to the lower pack, so equal costs deal round-robin); each pack keeps grid order. Without costs:
+    round-robin."""
+    if not costs:
+        return [grid[i::n_packs] for i in range(n_packs)]
+    order = sorted(range(len(grid)), key=lambda i: -costs.get(grid[i]["key"], 0.0))  # stable: grid order on ties
+    load, members = [0.0] * n_packs, [[] for _ in range(n_packs)]
+    for i in order:
+        open_ = [p for p in range(n_packs) if len(members[p]) < k]
+        p = min(open_, key=lambda q: (load[q], q))
+        members[p].append(i)
+        load[p] += costs.get(grid[i]["key"], 0.0)
+    return [[grid[i] for i in sorted(m)] for m in members]
