@@ -77,32 +77,53 @@ def test_splits_and_walk_forward_together_are_refused(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------------------------- the sweep
+def _grown_config(panel: Path) -> dict:
+    """The production path: `windows: all` on a panel file that gains days between runs."""
+    doc = _config()
+    doc["data"] = {"path": str(panel), "label": "y5", "lookback": 10,
+                   "walk_forward": {**WF, "windows": "all", "first_test": "2018-10-23"}}
+    return doc
+
+
 @pytest.fixture(scope="module")
 def experiment(ray_local, tmp_path_factory):
-    """Three windows, then --resume with a fourth: (root, first outcome, resumed outcome, first trials)."""
+    """A panel of 315 days (four windows, the fourth's test part cut to 15 days by the panel's end), then
+    --resume once it has 360: the fourth window's test part grows to 30 days and a fifth window is added.
+    Returns (root, first outcome, resumed outcome, first trials, Tune's result rows per earlier pack)."""
+    from crnn_ray.data import save_panel, synthesize
     from crnn_ray.sweep import run_sweep
 
     root = tmp_path_factory.mktemp("wf")
-    first = run_sweep(write_yaml(root / "wf.yaml", _config(3)), storage=root / "runs")
+    df, meta = synthesize(n_symbols=60, n_days=360, seed=3, horizon=5)
+    dates = np.sort(df["date"].unique())
+    panel = root / "panel.parquet"
+    save_panel(df[df["date"] <= dates[314]].reset_index(drop=True), panel, meta)
+    first = run_sweep(write_yaml(root / "wf.yaml", _grown_config(panel)), storage=root / "runs")
     before = first.trials.copy()
     results_before = {p.name: len(read_results_json(p)) for p in (root / "runs" / "wf" / "tune").glob("p*")}
-    resumed = run_sweep(write_yaml(root / "wf.yaml", _config(4)), storage=root / "runs", resume=True)
+    save_panel(df, panel, meta)  # 45 new days at the end
+    resumed = run_sweep(write_yaml(root / "wf.yaml", _grown_config(panel)), storage=root / "runs", resume=True)
     return root, first, resumed, before, results_before
 
 
 def test_every_window_trains_its_own_trials_at_once(experiment):
     root, first, _, before, _ = experiment
-    assert list(before.trial_id) == [f"w0{w}-t00{i}" for w in range(3) for i in range(4)]
+    assert list(before.trial_id) == [f"w0{w}-t00{i}" for w in range(4) for i in range(4)]
     assert (before.status == "ok").all()
-    assert list(before.window) == [w for w in range(3) for _ in range(4)]
-    assert list(before.line) == [f"t00{i}" for _ in range(3) for i in range(4)]
+    assert list(before.window) == [w for w in range(4) for _ in range(4)]
+    assert list(before.line) == [f"t00{i}" for _ in range(4) for i in range(4)]
     config = yaml.safe_load((root / "runs" / "wf" / "config.yaml").read_text())
     windows = config["resolved"]["windows"]
+    assert windows[3]["test"][0] < windows[3]["test"][1] and len(windows) == 5  # (config.yaml after the resume)
     for row in before.itertuples():  # each model trained on its window's dates, recorded in its checkpoint
         meta = json.loads((root / "runs" / "wf" / row.checkpoint / "meta.json").read_text())
         assert meta["window"] == row.window and meta["line"] == row.line
-        assert [meta["splits"][p] for p in ("train", "valid", "select", "test")] == \
-            [windows[row.window][p] for p in ("train", "valid", "select", "test")]
+        assert [meta["splits"][p] for p in ("train", "valid", "select")] == \
+            [windows[row.window][p] for p in ("train", "valid", "select")]
+        assert meta["splits"]["test"][0] == windows[row.window]["test"][0]
+    # the fourth window was trained while the panel ended 15 days into its test part; it now has 30
+    w3 = json.loads((root / "runs" / "wf" / before.checkpoint.iloc[-1] / "meta.json").read_text())["splits"]["test"]
+    assert w3[1] < windows[3]["test"][1]
     # one Tune experiment: all windows were scheduled together, mixed into the same packs
     tune_trials = [p.name for p in (root / "runs" / "wf" / "tune").iterdir() if p.is_dir()]
     assert sorted(tune_trials) == ["p000", "p001"]
@@ -114,19 +135,19 @@ def test_resume_with_one_more_window_trains_only_that_window(experiment):
     config = yaml.safe_load((exp / "config.yaml").read_text())
     generations = config["resolved"]["generations"]
     assert [g["tune"] for g in generations] == ["tune", "tune-2"]
-    assert generations[1]["trials"] == [f"w03-t00{i}" for i in range(4)]
-    assert len(config["resolved"]["windows"]) == 4
+    assert generations[1]["trials"] == [f"w04-t00{i}" for i in range(4)]
+    assert len(config["resolved"]["windows"]) == 5
     trials = resumed.trials
-    assert list(trials.trial_id) == [f"w0{w}-t00{i}" for w in range(4) for i in range(4)]
+    assert list(trials.trial_id) == [f"w0{w}-t00{i}" for w in range(5) for i in range(4)]
     assert (trials.status == "ok").all()
-    old = trials[trials.window < 3].reset_index(drop=True)
+    old = trials[trials.window < 4].reset_index(drop=True)
     for col in ("valid_ic", "select_ic", "checkpoint", "best_epoch"):
         assert old[col].tolist() == before[col].tolist(), col
     # the earlier packs reported nothing new; the new window's Train runs are the new generation's only
     assert {p.name: len(read_results_json(p)) for p in (exp / "tune").glob("p*")} == results_before
     new_runs = sorted(p.name for p in (exp / "train").iterdir() if p.is_dir() and p.name.startswith("wf-g2"))
     assert new_runs and all(r.startswith("wf-g2p") for r in new_runs)
-    new_ckpts = trials[trials.window == 3].checkpoint.tolist()
+    new_ckpts = trials[trials.window == 4].checkpoint.tolist()
     assert all("/wf-g2p" in c for c in new_ckpts)
 
 
@@ -134,7 +155,9 @@ def test_resume_refuses_a_moved_window(experiment, tmp_path):
     from crnn_ray.sweep import run_sweep
 
     root = experiment[0]
-    moved = write_yaml(tmp_path / "wf.yaml", _config(4, step=25))
+    doc = _grown_config(root / "panel.parquet")
+    doc["data"]["walk_forward"]["step"] = 25
+    moved = write_yaml(tmp_path / "wf.yaml", doc)
     with pytest.raises(CliError, match="differs from the experiment's.*only `windows` may change"):
         run_sweep(moved, storage=root / "runs", resume=True)
 
@@ -155,7 +178,7 @@ def stitched(experiment):
 def test_stitched_signals_tile_the_out_of_sample_period(stitched):
     root, out, metrics = stitched
     windows = yaml.safe_load((root / "runs" / "wf" / "config.yaml").read_text())["resolved"]["windows"]
-    panel_dates = pd.to_datetime(pq.read_table(root / "runs" / "wf" / "data" / "panel.parquet",
+    panel_dates = pd.to_datetime(pq.read_table(root / "panel.parquet",
                                                columns=["date"]).column("date").to_pandas()).unique()
     parts = sorted((out / "signals").iterdir())
     dates = [p.name.split("=")[1] for p in parts]
@@ -171,8 +194,8 @@ def test_stitched_signals_tile_the_out_of_sample_period(stitched):
             assert m["trial_id"].startswith(f"w{w:02d}-")
             assert trading.index(date) - trading.index(m["trained_through"]) > m["embargo"]
     doc = metrics["walk_forward"]
-    assert doc["n_windows"] == 4 and doc["n_dates"] == len(dates)
-    assert [w["window"] for w in doc["windows"]] == [0, 1, 2, 3]
+    assert doc["n_windows"] == 5 and doc["n_dates"] == len(dates)
+    assert [w["window"] for w in doc["windows"]] == [0, 1, 2, 3, 4]
 
 
 def test_stitched_metrics_recompute_from_signals_and_labels_alone(stitched, tmp_path):
@@ -199,7 +222,7 @@ def test_walk_forward_leaderboard_states_differences_with_a_standard_error(stitc
     assert rows[doc["reference"]]["ic_diff"] is None
     other = variants[1]
     assert other["n_seeds"] == 2 and other["ic_diff"] < 0 and np.isfinite(other["ic_diff_tstat_hac"])
-    assert all(f"ic_w0{w}" in other for w in range(4))
+    assert all(f"ic_w0{w}" in other for w in range(5))
     # the variant's IC is the mean over its seeds of their own out-of-sample ICs
     seeds = [metrics["members"][f"{other['name']}@seed{s}"]["summary"]["ic"] for s in (0, 1)]
     assert other["ic"] == pytest.approx(np.mean(seeds), abs=0.02)
@@ -241,8 +264,32 @@ def test_latest_scores_with_the_newest_window(stitched, capsys):
     run_score(ScoreOptions(experiment=root / "runs" / "wf", out=root / "latest", latest=True,
                            config=merge_config({}), path="in_process"))
     out = capsys.readouterr().out
-    assert "walk-forward: --latest uses the newest window w03" in out
+    assert "walk-forward: --latest uses the newest window w04" in out
     part = next((root / "latest" / "signals").iterdir())
     meta = json.loads(pq.read_schema(part / "part-0.parquet").metadata[b"crnn_ray_signals"])
-    assert all(m["trial_id"].startswith("w03-") for m in meta["members"])
+    assert all(m["trial_id"].startswith("w04-") for m in meta["members"])
     assert Path(part).name.startswith("date=")
+
+
+def test_a_day_after_every_test_part_is_scored_by_the_newest_window(stitched, tmp_path, capsys):
+    """The daily job with a DATE past the recorded windows (the panel gained a day since the last retrain)."""
+    import shutil
+
+    from crnn_ray.score import ScoreOptions, run_score
+    from crnn_ray.score.config import merge_config
+
+    root = stitched[0]
+    exp = tmp_path / "wf"
+    shutil.copytree(root / "runs" / "wf", exp, ignore=shutil.ignore_patterns("tune*", "train"))
+    trials = pd.read_parquet(exp / "trials.parquet")
+    trials["checkpoint"] = [str(root / "runs" / "wf" / c) for c in trials.checkpoint]
+    trials.to_parquet(exp / "trials.parquet")
+    config = yaml.safe_load((exp / "config.yaml").read_text())
+    last = config["resolved"]["windows"][-1]["test"][1]
+    dates = sorted(p.name.split("=")[1] for p in (stitched[1] / "signals").iterdir())
+    config["resolved"]["windows"][-1]["test"][1] = dates[-2]  # as if the panel's last day came after it
+    (exp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    run_score(ScoreOptions(experiment=exp, out=tmp_path / "out", start=last, end=last, config=merge_config({}),
+                           path="in_process"))
+    assert "dates after every window's test part use the newest window w04" in capsys.readouterr().out
+    assert [p.name for p in (tmp_path / "out" / "signals").iterdir()] == [f"date={last}"]

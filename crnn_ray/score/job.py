@@ -621,13 +621,15 @@ def run_score(opts: ScoreOptions) -> dict:
 
     cfg = opts.config
     windows = walk_forward_windows(opts.experiment)
+    after = bool(windows) and opts.start is not None and str(opts.start) > str(windows[-1]["test"][1])
     if windows and opts.window is None:
-        if not opts.latest:  # every window's test part, stitched into one out-of-sample record
+        if not opts.latest and not after:  # every window's test part, stitched into one out-of-sample record
             from crnn_ray.score.walk_forward import run_walk_forward
 
             return run_walk_forward(opts, windows)
         opts = replace(opts, window=newest_window(opts.experiment, windows))
-        print(f"walk-forward: --latest uses the newest window w{opts.window:02d} "
+        why = "--latest uses" if opts.latest else "dates after every window's test part use"
+        print(f"walk-forward: {why} the newest window w{opts.window:02d} "
               f"(trained through {windows[opts.window]['select' if 'select' in windows[opts.window] else 'valid'][1]})")
     elif opts.window is not None and not windows:
         raise CliError(f"--window {opts.window}: {opts.experiment} is not a walk-forward experiment")

@@ -6,8 +6,9 @@ slot idled half the sweep. Parameter counts do not rank the nets (a small convLS
 CNN1d: the recurrence is sequential); one timed forward and backward pass of each spec does, in a fraction
 of a second per spec.
 
-    step_costs   per spec: seconds per sample of a training step (64-sample batch) and of inference (512:
-                 validation runs large batches, where the nets' costs spread further apart than at 64)
+    step_costs   per spec: seconds per sample of a training step (at the trials' batch size, up to 256) and of
+                 inference (512 rows: validation runs large batches); the nets' costs spread further apart at
+                 the batch sizes they run than at small probe batches (convgru/m05 vs m01: 1.9x at 256, 1.5x at 64)
     model_costs  per trial: epochs x training samples x step cost + validations x validation samples x
                  inference cost
 """
@@ -19,12 +20,14 @@ import time
 
 import numpy as np
 
-TRAIN_BATCH, INFER_BATCH = 64, 512
+MAX_TRAIN_BATCH, INFER_BATCH = 256, 512
 
 
-def step_costs(specs: list[str], n_features: int, lookback: int, repeats: int = 2) -> dict[str, tuple[float, float]]:
+def step_costs(specs: list[str], n_features: int, lookback: int, batch: int = 256,
+               repeats: int = 3) -> dict[str, tuple[float, float]]:
     """{spec: (seconds per sample of a training step, seconds per sample of inference)}, single-threaded (what
-    a 1-CPU worker runs; relative costs are what matter), the median of `repeats` after one warm-up."""
+    a 1-CPU worker runs; relative costs are what matter): the fastest of `repeats` passes (the first warms up;
+    the minimum shrugs off another process taking the core for a moment)."""
     import torch
 
     from crnn_ray.zoo import build_model
@@ -33,22 +36,22 @@ def step_costs(specs: list[str], n_features: int, lookback: int, repeats: int = 
     torch.set_num_threads(1)
     out = {}
     try:
+        train_batch = max(1, min(int(batch), MAX_TRAIN_BATCH))
         gen = torch.Generator().manual_seed(0)
-        x = torch.randn(INFER_BATCH, lookback, n_features, generator=gen)
+        x = torch.randn(max(INFER_BATCH, train_batch), lookback, n_features, generator=gen)
         for spec in dict.fromkeys(specs):
             model = build_model(spec, n_features, lookback)
             train, infer = [], []
-            for i in range(repeats + 1):
+            for _ in range(repeats):
                 t0 = time.perf_counter()
-                model(x[:TRAIN_BATCH]).float().sum().backward()
+                model(x[:train_batch]).float().sum().backward()
                 t1 = time.perf_counter()
                 with torch.inference_mode():
-                    model(x)
+                    model(x[:INFER_BATCH])
                 t2 = time.perf_counter()
-                if i:  # the first pass warms up allocators and kernels
-                    train.append((t1 - t0) / TRAIN_BATCH)
-                    infer.append((t2 - t1) / INFER_BATCH)
-            out[spec] = (float(np.median(train)), float(np.median(infer)))
+                train.append((t1 - t0) / train_batch)
+                infer.append((t2 - t1) / INFER_BATCH)
+            out[spec] = (min(train), min(infer))
     finally:
         torch.set_num_threads(threads)
     return out
@@ -61,7 +64,7 @@ def model_costs(grid: list[dict], panel, windows: list) -> dict[str, float]:
     from crnn_ray.train import TrainConfig
 
     first = TrainConfig(**grid[0]["train_config"])
-    costs = step_costs([t["spec"] for t in grid], panel.X.shape[2], first.lookback)
+    costs = step_costs([t["spec"] for t in grid], panel.X.shape[2], first.lookback, first.batch_size)
     rows_per_day = float(np.asarray(panel.mask).sum(axis=1).mean()) if panel.n_days else 0.0
     out = {}
     for t in grid:
