@@ -93,3 +93,23 @@ def test_time_split_names_where_the_slot_seconds_went():
     assert t["idle_s"] == pytest.approx(58.0)            # the second slot had no pack at all
     assert t["overhead"] == pytest.approx(0.8)
     assert math.isclose(t["startup_s"] + t["model_overhead_s"] + t["idle_s"] + t["epoch_s"], t["slot_s"])
+
+
+def test_pack_queue_hands_each_model_to_one_pack_longest_unstarted_first():
+    from crnn_ray.sweep.trial import PackQueue
+
+    grid, costs = _grid([50, 2, 1, 1, 30])
+    a, b = [grid[0], grid[1]], [grid[2], grid[3], grid[4]]
+    q = PackQueue({"p000": a, "p001": b}, costs)
+    assert q.claim("p000", "t000") and q.claim("p001", "t002") and q.claim("p001", "t003")
+    # p001 is quicker: after its own it would take t004 (its own, unclaimed) ... and then p000's t001
+    assert q.claim("p001", "t004")
+    assert q.steal("p001")["key"] == "t001"
+    assert not q.claim("p000", "t001")            # p000 skips the model p001 took
+    assert q.steal("p000") is None and q.steal("p001") is None
+    assert q.owners() == {"t000": "p000", "t001": "p001", "t002": "p001", "t003": "p001", "t004": "p001"}
+    # what a pack had started (its checkpoint, on --resume) stays its own; unmanaged packs always may
+    q = PackQueue({"p000": a, "p001": b}, costs, claimed={"t000": "p000", "t001": "p000"})
+    assert not q.claim("p001", "t001") and q.claim("p000", "t001")
+    assert q.claim("p999", "t001") and q.steal("p999") is None
+    assert q.steal("p001")["key"] == "t004"      # the longest unstarted

@@ -234,21 +234,26 @@ def test_walk_forward_leaderboard_states_differences_with_a_standard_error(stitc
     assert "Walk-forward leaderboard" in (out / "walk_forward.md").read_text()
 
 
-def test_a_window_scored_before_its_members_data_ended_is_refused(stitched, tmp_path):
-    """A config.yaml whose window 2 test part starts inside that window's selection part (a tampered or
-    mis-built experiment): the scorer refuses instead of writing a look-ahead record."""
+def _copied_experiment(root: Path, tmp_path: Path) -> tuple[Path, dict]:
+    """The experiment's tables and config.yaml in a copy whose checkpoints point back at the original (its
+    windows to edit)."""
     import shutil
 
-    from crnn_ray.score import ScoreOptions, run_score
-    from crnn_ray.score.config import merge_config
-
-    root = stitched[0]
     exp = tmp_path / "wf"
     shutil.copytree(root / "runs" / "wf", exp, ignore=shutil.ignore_patterns("tune*", "train"))
     trials = pd.read_parquet(exp / "trials.parquet")
     trials["checkpoint"] = [str(root / "runs" / "wf" / c) for c in trials.checkpoint]
     trials.to_parquet(exp / "trials.parquet")
-    config = yaml.safe_load((exp / "config.yaml").read_text())
+    return exp, yaml.safe_load((exp / "config.yaml").read_text())
+
+
+def test_a_window_scored_before_its_members_data_ended_is_refused(stitched, tmp_path):
+    """A config.yaml whose window 2 test part starts inside that window's selection part (a tampered or
+    mis-built experiment): the scorer refuses instead of writing a look-ahead record."""
+    from crnn_ray.score import ScoreOptions, run_score
+    from crnn_ray.score.config import merge_config
+
+    exp, config = _copied_experiment(stitched[0], tmp_path)
     config["resolved"]["windows"][2]["test"][0] = config["resolved"]["windows"][2]["select"][0]
     (exp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     with pytest.raises(CliError, match=r"window w02 .*look-ahead"):
@@ -273,18 +278,10 @@ def test_latest_scores_with_the_newest_window(stitched, capsys):
 
 def test_a_day_after_every_test_part_is_scored_by_the_newest_window(stitched, tmp_path, capsys):
     """The daily job with a DATE past the recorded windows (the panel gained a day since the last retrain)."""
-    import shutil
-
     from crnn_ray.score import ScoreOptions, run_score
     from crnn_ray.score.config import merge_config
 
-    root = stitched[0]
-    exp = tmp_path / "wf"
-    shutil.copytree(root / "runs" / "wf", exp, ignore=shutil.ignore_patterns("tune*", "train"))
-    trials = pd.read_parquet(exp / "trials.parquet")
-    trials["checkpoint"] = [str(root / "runs" / "wf" / c) for c in trials.checkpoint]
-    trials.to_parquet(exp / "trials.parquet")
-    config = yaml.safe_load((exp / "config.yaml").read_text())
+    exp, config = _copied_experiment(stitched[0], tmp_path)
     last = config["resolved"]["windows"][-1]["test"][1]
     dates = sorted(p.name.split("=")[1] for p in (stitched[1] / "signals").iterdir())
     config["resolved"]["windows"][-1]["test"][1] = dates[-2]  # as if the panel's last day came after it

@@ -347,6 +347,7 @@ def run_sweep(config_path=None, storage: str | os.PathLike = "runs", name: str |
               f"{placement.worker_resources()} (torch threads "
               f"{placement.threads if placement.cpu_quota else 'unbounded'}), up to "
               f"{placement.max_concurrent_trials} at once", flush=True)
+        queue = _pack_queue(cfg, exp_dir, packs[generations[-1]["tune"]], probe, resume)
         ctx = TrialContext(
             experiment=cfg.name,
             experiment_dir=str(exp_dir),
@@ -358,6 +359,7 @@ def run_sweep(config_path=None, storage: str | os.PathLike = "runs", name: str |
             start_retries=cfg.fault_tolerance.start_retries,
             private_ray=started,
             window_splits=[asdict(w) for w in windows] if cfg.walk_forward else None,
+            queue=queue,
         )
         trainable = tune.with_resources(
             tune.with_parameters(trial_driver, ctx=ctx),
@@ -402,6 +404,32 @@ def run_sweep(config_path=None, storage: str | os.PathLike = "runs", name: str |
     return outcome
 
 
+def _pack_queue(cfg: SweepConfig, exp_dir: Path, packs: list[dict], probe, resume: bool):
+    """The PackQueue actor (work stealing) when several packs of several models share the newest generation;
+    on --resume it starts from what each pack's newest checkpoint says it had started. None otherwise."""
+    import ray
+
+    from crnn_ray.sweep.trial import PACK_FILE, PackQueue, run_name
+
+    if len(packs) < 2 or all(len(p["models"]) < 2 for p in packs):
+        return None
+    claimed: dict[str, str] = {}
+    if resume:
+        for p in packs:
+            run_dir = exp_dir / "train" / run_name(cfg.name, p["key"])
+            newest = sorted(d for d in run_dir.glob("checkpoint_*") if d.is_dir())[-1:] if run_dir.is_dir() else []
+            for ckpt in newest:
+                try:
+                    info = json.loads((ckpt / PACK_FILE).read_text())
+                except (OSError, ValueError):
+                    info = {}
+                started = list(info.get("over") or []) + list(info.get("failed") or {}) + \
+                    [d.name for d in ckpt.iterdir() if d.is_dir()]
+                claimed.update({k: p["key"] for k in started})
+    costs = probe.result() if probe is not None else None
+    return ray.remote(num_cpus=0)(PackQueue).remote({p["key"]: p["models"] for p in packs}, costs, claimed)
+
+
 class _CostProbe:
     """crnn_ray.sweep.costs.model_costs in a background thread (torch releases the GIL): result() waits for
     it; a probe that failed deals round-robin instead (with one line saying why)."""
@@ -424,7 +452,8 @@ class _CostProbe:
 
     def result(self) -> dict | None:
         self._thread.join()
-        if "error" in self._out:
+        if "error" in self._out and not self._out.get("said"):
+            self._out["said"] = True
             print(f"note: packs dealt round-robin (timing the specs failed: {self._out['error']})", flush=True)
         return self._out.get("costs")
 
@@ -646,6 +675,7 @@ def collect(cfg: SweepConfig, exp_dir: Path, grid: list[dict], results, baseline
     from crnn_ray.sweep.trial import pack_models
 
     zoo = load_zoo()
+    grid_by_key = {t["key"]: t for t in grid}
     by_key = {}
     for result in results:
         pack = (result.config or {}).get("trial")
@@ -658,13 +688,20 @@ def collect(cfg: SweepConfig, exp_dir: Path, grid: list[dict], results, baseline
         # the pack's newest checkpoint carries every model that reported: each model's directory in it
         newest = next((r["checkpoint_path"] for r in reversed(reports) if r.get("checkpoint_path")), None)
         models = pack_models(pack)
+        # with work stealing (trial.PackQueue) a pack may train models dealt to another: every model it
+        # reported on is its own, and a model is some pack's only where that pack reported on it
+        dealt = {m["key"] for m in models}
+        models += [grid_by_key[k] for k in dict.fromkeys(r.get("trial_key") for r in reports)
+                   if k in grid_by_key and k not in dealt]
         for trial in models:
             own = [r for r in reports if r.get("trial_key", trial["key"] if len(models) == 1 else None) == trial["key"]]
+            if not own and trial["key"] in by_key:
+                continue
             # a model that raised is not carried in the pack's checkpoints: it has none
             raised = bool(own) and own[-1].get("status") == "failed"
             checkpoint = (f"{newest}/{trial['key']}" if newest and not raised
                           and any(r.get("checkpoint_path") for r in own) else None)
-            by_key[trial["key"]] = (trial, own, error, checkpoint)
+            by_key[trial["key"]] = (trial, own, error if own or trial["key"] in dealt else None, checkpoint)
     rows = []
     for trial in grid:  # every trial of the grid gets a row, even one Tune never started
         t, results_rows, error, checkpoint = by_key.get(trial["key"], (trial, [], "not run", None))

@@ -179,6 +179,42 @@ def pack_models(trial: dict) -> list[dict]:
     return list(trial["models"]) if "models" in trial else [trial]
 
 
+class PackQueue:
+    """Work stealing between the packs of one sweep (a Ray actor of the driver, no CPU): a pack claims each of
+    its own models before training it, and once its own are done it takes the longest model no pack has
+    started. Why: the dealing by measured cost is an estimate (a net's validation cost at large batches, another
+    process on the core), and a pack that ends early would leave its slot idle while the others still hold
+    models nobody has started. A model is trained by exactly one pack: the first to claim it.
+
+    `claimed` (model key -> pack) starts from the packs' checkpoints on --resume, so what a pack had started
+    stays its own; claims by a pack that is not managed here (an earlier generation's) always succeed."""
+
+    def __init__(self, packs: dict[str, list[dict]], costs: dict[str, float] | None = None,
+                 claimed: dict[str, str] | None = None):
+        self.models = {m["key"]: m for models in packs.values() for m in models}
+        self.packs = set(packs)
+        self.costs = dict(costs or {})
+        self.claimed = dict(claimed or {})
+
+    def claim(self, pack: str, key: str) -> bool:
+        if key not in self.models or pack not in self.packs:
+            return True
+        return self.claimed.setdefault(key, pack) == pack
+
+    def steal(self, pack: str) -> dict | None:
+        if pack not in self.packs:
+            return None
+        free = [k for k in self.models if k not in self.claimed]
+        if not free:
+            return None
+        key = max(free, key=lambda k: self.costs.get(k, 0.0))  # ties: the first in grid order
+        self.claimed[key] = pack
+        return self.models[key]
+
+    def owners(self) -> dict[str, str]:
+        return dict(self.claimed)
+
+
 # ------------------------------------------------------------------------------------------ shared context
 @dataclass
 class TrialContext:
@@ -195,6 +231,7 @@ class TrialContext:
     start_retries: int = 2
     private_ray: bool = False               # the sweep started its own local Ray (ray_compat.configure_train_driver)
     window_splits: list | None = None       # walk_forward: each window's Splits fields; a trial's `window` picks
+    queue: object = None                    # PackQueue actor handle when several packs share the work
 
     def splits_of(self, trial: dict):
         """The Splits one model trains on: its walk-forward window's, else the sweep's one split."""
@@ -330,13 +367,12 @@ def train_worker(loop_config: dict) -> None:
             state = PackState.restore(Path(given) if given else None, workdir, models, run_dir,
                                       str(checkpoint.path) if checkpoint is not None else "")
         sampler = CpuSampler()
-        for i, trial in enumerate(models):
-            if trial["key"] in state.over:
-                continue
+        for i, trial in enumerate(_pack_order(state, ctx.queue, pack["key"])):
             tag = f"[{trial['variant_id']}] {trial['key']}"
-            if len(models) > 1:
-                print(f"[pack {pack['key']}] model {i + 1}/{len(models)}: {trial['key']} {trial['variant_id']} "
-                      f"seed {trial['seed']}", flush=True)
+            if len(models) > 1 or ctx.queue is not None:
+                taken = " (taken over: no pack had started it)" if trial["key"] in state.stolen_keys else ""
+                print(f"[pack {pack['key']}] model {i + 1} ({len(models)} dealt): {trial['key']} "
+                      f"{trial['variant_id']} seed {trial['seed']}{taken}", flush=True)
             resume_dir, resumed_from = state.resume.get(trial["key"], (None, 0))
             if trial["key"] in state.lines:
                 print(state.lines[trial["key"]], flush=True)
@@ -374,6 +410,27 @@ def train_worker(loop_config: dict) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _pack_order(state: "PackState", queue, pack_key: str):
+    """The models this pack trains, in order: its own unfinished ones (each claimed first when a PackQueue
+    shares the work: one another pack has taken is skipped), then, one at a time, the longest model no pack has
+    started (added to the pack's checkpoint, so a restarted worker finishes it)."""
+    import ray
+
+    for trial in list(state.models):
+        if trial["key"] in state.over:
+            continue
+        if queue is not None and not ray.get(queue.claim.remote(pack_key, trial["key"])):
+            continue
+        yield trial
+    while queue is not None:
+        trial = ray.get(queue.steal.remote(pack_key))
+        if trial is None:
+            return
+        state.models.append(trial)
+        state.stolen.append(trial)
+        yield trial
+
+
 def _report(metrics: dict, directory: Path) -> None:
     import ray.train
 
@@ -385,12 +442,17 @@ class PackState:
     unfinished one resumes; builds each epoch's pack checkpoint directory."""
 
     def __init__(self, models: list[dict]):
-        self.models = models
+        self.models = list(models)               # dealt to this pack, then those it took over (`stolen`)
+        self.stolen: list[dict] = []
         self.over: dict[str, Path] = {}          # finished (ok / diverged) model key -> its final directory
         self.failed: dict[str, str] = {}         # model key -> reason (raised; nothing to carry)
         self.resume: dict[str, tuple[Path, int]] = {}  # model key -> (directory to resume from, its epoch)
         self.lines: dict[str, str] = {}          # model key -> the corrupt-checkpoint warning line
         self.shown = ""
+
+    @property
+    def stolen_keys(self) -> set[str]:
+        return {m["key"] for m in self.stolen}
 
     @classmethod
     def restore(cls, given: Path | None, workdir: Path, models: list[dict], run_dir: Path, shown: str):
@@ -402,7 +464,10 @@ class PackState:
             return state
         info = _read_pack_file(given)
         state.failed = dict(info.get("failed") or {})
-        for trial in models:
+        known = {m["key"] for m in state.models}
+        state.stolen = [m for m in info.get("stolen") or [] if m.get("key") not in known]
+        state.models += state.stolen
+        for trial in state.models:
             key = trial["key"]
             if key in state.failed:
                 state.over[key] = None  # type: ignore[assignment] - over, nothing to carry
@@ -449,7 +514,8 @@ class PackState:
         (stage / PACK_FILE).write_text(json.dumps({
             "models": [m["key"] for m in self.models],
             "over": [k for k, d in self.over.items() if d is not None],
-            "failed": self.failed}))
+            "failed": self.failed,
+            "stolen": self.stolen}))
         for old in workdir.glob("stage_*"):
             if old != stage:
                 shutil.rmtree(old, ignore_errors=True)
