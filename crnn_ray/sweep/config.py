@@ -62,8 +62,9 @@ class ResourcesConfig:
     cpus_per_trial: float = setting(1.0, check=positive_number)  # the worker's CPU grant = its thread quota
     max_concurrent_trials: Any = setting("auto", check=auto_or(positive_int))  # "auto": from the cluster
     # memory resource (MiB) of each Train run's bookkeeping, all on the Tune trainable's node: trainable +
-    # TrainController + SynchronizationActor + _QueueActor + DatasetManager + PreemptionWatcher, measured
-    # 1497 MiB RSS (bench/bookkeeping_placement.py; docs/operations.md, "Sizing the head")
+    # TrainController + SynchronizationActor + _QueueActor + PreemptionWatcher, measured 1298 MiB RSS (1497
+    # with the DatasetManager a Ray without ray_compat.lean_torch_trainer's hook still starts;
+    # bench/bookkeeping_placement.py; docs/operations.md, "Sizing the head")
     driver_memory_mb: int = setting(1536, check=positive_int)
     cpu_quota: bool = setting(True, check=boolean)  # false: torch may use every core (the seed's setting)
     # models one Train run trains one after another (a "pack"): "auto" fills the concurrent slots evenly
