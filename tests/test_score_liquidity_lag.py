@@ -54,8 +54,8 @@ def _score(tmp_path, monkeypatch, label_lag: int):
                     checkpoint=tmp_path / "ck", valid_ic=0.05, select_value=0.05, meta=member_meta,
                     state_dict=model.state_dict())
     unit = Unit(member.name, [member], 0.05, 0.05)
-    monkeypatch.setattr(job, "_choose_units", lambda opts: ([unit], member, {"rule": "top_k",
-                                                                             "seed_average": False}))
+    monkeypatch.setattr(job, "_choose_units", lambda opts: ([unit], [member], {"rule": "top_k",
+                                                                               "seed_average": False}))
     out = tmp_path / "out"
     opts = job.ScoreOptions(experiment=tmp_path / "exp", out=out, data=path, path="in_process")
     opts.config["evaluation"]["min_stocks"] = 5
