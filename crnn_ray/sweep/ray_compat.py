@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import re
+import threading
 
 
 def autoscaler_node_types() -> list[tuple[dict, int]]:
@@ -201,6 +202,13 @@ def benign_driver_line(line: str) -> bool:
     return False
 
 
+#: set when the sweep was told to stop (run._graceful_stop): from then on the driver prints none of its
+#: workers' output. Tune stops every trial, and a Train run caught starting its worker group logs the
+#: worker's death as a startup-failure traceback; the stop is what the user asked for, the resume line
+#: follows, and the session's log files keep every line.
+STOPPING = threading.Event()
+
+
 def install_driver_log_filter() -> bool:
     """Leave BENIGN_DRIVER_LINES out of what this driver prints of its workers' and the raylet's output.
 
@@ -221,6 +229,8 @@ def install_driver_log_filter() -> bool:
 
     def print_to_stdstream(data, *args, **kwargs):
         lines = data.get("lines") if isinstance(data, dict) else None
+        if lines and STOPPING.is_set():  # Ctrl-C / SIGTERM: what the actors say while they die is the stop's
+            return None
         if lines:
             kept = [line for line in lines if not benign_driver_line(line)]
             if not kept:

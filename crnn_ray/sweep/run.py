@@ -549,6 +549,7 @@ def _graceful_stop():
     def stop(signum, frame):
         first = not stopped.is_set()
         stopped.set()
+        ray_compat.STOPPING.set()
         if first:  # Tune's graceful path listens on SIGUSR1; a second signal acts at once
             os.kill(os.getpid(), signal.SIGUSR1)
         else:
@@ -557,6 +558,7 @@ def _graceful_stop():
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     old_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours forwards to Tune's SIGUSR1 handler instead
+    ray_compat.STOPPING.clear()
     try:
         yield stopped
     finally:
