@@ -13,6 +13,7 @@ them into the one-line `file: key: what` form costs more code than these few che
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 from pathlib import Path
@@ -22,7 +23,8 @@ import yaml
 
 from crnn_ray.io import CliError
 
-__all__ = ["Checker", "setting", "read_section", "section_keys", "section_dict", "load_yaml", "show",
+__all__ = ["Checker", "setting", "read_section", "section_keys", "section_dict", "load_yaml", "show", "add_flags",
+           "flag_values", "flag_name", "default_text", "value_text", "path",
            "number", "positive_int", "nonneg_int", "int_at_least", "positive_number", "nonneg_number", "boolean", "text",
            "choice", "optional", "auto_or", "names", "section"]
 
@@ -149,13 +151,18 @@ def section(cls: type) -> Check:
 
 # ------------------------------------------------------------------------------------------------- schemas
 def setting(default: Any = dataclasses.MISSING, *, check: Check | None = None, yaml_key: str | None = None,
-            sweep: bool = False, default_factory: Any = dataclasses.MISSING) -> Any:
+            sweep: bool = False, default_factory: Any = dataclasses.MISSING, help: str | None = None,
+            flag: bool = False, yaml: bool = True, required: bool = False, metavar: str | None = None) -> Any:
     """A dataclass field with its check.
 
     yaml_key: where the field lives in YAML when that differs from its name (a dotted path such as
     "early_stopping.metric" nests it). sweep: a sweep config may give a list of values (one grid axis).
+    flag: the field is also the command-line flag `--field-name` (add_flags), with `help` and the field's
+    default as its help default; yaml=False: a command-line flag only (not a YAML key); required: the flag
+    must be given.
     """
-    meta = {"check": check, "yaml_key": yaml_key, "sweep": sweep}
+    meta = {"check": check, "yaml_key": yaml_key, "sweep": sweep, "help": help, "flag": flag, "yaml": yaml,
+            "required": required, "metavar": metavar}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -165,12 +172,17 @@ def _yaml_path(f: dataclasses.Field) -> tuple[str, ...]:
     return tuple((f.metadata.get("yaml_key") or f.name).split("."))
 
 
+def _yaml_fields(cls: type, skip: tuple[str, ...] = ()) -> list[dataclasses.Field]:
+    """The fields of `cls` that are YAML keys (not command-line-only flags), less `skip`."""
+    return [f for f in dataclasses.fields(cls) if f.name not in skip and f.metadata.get("yaml", True)]
+
+
 def section_keys(cls: type, skip: tuple[str, ...] = ()) -> tuple[str, ...]:
     """Top-level YAML keys of a section, in field order."""
     out: list[str] = []
-    for f in dataclasses.fields(cls):
+    for f in _yaml_fields(cls, skip):
         head = _yaml_path(f)[0]
-        if f.name not in skip and head not in out:
+        if head not in out:
             out.append(head)
     return tuple(out)
 
@@ -190,7 +202,7 @@ def read_section(c: Checker, cls: type, raw: Any, key: str, *, lists: bool = Fal
     Unknown keys are refused (naming the allowed ones). `lists=True` lets the fields declared with
     `sweep=True` hold a list (one grid axis). Fields in `skip` are neither read nor allowed.
     """
-    fields = [f for f in dataclasses.fields(cls) if f.name not in skip]
+    fields = _yaml_fields(cls, skip)
     raw = c.mapping(raw, key, section_keys(cls, skip))
     nested_allowed: dict[str, list[str]] = {}
     for f in fields:
@@ -199,7 +211,7 @@ def read_section(c: Checker, cls: type, raw: Any, key: str, *, lists: bool = Fal
             nested_allowed.setdefault(path[0], []).append(path[1])
     for head, allowed in nested_allowed.items():
         c.mapping(raw.get(head), f"{key}.{head}" if key else head, tuple(allowed))
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {f.name: _default(f) for f in dataclasses.fields(cls) if f.name not in skip}
     for f in fields:
         path = _yaml_path(f)
         where = ".".join(([key] if key else []) + list(path))
@@ -235,13 +247,67 @@ def load_yaml(path: str | Path, what: str = "config") -> Any:
 def section_dict(obj: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
     """A dataclass's values as its YAML section (the inverse of read_section: nested keys nested again)."""
     out: dict[str, Any] = {}
-    for f in dataclasses.fields(obj):
-        if f.name in skip:
-            continue
+    for f in _yaml_fields(type(obj), skip):
         *heads, last = _yaml_path(f)
         node = out
         for part in heads:
             node = node.setdefault(part, {})
         value = getattr(obj, f.name)
         node[last] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    return out
+
+
+# ------------------------------------------------------------------------------------------- command line
+def path(c: Checker, value: Any, key: str) -> Path:
+    """A filesystem path (not checked for existence here)."""
+    if isinstance(value, Path):
+        return value
+    return Path(text(c, value, key))
+
+
+def flag_name(f: dataclasses.Field) -> str:
+    return "--" + f.name.replace("_", "-")
+
+
+def default_text(f: dataclasses.Field) -> str:
+    """The field's default as its --help shows it."""
+    return value_text(_default(f))
+
+
+def value_text(value: Any) -> str:
+    """A setting's value as --help states it: on / off, none, or the value."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return "none" if value is None else str(value)
+
+
+def add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per `setting(..., flag=True)` field of `cls`: its name, help and help default come from the
+    field, so the flag, the YAML key and the default cannot disagree. Absent flags leave no attribute
+    (argparse.SUPPRESS): flag_values tells given from defaulted."""
+    for f in dataclasses.fields(cls):
+        if not f.metadata.get("flag"):
+            continue
+        doc = f.metadata.get("help") or ""
+        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
+        if f.metadata.get("required"):
+            kw["required"] = True
+        else:
+            doc += f" (default: {default_text(f)})"
+        if isinstance(_default(f), bool):
+            kw["action"] = argparse.BooleanOptionalAction
+        elif f.metadata.get("metavar"):
+            kw["metavar"] = f.metadata["metavar"]
+        parser.add_argument(flag_name(f), help=doc.strip(), **kw)
+
+
+def flag_values(cls: type, args: argparse.Namespace, source: str = "command line") -> dict[str, Any]:
+    """{field: checked value} of the flags given on the command line (each through its field's check)."""
+    c = Checker(source)
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if not f.metadata.get("flag") or not hasattr(args, f.name):
+            continue
+        value, check = getattr(args, f.name), f.metadata.get("check")
+        out[f.name] = value if check is None or isinstance(value, bool) else check(c, value, flag_name(f))
     return out

@@ -13,7 +13,6 @@ scorer's `signals/`, or CSV -- checks them, prints a readable summary and writes
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,9 @@ from typing import Any
 import pandas as pd
 
 from crnn_ray.io import ArgumentParser, CliError, atomic_path, cli_main, parquet_dataset, write_json_atomic
-from crnn_ray.metrics import Evaluation, evaluate_frames
+from crnn_ray.config import add_flags, flag_values
+from crnn_ray.metrics import EvaluationConfig, evaluate_frames
+from crnn_ray.metrics_text import format_summary
 
 
 def read_table(path: str | Path, columns: list[str]) -> pd.DataFrame:
@@ -60,73 +61,6 @@ def _to_frame(table: Any) -> pd.DataFrame:
     return table.unify_dictionaries().to_pandas(date_as_object=False, split_blocks=True)
 
 
-def pnl_note(ev: Evaluation, returns: str | None = None) -> str:
-    """One line: which daily pnl the Sharpe / vol / drawdown / curves come from (docs/metrics.md)."""
-    s, h = ev.summary, ev.params["horizon"]
-    method = s.get("pnl_method", "daily")
-    if method == "realised":
-        return (f"pnl method: realised -- daily pnl of the {h} overlapping {h}-day books on the 1-day returns"
-                + (f" {returns!r}" if returns else "") + f" (booked-naive sharpe {s['sharpe_booked']:+.2f})")
-    if method == "non_overlapping":
-        return (f"pnl method: non_overlapping -- no 1-day returns given: every {h}th day's {h}-day book, "
-                f"annualised by sqrt(P/{h}), averaged over the {h} offsets (pass --returns for the realised pnl)")
-    return "pnl method: daily -- horizon 1, the label is the 1-day return"
-
-
-def label_lag_text(label: str, horizon: int, lag: int | None) -> str:
-    """When the label's position is entered (docs/data.md, "Label lag"); "" when the lag is unknown.
-
-    `label y5 entered at close t+1 (label_lag 1): return close t+1 -> t+6, features up to close t`"""
-    if lag is None:
-        return ""
-    lag, h = int(lag), int(horizon)
-    if lag == 0:
-        return (f"label {label} entered at close t (label_lag 0: entered at the close the features use, "
-                f"frictionless): return close t -> t+{h}")
-    return (f"label {label} entered at close t+{lag} (label_lag {lag}): return close t+{lag} -> t+{lag + h}, "
-            f"features up to close t")
-
-
-def break_even_text(value: Any) -> str:
-    """`break-even 12.3 bps per unit traded`, or `break-even n/a` (nothing traded, or gross pnl <= 0)."""
-    ok = isinstance(value, (int, float)) and math.isfinite(value)
-    return f"break-even {value:.1f} bps per unit traded" if ok else "break-even n/a"
-
-
-def format_summary(ev: Evaluation, returns: str | None = None, *, label: str | None = None,
-                   label_lag: int | None = None, liquidity: str | None = None) -> str:
-    """The numbers a researcher reads first, one per line (with `label_lag`: when the label is entered; with
-    `liquidity`: the liquidity split by that column)."""
-    s, p = ev.summary, ev.params
-    lag_line = label_lag_text(label or "label", p["horizon"], label_lag)
-    lines = [*([f"execution: {lag_line}"] if lag_line else []),
-        f"days evaluated {s['n_days']}  skipped {s['n_days_skipped']} (< {p['min_stocks']} valid pairs)  "
-        f"mean stocks/day {s['mean_stocks']:.1f}",
-        f"IC       {s['ic']:+.4f}  ICIR {s['icir']:+.3f}  t {s['ic_tstat']:+.2f}  HAC t {s['ic_tstat_hac']:+.2f}"
-        f"  (ICIR not annualised; Newey-West {s['hac_lags']} lags)",
-        f"RankIC   {s['rank_ic']:+.4f}  ICIR {s['rank_icir']:+.3f}  t {s['rank_ic_tstat']:+.2f}  "
-        f"HAC t {s['rank_ic_tstat_hac']:+.2f}",
-        pnl_note(ev, returns),
-        f"long-short (top-bottom of {p['quantiles']}, horizon {p['horizon']}): pnl {s['pnl_long_short']:+.4f}  "
-        f"ann {s['ann_return']:+.4f}  vol {s['ann_vol']:.4f}  sharpe {s['sharpe']:+.3f}  "
-        f"maxDD {s['max_drawdown']:+.4f}",
-        f"mean daily long-short pnl t {s['ls_tstat']:+.2f}  HAC t {s['ls_tstat_hac']:+.2f}",
-        f"long (top-mean):  pnl {s['pnl_long']:+.4f}  ann {s['ann_return_long']:+.4f}  sharpe {s['sharpe_long']:+.3f}",
-        f"turnover ls {s['turnover']:.4f}/day  top {s['turnover_top']:.3f}  bottom {s['turnover_bottom']:.3f}  "
-        f"signal autocorr {s['signal_autocorr']:+.3f}",
-        f"net of {p['cost_bps']:g} bps: ls pnl {s['pnl_long_short_net']:+.4f}  sharpe {s['sharpe_net']:+.3f}  "
-        f"long pnl {s['pnl_long_net']:+.4f}  (gross above; {break_even_text(s.get('break_even_bps'))}, "
-        f"long-only {break_even_text(s.get('break_even_bps_long')).removeprefix('break-even ')})",
-        "quantile mean label (1=lowest signal): "
-        + "  ".join(f"q{q + 1} {v:+.5f}" for q, v in enumerate(ev.quantile_returns)),
-    ]
-    if liquidity:
-        from crnn_ray.score.report import liquidity_line
-
-        lines.append(liquidity_line(ev.liquidity_split, liquidity))
-    return "\n".join(lines)
-
-
 def build_parser() -> argparse.ArgumentParser:
     ap = ArgumentParser(
         prog="python -m crnn_ray.evaluate",
@@ -137,9 +71,6 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--labels", required=True, help="long table with date, symbol and the label column")
     ap.add_argument("--label", required=True, help="label column, e.g. y5")
     ap.add_argument("--signal-col", default="signal", help="signal column (default: signal)")
-    ap.add_argument("--quantiles", type=int, default=5, help="number of signal quantile buckets (default 5)")
-    ap.add_argument("--cost-bps", type=float, default=0.0, help="cost per unit of traded notional, bps")
-    ap.add_argument("--min-stocks", type=int, default=10, help="skip days with fewer valid pairs (default 10)")
     ap.add_argument("--horizon", type=int, default=1, help="label horizon H in days: daily pnl = label / H")
     ap.add_argument("--returns", metavar="COL", default=None,
                     help="1-day forward return column of the labels file (e.g. y1): with --horizon > 1 the "
@@ -150,14 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--label-lag", metavar="L", type=int, default=None,
                     help="the label's lag L (yH at t = return close t+L -> t+L+H; docs/data.md): only stated in "
                     "the summary and the JSON inputs (default: unknown, not stated)")
-    ap.add_argument("--periods-per-year", type=float, default=252.0, help="annualisation (default 252)")
+    add_flags(ap, EvaluationConfig)  # --quantiles, --cost-bps, --min-stocks, --periods-per-year
     ap.add_argument("--json", required=True, help="output JSON (written atomically)")
     ap.add_argument("--daily", help="optional CSV of the per-day series (written atomically)")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    ecfg = EvaluationConfig(**flag_values(EvaluationConfig, args, source=parser.prog))
     if args.label_lag is not None and args.label_lag < 0:
         raise CliError(f"--label-lag must be >= 0 (got {args.label_lag})")
     signals = read_table(args.signals, ["date", "symbol", args.signal_col])
@@ -176,16 +109,16 @@ def main(argv: list[str] | None = None) -> int:
         labels_name=str(args.labels),
         returns_col=args.returns,
         liquidity_col=args.liquidity,
-        quantiles=args.quantiles,
-        cost_bps=args.cost_bps,
-        min_stocks=args.min_stocks,
+        quantiles=ecfg.quantiles,
+        cost_bps=ecfg.cost_bps,
+        min_stocks=ecfg.min_stocks,
         horizon=args.horizon,
-        periods_per_year=args.periods_per_year,
+        periods_per_year=float(ecfg.periods_per_year),
     )
     if ev.summary["n_days"] == 0:
         most = int(ev.daily["n"].max())
         raise CliError(
-            f"no day has >= {args.min_stocks} valid (signal, {args.label}) pairs (at most {most}); "
+            f"no day has >= {ecfg.min_stocks} valid (signal, {args.label}) pairs (at most {most}); "
             f"lower --min-stocks"
         )
     out: dict[str, Any] = ev.to_dict()

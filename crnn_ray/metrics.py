@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from crnn_ray.config import int_at_least, nonneg_number, positive_int, positive_number, setting
 from crnn_ray.io import CliError
 
 __all__ = [
@@ -1181,3 +1182,16 @@ def evaluate_frames(
                                  **{**names, "returns_col": liquidity_col})[4]
     return evaluate(grids[0], grids[1], dates=grids[2], returns=grids[4] if len(grids) > 4 else None,
                     liquidity=liquidity, **kw)
+
+
+@dataclass
+class EvaluationConfig:
+    """The evaluation's settings: `python -m crnn_ray.evaluate`'s flags and the scorer's `evaluation:` section
+    (one field each: the flag, the YAML key and the default cannot disagree)."""
+
+    quantiles: int = setting(5, check=int_at_least(2), flag=True, help="number of signal quantile buckets")
+    cost_bps: float = setting(0.0, check=nonneg_number, flag=True, help="cost per unit of traded notional, bps")
+    min_stocks: int = setting(10, check=int_at_least(2), flag=True, help="skip days with fewer valid pairs")
+    periods_per_year: float = setting(252, check=positive_number, flag=True, help="annualisation")
+    rolling_ic_days: int = setting(20, check=positive_int)  # the report's rolling mean of the daily IC
+

@@ -60,10 +60,6 @@ LEADERBOARD_METRICS: tuple[str, ...] = tuple(m.name for m in METRICS.values() if
 DEFAULT_RANK_METRIC = "select_ic"
 
 
-def metrics_of(part: str) -> tuple[str, ...]:
-    return tuple(m.name for m in METRICS.values() if m.part == part)
-
-
 def selection_twin(name: str) -> str:
     """select_<x> for valid_<x> (what a ranking on `name` would honestly use), else `name` itself."""
     metric = METRICS.get(name)

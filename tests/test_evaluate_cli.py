@@ -216,3 +216,20 @@ def test_cli_liquidity_split_break_even_and_label_lag(tables, tmp_path, capsys):
     rc = main(["--signals", str(sig_path), "--labels", str(lab_path), "--label", "y5", "--label-lag", "-1",
                "--json", str(tmp_path / "bad.json")])
     assert rc == 2 and "--label-lag" in capsys.readouterr().err and not (tmp_path / "bad.json").exists()
+
+
+def test_evaluate_flags_and_help_defaults_come_from_the_evaluation_config():
+    """--quantiles, --cost-bps, --min-stocks, --periods-per-year are EvaluationConfig's fields: the same keys and
+    defaults as the scorer's `evaluation:` section, stated by --help."""
+    import dataclasses
+    import re
+
+    from crnn_ray.config import default_text, flag_name
+    from crnn_ray.evaluate import build_parser
+    from crnn_ray.metrics import EvaluationConfig
+
+    helps = {a.option_strings[0]: " ".join((a.help or "").split()) for a in build_parser()._actions if a.option_strings}
+    flags = [f for f in dataclasses.fields(EvaluationConfig) if f.metadata.get("flag")]
+    assert {f.name for f in flags} == {"quantiles", "cost_bps", "min_stocks", "periods_per_year"}
+    for f in flags:
+        assert re.search(r"\(default: ([^)]*)\)$", helps[flag_name(f)]).group(1) == default_text(f)

@@ -1,4 +1,4 @@
-"""Ray's known-benign messages are silenced by exact pattern, nothing else (crnn_ray/sweep/ray_compat.py;
+"""Ray's known-benign messages are silenced by exact pattern, nothing else (crnn_ray/ray_compat.py;
 docs/operations.md, "Log lines we silence and why"). No Ray is started here: the sweep tests run the real thing."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from crnn_ray.sweep import ray_compat as rc
+from crnn_ray import ray_compat as rc
 
 CLEANER = ("Failed to query Ray Train Controller actor state. State API may be temporarily unavailable. "
            "Continuing to monitor.")
@@ -78,7 +78,7 @@ def test_init_kwargs_add_the_hook_unless_the_job_has_one(monkeypatch):
     monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
     kw = rc.quiet_init_kwargs(address="local", log_to_driver=True)
     assert kw == {"address": "local", "log_to_driver": True,
-                  "runtime_env": {"worker_process_setup_hook": "crnn_ray.sweep.ray_compat.quiet_ray_worker"}}
+                  "runtime_env": {"worker_process_setup_hook": "crnn_ray.ray_compat.quiet_ray_worker"}}
     # ray job submit: ray.init merges this runtime_env into the job's (working_dir, pip, env_vars)
     job = {"runtime_env": {"working_dir": "gcs://x.zip", "env_vars": {"PYTHONUNBUFFERED": "1"}}}
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(job))
@@ -96,7 +96,7 @@ def test_init_kwargs_add_the_hook_unless_the_job_has_one(monkeypatch):
 
 def test_the_hook_module_imports_without_torch():
     """Every Ray worker, Ray's own helper actors included, imports the hook's module: it must stay light."""
-    code = ("import sys, importlib; m = importlib.import_module('crnn_ray.sweep.ray_compat'); "
+    code = ("import sys, importlib; m = importlib.import_module('crnn_ray.ray_compat'); "
             "m.quiet_ray_worker(); print('torch' in sys.modules, 'pandas' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -113,7 +113,7 @@ def test_the_hook_module_imports_without_torch():
 def test_our_epoch_lines_are_never_folded_by_rays_deduplication():
     from ray._private import ray_logging
 
-    from crnn_ray.sweep.ray_compat import never_deduplicate_our_lines
+    from crnn_ray.ray_compat import never_deduplicate_our_lines
 
     assert never_deduplicate_our_lines() and never_deduplicate_our_lines()  # idempotent
     dedup = ray_logging.LogDeduplicator(5, ray_logging.stdout_deduplicator.allow_re.pattern, None,

@@ -42,7 +42,7 @@ def test_job_submit_runs_the_tiny_sweep_on_the_cluster(ray_head, tmp_path):
 
 HOOK_PROBE = """
 import json, logging, threading, ray
-from crnn_ray.sweep.ray_compat import BENIGN_LOG_RECORDS, quiet_init_kwargs
+from crnn_ray.ray_compat import BENIGN_LOG_RECORDS, quiet_init_kwargs
 ray.init(**quiet_init_kwargs(log_to_driver=True))
 
 def hooked():

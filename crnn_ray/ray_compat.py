@@ -141,7 +141,7 @@ BENIGN_DRIVER_LINES: tuple[str, ...] = (
 )
 
 #: what ray.init's runtime_env names as the worker setup hook (importable wherever crnn_ray is)
-WORKER_SETUP_HOOK = "crnn_ray.sweep.ray_compat.quiet_ray_worker"
+WORKER_SETUP_HOOK = "crnn_ray.ray_compat.quiet_ray_worker"
 
 
 class _MessageFilter(logging.Filter):

@@ -1,0 +1,151 @@
+"""The one-line texts of an evaluation: what `python -m crnn_ray.evaluate` and the scorer print and write.
+
+They sit beside crnn_ray/metrics.py (below the scorer), so the evaluate command and the scorer's report state
+costs, break-even, the label lag and the liquidity split in the same words without importing each other.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from crnn_ray.metrics import Evaluation
+
+__all__ = ["TURNOVER_UNIT", "fmt", "pnl_note", "label_lag_text", "break_even_text", "format_summary",
+           "costs_document", "costs_line", "liquidity_line"]
+
+#: what one unit of turnover is, wherever a cost or a break-even is stated (docs/metrics.md, "Turnover")
+TURNOVER_UNIT = ("traded notional per day, buys + sells of both legs, per unit of capital in each leg "
+                 "(a full swap of a 1-day long-short book trades 4)")
+
+
+
+def fmt(value: Any, pattern: str) -> str:
+    """`pattern.format(value)`, or "n/a" for None / NaN / inf."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    try:
+        return pattern.format(int(value) if pattern.endswith("d}") else value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def pnl_note(ev: Evaluation, returns: str | None = None) -> str:
+    """One line: which daily pnl the Sharpe / vol / drawdown / curves come from (docs/metrics.md)."""
+    s, h = ev.summary, ev.params["horizon"]
+    method = s.get("pnl_method", "daily")
+    if method == "realised":
+        return (f"pnl method: realised -- daily pnl of the {h} overlapping {h}-day books on the 1-day returns"
+                + (f" {returns!r}" if returns else "") + f" (booked-naive sharpe {s['sharpe_booked']:+.2f})")
+    if method == "non_overlapping":
+        return (f"pnl method: non_overlapping -- no 1-day returns given: every {h}th day's {h}-day book, "
+                f"annualised by sqrt(P/{h}), averaged over the {h} offsets (pass --returns for the realised pnl)")
+    return "pnl method: daily -- horizon 1, the label is the 1-day return"
+
+
+def label_lag_text(label: str, horizon: int, lag: int | None) -> str:
+    """When the label's position is entered (docs/data.md, "Label lag"); "" when the lag is unknown.
+
+    `label y5 entered at close t+1 (label_lag 1): return close t+1 -> t+6, features up to close t`"""
+    if lag is None:
+        return ""
+    lag, h = int(lag), int(horizon)
+    if lag == 0:
+        return (f"label {label} entered at close t (label_lag 0: entered at the close the features use, "
+                f"frictionless): return close t -> t+{h}")
+    return (f"label {label} entered at close t+{lag} (label_lag {lag}): return close t+{lag} -> t+{lag + h}, "
+            f"features up to close t")
+
+
+def break_even_text(value: Any) -> str:
+    """`break-even 12.3 bps per unit traded`, or `break-even n/a` (nothing traded, or gross pnl <= 0)."""
+    ok = isinstance(value, (int, float)) and math.isfinite(value)
+    return f"break-even {value:.1f} bps per unit traded" if ok else "break-even n/a"
+
+
+def format_summary(ev: Evaluation, returns: str | None = None, *, label: str | None = None,
+                   label_lag: int | None = None, liquidity: str | None = None) -> str:
+    """The numbers a researcher reads first, one per line (with `label_lag`: when the label is entered; with
+    `liquidity`: the liquidity split by that column)."""
+    s, p = ev.summary, ev.params
+    lag_line = label_lag_text(label or "label", p["horizon"], label_lag)
+    lines = [*([f"execution: {lag_line}"] if lag_line else []),
+        f"days evaluated {s['n_days']}  skipped {s['n_days_skipped']} (< {p['min_stocks']} valid pairs)  "
+        f"mean stocks/day {s['mean_stocks']:.1f}",
+        f"IC       {s['ic']:+.4f}  ICIR {s['icir']:+.3f}  t {s['ic_tstat']:+.2f}  HAC t {s['ic_tstat_hac']:+.2f}"
+        f"  (ICIR not annualised; Newey-West {s['hac_lags']} lags)",
+        f"RankIC   {s['rank_ic']:+.4f}  ICIR {s['rank_icir']:+.3f}  t {s['rank_ic_tstat']:+.2f}  "
+        f"HAC t {s['rank_ic_tstat_hac']:+.2f}",
+        pnl_note(ev, returns),
+        f"long-short (top-bottom of {p['quantiles']}, horizon {p['horizon']}): pnl {s['pnl_long_short']:+.4f}  "
+        f"ann {s['ann_return']:+.4f}  vol {s['ann_vol']:.4f}  sharpe {s['sharpe']:+.3f}  "
+        f"maxDD {s['max_drawdown']:+.4f}",
+        f"mean daily long-short pnl t {s['ls_tstat']:+.2f}  HAC t {s['ls_tstat_hac']:+.2f}",
+        f"long (top-mean):  pnl {s['pnl_long']:+.4f}  ann {s['ann_return_long']:+.4f}  sharpe {s['sharpe_long']:+.3f}",
+        f"turnover ls {s['turnover']:.4f}/day  top {s['turnover_top']:.3f}  bottom {s['turnover_bottom']:.3f}  "
+        f"signal autocorr {s['signal_autocorr']:+.3f}",
+        f"net of {p['cost_bps']:g} bps: ls pnl {s['pnl_long_short_net']:+.4f}  sharpe {s['sharpe_net']:+.3f}  "
+        f"long pnl {s['pnl_long_net']:+.4f}  (gross above; {break_even_text(s.get('break_even_bps'))}, "
+        f"long-only {break_even_text(s.get('break_even_bps_long')).removeprefix('break-even ')})",
+        "quantile mean label (1=lowest signal): "
+        + "  ".join(f"q{q + 1} {v:+.5f}" for q, v in enumerate(ev.quantile_returns)),
+    ]
+    if liquidity:
+        lines.append(liquidity_line(ev.liquidity_split, liquidity))
+    return "\n".join(lines)
+
+
+def _break_even_detail(value: Any, gross_total: Any) -> str:
+    """`12.3 bps per unit traded`, or n/a with the reason (a losing strategy, or nothing traded).
+
+    `gross_total`: the summed gross pnl over the same days (pnl_long_short / pnl_long), whose sign is the mean's."""
+    if isinstance(value, float) and math.isfinite(value):
+        return f"{value:.1f} bps per unit traded"
+    if isinstance(gross_total, float) and math.isfinite(gross_total) and gross_total <= 0:
+        return "n/a (gross pnl <= 0: no cost makes it break even)"
+    return "n/a (no turnover, or no pnl days)"
+
+
+def costs_document(summary: dict) -> dict:
+    """metrics.json's `costs`: the cost assumption, gross beside net, the break-even costs and what they mean."""
+    cost = float(summary.get("cost_bps") or 0.0)
+    return {
+        "cost_bps": cost,
+        "cost_unit": f"bps of traded notional: turnover = {TURNOVER_UNIT}",
+        "headline_sharpe": "gross" if cost == 0 else f"gross, with net of {cost:g} bps beside it",
+        "sharpe_gross": summary.get("sharpe"), "sharpe_net": summary.get("sharpe_net"),
+        "pnl_long_short_gross": summary.get("pnl_long_short"), "pnl_long_short_net": summary.get("pnl_long_short_net"),
+        "sharpe_long_gross": summary.get("sharpe_long"), "sharpe_long_net": summary.get("sharpe_long_net"),
+        "break_even_bps": summary.get("break_even_bps"),
+        "break_even_bps_long": summary.get("break_even_bps_long"),
+        "break_even": ("the cost per unit traded at which the summed net long-short pnl is zero: 1e4 x mean "
+                       "daily gross pnl / mean daily turnover over the pnl days; null when the turnover is 0 "
+                       "or the gross pnl <= 0"),
+        "break_even_text": _break_even_detail(summary.get("break_even_bps"), summary.get("pnl_long_short")),
+        "break_even_long_text": _break_even_detail(summary.get("break_even_bps_long"), summary.get("pnl_long")),
+    }
+
+
+def costs_line(summary: dict) -> str:
+    """One printed line: the cost assumption, gross vs net, and the break-even cost."""
+    c = costs_document(summary)
+    head = ("costs: none assumed (evaluation.cost_bps 0): every pnl and Sharpe above is gross"
+            if c["cost_bps"] == 0 else
+            f"costs: {c['cost_bps']:g} bps per unit traded: long-short Sharpe {fmt(c['sharpe_gross'], '{:+.2f}')} "
+            f"gross, {fmt(c['sharpe_net'], '{:+.2f}')} net; pnl {fmt(c['pnl_long_short_gross'], '{:+.4f}')} "
+            f"gross, {fmt(c['pnl_long_short_net'], '{:+.4f}')} net")
+    return (f"{head}; break-even {c['break_even_text']} (long-only {c['break_even_long_text']}); "
+            f"turnover = {TURNOVER_UNIT}")
+
+
+def liquidity_line(split: dict | None, column: str | None = None) -> str:
+    """One printed line: IC on the more vs the less liquid half of each day's names, or why there is none."""
+    if not split or not split.get("available"):
+        return "liquidity split: " + ((split or {}).get("note") or "n/a (no liquidity column)")
+    name = f" by {column}" if column else ""
+    return (f"liquidity split{name} (each day's names halved at the median): IC "
+            f"{fmt(split['ic_liquid'], '{:+.4f}')} more liquid vs {fmt(split['ic_illiquid'], '{:+.4f}')} less "
+            f"liquid (difference {fmt(split['ic_diff'], '{:+.4f}')}, HAC t {fmt(split['ic_diff_tstat_hac'], '{:+.2f}')}"
+            f", {split['n_days']} days); RankIC {fmt(split['rank_ic_liquid'], '{:+.4f}')} vs "
+            f"{fmt(split['rank_ic_illiquid'], '{:+.4f}')}; names per half {fmt(split['mean_stocks_liquid'], '{:.1f}')}"
+            f" vs {fmt(split['mean_stocks_illiquid'], '{:.1f}')}")
