@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from crnn_ray.score import ScoreOptions, merge_config, run_score
+from crnn_ray.score import ScoreConfig, run_score
 
 RULES = [("top-K mean", False, "top_k", "mean"), ("top-K ic_weighted", False, "top_k", "ic_weighted"),
          ("seed-avg top-K", True, "top_k", "mean"), ("greedy (seed-avg)", True, "greedy", "mean")]
@@ -42,13 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pool", type=int, default=12)
     ap.add_argument("--verbose", action="store_true", help="show the scorer's own output")
     args = ap.parse_args(argv)
-    cfg = merge_config({"corr_penalty": args.corr_penalty, "pool": args.pool})
     rows = []
     with tempfile.TemporaryDirectory(prefix="ensemble_rules_") as tmp:
         for i, (rule, seed_average, selection, method) in enumerate(RULES):
-            opts = ScoreOptions(experiment=Path(args.experiment), out=Path(tmp) / str(i), top_k=args.top_k,
+            opts = ScoreConfig(experiment=Path(args.experiment), out=Path(tmp) / str(i), top_k=args.top_k,
                                 select_by=args.select_by, method=method, seed_average=seed_average,
-                                selection=selection, path="in_process", config=cfg)
+                                selection=selection, path="in_process", corr_penalty=args.corr_penalty,
+                               pool=args.pool)
             buf = io.StringIO()
             with contextlib.redirect_stdout(sys.stdout if args.verbose else buf):
                 m = run_score(opts)

@@ -23,7 +23,10 @@ import torch
 
 from crnn_ray.data import gather_windows, load_panel, make_splits, save_panel, synthesize
 from crnn_ray.defaults import LOOKBACK
-from crnn_ray.score import ScoreOptions, merge_config, plan_scoring, predict_rows
+from crnn_ray.score import ScoreConfig
+from crnn_ray.score.choose import choose_units
+from crnn_ray.score.inference import predict_rows
+from crnn_ray.score.plan import Scope, plan_window
 from crnn_ray.score.predict import resolve_chunk_rows
 from crnn_ray.train.checkpoint import write_checkpoint
 from crnn_ray.zoo import build_model, load_zoo
@@ -90,9 +93,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="score_bench_") as tmp:
         root = Path(tmp)
         exp, dates = make_experiment(root, args.symbols, args.days, args.score_days)
-        cfg = merge_config({})
-        opts = ScoreOptions(experiment=exp, out=root / "out", top_k=5, config=cfg)
-        plan = plan_scoring(opts)
+        cfg = ScoreConfig(experiment=exp, out=root / "out", top_k=5)
+        plan = plan_window(cfg, Scope(None), *choose_units(cfg, None))
         n = plan.n_rows
         print(f"bench: {len(plan.members)} members ({', '.join(MEMBERS)}), {n:,} rows = "
               f"{plan.n_dates} dates x ~{n // plan.n_dates} stocks, lookback {LOOKBACK}")
@@ -106,7 +108,7 @@ def main(argv=None) -> int:
         base_s, t_in, t_ray, t_ray2 = math.inf, None, None, None
         try:
             for r in range(args.rounds):
-                base_s = min(base_s, plain_loop(plan, resolve_chunk_rows(cfg["chunk_rows"], "cpu")))
+                base_s = min(base_s, plain_loop(plan, resolve_chunk_rows(cfg.chunk_rows, "cpu")))
                 t = predict_rows(plan, "in_process", cfg)[1]
                 t_in = t if t_in is None or t["seconds"] < t_in["seconds"] else t_in
                 t = predict_rows(plan, "ray", cfg)[1]

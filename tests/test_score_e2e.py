@@ -319,10 +319,9 @@ def test_declared_gpu_takes_the_cuda_path_and_matches(experiment, scored, tmp_pa
     script = (
         "import ray, sys\n"
         "from pathlib import Path\n"
-        "from crnn_ray.score import ScoreOptions, merge_config, run_score\n"
+        "from crnn_ray.score import ScoreConfig, run_score\n"
         "ray.init(address='local', num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)\n"
-        f"m = run_score(ScoreOptions(experiment=Path({str(experiment)!r}), out=Path({str(out)!r}), path='ray',"
-        " config=merge_config({})))\n"
+        f"m = run_score(ScoreConfig(experiment=Path({str(experiment)!r}), out=Path({str(out)!r}), path='ray'))\n"
         "ray.shutdown()\n"
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,

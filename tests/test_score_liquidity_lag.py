@@ -13,6 +13,7 @@ import pytest
 from crnn_ray.data import ingest_ohlcv, load_panel, save_panel
 from crnn_ray.evaluate import main as evaluate_main
 from crnn_ray.score import job
+from crnn_ray.score.config import ScoreConfig
 from crnn_ray.score.select import Member, Unit
 
 LOOKBACK = 6
@@ -54,12 +55,12 @@ def _score(tmp_path, monkeypatch, label_lag: int):
                     checkpoint=tmp_path / "ck", valid_ic=0.05, select_value=0.05, meta=member_meta,
                     state_dict=model.state_dict())
     unit = Unit(member.name, [member], 0.05, 0.05)
-    monkeypatch.setattr(job, "_choose_units", lambda opts: ([unit], [member], {"rule": "top_k",
-                                                                               "seed_average": False}))
+    monkeypatch.setattr(job, "choose_units", lambda cfg, window: ([unit], [member], {"rule": "top_k",
+                                                                                     "seed_average": False}))
     out = tmp_path / "out"
-    opts = job.ScoreOptions(experiment=tmp_path / "exp", out=out, data=path, path="in_process")
-    opts.config["evaluation"]["min_stocks"] = 5
-    return job.run_score(opts), out, panel
+    cfg = ScoreConfig(experiment=tmp_path / "exp", out=out, data=path, path="in_process")
+    cfg.evaluation.min_stocks = 5
+    return job.run_score(cfg), out, panel
 
 
 @pytest.mark.parametrize("label_lag", [1, 0])

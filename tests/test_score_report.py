@@ -1,4 +1,4 @@
-"""The tear sheet's cost and liquidity statements (crnn_ray/score/report.py) on a hand-made plan, no Ray:
+"""The tear sheet's cost and liquidity statements (crnn_ray/score/report.py) on a hand-made record, no Ray:
 gross vs net, the cost assumed, the break-even cost, and the liquidity split or why there is none."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import pytest
 
 from crnn_ray.io import to_json
 from crnn_ray.score import report as rep
+from crnn_ray.score.config import EvaluationConfig
 
 
 def _plan(liquidity: bool, days: int = 40, stocks: int = 30, seed: int = 3):
@@ -18,11 +19,11 @@ def _plan(liquidity: bool, days: int = 40, stocks: int = 30, seed: int = 3):
     label = rng.normal(scale=0.01, size=(days, stocks))
     returns = 0.2 * label + rng.normal(scale=0.001, size=(days, stocks))  # the books earn what the label says
     member = SimpleNamespace(name="convgru/m01@seed0", trial_id="t000", valid_ic=0.1, variant_id="convgru/m01",
-                             info=lambda: {"spec": "x"})
+                             info={"spec": "x"})
     plan = SimpleNamespace(
         label_grid=label, returns_grid=returns, oracle_grid=None, horizon=5, label="y5", returns_name="y1",
-        dates=np.datetime64("2024-01-02") + np.arange(days), members=[member], predicted=[member], weights=[1.0],
-        baselines={}, selected=None, panel=SimpleNamespace(meta={}), panel_path="/tmp/panel.parquet",
+        dates=np.datetime64("2024-01-02") + np.arange(days), members=[member], columns=[member], weights=[1.0],
+        baselines={}, selected=None, panel_meta={}, panel_path="/tmp/panel.parquet", label_lag=None,
         period=("2024-01-02", "2024-02-10"), n_dates=days, n_rows=days * stocks, in_sample={}, weight_note="",
         units=[], unit_weights=None, selection=None,
         liquidity_grid=np.tile(np.arange(stocks, dtype=float), (days, 1)) if liquidity else None,
@@ -30,6 +31,12 @@ def _plan(liquidity: bool, days: int = 40, stocks: int = 30, seed: int = 3):
     signal = label + rng.normal(scale=0.01, size=label.shape)  # a signal that earns, gross
     preds = signal[..., None].astype(np.float32)
     return plan, signal, preds
+
+
+def _evaluate(rec, signal, preds, ecfg):
+    """report.evaluate_all on the hand-made record with this signal and these member predictions."""
+    return rep.evaluate_all(SimpleNamespace(**{**vars(rec), "signal": signal, "preds": preds}),
+                            EvaluationConfig(**ecfg))
 
 
 def _opts(tmp_path):
@@ -41,7 +48,7 @@ def _opts(tmp_path):
 def test_report_says_gross_or_net_the_cost_and_the_break_even(tmp_path, capsys, cost_bps):
     plan, signal, preds = _plan(liquidity=False)
     ecfg = {"quantiles": 5, "cost_bps": cost_bps, "min_stocks": 10, "periods_per_year": 252}
-    ev = rep.evaluate_all(plan, signal, preds, ecfg)
+    ev = _evaluate(plan, signal, preds, ecfg)
     s = ev["ensemble"].summary
     assert s["cost_bps"] == cost_bps and s["break_even_bps"] > 0
     doc = json.loads(to_json(rep.metrics_document(plan, _opts(tmp_path), {"path": "in-process"}, ev)))
@@ -74,7 +81,7 @@ def test_report_says_gross_or_net_the_cost_and_the_break_even(tmp_path, capsys, 
 def test_break_even_is_na_with_its_reason_for_a_losing_signal(tmp_path):
     plan, signal, preds = _plan(liquidity=False)
     ecfg = {"quantiles": 5, "cost_bps": 0.0, "min_stocks": 10, "periods_per_year": 252}
-    ev = rep.evaluate_all(plan, -signal, -preds, ecfg)
+    ev = _evaluate(plan, -signal, -preds, ecfg)
     s = ev["ensemble"].summary
     assert s["pnl_long_short"] < 0 and np.isnan(s["break_even_bps"])
     assert rep.costs_document(s)["break_even_text"] == "n/a (gross pnl <= 0: no cost makes it break even)"
@@ -84,7 +91,7 @@ def test_break_even_is_na_with_its_reason_for_a_losing_signal(tmp_path):
 def test_report_prints_the_liquidity_split_when_the_plan_has_a_liquidity_grid(tmp_path, capsys):
     plan, signal, preds = _plan(liquidity=True)
     ecfg = {"quantiles": 5, "cost_bps": 0.0, "min_stocks": 10, "periods_per_year": 252}
-    ev = rep.evaluate_all(plan, signal, preds, ecfg)
+    ev = _evaluate(plan, signal, preds, ecfg)
     split = ev["ensemble"].liquidity_split
     assert split["available"] and split["n_days"] == 40 and split["mean_stocks_liquid"] == 15
     doc = json.loads(to_json(rep.metrics_document(plan, _opts(tmp_path), {"path": "in-process"}, ev)))
@@ -96,7 +103,7 @@ def test_report_prints_the_liquidity_split_when_the_plan_has_a_liquidity_grid(tm
     rep.print_evaluation(plan, ev, {**doc, "method": "mean", "select_by": "select_ic"})
     assert line in capsys.readouterr().out
     # the ensemble's summary is the same with or without the liquidity grid (the recompute command has none)
-    plain = rep.evaluate_all(_plan(liquidity=False)[0], signal, preds, ecfg)["ensemble"].summary
+    plain = _evaluate(_plan(liquidity=False)[0], signal, preds, ecfg)["ensemble"].summary
     assert json.loads(to_json(plain)) == json.loads(to_json(ev["ensemble"].summary))
 
 
@@ -106,7 +113,7 @@ def test_report_states_the_label_lag_and_the_recompute_names_the_liquidity_colum
     if label_lag is not None:
         plan.label_lag = label_lag
     ecfg = {"quantiles": 5, "cost_bps": 0.0, "min_stocks": 10, "periods_per_year": 252}
-    ev = rep.evaluate_all(plan, signal, preds, ecfg)
+    ev = _evaluate(plan, signal, preds, ecfg)
     doc = json.loads(to_json(rep.metrics_document(plan, _opts(tmp_path), {"path": "in-process"}, ev)))
     assert doc["label_lag"] == label_lag
     assert "--liquidity traded_value_med" in doc["recompute"]
@@ -122,5 +129,5 @@ def test_report_states_the_label_lag_and_the_recompute_names_the_liquidity_colum
     assert "execution (label lag)" in html and want[label_lag].replace(">", "&gt;") in html
     plain_plan = _plan(liquidity=False)[0]
     plain = rep.metrics_document(plain_plan, _opts(tmp_path), {"path": "in-process"},
-                                 rep.evaluate_all(plain_plan, signal, preds, ecfg))
+                                 _evaluate(plain_plan, signal, preds, ecfg))
     assert "--liquidity" not in plain["recompute"] and "liquidity" not in plain["ensemble"]["inputs"]

@@ -11,7 +11,8 @@ import torch
 from scipy.stats import rankdata
 
 from crnn_ray.io import CliError
-from crnn_ray.score.ensemble import combine, member_correlation, member_weights, rank_by_date, zscore_by_date
+from crnn_ray.score.ensemble import member_weights
+from long_rows import combine, member_correlation, rank_by_date, zscore_by_date
 from crnn_ray.score.predict import EnsemblePredictor, member_payload
 from crnn_ray.score.select import Member, check_look_ahead, in_sample_overlaps, select_members
 from crnn_ray.zoo import build_model
@@ -177,16 +178,22 @@ def test_predictor_rows_do_not_depend_on_batching():
 
 
 def test_config_defaults_file_matches_code_and_bad_keys_are_named(tmp_path):
-    from crnn_ray.score import DEFAULT_CONFIG, merge_config
-    from crnn_ray.score.__main__ import DEFAULT_CONFIG_FILE, load_score_config
+    from crnn_ray.score.config import DEFAULT_CONFIG_FILE, ScoreConfig, load_score_config
 
-    assert load_score_config(None) == merge_config({}) == merge_config(
-        __import__("yaml").safe_load(DEFAULT_CONFIG_FILE.read_text()))
-    assert merge_config({"ray": {"actor_cpus": 0.25}})["ray"] == {**DEFAULT_CONFIG["ray"], "actor_cpus": 0.25}
+    uncommented = tmp_path / "all.yaml"
+    uncommented.write_text("\n".join(ln[2:] for ln in DEFAULT_CONFIG_FILE.read_text().splitlines()
+                                     if ln.startswith("# ") and ":" in ln.split("#")[1] and ln[2:3] != " "
+                                     and not ln.startswith("# `")) + "\n")
+    assert load_score_config(None) == ScoreConfig() == load_score_config(str(uncommented))
+    small = tmp_path / "small.yaml"
+    small.write_text("ray: {actor_cpus: 0.25}\n")
+    cfg = load_score_config(str(small))
+    assert cfg.ray.actor_cpus == 0.25 and cfg.ray.num_cpus is None and cfg.top_k == ScoreConfig().top_k
     bad = tmp_path / "bad.yaml"
     for text, msg in [("evaluation: {quantile: 5}\n", r"^bad\.yaml: evaluation\.quantile: unknown key"),
                       ("batch_rows: -3\n", r"^bad\.yaml: batch_rows: expected a positive integer, got -3"),
-                      ("top_k: [1\n", r"^bad\.yaml: not valid YAML")]:
+                      ("top_k: [1\n", r"^bad\.yaml: not valid YAML"),
+                      ("out: /tmp/x\n", r"^bad\.yaml: out: unknown key")]:   # a command-line-only flag
         bad.write_text(text)
         with pytest.raises(CliError, match=msg):
             load_score_config(str(bad))
@@ -196,21 +203,55 @@ def test_default_config_file_documents_the_code_defaults():
     """configs/score/default.yaml shows every key with its default, commented out: uncommented, it is the code's."""
     import yaml
 
-    from crnn_ray.score.config import DEFAULT_CONFIG, DEFAULT_CONFIG_FILE
+    from crnn_ray.config import section_dict
+    from crnn_ray.score.config import DEFAULT_CONFIG_FILE, ScoreConfig
 
     lines = DEFAULT_CONFIG_FILE.read_text().splitlines()
     documented = yaml.safe_load("\n".join(ln[2:] for ln in lines if ln.startswith("# ") and ":" in ln
                                           and not ln.startswith("# `") and "settings" not in ln
                                           and not ln.startswith("# crnn_ray") and not ln.startswith("# file")))
-    assert documented == DEFAULT_CONFIG
+    assert documented == section_dict(ScoreConfig())
+
+
+def test_score_help_defaults_are_the_dataclass_defaults_and_the_codes():
+    """`score --help` states each flag's default from the one ScoreConfig field; with no flag and no file the
+    command runs with exactly those values (the flag, the YAML key and the help default cannot drift apart)."""
+    import dataclasses
+    import re
+
+    from crnn_ray.config import default_text, flag_name, value_text
+    from crnn_ray.score.config import ScoreConfig, build_parser, config_from_args
+
+    parser = build_parser()
+    helps = {a.option_strings[0]: a.help for a in parser._actions if a.option_strings}
+    run = config_from_args(["--experiment", "exp", "--out", "out"])
+    flags = [f for f in dataclasses.fields(ScoreConfig) if f.metadata.get("flag")]
+    assert {f.name for f in flags} >= {"top_k", "select_by", "method", "seed_average", "selection", "path",
+                                       "window", "reference", "latest", "start", "end", "data"}
+    for f in flags:
+        assert flag_name(f) in parser.format_help()
+        if f.metadata.get("required"):
+            continue
+        stated = re.search(r"\(default: ([^)]*)\)$", " ".join(helps[flag_name(f)].split())).group(1)
+        assert stated == default_text(f), f.name
+        assert value_text(getattr(run, f.name)) == stated, f.name
+    assert "(default: select_ic)" in helps["--select-by"] and "(default: off)" in helps["--seed-average"]
+    # flags override the file; each flag goes through its field's check
+    assert config_from_args(["--experiment", "e", "--out", "o", "--top-k", "3", "--seed-average",
+                             "--ray"]).top_k == 3
+    with pytest.raises(CliError, match=r"^python -m crnn_ray.score: --top-k: expected a positive integer, got '0'"):
+        config_from_args(["--experiment", "e", "--out", "o", "--top-k", "0"])
+    with pytest.raises(CliError, match=r"--method: expected one of mean, ic_weighted, rank_mean"):
+        config_from_args(["--experiment", "e", "--out", "o", "--method", "median"])
 
 
 def test_auto_path_keeps_small_jobs_in_process():
     from types import SimpleNamespace
 
-    from crnn_ray.score import choose_path, merge_config
+    from crnn_ray.score.config import ScoreConfig
+    from crnn_ray.score.inference import choose_path
 
-    cfg = merge_config({"in_process_max_days": 2, "in_process_max_rows": 100})
+    cfg = ScoreConfig(in_process_max_days=2, in_process_max_rows=100)
 
     def plan(days, stocks):
         return SimpleNamespace(n_dates=days, n_rows=days * stocks)
@@ -227,21 +268,20 @@ def test_auto_path_keeps_small_jobs_in_process():
 def test_latest_is_the_panels_last_date_and_excludes_start_end(tmp_path, capsys):
     from types import SimpleNamespace
 
-    from crnn_ray.score import ScoreOptions, plan_scoring
     from crnn_ray.score.__main__ import main as score_main
-    from crnn_ray.score.job import _resolve_day_range
+    from crnn_ray.score.config import config_from_args
+    from crnn_ray.score.plan import Scope, _scored_days
 
     panel = SimpleNamespace(dates=np.arange("2024-01-01", "2024-01-11", dtype="datetime64[D]"), meta={})
     members = [SimpleNamespace(meta={"splits": {"test": ["2024-01-03", "2024-01-08"]}})]
-    opts = ScoreOptions(experiment=tmp_path, out=tmp_path / "out")
-    assert _resolve_day_range(panel, members, opts) == (2, 7)      # default: the members' test period
-    opts.latest = True
-    assert _resolve_day_range(panel, members, opts) == (9, 9)      # --latest: the panel's last date only
+    assert _scored_days(panel, members, Scope(None), False) == (2, 7)               # the members' test period
+    assert _scored_days(panel, members, Scope(None, latest=True), False) == (9, 9)  # --latest: the last date
 
     # with --start or --end: a one-line error before anything is read or written
     out = tmp_path / "out"
     with pytest.raises(CliError, match="--latest"):
-        plan_scoring(ScoreOptions(experiment=tmp_path / "missing", out=out, latest=True, start="2024-01-10"))
+        config_from_args(["--experiment", str(tmp_path / "missing"), "--out", str(out), "--latest", "--start",
+                          "2024-01-10"])
     for flag in ("--start", "--end"):
         capsys.readouterr()
         rc = score_main(["--experiment", str(tmp_path / "missing"), "--out", str(out), "--latest", flag,

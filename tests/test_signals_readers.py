@@ -1,6 +1,6 @@
 """The scorer's outputs open in every reader: pandas, pyarrow, duckdb and polars, one plain call each.
 
-A small real signals dataset is written by the scorer's own writer (`job.write_signals` / `write_labels` on a
+A small real signals dataset is written by the scorer's own writer (`write.write_signals` / `write_labels` on a
 hand-made plan: 4 dates x 6 text symbols, some cells not scored; no sweep, no Ray) and read back by each
 reader; all must give the same (date, symbol, signal, member) rows. The date lives only in the
 `date=YYYY-MM-DD` folder names (a copy inside the files made pyarrow and pandas refuse to merge it with the
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import duckdb
 import numpy as np
@@ -25,7 +26,10 @@ from crnn_ray.evaluate import main as evaluate_main
 from crnn_ray.evaluate import read_table
 from crnn_ray.io import parquet_dataset
 from crnn_ray.metrics import evaluate
-from crnn_ray.score.job import ScoreOptions, ScorePlan, write_labels, write_signals
+from crnn_ray.score.config import ScoreConfig
+from crnn_ray.score.plan import WindowPlan
+from crnn_ray.score.stitch import Part, stitch
+from crnn_ray.score.write import write_labels, write_signals
 from crnn_ray.score.select import Member, Unit
 
 DATES = np.array(["2024-01-02", "2024-01-03", "2024-01-04", "2024-01-05"], dtype="datetime64[D]")
@@ -45,17 +49,18 @@ def written(tmp_path_factory) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
                       seed=0, checkpoint=Path("."), valid_ic=0.05, select_value=0.05) for k in (1, 2)]
     label = np.where(scored, rng.normal(size=(d, s)), np.nan)
     label[-1, 1] = np.nan  # a scored row whose label is not known yet
-    plan = ScorePlan(
+    plan = WindowPlan(
         members=members, payloads=[], inputs={}, slice_dates=DATES, symbols=SYMBOLS, first_day=0, days=days,
-        stocks=stocks, panel=None, panel_path=Path("panel.parquet"), label="y5", horizon=5, label_grid=label,
+        stocks=stocks, panel=SimpleNamespace(meta={}), panel_path=Path("panel.parquet"), label="y5", horizon=5, label_grid=label,
         oracle_grid=None, period=(str(DATES[0]), str(DATES[-1])), in_sample={}, weights=np.array([0.5, 0.5]),
         weight_note=None, units=[Unit(m.name, [m], 0.05, 0.05) for m in members],
         unit_weights=np.array([0.5, 0.5]), groups=[[0], [1]],
     )
     preds = rng.normal(size=(d, s, 2)).astype(np.float32)
     signal = np.where(scored, preds.mean(axis=2).astype(np.float64), np.nan)
-    write_signals(out, plan, ScoreOptions(experiment=Path("."), out=out), signal, preds)
-    write_labels(out, plan)
+    record = stitch([Part(None, plan, preds, signal, {"seconds": 0.0}, "in_process")], False, Path("."))
+    write_signals(out, record, ScoreConfig(experiment=Path("."), out=out))
+    write_labels(out, record)
     expected = pd.DataFrame({"date": [str(x) for x in DATES[days]], "symbol": SYMBOLS[stocks],
                              "signal": signal[days, stocks]})
     for k, m in enumerate(members):

@@ -165,13 +165,12 @@ def test_resume_refuses_a_moved_window(experiment, tmp_path):
 # ----------------------------------------------------------------------------------------------- scoring
 @pytest.fixture(scope="module")
 def stitched(experiment):
-    from crnn_ray.score import ScoreOptions, run_score
-    from crnn_ray.score.config import merge_config
+    from crnn_ray.score import ScoreConfig, run_score
 
     root = experiment[0]
     out = root / "score"
-    metrics = run_score(ScoreOptions(experiment=root / "runs" / "wf", out=out, top_k=1, seed_average=True,
-                                     select_by="select_ic", config=merge_config({}), path="in_process"))
+    metrics = run_score(ScoreConfig(experiment=root / "runs" / "wf", out=out, top_k=1, seed_average=True,
+                                     select_by="select_ic", path="in_process"))
     return root, out, metrics
 
 
@@ -250,24 +249,22 @@ def _copied_experiment(root: Path, tmp_path: Path) -> tuple[Path, dict]:
 def test_a_window_scored_before_its_members_data_ended_is_refused(stitched, tmp_path):
     """A config.yaml whose window 2 test part starts inside that window's selection part (a tampered or
     mis-built experiment): the scorer refuses instead of writing a look-ahead record."""
-    from crnn_ray.score import ScoreOptions, run_score
-    from crnn_ray.score.config import merge_config
+    from crnn_ray.score import ScoreConfig, run_score
 
     exp, config = _copied_experiment(stitched[0], tmp_path)
     config["resolved"]["windows"][2]["test"][0] = config["resolved"]["windows"][2]["select"][0]
     (exp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     with pytest.raises(CliError, match=r"window w02 .*look-ahead"):
-        run_score(ScoreOptions(experiment=exp, out=tmp_path / "out", config=merge_config({}), path="in_process"))
+        run_score(ScoreConfig(experiment=exp, out=tmp_path / "out", path="in_process"))
     assert not (tmp_path / "out").exists()
 
 
 def test_latest_scores_with_the_newest_window(stitched, capsys):
-    from crnn_ray.score import ScoreOptions, run_score
-    from crnn_ray.score.config import merge_config
+    from crnn_ray.score import ScoreConfig, run_score
 
     root = stitched[0]
-    run_score(ScoreOptions(experiment=root / "runs" / "wf", out=root / "latest", latest=True,
-                           config=merge_config({}), path="in_process"))
+    run_score(ScoreConfig(experiment=root / "runs" / "wf", out=root / "latest", latest=True,
+                           path="in_process"))
     out = capsys.readouterr().out
     assert "walk-forward: --latest uses the newest window w04" in out
     part = next((root / "latest" / "signals").iterdir())
@@ -278,15 +275,13 @@ def test_latest_scores_with_the_newest_window(stitched, capsys):
 
 def test_a_day_after_every_test_part_is_scored_by_the_newest_window(stitched, tmp_path, capsys):
     """The daily job with a DATE past the recorded windows (the panel gained a day since the last retrain)."""
-    from crnn_ray.score import ScoreOptions, run_score
-    from crnn_ray.score.config import merge_config
+    from crnn_ray.score import ScoreConfig, run_score
 
     exp, config = _copied_experiment(stitched[0], tmp_path)
     last = config["resolved"]["windows"][-1]["test"][1]
     dates = sorted(p.name.split("=")[1] for p in (stitched[1] / "signals").iterdir())
     config["resolved"]["windows"][-1]["test"][1] = dates[-2]  # as if the panel's last day came after it
     (exp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    run_score(ScoreOptions(experiment=exp, out=tmp_path / "out", start=last, end=last, config=merge_config({}),
-                           path="in_process"))
+    run_score(ScoreConfig(experiment=exp, out=tmp_path / "out", start=last, end=last, path="in_process"))
     assert "dates after every window's test part use the newest window w04" in capsys.readouterr().out
     assert [p.name for p in (tmp_path / "out" / "signals").iterdir()] == [f"date={last}"]

@@ -1,19 +1,25 @@
 """The batch scorer: top-K sweep members -> per-date ensemble signal -> signals/ + metrics + tear sheet.
 
-    select.py    members (top-K on a validation metric) and the look-ahead rule
-    predict.py   EnsemblePredictor: the members' raw predictions (Ray Data callable and in-process)
-    ensemble.py  per-date combination of the member predictions
-    report.py    evaluation, metrics.json, figures, HTML tear sheet
-    job.py       the scoring job: plan, predict, ensemble, evaluate, write (`run_score`)
-    __main__.py  `python -m crnn_ray.score`
+One pipeline over windows (a static split is one window): plan -> predict -> stitch -> evaluate -> write.
 
-The job's API is re-exported here: `from crnn_ray.score import ScoreOptions, run_score`.
+    config.py        ScoreConfig: the one options object (flags, YAML keys, defaults, --help)
+    select.py        trials -> members and units ranked on a validation metric; the look-ahead rule
+    plan.py          the windows to score; one window's members, panel slice, rows and label grids
+    choose.py        which units join a window's ensemble (top-K, or greedy on the selection split)
+    predict.py       EnsemblePredictor: the members' raw predictions (plain PyTorch)
+    inference.py     where it runs: in-process or Ray Data actors
+    ensemble.py      per-date combination of the member predictions
+    stitch.py        the windows' grids concatenated by date into one record
+    report.py        evaluation, metrics.json, printed tables, figures, the HTML tear sheet (render.py: drawing)
+    walk_forward.py  a walk-forward record's windows table and leaderboard
+    write.py         signals/ and labels.parquet
+    job.py           the command: `run_score(ScoreConfig)`
+    __main__.py      `python -m crnn_ray.score`
+
+`from crnn_ray.score import ScoreConfig, run_score, load_score_config` is the API.
 """
 
-from crnn_ray.score.job import (DEFAULT_CONFIG, ScoreOptions, ScorePlan, choose_path, merge_config, partition_path,
-                                plan_scoring, predict_in_process, predict_ray, predict_rows, run_score,
-                                signals_metadata, write_labels, write_signals)
+from crnn_ray.score.config import ScoreConfig, load_score_config
+from crnn_ray.score.job import run_score
 
-__all__ = ["DEFAULT_CONFIG", "ScoreOptions", "ScorePlan", "merge_config", "plan_scoring", "choose_path",
-           "predict_in_process", "predict_ray", "predict_rows", "signals_metadata", "partition_path",
-           "write_signals", "write_labels", "run_score"]
+__all__ = ["ScoreConfig", "load_score_config", "run_score"]

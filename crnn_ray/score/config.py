@@ -1,23 +1,28 @@
-"""The scorer's config: defaults and checks in one schema (crnn_ray/config.py), read from a YAML file.
+"""The scorer's one options object: `ScoreConfig` is the YAML schema, the command line and the defaults.
 
-configs/score/default.yaml documents every key with its default (commented out: the values live here);
-a researcher's file sets only what differs, and the command line overrides both.
+A field declared with `setting(..., flag=True)` is a flag of `python -m crnn_ray.score` whose help text and help
+default come from the field (the pattern of Hugging Face's HfArgumentParser); `yaml=False` marks the flags that
+say what to score this time (experiment, out, dates, window), which are no YAML keys. configs/score/default.yaml
+documents every YAML key with its default (commented out: the values live here). Precedence: the field's
+default, then a `--config` file, then the flags.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import argparse
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from crnn_ray.config import (Checker, auto_or, boolean, choice, int_at_least, load_yaml, nonneg_number, optional,
-                             positive_int, positive_number, read_section, section, setting, text)
-from crnn_ray.io import CliError
-from crnn_ray.schema import DEFAULT_RANK_METRIC
+from crnn_ray.config import (Checker, add_flags, auto_or, boolean, choice, flag_values, load_yaml,
+                             nonneg_int, nonneg_number, optional, path as path_value, positive_int, positive_number, read_section,
+                             section, setting, text)
+from crnn_ray.io import ArgumentParser, CliError
+from crnn_ray.metrics import EvaluationConfig
+from crnn_ray.schema import DEFAULT_RANK_METRIC, SELECT_METRICS
 from crnn_ray.score.ensemble import METHODS
 
-__all__ = ["ScoreConfig", "DEFAULT_CONFIG", "merge_config", "load_score_config", "DEFAULT_CONFIG_FILE", "METHODS",
-           "PATHS", "SELECTIONS"]
+__all__ = ["ScoreConfig", "RayConfig", "EvaluationConfig", "load_score_config", "build_parser", "config_from_args",
+           "DEFAULT_CONFIG_FILE", "METHODS", "PATHS", "SELECTIONS"]
 
 #: where the predictor runs
 PATHS = ("auto", "in_process", "ray")
@@ -35,51 +40,92 @@ class RayConfig:
     gpus_per_actor: float = setting(1.0, check=positive_number)  # used when the cluster has GPUs
 
 
-@dataclass
-class EvaluationConfig:
-    quantiles: int = setting(5, check=int_at_least(2))
-    cost_bps: float = setting(0.0, check=nonneg_number)
-    min_stocks: int = setting(10, check=int_at_least(2))
-    periods_per_year: float = setting(252, check=positive_number)
-    rolling_ic_days: int = setting(20, check=positive_int)
+def _cli(default, check, help, **kw):
+    """A command-line-only field: what to score this time."""
+    return setting(default, check=optional(check), flag=True, yaml=False, help=help, **kw)
 
 
 @dataclass
 class ScoreConfig:
-    top_k: int = setting(5, check=positive_int)
-    select_by: str = setting(DEFAULT_RANK_METRIC, check=text)  # checked against the trials by score/select.py
-    method: str = setting("mean", check=choice(*METHODS))
-    seed_average: bool = setting(False, check=boolean)  # a unit = the seeds of one (variant, hparams), averaged
-    selection: str = setting("top_k", check=choice(*SELECTIONS))  # top_k | greedy (on the selection split)
-    corr_penalty: float = setting(0.5, check=nonneg_number)  # greedy: x mean correlation with the units in
-    pool: int = setting(12, check=positive_int)  # greedy: candidates = the best `pool` units by select_by
-    path: str = setting("auto", check=choice(*PATHS))
+    # ---- what to score (command line only)
+    experiment: Path | None = _cli(None, path_value, "sweep experiment directory DIR/NAME", required=True)
+    out: Path | None = _cli(None, path_value, "output directory (signals/, metrics.json, report.html)", required=True)
+    data: Path | None = _cli(None, path_value, "panel to score; none = the experiment's own panel")
+    start: str | None = _cli(None, text, "first date to score YYYY-MM-DD; none = the start of the members' test period")
+    end: str | None = _cli(None, text, "last date to score; none = the test end (with --data: the panel's last date)")
+    latest: bool = setting(False, check=boolean, flag=True, yaml=False,
+                           help="score only the last date of the panel (the experiment's or --data) with the "
+                                "newest models; not with --start/--end")
+    allow_in_sample: bool = setting(False, check=boolean, flag=True, yaml=False,
+                                    help="score dates inside a member's train/valid window (+embargo); flagged "
+                                         "in the output")
+    window: int | None = _cli(None, nonneg_int, "walk-forward experiment: score this window's test part only, "
+                              "with its own members; none = every window, stitched into one out-of-sample record")
+    reference: str | None = _cli(None, text, "walk-forward leaderboard: the variant (or ENSEMBLE, baseline/ridge) "
+                                 "every row's daily IC is compared with; none = the top variant")
+    # ---- how to ensemble (YAML keys and flags)
+    top_k: int = setting(5, check=positive_int, flag=True,
+                         help="number of units: trials, or seed averages with --seed-average")
+    select_by: str = setting(DEFAULT_RANK_METRIC, check=text, flag=True,  # checked against the trials by select.py
+                             help=f"validation metric that ranks trials: {', '.join(SELECT_METRICS)}")
+    method: str = setting("mean", check=choice(*METHODS), flag=True,
+                          help=f"how member z-scores combine: {' | '.join(METHODS)}")
+    seed_average: bool = setting(False, check=boolean, flag=True,
+                                 help="average the seeds of one (variant, hparams) into one unit before selecting "
+                                      "and combining")
+    selection: str = setting("top_k", check=choice(*SELECTIONS), flag=True,
+                             help="top_k: the K best units by --select-by; greedy: forward selection on the "
+                                  "selection split with a correlation penalty")
+    corr_penalty: float = setting(0.5, check=nonneg_number, flag=True,
+                                  help="greedy: candidate score = ensemble IC - corr_penalty x mean correlation")
+    pool: int = setting(12, check=positive_int, flag=True,
+                        help="greedy: candidates = the best `pool` units by select_by")
+    # ---- where the predictor runs
+    path: str = setting("auto", check=choice(*PATHS), flag=True,
+                        help="auto (in-process for small jobs) | in_process | ray (Ray Data actors)")
     in_process_max_days: int = setting(5, check=positive_int)      # auto: at most this many dates ...
     in_process_max_rows: int = setting(200000, check=positive_int)  # ... or rows -> in-process
     # fixed model batch (padded): batching-independent; auto = predict.CHUNK_ROWS (512 on CPU, 1024 on a GPU)
     chunk_rows: int | str = setting("auto", check=auto_or(positive_int))
     batch_rows: int = setting(8192, check=positive_int)   # rows per Ray Data / in-process batch
-    device: str = setting("auto", check=auto_or(choice("cpu", "cuda")))  # in-process device
+    device: str = setting("auto", check=auto_or(choice("cpu", "cuda")), flag=True,
+                          help="in-process device: auto (cuda when available) | cpu | cuda")
     ray: RayConfig = setting(default_factory=RayConfig, check=section(RayConfig))
     evaluation: EvaluationConfig = setting(default_factory=EvaluationConfig, check=section(EvaluationConfig))
 
 
-#: the defaults as the plain dict the scorer reads (cfg["top_k"], cfg["ray"]["actor_cpus"], ...)
-DEFAULT_CONFIG: dict[str, Any] = asdict(ScoreConfig())
-
-
-def merge_config(user: dict | None, source: str = "score config") -> dict:
-    """The defaults overlaid with a user's YAML mapping, checked; CliError `source: key: what` on bad input."""
-    c = Checker(source)
-    return asdict(ScoreConfig(**read_section(c, ScoreConfig, user, "")))
-
-
-def load_score_config(path: str | None) -> dict:
-    """A score config file (default: configs/score/default.yaml, or the built-in defaults without it)."""
-    if path is None and not DEFAULT_CONFIG_FILE.is_file():
-        return merge_config({})
+def load_score_config(path: str | Path | None, overrides: dict | None = None) -> ScoreConfig:
+    """The defaults, overlaid with a score config file (default: configs/score/default.yaml when present) and
+    then with `overrides` ({field: value}, already checked); CliError `file: key: what` on bad input."""
+    raw = None
     file = Path(path) if path else DEFAULT_CONFIG_FILE
-    raw = load_yaml(file, "score config")
-    if raw is not None and not isinstance(raw, dict):
-        raise CliError(f"{file.name}: expected a mapping of keys, got {type(raw).__name__}")
-    return merge_config(raw, source=file.name)
+    if path is not None or DEFAULT_CONFIG_FILE.is_file():
+        raw = load_yaml(file, "score config")
+        if raw is not None and not isinstance(raw, dict):
+            raise CliError(f"{file.name}: expected a mapping of keys, got {type(raw).__name__}")
+    values = read_section(Checker(file.name), ScoreConfig, raw, "")
+    return ScoreConfig(**{**values, **(overrides or {})})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """`python -m crnn_ray.score`'s flags: ScoreConfig's, plus --config and the --in-process / --ray shorthands."""
+    ap = ArgumentParser(prog="python -m crnn_ray.score",
+                        description="Ensemble a sweep's top-K models into daily signals, evaluate, write a tear sheet.")
+    ap.add_argument("--config", help=f"score config YAML (default: {DEFAULT_CONFIG_FILE.relative_to(DEFAULT_CONFIG_FILE.parents[2])})")
+    add_flags(ap, ScoreConfig)
+    where = ap.add_mutually_exclusive_group()
+    where.add_argument("--in-process", dest="path", action="store_const", const="in_process",
+                       default=argparse.SUPPRESS, help="= --path in_process")
+    where.add_argument("--ray", dest="path", action="store_const", const="ray", default=argparse.SUPPRESS,
+                       help="= --path ray")
+    return ap
+
+
+def config_from_args(argv: list[str] | None = None) -> ScoreConfig:
+    """The command line -> ScoreConfig (file defaults under the flags); CliError on a bad flag or file."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    cfg = load_score_config(getattr(args, "config", None), flag_values(ScoreConfig, args, source=parser.prog))
+    if cfg.latest and (cfg.start or cfg.end):
+        raise CliError("--latest scores the panel's last date: do not combine it with --start/--end")
+    return cfg

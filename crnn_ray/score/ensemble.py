@@ -9,8 +9,7 @@ complete no matter how the rows were batched. The per-day z-score and scaled ran
     ic_weighted  signal = sum_k w_k z_k,  w_k = max(valid_ic_k, 0) / sum_j max(valid_ic_j, 0)
     rank_mean    signal = mean_k r_k,     r_k = per-date average rank scaled to [-0.5, 0.5]
 
-Grids: `preds` [D, S, K] float (NaN where a row is not scored), signals [D, S]. The `*_by_date`, `combine`
-and `member_correlation` forms take long rows (dates [N], values [N, K]) and place them on a grid first.
+Grids: `preds` [D, S, K] float (NaN where a row is not scored), signals [D, S].
 """
 
 from __future__ import annotations
@@ -21,10 +20,10 @@ import numpy as np
 import pandas as pd
 
 from crnn_ray.io import CliError
-from crnn_ray.metrics import scaled_ranks, zscore_by_day
+from crnn_ray.metrics import daily_ic, scaled_ranks, zscore_by_day
 
-__all__ = ["METHODS", "member_weights", "standardise", "ensemble_signal", "correlation", "zscore_by_date",
-           "rank_by_date", "combine", "member_correlation", "unit_standardised", "ensemble_units", "greedy_select"]
+__all__ = ["METHODS", "member_weights", "standardise", "ensemble_signal", "correlation", "unit_standardised",
+           "ensemble_units", "greedy_select"]
 
 METHODS = ("mean", "ic_weighted", "rank_mean")
 
@@ -103,8 +102,6 @@ def greedy_select(unit_z: np.ndarray, label: np.ndarray, top_k: int, corr_penalt
     Pearson, `correlation`); the best score joins (ties: the better-ranked unit). Stop at top_k units or when
     no unit raises the IC.
     """
-    from crnn_ray.metrics import daily_ic
-
     n_units = unit_z.shape[-1]
     corr = correlation({i: unit_z[..., i] for i in range(n_units)}).to_numpy()
 
@@ -155,47 +152,3 @@ def correlation(grids: dict[str, np.ndarray]) -> pd.DataFrame:
         out = np.where(days > 0, np.where(both, daily, 0.0).sum(axis=0) / days, math.nan)
     np.fill_diagonal(out, 1.0)
     return pd.DataFrame(out, index=names, columns=names)
-
-
-# ------------------------------------------------------------------------------------ long rows -> grids
-def _rows_to_grid(dates: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
-    """Rows (dates [N], values [N, K]) on a [dates x max rows per date x K] grid (NaN padding), and each
-    row's cell."""
-    values = np.asarray(values, dtype=np.float64)
-    day = pd.factorize(pd.Series(dates), sort=True)[0]
-    order = np.argsort(day, kind="stable")
-    counts = np.bincount(day)
-    slot = np.empty(len(day), dtype=np.int64)
-    slot[order] = np.arange(len(day)) - np.repeat(np.cumsum(counts) - counts, counts)
-    grid = np.full((len(counts), int(counts.max(initial=0)), values.shape[1]), np.nan)
-    grid[day, slot] = values
-    return grid, (day, slot)
-
-
-def zscore_by_date(dates: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """(x - mean) / std within each date (ddof=0) of rows [N, K]; a date whose values are all equal (or
-    single) gets 0."""
-    grid, cells = _rows_to_grid(dates, values)
-    return standardise(grid, "mean")[cells]
-
-
-def rank_by_date(dates: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Average rank within each date of rows [N, K], scaled to [-0.5, 0.5]; a single stock gets 0."""
-    grid, cells = _rows_to_grid(dates, values)
-    return standardise(grid, "rank_mean")[cells]
-
-
-def combine(dates: np.ndarray, preds: np.ndarray, method: str, weights: np.ndarray) -> np.ndarray:
-    """Ensemble signal [N] from raw member predictions [N, K] of rows whose date is `dates` [N]."""
-    preds = np.asarray(preds, dtype=np.float64)
-    if preds.ndim != 2 or preds.shape[0] != len(dates):
-        raise ValueError(f"preds must be [N, K] with N = len(dates), got {preds.shape}")
-    grid, cells = _rows_to_grid(dates, preds)
-    return ensemble_signal(grid, method, weights)[cells]
-
-
-def member_correlation(dates: np.ndarray, columns: dict[str, np.ndarray]) -> pd.DataFrame:
-    """`correlation` of long columns (rows whose date is `dates`)."""
-    names = list(columns)
-    grid, _ = _rows_to_grid(dates, np.column_stack([columns[n] for n in names]))
-    return correlation({n: grid[..., k] for k, n in enumerate(names)})

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -119,8 +120,6 @@ class EnsemblePredictor:
         if workers == 1:
             timings = [self._chunk(day, stock, lo, out) for lo in starts]
         else:
-            from concurrent.futures import ThreadPoolExecutor
-
             before = torch.get_num_threads()
             torch.set_num_threads(1)  # process-wide: restored for the caller below
             try:

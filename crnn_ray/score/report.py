@@ -8,7 +8,6 @@ Nothing here carries a timestamp: rerunning the same command rewrites the same b
 from __future__ import annotations
 
 import html as _html
-import io
 import math
 from pathlib import Path
 from typing import Any
@@ -16,16 +15,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from crnn_ray.evaluate import label_lag_text
 from crnn_ray.io import atomic_path, write_json_atomic
+from crnn_ray.metrics import evaluate, hac_lags, newey_west_tstat
+from crnn_ray.metrics_text import TURNOVER_UNIT, costs_document, costs_line, fmt, label_lag_text, liquidity_line
+from crnn_ray.score.ensemble import correlation
+from crnn_ray.score.render import html_table, png, pyplot
 
 __all__ = ["print_plan", "evaluate_all", "metrics_document", "render_figures", "render_html", "write_report",
            "print_evaluation", "recompute_command", "vs_member", "vs_line", "costs_document", "costs_line",
            "liquidity_line", "execution_text"]
-
-#: what one unit of turnover is, wherever a cost or a break-even is stated (docs/metrics.md, "Turnover")
-TURNOVER_UNIT = ("traded notional per day, buys + sells of both legs, per unit of capital in each leg "
-                 "(a full swap of a 1-day long-short book trades 4)")
 
 #: the ensemble's key numbers, in the order a PM reads them: (summary key, label, format)
 KEY_NUMBERS = [
@@ -59,85 +57,21 @@ def _side_by_side(s: dict) -> list[tuple[str, str, str]]:
     return SIDE_BY_SIDE + ([NET_COLUMN] if (s.get("cost_bps") or 0) > 0 else [])
 
 
-def _break_even_text(value: Any, gross_total: Any) -> str:
-    """`12.3 bps per unit traded`, or n/a with the reason (a losing strategy, or nothing traded).
-
-    `gross_total`: the summed gross pnl over the same days (pnl_long_short / pnl_long), whose sign is the mean's."""
-    if isinstance(value, float) and math.isfinite(value):
-        return f"{value:.1f} bps per unit traded"
-    if isinstance(gross_total, float) and math.isfinite(gross_total) and gross_total <= 0:
-        return "n/a (gross pnl <= 0: no cost makes it break even)"
-    return "n/a (no turnover, or no pnl days)"
-
-
-def costs_document(summary: dict) -> dict:
-    """metrics.json's `costs`: the cost assumption, gross beside net, the break-even costs and what they mean."""
-    cost = float(summary.get("cost_bps") or 0.0)
-    return {
-        "cost_bps": cost,
-        "cost_unit": f"bps of traded notional: turnover = {TURNOVER_UNIT}",
-        "headline_sharpe": "gross" if cost == 0 else f"gross, with net of {cost:g} bps beside it",
-        "sharpe_gross": summary.get("sharpe"), "sharpe_net": summary.get("sharpe_net"),
-        "pnl_long_short_gross": summary.get("pnl_long_short"), "pnl_long_short_net": summary.get("pnl_long_short_net"),
-        "sharpe_long_gross": summary.get("sharpe_long"), "sharpe_long_net": summary.get("sharpe_long_net"),
-        "break_even_bps": summary.get("break_even_bps"),
-        "break_even_bps_long": summary.get("break_even_bps_long"),
-        "break_even": ("the cost per unit traded at which the summed net long-short pnl is zero: 1e4 x mean "
-                       "daily gross pnl / mean daily turnover over the pnl days; null when the turnover is 0 "
-                       "or the gross pnl <= 0"),
-        "break_even_text": _break_even_text(summary.get("break_even_bps"), summary.get("pnl_long_short")),
-        "break_even_long_text": _break_even_text(summary.get("break_even_bps_long"), summary.get("pnl_long")),
-    }
-
-
-def costs_line(summary: dict) -> str:
-    """One printed line: the cost assumption, gross vs net, and the break-even cost."""
-    c = costs_document(summary)
-    head = ("costs: none assumed (evaluation.cost_bps 0): every pnl and Sharpe above is gross"
-            if c["cost_bps"] == 0 else
-            f"costs: {c['cost_bps']:g} bps per unit traded: long-short Sharpe {_fmt(c['sharpe_gross'], '{:+.2f}')} "
-            f"gross, {_fmt(c['sharpe_net'], '{:+.2f}')} net; pnl {_fmt(c['pnl_long_short_gross'], '{:+.4f}')} "
-            f"gross, {_fmt(c['pnl_long_short_net'], '{:+.4f}')} net")
-    return (f"{head}; break-even {c['break_even_text']} (long-only {c['break_even_long_text']}); "
-            f"turnover = {TURNOVER_UNIT}")
-
-
-def liquidity_line(split: dict | None, column: str | None = None) -> str:
-    """One printed line: IC on the more vs the less liquid half of each day's names, or why there is none."""
-    if not split or not split.get("available"):
-        return "liquidity split: " + ((split or {}).get("note") or "n/a (no liquidity column)")
-    name = f" by {column}" if column else ""
-    return (f"liquidity split{name} (each day's names halved at the median): IC "
-            f"{_fmt(split['ic_liquid'], '{:+.4f}')} more liquid vs {_fmt(split['ic_illiquid'], '{:+.4f}')} less "
-            f"liquid (difference {_fmt(split['ic_diff'], '{:+.4f}')}, HAC t {_fmt(split['ic_diff_tstat_hac'], '{:+.2f}')}"
-            f", {split['n_days']} days); RankIC {_fmt(split['rank_ic_liquid'], '{:+.4f}')} vs "
-            f"{_fmt(split['rank_ic_illiquid'], '{:+.4f}')}; names per half {_fmt(split['mean_stocks_liquid'], '{:.1f}')}"
-            f" vs {_fmt(split['mean_stocks_illiquid'], '{:.1f}')}")
-
-
-def execution_text(plan) -> str:
+def execution_text(rec) -> str:
     """When the label's position is entered, from the panel's label_lag (docs/data.md, "Label lag"):
     `label y5 entered at close t+1 (label_lag 1): return close t+1 -> t+6, features up to close t`."""
-    lag = getattr(plan, "label_lag", None)
+    lag = getattr(rec, "label_lag", None)
     if lag is None:
-        return f"label {plan.label}: label_lag unknown (when its position is entered is not recorded)"
-    return label_lag_text(plan.label, plan.horizon, lag)
-
-
-def _fmt(value: Any, fmt: str) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "n/a"
-    try:
-        return fmt.format(int(value) if fmt.endswith("d}") else value)
-    except (TypeError, ValueError):
-        return str(value)
+        return f"label {rec.label}: label_lag unknown (when its position is entered is not recorded)"
+    return label_lag_text(rec.label, rec.horizon, lag)
 
 
 # ----------------------------------------------------------------------------------------------- printing
-def print_plan(plan, opts) -> None:
-    print(f"experiment {opts.experiment}: {len(plan.members)} member(s) by {opts.select_by}, method {opts.method}")
+def print_plan(plan, cfg) -> None:
+    """One window's plan: members, weights, units, greedy trace, rows, in-sample warnings."""
+    print(f"experiment {cfg.experiment}: {len(plan.members)} member(s) by {cfg.select_by}, method {cfg.method}")
     for m, w in zip(plan.members, plan.weights):
-        chosen = f"{opts.select_by} {m.select_value:+.4f}  " if opts.select_by != "valid_ic" else ""
+        chosen = f"{cfg.select_by} {m.select_value:+.4f}  " if cfg.select_by != "valid_ic" else ""
         print(f"  {m.name:<32} trial {m.trial_id:<8} {chosen}valid_ic {m.valid_ic:+.4f}  weight {w:.3f}  "
               f"lookback {m.lookback}  {m.spec}")
     if plan.weight_note:
@@ -145,7 +79,7 @@ def print_plan(plan, opts) -> None:
     sel = plan.selection or {}
     if sel.get("seed_average") and any(len(u.members) > 1 for u in plan.units):
         for u, w in zip(plan.units, plan.unit_weights):
-            print(f"  unit {u.name:<27} {len(u.members)} seed(s) averaged  {opts.select_by} (mean) "
+            print(f"  unit {u.name:<27} {len(u.members)} seed(s) averaged  {cfg.select_by} (mean) "
                   f"{u.select_value:+.4f}  weight {w:.3f}")
     if sel.get("rule") == "greedy":
         steps = ", ".join(f"{t['unit']} (IC {t['ic']:+.4f}" + (f", corr {t['corr']:.2f}" if t["corr"] is not None
@@ -160,28 +94,46 @@ def print_plan(plan, opts) -> None:
               f"these scores are not out-of-sample")
 
 
-def print_evaluation(plan, ev: dict, metrics: dict) -> None:
+def print_part(part, cfg, walk_forward: bool) -> None:
+    """After a window is predicted: its speed (a lone window), or one line of members (a walk-forward record's)."""
+    plan, timing, path = part.plan, part.timing, part.path.replace("_", "-")
+    if walk_forward:
+        print(f"w{part.window:02d} test {plan.period[0]}..{plan.period[1]} ({plan.n_dates} dates): members "
+              + ", ".join(f"{m.trial_id} {m.name} ({cfg.select_by} {m.select_value:+.4f}, weight {wt:.2f})"
+                          for m, wt in zip(plan.members, plan.weights))
+              + f"; {len(plan.predicted)} trial(s) predicted in {timing['seconds']:.1f}s on the {path} path", flush=True)
+        return
+    where = (f" ({timing['actors']} actors x {timing['num_cpus']} CPU"
+             + (f" + {timing['num_gpus']:g} GPU" if timing.get("num_gpus") else "") + ")" if part.path == "ray" else
+             f" ({timing['device']}, chunks of {timing['chunk_rows']} rows on {timing['workers']} threads)")
+    print(f"scored {plan.n_rows} rows ({plan.n_dates} dates) on the {path} path in {timing['seconds']:.2f}s = "
+          f"{timing['rows_per_s']:,.0f} rows/s" + where)
+    print("  rows/s per member (its forward passes alone, per thread / per actor): "
+          + ", ".join(f"{name} {rate:,.0f}" for name, rate in timing["member_rows_per_s"].items()))
+
+
+def print_evaluation(rec, ev: dict, metrics: dict) -> None:
     columns = _side_by_side(ev["ensemble"].summary)
     head = f"{'':<34}" + "".join(f"{lab:>10}" for _, lab, _ in columns) + f"{'weight':>8}{'valid IC':>10}"
-    print(f"\nevaluation on {plan.label} ({ev['ensemble'].summary['n_days']} days, "
-          f"{int(np.isfinite(plan.label_grid).sum())} labelled rows):")
-    print(f"execution: {execution_text(plan)}")
+    print(f"\nevaluation on {rec.label} ({ev['ensemble'].summary['n_days']} days, "
+          f"{int(np.isfinite(rec.label_grid).sum())} labelled rows):")
+    print(f"execution: {execution_text(rec)}")
     print(head)
     rows = [("ENSEMBLE (" + metrics["method"] + ")", ev["ensemble"].summary, "", "")]
     rows += [(m.name, ev["members"][m.name].summary, f"{w:.3f}", f"{m.valid_ic:+.4f}")
-             for m, w in zip(plan.members, plan.weights)]
+             for m, w in zip(rec.members, rec.weights)]
     rows += [(f"baseline {name}", e.summary, "", "") for name, e in (ev.get("baselines") or {}).items()]
     for name, s, w, vic in rows:
-        print(f"{name[:33]:<34}" + "".join(f"{_fmt(s.get(k), f):>10}" for k, _, f in columns)
+        print(f"{name[:33]:<34}" + "".join(f"{fmt(s.get(k), f):>10}" for k, _, f in columns)
               + f"{w:>8}{vic:>10}")
     s = ev["ensemble"].summary
     print(f"ensemble: pnl method {s['pnl_method']}"
           + (f" (1-day returns {ev.get('returns')})" if s["pnl_method"] == "realised" else "")
-          + f"; long-short Sharpe {_fmt(s['sharpe'], '{:+.2f}')} gross (booked {_fmt(s['sharpe_booked'], '{:+.2f}')}), "
-          f"ann. vol {_fmt(s['ann_vol'], '{:.2%}')}, max drawdown {_fmt(s['max_drawdown'], '{:+.4f}')}; "
-          f"IC t {_fmt(s['ic_tstat'], '{:+.2f}')} plain, {_fmt(s['ic_tstat_hac'], '{:+.2f}')} Newey-West "
-          f"({s['hac_lags']} lags); mean long-short pnl t {_fmt(s['ls_tstat'], '{:+.2f}')} plain, "
-          f"{_fmt(s['ls_tstat_hac'], '{:+.2f}')} Newey-West")
+          + f"; long-short Sharpe {fmt(s['sharpe'], '{:+.2f}')} gross (booked {fmt(s['sharpe_booked'], '{:+.2f}')}), "
+          f"ann. vol {fmt(s['ann_vol'], '{:.2%}')}, max drawdown {fmt(s['max_drawdown'], '{:+.4f}')}; "
+          f"IC t {fmt(s['ic_tstat'], '{:+.2f}')} plain, {fmt(s['ic_tstat_hac'], '{:+.2f}')} Newey-West "
+          f"({s['hac_lags']} lags); mean long-short pnl t {fmt(s['ls_tstat'], '{:+.2f}')} plain, "
+          f"{fmt(s['ls_tstat_hac'], '{:+.2f}')} Newey-West")
     print(costs_line(s))
     print(liquidity_line(ev["ensemble"].liquidity_split, ev.get("liquidity")))
     if ev.get("vs_selected"):
@@ -200,66 +152,62 @@ def print_evaluation(plan, ev: dict, metrics: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
-def evaluate_all(plan, signal: np.ndarray, preds: np.ndarray, ecfg: dict) -> dict | None:
+def evaluate_all(rec, ecfg) -> dict | None:
     """Ensemble [D, S], members [D, S, K] and oracle evaluated on the labelled rows; None when none has a label.
 
     Every grid is cut to the dates and symbols with a labelled row, the grid `python -m crnn_ray.evaluate`
     builds from the written files, so its figures are these to the last bit.
     """
-    from crnn_ray.metrics import evaluate
-    from crnn_ray.score.ensemble import correlation
-
-    if plan.label_grid is None:
+    if rec.label_grid is None:
         return None
-    labelled = np.isfinite(plan.label_grid)  # the label grid is NaN off the scored rows
-    known = plan.label_grid[labelled]
+    signal, preds = rec.signal, rec.preds
+    labelled = np.isfinite(rec.label_grid)  # the label grid is NaN off the scored rows
+    known = rec.label_grid[labelled]
     if known.size == 0 or known.min() == known.max():
         return None
     days, stocks = labelled.any(axis=1), labelled.any(axis=0)
-    params = dict(quantiles=int(ecfg["quantiles"]), cost_bps=float(ecfg["cost_bps"]),
-                  min_stocks=int(ecfg["min_stocks"]), horizon=int(plan.horizon),
-                  periods_per_year=float(ecfg["periods_per_year"]))
-    label = plan.label_grid[days][:, stocks]
+    params = dict(quantiles=int(ecfg.quantiles), cost_bps=float(ecfg.cost_bps),
+                  min_stocks=int(ecfg.min_stocks), horizon=int(rec.horizon),
+                  periods_per_year=float(ecfg.periods_per_year))
+    label = rec.label_grid[days][:, stocks]
     # every known 1-day return of the cut (labels.parquet holds the same): the realised pnl of the H books
-    returns = None if plan.returns_grid is None else plan.returns_grid[days][:, stocks]
-    # a per-row liquidity measure on the plan's grid (e.g. the panel's traded_value_med), when the plan has one
-    liquidity_grid = getattr(plan, "liquidity_grid", None)
+    returns = None if rec.returns_grid is None else rec.returns_grid[days][:, stocks]
+    # a per-row liquidity measure on the rec's grid (e.g. the panel's traded_value_med), when the rec has one
+    liquidity_grid = rec.liquidity_grid
     liquidity = None if liquidity_grid is None else np.asarray(liquidity_grid, dtype=np.float64)[days][:, stocks]
 
     def score(grid: np.ndarray, liquidity=None):
         signal_cut = np.where(labelled, grid, np.nan)[days][:, stocks]
-        return evaluate(signal_cut, label, dates=plan.dates[days], returns=returns, liquidity=liquidity, **params)
+        return evaluate(signal_cut, label, dates=rec.dates[days], returns=returns, liquidity=liquidity, **params)
 
     ensemble = score(signal, liquidity)
     if ensemble.summary["n_days"] == 0:
         print(f"labels present on {int(labelled.sum())} rows but no day has >= {params['min_stocks']} "
               f"labelled stocks: evaluation skipped")
         return None
-    members = {m.name: score(preds[..., k].astype(np.float64)) for k, m in enumerate(plan.members)}
+    members = {m.name: score(preds[..., k].astype(np.float64)) for k, m in enumerate(rec.members)}
     oracle = None
-    if plan.oracle_grid is not None and np.isfinite(plan.oracle_grid).any():
-        oracle = score(plan.oracle_grid)
-    grids = {m.name: preds[..., k] for k, m in enumerate(plan.members)}
+    if rec.oracle_grid is not None and np.isfinite(rec.oracle_grid).any():
+        oracle = score(rec.oracle_grid)
+    grids = {m.name: preds[..., k] for k, m in enumerate(rec.members)}
     grids["signal"] = signal
-    baselines = {name: score(g) for name, g in (getattr(plan, "baselines", None) or {}).items()}
+    baselines = {name: score(g) for name, g in (rec.baselines or {}).items()}
     vs = None
-    if getattr(plan, "selected", None) is not None:
-        k = [m.trial_id for m in plan.predicted].index(plan.selected.trial_id)
-        chosen = members.get(plan.selected.name) if k < len(plan.members) else None
+    if rec.selected is not None:
+        k = [m.trial_id for m in rec.columns].index(rec.selected.trial_id)
+        chosen = members.get(rec.selected.name) if k < len(rec.members) else None
         chosen = chosen or score(preds[..., k].astype(np.float64))
-        vs = vs_member(ensemble, chosen, plan.selected, plan.horizon)
-        vs["in_ensemble"] = k < len(plan.members)
+        vs = vs_member(ensemble, chosen, rec.selected, rec.horizon)
+        vs["in_ensemble"] = k < len(rec.members)
     return {"ensemble": ensemble, "members": members, "oracle": oracle, "correlation": correlation(grids),
-            "params": params, "returns": plan.returns_name if returns is not None else None,
+            "params": params, "returns": rec.returns_name if returns is not None else None,
             "baselines": baselines, "vs_selected": vs,
-            "liquidity": getattr(plan, "liquidity_name", None) if liquidity is not None else None}
+            "liquidity": rec.liquidity_name if liquidity is not None else None}
 
 
 def vs_member(ensemble, member_ev, member, horizon: int) -> dict:
     """The ensemble against one member on the same rows: daily IC difference (ensemble - member), its mean and
     Newey-West t-stat (lags = hac_lags(n, horizon)) over the days where both have an IC."""
-    from crnn_ray.metrics import hac_lags, newey_west_tstat
-
     a = pd.Series(ensemble.daily["ic"].to_numpy(np.float64), index=pd.to_datetime(ensemble.daily["date"]))
     b = pd.Series(member_ev.daily["ic"].to_numpy(np.float64), index=pd.to_datetime(member_ev.daily["date"]))
     diff = (a - b.reindex(a.index)).dropna()
@@ -275,8 +223,8 @@ def vs_member(ensemble, member_ev, member, horizon: int) -> dict:
 def vs_line(vs: dict, select_by: str) -> str:
     """`ensemble vs selected member X (chosen alone by select_ic): IC +a vs +b, daily difference +c (HAC t ...)`"""
     return (f"ensemble vs selected member {vs['member']} (chosen alone by {select_by}): IC "
-            f"{_fmt(vs['ic_ensemble'], '{:+.4f}')} vs {_fmt(vs['ic_member'], '{:+.4f}')}, daily difference "
-            f"{_fmt(vs['ic_diff'], '{:+.4f}')} (HAC t {_fmt(vs['ic_diff_tstat_hac'], '{:+.2f}')}, "
+            f"{fmt(vs['ic_ensemble'], '{:+.4f}')} vs {fmt(vs['ic_member'], '{:+.4f}')}, daily difference "
+            f"{fmt(vs['ic_diff'], '{:+.4f}')} (HAC t {fmt(vs['ic_diff_tstat_hac'], '{:+.2f}')}, "
             f"{vs['hac_lags']} lags, {vs['n_days']} days)")
 
 
@@ -291,41 +239,41 @@ def recompute_command(out: Path, label: str, params: dict, returns: str | None =
             + " --json metrics_check.json")
 
 
-def metrics_document(plan, opts, timing: dict, ev: dict | None) -> dict:
+def metrics_document(rec, cfg, timing: dict, ev: dict | None) -> dict:
     """metrics.json: ensemble (evaluate's JSON keys), members, oracle, correlation, members' info, run."""
-    panel_oracle = (plan.panel.meta.get("oracle_ic") or {}).get(plan.label) \
-        if plan.panel.meta.get("source") == "synth" else None
+    panel_oracle = (rec.panel_meta.get("oracle_ic") or {}).get(rec.label) \
+        if rec.panel_meta.get("source") == "synth" else None
     doc: dict[str, Any] = {
-        "experiment": str(Path(opts.experiment).resolve()),
-        "panel": str(Path(plan.panel_path).resolve()),
-        "label": plan.label,
-        "horizon": plan.horizon,
+        "experiment": str(Path(cfg.experiment).resolve()),
+        "panel": str(Path(rec.panel_path).resolve()),
+        "label": rec.label,
+        "horizon": rec.horizon,
         # the label yH at t is the return close t+L -> t+L+H (docs/data.md, "Label lag"); null: not recorded
-        "label_lag": getattr(plan, "label_lag", None),
-        "execution": execution_text(plan),
-        "method": opts.method,
-        "select_by": opts.select_by,
-        "top_k": opts.top_k,
-        "period": {"start": plan.period[0], "end": plan.period[1], "n_dates": plan.n_dates,
-                   "n_rows": plan.n_rows},
-        "in_sample": plan.in_sample,
-        "weights": {m.name: float(w) for m, w in zip(plan.members, plan.weights)},
-        "weight_note": plan.weight_note,
-        "seed_average": bool(getattr(opts, "seed_average", False)),
-        "selection": getattr(plan, "selection", None) or {"rule": "top_k"},
+        "label_lag": rec.label_lag,
+        "execution": execution_text(rec),
+        "method": cfg.method,
+        "select_by": cfg.select_by,
+        "top_k": cfg.top_k,
+        "period": {"start": rec.period[0], "end": rec.period[1], "n_dates": rec.n_dates,
+                   "n_rows": rec.n_rows},
+        "in_sample": rec.in_sample,
+        "weights": {m.name: float(w) for m, w in zip(rec.members, rec.weights)},
+        "weight_note": rec.weight_note,
+        "seed_average": bool(cfg.seed_average),
+        "selection": rec.selection or {"rule": "top_k"},
         "units": {u.name: {**u.info(), "weight": float(w)}
-                  for u, w in zip(getattr(plan, "units", None) or [],
-                                  [] if getattr(plan, "unit_weights", None) is None else plan.unit_weights)},
-        "member_info": {m.name: m.info() for m in plan.members},
+                  for u, w in zip(rec.units or [],
+                                  [] if rec.unit_weights is None else rec.unit_weights)},
+        "member_info": {c.name: c.info for c in rec.members},
         "path": timing["path"],
     }
     if ev is None:
         return doc
     ens = ev["ensemble"]
     doc["ensemble"] = ens.to_dict()
-    out = Path(opts.out).resolve()
+    out = Path(cfg.out).resolve()
     doc["ensemble"]["inputs"] = {  # as python -m crnn_ray.evaluate writes them for these files
-        "signals": str(out / "signals"), "labels": str(out / "labels.parquet"), "label": plan.label,
+        "signals": str(out / "signals"), "labels": str(out / "labels.parquet"), "label": rec.label,
         "signal_col": "signal", **({"returns": ev["returns"]} if ev.get("returns") else {}),
         **({"liquidity": ev["liquidity"]} if ev.get("liquidity") else {}),
         **({"label_lag": doc["label_lag"]} if doc["label_lag"] is not None else {}),
@@ -340,7 +288,7 @@ def metrics_document(plan, opts, timing: dict, ev: dict | None) -> dict:
                                  ev["correlation"].to_dict(orient="index").items()}
     doc["baselines"] = {name: e.to_dict()["summary"] for name, e in (ev.get("baselines") or {}).items()}
     doc["vs_selected_member"] = ev.get("vs_selected")
-    doc["recompute"] = recompute_command(Path(opts.out), plan.label, ev["params"], ev.get("returns"),
+    doc["recompute"] = recompute_command(Path(cfg.out), rec.label, ev["params"], ev.get("returns"),
                                          ev.get("liquidity"), doc["label_lag"])
     doc["costs"] = costs_document(ens.summary)
     doc["ensemble"]["liquidity_split"]["column"] = ev.get("liquidity")
@@ -348,24 +296,9 @@ def metrics_document(plan, opts, timing: dict, ev: dict | None) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------- figures
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def render_figures(plan, ev: dict, ecfg: dict) -> dict[str, bytes]:
+def render_figures(rec, ev: dict, ecfg: dict) -> dict[str, bytes]:
     """PNG bytes by file name: pnl, daily IC, IC histogram, quantile returns, turnover, member correlation."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update({"axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
-                         "axes.spines.right": False, "font.size": 9})
+    plt = pyplot()
     ens = ev["ensemble"]
     daily = ens.daily.copy()
     daily["date"] = pd.to_datetime(daily["date"])
@@ -379,14 +312,14 @@ def render_figures(plan, ev: dict, ecfg: dict) -> dict[str, bytes]:
         ax.plot(pd.to_datetime(d["date"]), d["cum_ls"], lw=0.8, alpha=0.5, color=f"C{(i % 7) + 2}",
                 label=f"{name} long-short")
     ax.axhline(0, color="k", lw=0.6)
-    how = {"realised": f"realised daily pnl of the {plan.horizon} overlapping books",
-           "non_overlapping": f"{plan.label} of every {plan.horizon}th day's book, on its last day held"}
-    ax.set_title(f"Cumulative pnl ({how.get(ens.summary['pnl_method'], plan.label + ' per day')}, summed)")
+    how = {"realised": f"realised daily pnl of the {rec.horizon} overlapping books",
+           "non_overlapping": f"{rec.label} of every {rec.horizon}th day's book, on its last day held"}
+    ax.set_title(f"Cumulative pnl ({how.get(ens.summary['pnl_method'], rec.label + ' per day')}, summed)")
     ax.legend(fontsize=7, ncol=2, loc="upper left")
     fig.autofmt_xdate()
-    figs["pnl.png"] = _png(fig)
+    figs["pnl.png"] = png(fig)
 
-    window = int(ecfg.get("rolling_ic_days", 20))
+    window = int(ecfg.rolling_ic_days)
     fig, ax = plt.subplots(figsize=(8, 3.2))
     ic = daily["ic"]
     ax.bar(daily["date"], ic.fillna(0.0), color=np.where(ic.fillna(0) >= 0, "C2", "C3"), width=1.0, alpha=0.6,
@@ -397,7 +330,7 @@ def render_figures(plan, ev: dict, ecfg: dict) -> dict[str, bytes]:
     ax.set_title("Daily IC of the ensemble")
     ax.legend(fontsize=7, loc="upper left")
     fig.autofmt_xdate()
-    figs["ic_daily.png"] = _png(fig)
+    figs["ic_daily.png"] = png(fig)
 
     fig, ax = plt.subplots(figsize=(4, 3.2))
     vals = ic.dropna().to_numpy()
@@ -405,15 +338,15 @@ def render_figures(plan, ev: dict, ecfg: dict) -> dict[str, bytes]:
     ax.axvline(float(np.mean(vals)) if len(vals) else 0.0, color="k", ls="--", lw=1)
     ax.set_title("Daily IC distribution")
     ax.set_xlabel("IC")
-    figs["ic_hist.png"] = _png(fig)
+    figs["ic_hist.png"] = png(fig)
 
     fig, ax = plt.subplots(figsize=(4, 3.2))
     q = np.asarray(ens.quantile_returns, dtype=float)
     ax.bar([str(i + 1) for i in range(len(q))], q, color=["C3" if v < 0 else "C2" for v in q])
     ax.axhline(0, color="k", lw=0.6)
-    ax.set_title(f"Mean {plan.label} by signal quantile")
+    ax.set_title(f"Mean {rec.label} by signal quantile")
     ax.set_xlabel("quantile (1 = lowest signal)")
-    figs["quantiles.png"] = _png(fig)
+    figs["quantiles.png"] = png(fig)
 
     fig, ax = plt.subplots(figsize=(8, 2.8))
     ax.plot(daily["date"], daily["turnover"], color="C4", lw=1, label="long-short turnover / day")
@@ -421,7 +354,7 @@ def render_figures(plan, ev: dict, ecfg: dict) -> dict[str, bytes]:
     ax.set_title("Turnover")
     ax.legend(fontsize=7, loc="upper left")
     fig.autofmt_xdate()
-    figs["turnover.png"] = _png(fig)
+    figs["turnover.png"] = png(fig)
 
     corr = ev["correlation"]
     fig, ax = plt.subplots(figsize=(1.2 + 0.55 * len(corr), 1.0 + 0.5 * len(corr)))
@@ -436,25 +369,19 @@ def render_figures(plan, ev: dict, ecfg: dict) -> dict[str, bytes]:
                     color="white" if abs(v) > 0.6 else "black")
     fig.colorbar(im, ax=ax, shrink=0.8)
     ax.set_title("Member correlation")
-    figs["correlation.png"] = _png(fig)
+    figs["correlation.png"] = png(fig)
     return figs
 
 
 # ---------------------------------------------------------------------------------------------------- html
-def _table(header: list[str], rows: list[list[str]], klass: str = "") -> str:
-    h = "".join(f"<th>{_html.escape(c)}</th>" for c in header)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return f'<table class="{klass}"><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>'
-
-
-def _leaderboard_rows(plan, opts, ev: dict) -> tuple[list[str], list[list[str]]]:
-    path = Path(opts.experiment) / "leaderboard.parquet"
+def _leaderboard_rows(rec, cfg, ev: dict) -> tuple[list[str], list[list[str]]]:
+    path = Path(cfg.experiment) / "leaderboard.parquet"
     if not path.is_file():
         return [], []
     lb = pd.read_parquet(path)
-    member_variants = {m.variant_id: m.name for m in plan.members}
+    member_variants = {m.variant_id: m.name for m in rec.members}
     test_ic = {}
-    for m in plan.members:  # this report's test figures per variant (mean over its selected seeds)
+    for m in rec.members:  # this report's test figures per variant (mean over its selected seeds)
         test_ic.setdefault(m.variant_id, []).append(ev["members"][m.name].summary)
     header = ["variant", "status", "seeds ok", "valid IC", "select IC", "valid pnl LS", "test IC (here)",
               "test pnl LS (here)",
@@ -467,14 +394,14 @@ def _leaderboard_rows(plan, opts, ev: dict) -> tuple[list[str], list[list[str]]]
         name = _html.escape(str(r.variant_id)) + (" <b>(member)</b>" if r.variant_id in member_variants else "")
         rows.append([
             name, _html.escape(str(r.status)), f"{getattr(r, 'n_ok', '')}/{getattr(r, 'n_seeds', '')}",
-            _fmt(getattr(r, "valid_ic_mean", None), "{:+.4f}") + " ± " + _fmt(getattr(r, "valid_ic_std", None),
+            fmt(getattr(r, "valid_ic_mean", None), "{:+.4f}") + " ± " + fmt(getattr(r, "valid_ic_std", None),
                                                                               "{:.4f}"),
-            _fmt(getattr(r, "select_ic_mean", None), "{:+.4f}") + " ± " + _fmt(getattr(r, "select_ic_std", None),
+            fmt(getattr(r, "select_ic_mean", None), "{:+.4f}") + " ± " + fmt(getattr(r, "select_ic_std", None),
                                                                                "{:.4f}"),
-            _fmt(getattr(r, "valid_pnl_long_short_mean", None), "{:+.4f}"),
-            _fmt(t_ic, "{:+.4f}"), _fmt(t_pnl, "{:+.4f}"),
-            _fmt(getattr(r, "seed_ic", None), "{:.4f}"), _fmt(getattr(r, "seed_pnl", None), "{:.3f}"),
-            _fmt(getattr(r, "params", None), "{:,d}"),
+            fmt(getattr(r, "valid_pnl_long_short_mean", None), "{:+.4f}"),
+            fmt(t_ic, "{:+.4f}"), fmt(t_pnl, "{:+.4f}"),
+            fmt(getattr(r, "seed_ic", None), "{:.4f}"), fmt(getattr(r, "seed_pnl", None), "{:.3f}"),
+            fmt(getattr(r, "params", None), "{:,d}"),
         ])
     return header, rows
 
@@ -490,67 +417,67 @@ td:first-child{text-align:left} .key td{font-size:14px} .warn{background:#fff3cd
 """
 
 
-def render_html(plan, opts, metrics: dict, ev: dict, figures: dict[str, bytes], extra: str = "") -> str:
+def render_html(rec, cfg, metrics: dict, ev: dict, figures: dict[str, bytes], extra: str = "") -> str:
     """The tear sheet: key numbers first, then members beside the ensemble, figures, correlation, leaderboard
     (`extra`: a section after the key numbers, e.g. the walk-forward windows and leaderboard)."""
     s = ev["ensemble"].summary
-    name = Path(opts.experiment).name
-    key_rows = [["execution (label lag)", _html.escape(execution_text(plan))]]
-    key_rows += [[lab, _fmt(s.get(k), f)] for k, lab, f in KEY_NUMBERS]
+    name = Path(cfg.experiment).name
+    key_rows = [["execution (label lag)", _html.escape(execution_text(rec))]]
+    key_rows += [[lab, fmt(s.get(k), f)] for k, lab, f in KEY_NUMBERS]
     costs = costs_document(s)
     at = key_rows.index(next(r for r in key_rows if r[0].startswith("long-short Sharpe (gross")))
     cost_rows = [["cost assumed", f"{costs['cost_bps']:g} bps per unit traded"
                   + (" (none: every pnl and Sharpe here is gross)" if costs["cost_bps"] == 0 else "")]]
     if costs["cost_bps"] > 0:
-        cost_rows += [[f"long-short Sharpe (net of {costs['cost_bps']:g} bps)", _fmt(s.get("sharpe_net"), "{:+.2f}")],
+        cost_rows += [[f"long-short Sharpe (net of {costs['cost_bps']:g} bps)", fmt(s.get("sharpe_net"), "{:+.2f}")],
                       [f"long-short pnl (sum, net of {costs['cost_bps']:g} bps)",
-                       _fmt(s.get("pnl_long_short_net"), "{:+.4f}")]]
+                       fmt(s.get("pnl_long_short_net"), "{:+.4f}")]]
     cost_rows += [["break-even cost, long-short", _html.escape(costs["break_even_text"])],
                   ["break-even cost, long-only", _html.escape(costs["break_even_long_text"])]]
     key_rows[at + 1:at + 1] = cost_rows
     key_rows.append(["liquidity split (IC by half)",
                      _html.escape(liquidity_line(ev["ensemble"].liquidity_split, ev.get("liquidity")))])
     if metrics.get("oracle_ic") is not None:
-        key_rows.insert(2, ["oracle IC of the data (same rows)", _fmt(metrics["oracle_ic"], "{:+.4f}")
-                            + f" &nbsp;(ensemble / oracle = {_fmt(metrics['ic_vs_oracle'], '{:.2f}')})"])
+        key_rows.insert(2, ["oracle IC of the data (same rows)", fmt(metrics["oracle_ic"], "{:+.4f}")
+                            + f" &nbsp;(ensemble / oracle = {fmt(metrics['ic_vs_oracle'], '{:.2f}')})"])
     vs = metrics.get("vs_selected_member")
     if vs:
         key_rows.insert(2, [f"vs selected member {_html.escape(vs['member'])} (chosen alone by "
-                            f"{_html.escape(opts.select_by)}): daily IC difference",
-                            f"{_fmt(vs['ic_diff'], '{:+.4f}')} (HAC t {_fmt(vs['ic_diff_tstat_hac'], '{:+.2f}')}, "
+                            f"{_html.escape(cfg.select_by)}): daily IC difference",
+                            f"{fmt(vs['ic_diff'], '{:+.4f}')} (HAC t {fmt(vs['ic_diff_tstat_hac'], '{:+.2f}')}, "
                             f"{vs['hac_lags']} lags, {vs['n_days']} days; member IC "
-                            f"{_fmt(vs['ic_member'], '{:+.4f}')})"])
+                            f"{fmt(vs['ic_member'], '{:+.4f}')})"])
     columns = _side_by_side(s)
-    side_rows = [[f"<b>ENSEMBLE ({_html.escape(opts.method)})</b>", "", "", "",
-                  *[_fmt(s.get(k), f) for k, _, f in columns]]]
-    for m, w in zip(plan.members, plan.weights):
+    side_rows = [[f"<b>ENSEMBLE ({_html.escape(cfg.method)})</b>", "", "", "",
+                  *[fmt(s.get(k), f) for k, _, f in columns]]]
+    for m, w in zip(rec.members, rec.weights):
         ms = ev["members"][m.name].summary
-        side_rows.append([_html.escape(m.name), _html.escape(m.trial_id), _fmt(w, "{:.3f}"),
-                          _fmt(m.valid_ic, "{:+.4f}"), *[_fmt(ms.get(k), f) for k, _, f in columns]])
+        side_rows.append([_html.escape(m.name), _html.escape(m.trial_id), fmt(w, "{:.3f}"),
+                          fmt(m.valid_ic, "{:+.4f}"), *[fmt(ms.get(k), f) for k, _, f in columns]])
     for bname, e in (ev.get("baselines") or {}).items():
         side_rows.append([f"baseline {_html.escape(bname)}", "", "", "",
-                          *[_fmt(e.summary.get(k), f) for k, _, f in columns]])
+                          *[fmt(e.summary.get(k), f) for k, _, f in columns]])
     corr = ev["correlation"]
-    corr_rows = [[f"{i} {_html.escape(n)}", *[_fmt(v, "{:+.2f}") for v in corr.iloc[i].to_numpy()]]
+    corr_rows = [[f"{i} {_html.escape(n)}", *[fmt(v, "{:+.2f}") for v in corr.iloc[i].to_numpy()]]
                  for i, n in enumerate(corr.index)]
-    lb_header, lb_rows = _leaderboard_rows(plan, opts, ev)
+    lb_header, lb_rows = _leaderboard_rows(rec, cfg, ev)
     warn = "".join(f'<p class="warn">In-sample: {a}..{b} lies inside member {_html.escape(n)}\'s train/valid '
                    f"window (+embargo); these scores are not out-of-sample.</p>"
-                   for n, (a, b) in plan.in_sample.items())
+                   for n, (a, b) in rec.in_sample.items())
     img = lambda f, w="100%": f'<img src="figures/{f}" style="width:{w}" alt="{f}">'  # noqa: E731
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
         f"<title>Ensemble tear sheet: {_html.escape(name)}</title><style>{CSS}</style></head><body>",
         f"<h1>Ensemble tear sheet: {_html.escape(name)}</h1>",
-        f"<div class='sub'>{len(plan.members)} member(s) chosen by {_html.escape(opts.select_by)}, "
-        f"{_html.escape(opts.method)} of per-date z-scores &middot; {plan.period[0]} to {plan.period[1]} "
+        f"<div class='sub'>{len(rec.members)} member(s) chosen by {_html.escape(cfg.select_by)}, "
+        f"{_html.escape(cfg.method)} of per-date z-scores &middot; {rec.period[0]} to {rec.period[1]} "
         f"({metrics['period']['n_dates']} dates, {metrics['period']['n_rows']:,} rows) &middot; label "
-        f"{_html.escape(plan.label)} (horizon {plan.horizon}, label_lag {getattr(plan, 'label_lag', None)}) "
-        f"&middot; data {_html.escape(Path(plan.panel_path).name)}"
+        f"{_html.escape(rec.label)} (horizon {rec.horizon}, label_lag {rec.label_lag}) "
+        f"&middot; data {_html.escape(Path(rec.panel_path).name)}"
         "</div>", warn,
-        "<h2>Key numbers (ensemble)</h2>", _table(["metric", "value"], key_rows, "key"), extra,
+        "<h2>Key numbers (ensemble)</h2>", html_table(["metric", "value"], key_rows, "key"), extra,
         "<h2>Ensemble beside its members</h2>",
-        _table(["", "trial", "weight", "valid IC", *[lab for _, lab, _ in columns]], side_rows),
+        html_table(["", "trial", "weight", "valid IC", *[lab for _, lab, _ in columns]], side_rows),
         f"<p class='small'>pnl and Sharpe gross of costs{'' if costs['cost_bps'] == 0 else ' (net SR: net of ' + format(costs['cost_bps'], 'g') + ' bps)'}; "
         f"BE bps: break-even cost per unit traded (turnover = {_html.escape(TURNOVER_UNIT)})</p>",
         "<h2>Performance</h2>", img("pnl.png"), img("ic_daily.png"),
@@ -558,12 +485,12 @@ def render_html(plan, opts, metrics: dict, ev: dict, figures: dict[str, bytes], 
         img("correlation.png", "32%"), "</div>", img("turnover.png"),
         "<h2>Member correlation</h2><p class='small'>mean over dates of the cross-sectional Pearson "
         "correlation of the raw predictions</p>",
-        _table(["", *[str(i) for i in range(len(corr))]], corr_rows),
+        html_table(["", *[str(i) for i in range(len(corr))]], corr_rows),
     ]
     if lb_rows:
         parts += ["<h2>Sweep leaderboard</h2><p class='small'>valid figures from the sweep; test figures from "
                   "this report (selected seeds); report IC / pnl: the research report's reference values</p>",
-                  _table(lb_header, lb_rows)]
+                  html_table(lb_header, lb_rows)]
     parts += [f"<p class='small'>Recompute the key numbers: <code>{_html.escape(metrics['recompute'])}</code>. "
               "Definitions: docs/metrics.md, docs/scoring.md.</p></body></html>"]
     return "\n".join(p for p in parts if p) + "\n"

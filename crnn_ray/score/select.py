@@ -18,6 +18,7 @@ import pandas as pd
 
 from crnn_ray.io import CliError
 from crnn_ray.schema import DEFAULT_RANK_METRIC, RANKED, SELECT_METRICS
+from crnn_ray.train import load_checkpoint
 
 __all__ = ["Member", "read_trials", "select_members", "load_members", "check_look_ahead", "forbidden_window", "Unit",
            "select_units"]
@@ -158,8 +159,6 @@ def print_excluded(excluded: pd.DataFrame, values: pd.Series, select_by: str) ->
 
 def load_members(members: list[Member]) -> list[Member]:
     """Load every member's meta and best weights (weights_only=True); CliError names the bad checkpoint."""
-    from crnn_ray.train import load_checkpoint
-
     for m in members:
         meta, state = load_checkpoint(m.checkpoint)
         if meta.get("status") in ("diverged", "failed"):  # trials.parquet said ok: the files disagree
