@@ -16,7 +16,7 @@ from crnn_ray.io import CliError
 from crnn_ray.sweep.config import ResourcesConfig, load_config, parse_config
 from crnn_ray.sweep.leaderboard import (LEADERBOARD_COLUMNS, TRIAL_COLUMNS, build_leaderboard, leaderboard_markdown,
                                         trial_row, trials_frame)
-from crnn_ray.sweep.trial import plan_placement
+from crnn_ray.sweep.placement import plan_placement
 from crnn_ray.zoo import load_zoo
 
 SWEEPS = REPO / "configs" / "sweeps"
@@ -170,7 +170,7 @@ def test_infeasible_request_fails_fast_with_the_key():
 def test_launcher_head_reads_gpu_node_types_from_its_bootstrap_config():
     """On a cluster-launcher head (autoscaler v1) the GPU types come from the launcher config, so a GPU sweep
     submitted while no GPU node is up yet is feasible and its concurrency follows the scalable GPUs."""
-    from crnn_ray.sweep.trial import launcher_node_types
+    from crnn_ray.sweep.placement import launcher_node_types
 
     types = launcher_node_types(REPO / "cluster" / "aws-gpu.yaml")
     assert sorted((t["GPU"], n) for t, n in types) == [(1.0, 8), (4.0, 2)]  # the head type is left out
@@ -268,7 +268,7 @@ def test_scheduler_pruned_trial_is_ranked_from_its_history():
 
 
 def test_packs_fill_the_slots_evenly():
-    from crnn_ray.sweep.trial import make_packs, pack_models, pack_size
+    from crnn_ray.sweep.placement import make_packs, pack_models, pack_size
 
     grid = [{"key": f"t{i:03d}"} for i in range(7)]
     assert [pack_size("auto", n, slots) for n, slots in ((6, 2), (18, 2), (18, 16), (7, 2), (3, 8), (5, 5))] == [

@@ -1,4 +1,5 @@
-"""Dealing packs by measured cost (crnn_ray.sweep.costs) and the sweep's time split (no Ray: the arithmetic)."""
+"""Dealing packs by measured cost (crnn_ray.sweep.costs, crnn_ray.sweep.placement) and the sweep's time split
+(no Ray: the arithmetic)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import math
 import pandas as pd
 import pytest
 
-from crnn_ray.sweep.costs import deal, model_costs, step_costs
-from crnn_ray.sweep.run import time_split
-from crnn_ray.sweep.trial import make_packs
+from crnn_ray.sweep.collect import time_split
+from crnn_ray.sweep.costs import model_costs, step_costs
+from crnn_ray.sweep.placement import deal, make_packs
 
 
 def _grid(costs: list[float]) -> tuple[list[dict], dict]:
@@ -96,7 +97,7 @@ def test_time_split_names_where_the_slot_seconds_went():
 
 
 def test_pack_queue_hands_each_model_to_one_pack_longest_unstarted_first():
-    from crnn_ray.sweep.trial import PackQueue
+    from crnn_ray.sweep.placement import PackQueue
 
     grid, costs = _grid([50, 2, 1, 1, 30])
     a, b = [grid[0], grid[1]], [grid[2], grid[3], grid[4]]

@@ -11,7 +11,7 @@ from crnn_ray.data import load_panel, save_panel, synthesize
 from crnn_ray.io import CliError
 from crnn_ray.sweep import run_sweep
 from crnn_ray.sweep.config import load_config, synth_kwargs
-from crnn_ray.sweep.run import prepare_experiment
+from crnn_ray.sweep.experiment import prepare_experiment
 
 
 def test_a_data_error_leaves_no_experiment_behind(tmp_path):
@@ -62,7 +62,8 @@ def test_usage_errors_are_one_line_and_exit_2(capsys):
 
     assert score_main(["--experiment", "x", "--out", "y", "--method", "bogus"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: python -m crnn_ray.score: argument --method: invalid choice") and err.count("\n") == 1
+    assert err.startswith("error: python -m crnn_ray.score: --method: expected one of mean, ic_weighted, rank_mean, "
+                          "got 'bogus'") and err.count("\n") == 1
     assert sweep_main(["--config", "x.yaml", "--resume", "--overwrite"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: python -m crnn_ray.sweep: argument --overwrite: not allowed with argument --resume")

@@ -1,5 +1,5 @@
 """Work stealing between packs on a real local Ray: a pack that has trained its own models takes over a model
-dealt to a pack still busy with a long one (crnn_ray.sweep.trial.PackQueue), and every model still gets one
+dealt to a pack still busy with a long one (crnn_ray.sweep.placement.PackQueue), and every model still gets one
 row, its own checkpoint and its status."""
 
 from __future__ import annotations

@@ -229,7 +229,7 @@ def publish_node_types(state: dict, config: dict, env: dict, timeout: float) -> 
 
     The local cluster must run autoscaler v1: v2 reads the fake provider's example.yaml, which the Ray wheel
     does not ship. v1 keeps its node types to itself, so a driver could not tell that GPU nodes can be
-    launched while none is up; the sweep (crnn_ray.sweep.trial.cluster_nodes) reads this record to plan GPU
+    launched while none is up; the sweep (crnn_ray.sweep.placement.cluster_nodes) reads this record to plan GPU
     trials on a cluster that starts with zero GPU nodes, exactly as on KubeRay.
     """
     from ray.core.generated import autoscaler_pb2

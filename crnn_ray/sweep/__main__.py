@@ -10,8 +10,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from crnn_ray.io import ArgumentParser, cli_main
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from crnn_ray.data import describe_windows, walk_forward_splits
+from crnn_ray.data.panel import _LABEL_RE, read_panel_meta
+from crnn_ray.data.synth import synth_dates
+from crnn_ray.defaults import HORIZON
+from crnn_ray.io import ArgumentParser, CliError, cli_main
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,11 +42,6 @@ def _parser() -> argparse.ArgumentParser:
 def check_data_path(cfg) -> str:
     """--check's look at the data without reading it: data.path must exist, and a Parquet panel's footer
     (its metadata alone) must list data.label and data.features. Returns what was checked, for the ok line."""
-    from pathlib import Path
-
-    from crnn_ray.data.panel import read_panel_meta
-    from crnn_ray.io import CliError
-
     if cfg.data.path is None:
         return "data: synthetic market (made at run time)"
     path = Path(cfg.data.path).expanduser().resolve()
@@ -65,17 +69,6 @@ def check_data_path(cfg) -> str:
 def check_windows(cfg) -> list[str]:
     """--check's walk-forward windows as dates, on the panel's calendar (the synthetic market's, or the date
     column of data.path alone): the same arithmetic and one-line errors as the sweep."""
-    from pathlib import Path
-
-    import numpy as np
-    import pandas as pd
-
-    from crnn_ray.data import describe_windows, walk_forward_splits
-    from crnn_ray.data.panel import _LABEL_RE, read_panel_meta
-    from crnn_ray.data.synth import synth_dates
-    from crnn_ray.defaults import HORIZON
-    from crnn_ray.io import CliError
-
     if cfg.data.path is None:
         synth = cfg.data.synth or {}
         dates, horizon = synth_dates(int(synth.get("days", 600))), int(synth.get("horizon", HORIZON))
@@ -83,8 +76,6 @@ def check_windows(cfg) -> list[str]:
         path = Path(cfg.data.path).expanduser().resolve()
         try:
             if path.name.lower().endswith(".parquet"):
-                import pyarrow.parquet as pq
-
                 raw = pq.read_table(path, columns=["date"]).column("date").to_pandas()
             else:
                 raw = pd.read_csv(path, usecols=["date"])["date"]
@@ -105,12 +96,11 @@ def check_windows(cfg) -> list[str]:
 
 def _main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # the config module loads torch, the run module Ray and Tune: each mode imports what it runs
     if args.check:
         from crnn_ray.sweep import load_config
 
         if args.config is None:
-            from crnn_ray.io import CliError
-
             raise CliError("--check needs --config")
         cfg = load_config(args.config)
         data = check_data_path(cfg)

@@ -20,9 +20,11 @@ from crnn_ray import defaults
 from crnn_ray.config import (Checker, auto_or, boolean, choice, int_at_least, load_yaml, names, nonneg_int,
                              nonneg_number, optional, positive_int, positive_number, read_section, section_dict, setting, show,
                              text)
+from crnn_ray.data.splits import WALK_FORWARD_KEYS, window_key
 from crnn_ray.io import CliError
 from crnn_ray.schema import STOPPING_METRICS, selection_twin
 from crnn_ray.train.config import SWEEPABLE, TrainConfig
+from crnn_ray.zoo import load_zoo, resolve_variants
 
 #: share of the valid part given to the selection part when data.splits uses fractions and says nothing
 DEFAULT_SELECT_SHARE = 0.5
@@ -134,8 +136,6 @@ class SweepConfig:
         as its own Tune config, and `--resume` re-reads it from Tune's state.
         """
         if self.walk_forward:
-            from crnn_ray.data.splits import window_key
-
             return [{**t, "key": f"{window_key(w)}-{t['key']}", "line": t["key"], "window": w}
                     for w in range(n_windows) for t in self._line_grid()]
         return self._line_grid()
@@ -257,8 +257,6 @@ def _parse_data(c: Checker, raw: Any) -> DataConfig:
 def _parse_walk_forward(c: Checker, raw: Any) -> dict:
     """The static checks (keys, types); the window arithmetic itself needs the panel's dates and is checked by
     crnn_ray.data.walk_forward_splits when the sweep (or --check) has them."""
-    from crnn_ray.data.splits import WALK_FORWARD_KEYS
-
     raw = c.mapping(raw, "data.walk_forward", WALK_FORWARD_KEYS)
     for key in ("train", "valid", "step"):
         if key not in raw:
@@ -358,8 +356,6 @@ def _parse_variants(c: Checker, raw: Any) -> list[str]:
 
 def resolve_variant_items(c: Checker, items: list[str]) -> list[tuple[str, str]]:
     """Resolve each item on its own (so an error names its index); drop duplicates, keep the first."""
-    from crnn_ray.zoo import load_zoo, resolve_variants
-
     zoo = load_zoo()
     seen: dict[str, str] = {}
     for i, item in enumerate(items):

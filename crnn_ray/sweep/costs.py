@@ -11,14 +11,22 @@ of a second per spec.
                  the batch sizes they run than at small probe batches (convgru/m05 vs m01: 1.9x at 256, 1.5x at 64)
     model_costs  per trial: epochs x training samples x step cost + validations x validation samples x
                  inference cost
+    CostProbe    model_costs in a background thread while Ray starts (timing the specs takes a second or two)
+
+The packs are dealt by these costs in crnn_ray.sweep.placement.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import time
 
 import numpy as np
+import torch
+
+from crnn_ray.train import TrainConfig
+from crnn_ray.zoo import build_model
 
 MAX_TRAIN_BATCH, INFER_BATCH = 256, 512
 
@@ -28,10 +36,6 @@ def step_costs(specs: list[str], n_features: int, lookback: int, batch: int = 25
     """{spec: (seconds per sample of a training step, seconds per sample of inference)}, single-threaded (what
     a 1-CPU worker runs; relative costs are what matter): the fastest of `repeats` passes (the first warms up;
     the minimum shrugs off another process taking the core for a moment)."""
-    import torch
-
-    from crnn_ray.zoo import build_model
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     out = {}
@@ -61,8 +65,6 @@ def model_costs(grid: list[dict], panel, windows: list) -> dict[str, float]:
     """{trial key: estimated seconds} from step_costs and how much data each trial's TrainConfig touches:
     per epoch min(max_steps_per_epoch x batch, its train rows) training samples, and per validation its valid
     (or eval_max_days of it) and select rows. Early stopping can only shorten a trial."""
-    from crnn_ray.train import TrainConfig
-
     first = TrainConfig(**grid[0]["train_config"])
     costs = step_costs([t["spec"] for t in grid], panel.X.shape[2], first.lookback, first.batch_size)
     rows_per_day = float(np.asarray(panel.mask).sum(axis=1).mean()) if panel.n_days else 0.0
@@ -82,17 +84,28 @@ def model_costs(grid: list[dict], panel, windows: list) -> dict[str, float]:
     return out
 
 
-def deal(grid: list[dict], n_packs: int, k: int, costs: dict[str, float] | None) -> list[list[dict]]:
-    """The grid dealt into n_packs packs of at most k models, longest first onto the least loaded pack (LPT;
-    ties to the lower pack, so equal costs deal round-robin); each pack keeps grid order. Without costs:
-    round-robin."""
-    if not costs:
-        return [grid[i::n_packs] for i in range(n_packs)]
-    order = sorted(range(len(grid)), key=lambda i: -costs.get(grid[i]["key"], 0.0))  # stable: grid order on ties
-    load, members = [0.0] * n_packs, [[] for _ in range(n_packs)]
-    for i in order:
-        open_ = [p for p in range(n_packs) if len(members[p]) < k]
-        p = min(open_, key=lambda q: (load[q], q))
-        members[p].append(i)
-        load[p] += costs.get(grid[i]["key"], 0.0)
-    return [[grid[i] for i in sorted(m)] for m in members]
+class CostProbe:
+    """model_costs in a background thread (torch releases the GIL), so the timing hides behind Ray's start:
+    result() waits for it; a probe that failed deals round-robin instead (with one line saying why)."""
+
+    def __init__(self, trials: list[dict], panel, windows: list):
+        self._out: dict = {}
+        self.seconds = 0.0
+        self._thread = threading.Thread(target=self._run, args=(trials, panel, windows), daemon=True)
+        self._thread.start()
+
+    def _run(self, trials, panel, windows) -> None:
+        t0 = time.perf_counter()
+        try:
+            self._out["costs"] = model_costs(trials, panel, windows)
+        except Exception as exc:  # noqa: BLE001 - an estimate only: never stops the sweep
+            self._out["error"] = f"{type(exc).__name__}: {str(exc)[:160]}"
+        self.seconds = time.perf_counter() - t0
+
+    def result(self) -> dict | None:
+        self._thread.join()
+        if "error" in self._out and not self._out.get("said"):
+            self._out["said"] = True
+            print(f"note: packs dealt round-robin (timing the specs failed: {self._out['error']})", flush=True)
+        return self._out.get("costs")
+

@@ -15,7 +15,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from crnn_ray.io import write_parquet_atomic
+from crnn_ray.baselines import baseline_signals
+from crnn_ray.io import atomic_path, write_parquet_atomic
+from crnn_ray.metrics import evaluate
 from crnn_ray.schema import LEADERBOARD_METRICS, METRICS, RANKED, VALID_METRICS
 
 TRIAL_COLUMNS = [
@@ -182,9 +184,6 @@ def build_leaderboard(trials: pd.DataFrame, zoo: dict, rank_metric: str = "valid
 
 def baseline_rows(panel, splits, label: str, lookback: int, clip: float, rank_label: bool) -> list[dict]:
     """Leaderboard rows (status "baseline") for crnn_ray.baselines on the same valid / select rows as the nets."""
-    from crnn_ray.baselines import baseline_signals
-    from crnn_ray.metrics import evaluate
-
     signals = baseline_signals(panel, splits.train, label, lookback, clip=clip, rank_label=rank_label)
     raw = panel.label(label)
     horizon = panel.horizon(label) if hasattr(panel, "horizon") else 1
@@ -260,8 +259,6 @@ def leaderboard_markdown(lb: pd.DataFrame, title: str, rank_metric: str, grid_ke
 
 def write_results(exp_dir: Path, trials: pd.DataFrame, lb: pd.DataFrame, markdown: str) -> None:
     """trials.parquet, leaderboard.parquet (contract columns only) and leaderboard.md, each atomically."""
-    from crnn_ray.io import atomic_path
-
     write_parquet_atomic(trials, exp_dir / "trials.parquet")
     write_parquet_atomic(lb[LEADERBOARD_COLUMNS], exp_dir / "leaderboard.parquet")
     with atomic_path(exp_dir / "leaderboard.md") as tmp:

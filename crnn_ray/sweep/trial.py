@@ -9,8 +9,9 @@ of its pack, one after another (at any moment one model per GPU).
 
 Why packs: a Train run costs ~15 s of start-up and bookkeeping processes whatever it trains (six on the
 trainable's node, ~1.5 GB RSS, and a PlacementGroupCleaner on the head, ~0.2 GB; docs/operations.md);
-a pack of K models pays that once (resources.models_per_trial, see `pack_size`). Each model keeps its own
-trial key, epoch reports (`trial_key`), status and checkpoint; a model that diverges or raises ends alone.
+a pack of K models pays that once (resources.models_per_trial; the packs are made in
+crnn_ray.sweep.placement). Each model keeps its own trial key, epoch reports (`trial_key`), status and
+checkpoint; a model that diverges or raises ends alone.
 
 A pack's checkpoint is a directory with one sub-directory per model in the single-model format
 (crnn_ray/train/checkpoint.py) and `pack.json` (which models are over). Every checkpoint carries the finished
@@ -19,6 +20,14 @@ the finished models and resumes the first unfinished one from its last epoch.
 
 A Train run is named `<experiment>-<pack key>` under `<experiment dir>/train/` (a one-model pack's key is its
 model's, `t000`), so a trial that Tune reruns (or an experiment resumed with `--resume`) picks up the same run.
+
+    trial_driver     the Tune trainable: one TorchTrainer per pack (runs in a Tune trial actor)
+    train_worker     the Train worker: each model of the pack in turn, a report and a pack checkpoint per epoch
+    PackState        which models of a pack are over, where the first unfinished one resumes (`resume_point`)
+    TrialProgress    the driver's one line per trial event
+
+The Tune trial actor imports this module to hand `train_worker` to Train, so the training code itself
+(crnn_ray.train, crnn_ray.data) is imported in the functions the Train worker runs, never here.
 """
 
 from __future__ import annotations
@@ -33,186 +42,18 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+import ray
+import ray.train
+import ray.train.torch
+import torch
 from ray import tune
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig
+from ray.tune.integration.ray_train import TuneReportCallback
 
+from crnn_ray import ray_compat
 from crnn_ray.io import CliError
-from crnn_ray.sweep import ray_compat
-
-
-# ------------------------------------------------------------------------------------------------ placement
-@dataclass
-class Placement:
-    """What each trial asks the cluster for, decided once from the config and the cluster."""
-
-    cpus_per_trial: float
-    gpus_per_trial: float
-    max_concurrent_trials: int
-    cpu_quota: bool = True
-    driver_memory_mb: int = 1536
-    cluster: str = ""                       # one line: what the cluster offers
-
-    @property
-    def use_gpu(self) -> bool:
-        return self.gpus_per_trial > 0
-
-    @property
-    def threads(self) -> int:
-        """The worker's torch thread quota: its CPU grant, at least one thread."""
-        return max(1, math.ceil(self.cpus_per_trial - 1e-9))
-
-    def worker_resources(self) -> dict:
-        res = {"CPU": float(self.cpus_per_trial)}
-        if self.gpus_per_trial > 0:
-            res["GPU"] = float(self.gpus_per_trial)
-        return res
-
-
-def cluster_nodes() -> tuple[list[dict], list[tuple[dict, int]]]:
-    """(resources of each alive node, [(resources, max_count)] of the autoscaler's node types, if any).
-
-    Node types come from the autoscaler v2 cluster-config record (KubeRay, local fake clusters) or, on a
-    cluster-launcher head (autoscaler v1 publishes no such record), from its ~/ray_bootstrap_config.yaml:
-    a sweep submitted with `ray job submit` runs its driver on the head, where that file lives.
-    """
-    import ray
-
-    nodes = [dict(n.get("Resources") or {}) for n in ray.nodes() if n.get("Alive")]
-    node_types = ray_compat.autoscaler_node_types()
-    if not node_types:
-        node_types = launcher_node_types(Path(os.path.expanduser("~/ray_bootstrap_config.yaml")))
-    return nodes, node_types
-
-
-def launcher_node_types(path: Path) -> list[tuple[dict, int]]:
-    """[(resources, max_workers)] of the worker node types in a cluster-launcher config; [] if none is there."""
-    if not path.is_file():
-        return []
-    try:
-        import yaml
-
-        config = yaml.safe_load(path.read_text()) or {}
-        types = config.get("available_node_types") or {}
-        head = config.get("head_node_type")
-        return [({k: float(v) for k, v in (t.get("resources") or {}).items()}, int(t.get("max_workers", 0)))
-                for name, t in types.items() if name != head]
-    except Exception:  # unreadable: fall back to the alive nodes only
-        return []
-
-
-def _slots(node: dict, cpus: float, gpus: float) -> int:
-    """How many trial workers fit on one node of these resources."""
-    by_cpu = math.floor(node.get("CPU", 0.0) / cpus + 1e-9)
-    if gpus <= 0:
-        return by_cpu
-    return min(by_cpu, math.floor(node.get("GPU", 0.0) / gpus + 1e-9))
-
-
-def _describe(res: dict) -> str:
-    return "{" + ", ".join(f"{k}: {res.get(k, 0):g}" for k in ("CPU", "GPU") if k in res or k == "CPU") + "}"
-
-
-def plan_placement(resources, n_trials: int, nodes: list[dict], node_types: list[tuple[dict, int]],
-                   source: str = "config.yaml") -> Placement:
-    """Resolve `auto` values and check that one trial's worker fits on some node, now or after autoscaling.
-
-    Fails fast with a CliError naming the key: Train V2 would otherwise wait for resources that never come.
-    """
-    total_gpus = sum(n.get("GPU", 0.0) for n in nodes)
-    scalable_gpus = any(t.get("GPU", 0.0) > 0 and count != 0 for t, count in node_types)
-    gpus = resources.gpus_per_trial
-    if gpus == "auto":
-        gpus = 1.0 if (total_gpus > 0 or scalable_gpus) else 0.0
-    cpus = float(resources.cpus_per_trial)
-    need = {"CPU": cpus, **({"GPU": float(gpus)} if gpus > 0 else {})}
-    offered = [n for n in nodes] + [t for t, count in node_types if count != 0]
-    if not any(_slots(n, cpus, gpus) >= 1 for n in offered):
-        largest = max(offered, key=lambda n: (n.get("GPU", 0.0), n.get("CPU", 0.0)), default={})
-        key = "resources.gpus_per_trial" if gpus > 0 and largest.get("GPU", 0.0) < gpus else "resources.cpus_per_trial"
-        raise CliError(
-            f"{source}: {key}: a trial needs {_describe(need)} on one node, but no node of the cluster"
-            f"{' or its autoscaler node types' if node_types else ''} has that "
-            f"(largest: {_describe(largest)}; {len(nodes)} node(s), {total_gpus:g} GPU(s) in all)")
-    slots = sum(_slots(n, cpus, gpus) for n in nodes)
-    for t, count in node_types:
-        if count == -1:
-            slots = max(slots, n_trials)
-        elif count > 0:
-            slots += _slots(t, cpus, gpus) * count
-    if resources.max_concurrent_trials == "auto":
-        concurrent = max(1, min(slots, n_trials))
-    else:
-        concurrent = int(resources.max_concurrent_trials)
-    cluster = (f"{len(nodes)} node(s), {sum(n.get('CPU', 0.0) for n in nodes):g} CPU(s), {total_gpus:g} GPU(s)"
-               + (f", autoscaler node types: {len(node_types)}" if node_types else ""))
-    return Placement(cpus_per_trial=cpus, gpus_per_trial=float(gpus), max_concurrent_trials=concurrent,
-                     cpu_quota=bool(getattr(resources, "cpu_quota", True)),
-                     driver_memory_mb=int(resources.driver_memory_mb), cluster=cluster)
-
-
-# -------------------------------------------------------------------------------------------------- packs
-def pack_size(models_per_trial, n_models: int, slots: int) -> int:
-    """Models per Train run. `auto`: as few packs as fill the concurrent slots evenly — K = ceil(n / slots),
-    so the packs number ceil(n / K) <= slots and the longest holds one model more than the shortest at most.
-    (A cluster that autoscales without a bound has a slot per model: K = 1.)"""
-    if models_per_trial == "auto":
-        return max(1, math.ceil(n_models / max(1, slots)))
-    return max(1, min(int(models_per_trial), n_models))
-
-
-def make_packs(grid: list[dict], k: int, prefix: str = "p", costs: dict[str, float] | None = None) -> list[dict]:
-    """The grid's trials dealt into ceil(n / k) packs of at most k: by `costs` (crnn_ray.sweep.costs: the
-    longest model first onto the least loaded pack, so the packs end together), else round-robin (so each pack
-    mixes variants and seeds rather than holding one slow family). A pack is `{"key", "models": [trial, ...]}`
-    in grid order; one model's pack has that model's key, a larger one `p000`, `p001`, ... (`prefix`: a later
-    generation's packs are `g2p000`, so their Train runs never meet an earlier generation's)."""
-    from crnn_ray.sweep.costs import deal
-
-    n_packs = math.ceil(len(grid) / max(1, k))
-    packs = []
-    for i, models in enumerate(deal(grid, n_packs, max(1, k), costs)):
-        packs.append({"key": models[0]["key"] if len(models) == 1 else f"{prefix}{i:03d}", "models": models})
-    return packs
-
-
-def pack_models(trial: dict) -> list[dict]:
-    """The models of a Tune trial's `trial` config (a pack; an older single-trial config is a pack of one)."""
-    return list(trial["models"]) if "models" in trial else [trial]
-
-
-class PackQueue:
-    """Work stealing between the packs of one sweep (a Ray actor of the driver, no CPU): a pack claims each of
-    its own models before training it, and once its own are done it takes the longest model no pack has
-    started. Why: the dealing by measured cost is an estimate (a net's validation cost at large batches, another
-    process on the core), and a pack that ends early would leave its slot idle while the others still hold
-    models nobody has started. A model is trained by exactly one pack: the first to claim it.
-
-    `claimed` (model key -> pack) starts from the packs' checkpoints on --resume, so what a pack had started
-    stays its own; claims by a pack that is not managed here (an earlier generation's) always succeed."""
-
-    def __init__(self, packs: dict[str, list[dict]], costs: dict[str, float] | None = None,
-                 claimed: dict[str, str] | None = None):
-        self.models = {m["key"]: m for models in packs.values() for m in models}
-        self.packs = set(packs)
-        self.costs = dict(costs or {})
-        self.claimed = dict(claimed or {})
-
-    def claim(self, pack: str, key: str) -> bool:
-        if key not in self.models or pack not in self.packs:
-            return True
-        return self.claimed.setdefault(key, pack) == pack
-
-    def steal(self, pack: str) -> dict | None:
-        if pack not in self.packs:
-            return None
-        free = [k for k in self.models if k not in self.claimed]
-        if not free:
-            return None
-        key = max(free, key=lambda k: self.costs.get(k, 0.0))  # ties: the first in grid order
-        self.claimed[key] = pack
-        return self.models[key]
-
-    def owners(self) -> dict[str, str]:
-        return dict(self.claimed)
+from crnn_ray.sweep.placement import Placement, pack_models
 
 
 # ------------------------------------------------------------------------------------------ shared context
@@ -284,10 +125,6 @@ class TrialProgress(tune.Callback):
 
 def trial_driver(config: dict, ctx: TrialContext) -> None:
     """Tune function trainable: run this trial's Train run; its reports reach Tune via TuneReportCallback."""
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig
-    from ray.tune.integration.ray_train import TuneReportCallback
-
     driver_t0 = time.time()  # the Tune trainable entered: the rest of the start-up is Train's
     trial = config["trial"]
     ray_compat.configure_train_driver(ctx.start_timeout_s, ctx.private_ray)
@@ -330,36 +167,18 @@ def train_worker(loop_config: dict) -> None:
     ctx: TrialContext = loop_config["ctx"]
     p = ctx.placement
 
-    from crnn_ray.train import CpuSampler, apply_cpu_quota  # torch is already imported by Ray Train here
+    # The training code loads here, in the Train worker: the Tune trainable imports this module too (to hand
+    # this function to Train) and stays lean. torch is already imported by Ray Train here.
+    from crnn_ray.train import CpuSampler, TrainConfig, apply_cpu_quota, train_one
 
     # cpu_quota false: the seed report's setting, torch free to use every core of the node
     quota = apply_cpu_quota(p.threads if p.cpu_quota else (os.cpu_count() or 1))
-
-    import ray
-    import ray.train
-    import ray.train.torch
-    import torch
-
-    from crnn_ray.train import TrainConfig, train_one
-
     ray_compat.quiet_train_report_log()
     panel = ray.get(ctx.panel_refs[0])
     device = ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")
     models = pack_models(pack)
     run_dir = Path(ctx.train_storage) / run_name(ctx.experiment, pack["key"])
-    # `worker_` prefixes: Tune stamps every result with its own pid / node_ip (the trial driver's)
-    where = {
-        "pack_id": pack["key"],
-        "worker_node_ip": ray.util.get_node_ip_address(),
-        "worker_node_id": ray.get_runtime_context().get_node_id(),
-        "gpu_ids": json.dumps([str(g) for g in ray.get_gpu_ids()]),
-        "device": str(device),
-        "worker_pid": os.getpid(),
-        "cpu_quota": float(p.cpus_per_trial) if p.cpu_quota else 0.0,
-        "quota_threads": int(quota["threads"]),
-        "worker_t0": worker_t0,
-        "driver_t0": float(loop_config.get("driver_t0") or worker_t0),
-    }
+    where = _where(pack, p, quota, device, worker_t0, loop_config.get("driver_t0"))
     workdir = Path(tempfile.mkdtemp(prefix=f"crnn_{pack['key']}_"))
     try:
         checkpoint = ray.train.get_checkpoint()
@@ -410,12 +229,27 @@ def train_worker(loop_config: dict) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _where(pack: dict, p: Placement, quota: dict, device, worker_t0: float, driver_t0) -> dict:
+    """What every report of this worker is stamped with: where it ran, its CPU grant, when it started.
+    `worker_` prefixes: Tune stamps every result with its own pid / node_ip (the trial driver's)."""
+    return {
+        "pack_id": pack["key"],
+        "worker_node_ip": ray.util.get_node_ip_address(),
+        "worker_node_id": ray.get_runtime_context().get_node_id(),
+        "gpu_ids": json.dumps([str(g) for g in ray.get_gpu_ids()]),
+        "device": str(device),
+        "worker_pid": os.getpid(),
+        "cpu_quota": float(p.cpus_per_trial) if p.cpu_quota else 0.0,
+        "quota_threads": int(quota["threads"]),
+        "worker_t0": worker_t0,
+        "driver_t0": float(driver_t0 or worker_t0),
+    }
+
+
 def _pack_order(state: "PackState", queue, pack_key: str):
     """The models this pack trains, in order: its own unfinished ones (each claimed first when a PackQueue
     shares the work: one another pack has taken is skipped), then, one at a time, the longest model no pack has
     started (added to the pack's checkpoint, so a restarted worker finishes it)."""
-    import ray
-
     for trial in list(state.models):
         if trial["key"] in state.over:
             continue
@@ -432,8 +266,6 @@ def _pack_order(state: "PackState", queue, pack_key: str):
 
 
 def _report(metrics: dict, directory: Path) -> None:
-    import ray.train
-
     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(directory)))
 
 
@@ -536,6 +368,21 @@ def _read_pack_file(directory: Path) -> dict:
         return json.loads((directory / PACK_FILE).read_text())
     except (OSError, ValueError):  # missing or damaged: every model's own files say how far it got
         return {}
+
+
+def started_models(train_dir: Path, experiment: str, packs: list[dict]) -> dict[str, str]:
+    """{model key: pack key} of every model a pack had started (over, failed, or with a directory), read from
+    each pack's newest persisted checkpoint: on --resume what a pack had started stays its own (PackQueue)."""
+    claimed: dict[str, str] = {}
+    for p in packs:
+        run_dir = train_dir / run_name(experiment, p["key"])
+        newest = sorted(d for d in run_dir.glob("checkpoint_*") if d.is_dir())[-1:] if run_dir.is_dir() else []
+        for ckpt in newest:
+            info = _read_pack_file(ckpt)
+            started = list(info.get("over") or []) + list(info.get("failed") or {}) + \
+                [d.name for d in ckpt.iterdir() if d.is_dir()]
+            claimed.update({k: p["key"] for k in started})
+    return claimed
 
 
 def resume_point(given: Path, run_dir: Path, shown: str, tag: str, sub: str = "") -> tuple[Path | None, str | None]:
