@@ -38,10 +38,11 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 import psutil  # noqa: E402
+import yaml  # noqa: E402
 
 MB = 1024 * 1024
 #: what the sizing calls "a trial's bookkeeping" (everything of a Train run except its worker)
@@ -50,6 +51,22 @@ BOOKKEEPING = ("ImplicitFunc", "TrainController", "SynchronizationActor", "_Queu
 #: what lands with the trainable, on its node (the controller is pinned there and creates the others)
 WITH_TRAINABLE = BOOKKEEPING[:-1]
 ORDER = {r: i for i, r in enumerate(BOOKKEEPING + ("RayTrainWorker",))}
+
+
+def tiny_config(**overrides) -> dict:
+    """configs/sweeps/tiny.yaml as a dict, with top-level sections updated (shallowly) by `overrides`."""
+    doc = yaml.safe_load((REPO / "configs" / "sweeps" / "tiny.yaml").read_text())
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(doc.get(key), dict):
+            doc[key] = {**doc[key], **value}
+        else:
+            doc[key] = value
+    return doc
+
+
+def write_yaml(path: Path, doc: dict) -> Path:
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
 
 
 class Sampler(threading.Thread):
@@ -154,7 +171,6 @@ def run(models_per_trial: list[int], epochs: int, storage: Path, interval: float
     import ray
     from ray.cluster_utils import Cluster
 
-    from conftest import tiny_config, write_yaml
     from crnn_ray.sweep import run_sweep
 
     # as tests/test_sweep_cluster.py: keep /tmp/ray/ray_current_cluster untouched (other Ray users)

@@ -12,6 +12,7 @@ two trials' training windows (the figures are "concurrent" only when it is high)
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -27,7 +28,7 @@ def _config(variant: str, steps: int, batch_size: int, quota: bool) -> dict:
     return {
         "name": "quota" if quota else "unbounded",
         "data": {"synth": {"symbols": 100, "days": 260, "seed": 3, "horizon": 5}, "lookback": 20,
-                 "splits": {"fractions": [0.7, 0.15, 0.15]}},
+                 "splits": {"fractions": [0.7, 0.15, 0.15], "select": 0}},  # no member selection: one valid part
         "variants": [variant],
         "seeds": [0, 1],
         "training": {"epochs": 1, "batch_size": batch_size, "lr": 1e-3, "max_steps_per_epoch": steps},
@@ -35,13 +36,26 @@ def _config(variant: str, steps: int, batch_size: int, quota: bool) -> dict:
     }
 
 
+def _read_results_json(trial_dir: Path) -> list[dict]:
+    """Every result a Tune trial reported, in order (its result.json: one JSON object per line)."""
+    path = Path(trial_dir) / "result.json"
+    rows = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:
+                    continue
+    return rows
+
+
 def _overlap(storage: Path, name: str, trial_ids) -> float:
     """Fraction of the shorter training window during which both trials were training."""
-    from crnn_ray.sweep import read_results_json
-
     windows = []
     for tid in trial_ids:
-        rows = [r for r in read_results_json(storage / name / "tune" / tid) if r.get("final") == 0]
+        # the trial's epoch reports (each carries epoch_s); with epochs: 1 there is one
+        rows = [r for r in _read_results_json(storage / name / "tune" / tid) if r.get("epoch_s") is not None]
         r = rows[0]
         # epoch_s covers training + validation; the window ends when the epoch was reported
         windows.append((r["timestamp"] - r["epoch_s"], r["timestamp"]))

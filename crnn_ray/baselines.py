@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from crnn_ray.data import normalize_features, sample_index
+from crnn_ray.data import rank_label as _rank_label  # the name rank_label is baseline_signals' flag
+
 __all__ = ["BASELINES", "RIDGE_ALPHA", "REVERSAL_DAYS", "baseline_signals", "fit_ridge"]
 
 BASELINES = ("ridge", "reversal")
@@ -45,8 +48,6 @@ def baseline_signals(panel, train: tuple[int, int], label: str, lookback: int, *
     present with all features finite (the panel mask). The ridge is fitted on the training part's samples
     (rows with a finite label in `train`).
     """
-    from crnn_ray.data import normalize_features, rank_label as rank, sample_index
-
     n_days = panel.X.shape[0]
     lo, hi = (0, n_days - 1) if days is None else (int(days[0]), int(days[1]))
     scorable = np.zeros(panel.mask.shape, dtype=bool)
@@ -59,7 +60,7 @@ def baseline_signals(panel, train: tuple[int, int], label: str, lookback: int, *
     X = normalize_features(panel.X, panel.mask, clip=clip)
     rows = sample_index(panel.mask, raw_label, lookback, *train)
     if len(rows) > X.shape[2]:
-        target = (rank(raw_label) if rank_label else raw_label)[rows[:, 0], rows[:, 1]]
+        target = (_rank_label(raw_label) if rank_label else raw_label)[rows[:, 0], rows[:, 1]]
         beta, intercept = fit_ridge(X[rows[:, 0], rows[:, 1]], target)
         ridge = np.full(panel.mask.shape, np.nan)
         ridge[scorable] = X[scorable] @ beta + intercept

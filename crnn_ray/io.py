@@ -10,12 +10,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import shutil
 import sys
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+# numpy and pyarrow are imported inside the functions that use them, on purpose: every command and
+# crnn_ray.config import this module for CliError / atomic_path, and it stays stdlib-only.
 
 
 class CliError(Exception):
@@ -73,8 +77,6 @@ def to_json(obj: Any, indent: int | None = 2) -> str:
 
 
 def _nan_to_none(obj: Any) -> Any:
-    import math
-
     import numpy as np
 
     if isinstance(obj, dict):

@@ -15,7 +15,12 @@ from crnn_ray.data.ingest import (
     DEFAULT_MAX_DOWN,
     DEFAULT_MAX_UP,
     DEFAULT_REVERSAL_DAYS,
+    ingest_ohlcv,
+    read_ohlcv,
+    summary_lines,
 )
+from crnn_ray.data.panel import load_panel, read_label_coverage, save_panel
+from crnn_ray.data.synth import summary, synthesize
 from crnn_ray.io import ArgumentParser, CliError, cli_main
 
 
@@ -96,9 +101,6 @@ def label_timing(meta: dict, name: str) -> str:
 
 
 def inspect_text(path: str) -> str:
-    from crnn_ray.data.ingest import summary_lines
-    from crnn_ray.data.panel import load_panel, read_label_coverage
-
     panel = load_panel(path)
     D, S, F = panel.X.shape
     listed = np.isfinite(panel.X).any(axis=2)
@@ -134,18 +136,12 @@ def inspect_text(path: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.cmd == "synth":
-        from crnn_ray.data.panel import save_panel
-        from crnn_ray.data.synth import summary, synthesize
-
         out = _out_path(args.out)
         df, meta = synthesize(args.symbols, args.days, args.seed, horizon=args.horizon, preset=args.preset)
         save_panel(df, out, meta)
         print(summary(df, meta))
         print(f"wrote {out}")
     elif args.cmd == "ingest":
-        from crnn_ray.data.ingest import ingest_ohlcv, read_ohlcv, summary_lines
-        from crnn_ray.data.panel import save_panel
-
         out = _out_path(args.out)
         if args.max_jump is not None:
             if args.max_up != DEFAULT_MAX_UP or args.max_down != DEFAULT_MAX_DOWN:

@@ -21,6 +21,7 @@ stock, NaN where a stock has no row) so that there is no per-stock Python loop:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -643,8 +644,6 @@ def summary_lines(meta: dict) -> list[str]:
 
 def read_ohlcv(path) -> pd.DataFrame:
     """Read a vendor file: CSV (optionally gzipped) or Parquet."""
-    from pathlib import Path
-
     path = Path(path)
     if not path.exists():
         raise CliError(f"{path}: no such file")

@@ -17,8 +17,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from crnn_ray.io import CliError, write_parquet_atomic
+from crnn_ray.metrics import scaled_ranks
 
 #: Parquet schema-metadata key holding the panel description (JSON)
 META_KEY = "crnn_ray"
@@ -111,9 +114,6 @@ def _read_table(path: Path, columns: list[str] | None = None) -> tuple[pd.DataFr
             return pd.read_csv(path, usecols=want), {}
         except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
             raise CliError(f"{path}: not a readable CSV ({type(exc).__name__}: {str(exc).splitlines()[0]})")
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     try:
         if columns is not None:
             names = set(pq.read_schema(path).names)
@@ -134,8 +134,6 @@ def _read_table(path: Path, columns: list[str] | None = None) -> tuple[pd.DataFr
 
 def read_panel_meta(path: str | Path) -> dict | None:
     """The `crnn_ray` metadata of a Parquet panel from its footer alone (no data read); None without any."""
-    import pyarrow.parquet as pq
-
     try:
         raw = (pq.read_schema(path).metadata or {}).get(META_KEY.encode())
         return json.loads(raw) if raw else None
@@ -295,8 +293,6 @@ def read_label_coverage(path: str | Path, labels: list[str]) -> dict[str, tuple[
 
 def save_panel(df: pd.DataFrame, path: str | Path, meta: dict) -> None:
     """Write the long table atomically as Parquet (date as date32, sorted by date, symbol) with its metadata."""
-    import pyarrow as pa
-
     where = str(path)
     for col in ["date", "symbol", *meta.get("features", []), *meta.get("labels", [])]:
         if col not in df.columns:
@@ -346,8 +342,6 @@ def rank_label(y: np.ndarray) -> np.ndarray:
 
     Ranking removes the market move and fat tails from the training target (the report trains on ranks).
     """
-    from crnn_ray.metrics import scaled_ranks
-
     y = np.asarray(y, dtype=np.float64)
     return scaled_ranks(np.where(np.isfinite(y), y, np.nan)).astype(np.float32)
 
@@ -369,7 +363,7 @@ def gather_windows(X, days, stocks, lookback: int):
     """X[days - L + 1 .. days, stocks] -> [N, L, F] by one fancy-index; numpy arrays or torch tensors."""
     L = int(lookback)
     if type(X).__module__.split(".")[0] == "torch":
-        import torch
+        import torch  # here only: X is a tensor, so torch is loaded; crnn_ray.data itself stays torch-free
 
         days_t = torch.as_tensor(days, device=X.device, dtype=torch.long)
         stocks_t = torch.as_tensor(stocks, device=X.device, dtype=torch.long)

@@ -29,7 +29,12 @@ import torch
 from crnn_ray.io import CliError
 from crnn_ray.schema import METRICS, VALID_METRICS
 from crnn_ray.train.checkpoint import load_train_state, write_checkpoint
-from crnn_ray.train.config import TrainConfig
+from crnn_ray.train.config import SWEEPABLE, TrainConfig
+from crnn_ray.zoo import build_model, count_params
+
+# crnn_ray.data and crnn_ray.metrics (pandas, scipy, pyarrow: ~180 MB, ~1 s) are imported in the functions that
+# use them, on purpose: `import crnn_ray.train` (TrainConfig, apply_cpu_quota, load_checkpoint) stays free of
+# them; a Train worker imports it to apply its CPU quota first.
 
 #: steps between the host's looks at the on-device divergence record (nanoGPT's log_interval idea: the loop
 #: never waits for the device on an ordinary step; a diverged epoch is caught within this many steps)
@@ -68,8 +73,6 @@ def train_one(
     loss above cfg.max_loss_ratio x the target variance, ends training with status "diverged" and the
     reason; it is reported, never raised.
     """
-    from crnn_ray.zoo import build_model, count_params
-
     cfg.validate()
     device = torch.device(device)
     meta_extra = dict(meta_extra or {})
@@ -227,7 +230,7 @@ class _TrainData:
 
     @classmethod
     def build(cls, spec: str, panel, splits, cfg: TrainConfig, device: torch.device) -> "_TrainData":
-        from crnn_ray.data import normalize_features, rank_label, sample_index
+        from crnn_ray.data import normalize_features, rank_label, sample_index  # deferred: see the imports
 
         raw_label = panel.label(cfg.label)  # CliError naming the label when absent
         X = normalize_features(panel.X, panel.mask, clip=cfg.clip).astype(np.float32, copy=False)
@@ -320,7 +323,7 @@ def _train_epoch(model, forward, optimizer, data: _TrainData, cfg: TrainConfig, 
     Each step's loss and gradient norm are written into device buffers; the host looks at them only every
     DIVERGENCE_CHECK_STEPS steps and at the end, so an ordinary step never waits for the device.
     """
-    from crnn_ray.data import gather_windows
+    from crnn_ray.data import gather_windows  # deferred: see the imports
 
     t0 = time.perf_counter()
     order = _epoch_order(cfg, epoch, data.day_starts, data.day_counts, device, data.identity)
@@ -389,7 +392,7 @@ def _loss_explosion(train_loss: float, target_var: float | None, max_ratio: floa
 def _validate(forward, model, data: _TrainData, cfg: TrainConfig, epoch: int) -> tuple[dict, str]:
     """evaluate() summaries of this epoch's predictions per eval part ({"valid": ..., "select": ...}), or
     ({}, reason) when a prediction is non-finite."""
-    from crnn_ray.metrics import evaluate
+    from crnn_ray.metrics import evaluate  # deferred: see the imports
 
     summaries = {}
     for name, part in data.eval_parts.items():
@@ -420,8 +423,6 @@ def run_identity(spec: str, cfg: TrainConfig) -> int:
     be compared on the same draws. Epoch count, patience and the like are left out: a run resumed with more
     epochs keeps its order.
     """
-    from crnn_ray.train.config import SWEEPABLE
-
     text = json.dumps([spec, {k: getattr(cfg, k) for k in SWEEPABLE}], sort_keys=True, default=str)
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") >> 1
 
@@ -493,7 +494,7 @@ def _mean_daily_pearson(pred: torch.Tensor, target: torch.Tensor, day: torch.Ten
 @torch.no_grad()
 def _predict(forward, model, X_dev, valid_dev, day_lo, n_days, lookback, batch_size) -> np.ndarray:
     """Predictions over the valid samples scattered into [Dv, S] (NaN where there is no sample)."""
-    from crnn_ray.data import gather_windows
+    from crnn_ray.data import gather_windows  # deferred: see the imports
 
     model.eval()
     out = torch.full((n_days, X_dev.shape[1]), math.nan, dtype=torch.float32, device=X_dev.device)
