@@ -55,6 +55,39 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+@contextlib.contextmanager
+def updated_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a staging copy of directory `path` (hard links of its files: no bytes copied) to add or replace
+    files in; the whole folder is swapped in when the block succeeds (atomic_path), so a reader, or a kill at
+    any point, sees the old folder or the new one, never a mix (e.g. new signal partitions beside an old
+    metrics.json). An old folder a kill left between atomic_path's two renames is restored first."""
+    path = Path(path)
+    if not path.exists():
+        stranded = sorted(path.parent.glob(f".{path.name}.old-*")) if path.parent.is_dir() else []
+        if stranded:
+            os.replace(stranded[-1], path)
+    stage = None
+    try:
+        with atomic_path(path) as stage:
+            if path.is_dir():
+                shutil.copytree(path, stage, copy_function=_link_or_copy, symlinks=True)
+            else:
+                stage.mkdir()
+            yield stage
+    except OSError as exc:  # name the output the user gave, not its staging copy
+        if stage is not None and exc.filename is not None and str(exc.filename).startswith(str(stage)):
+            exc.filename = str(path) + str(exc.filename)[len(str(stage)):]
+        raise
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """A hard link (the staged folder shares the files' bytes); a copy where the filesystem has no links."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def _json_default(obj: Any) -> Any:
     import numpy as np
 
@@ -145,14 +178,26 @@ class ArgumentParser(argparse.ArgumentParser):
         raise CliError(f"{self.prog}: {message} (see --help)")
 
 
+def os_error_line(exc: OSError) -> str:
+    """`<path>: <reason>` of a failed read or write (a full disk, a read-only or missing folder)."""
+    where = exc.filename if exc.filename is not None else "?"
+    return f"{where}: {exc.strerror or type(exc).__name__}"
+
+
 def cli_main(main: Callable[[list[str] | None], int | None]) -> Callable[[list[str] | None], int]:
-    """Wrap a command's main(argv): CliError -> `error: <msg>` on stderr and exit status 2."""
+    """Wrap a command's main(argv): CliError -> `error: <msg>` on stderr and exit status 2; so is an OSError
+    naming a file (a full disk, an unwritable --out): `error: <path>: <reason>`, never a traceback."""
 
     def run(argv: list[str] | None = None) -> int:
         try:
             rc = main(argv)
         except CliError as exc:
             print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except OSError as exc:
+            if exc.filename is None:  # not a file's failure (e.g. a socket): not ours to summarise
+                raise
+            print(f"error: {os_error_line(exc)}", file=sys.stderr)
             return 2
         return int(rc or 0)
 

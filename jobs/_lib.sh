@@ -14,6 +14,21 @@ check_name() {
   [[ $1 =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] || die "NAME '$1': use letters, digits, '.', '_' or '-'"
 }
 
+# refuse_flags "what the script sets" ARGS...: the extra arguments may not set again what the script checked
+# and set itself (argparse keeps the last of a repeated flag, so a second --name would win unchecked)
+refuse_flags() {
+  local set_by_script=$1
+  shift
+  local arg flag
+  for arg in "$@"; do
+    for flag in $set_by_script; do
+      [[ $arg == "$flag" || $arg == "$flag="* ]] \
+        && die "$arg: the script sets $flag itself (${set_by_script// /, }); pass it as its own argument or variable"
+    done
+  done
+  return 0
+}
+
 require_ray_address() {
   [[ -n ${RAY_ADDRESS:-} ]] || die "RAY_ADDRESS is not set (the job server, e.g. http://127.0.0.1:8265)"
 }

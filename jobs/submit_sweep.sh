@@ -37,6 +37,7 @@ case $config_rel in
   .venv/* | runs/* | .git/*) die "config $config: $config_rel is excluded from the upload (jobs/runtime_env.yaml)" ;;
 esac
 check_name "$name"
+refuse_flags "--config --storage --name" "$@"
 
 require_ray_address
 storage=${CRNN_STORAGE:-/mnt/crnn/runs}

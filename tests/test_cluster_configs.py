@@ -370,6 +370,10 @@ def test_submit_sweep_rejects_bad_input_with_one_line(tmp_path, token_file):
         (("configs/sweeps/tiny.yaml", "n1"), {**ok, "CRNN_STORAGE": "runs"}, "CRNN_STORAGE 'runs'"),
         (("configs/sweeps/tiny.yaml", "n1"),
          {**ok, "RAY_AUTH_TOKEN_PATH": str(tmp_path / "none"), "HOME": str(tmp_path)}, "no Ray auth token"),
+        # the extra arguments may not set again what the script checked: a second --name would win unchecked
+        (("configs/sweeps/tiny.yaml", "n1", "--resume", "--name", "../x"), ok, "--name: the script sets --name"),
+        (("configs/sweeps/tiny.yaml", "n1", "--storage=/tmp/elsewhere"), ok, "the script sets --storage"),
+        (("configs/sweeps/tiny.yaml", "n1", "--config", "other.yaml"), ok, "the script sets --config"),
     ]  # fmt: skip
     for args, env, needle in cases:
         done = _run(SUBMIT, *args, **env)

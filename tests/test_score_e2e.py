@@ -353,3 +353,62 @@ def test_report_has_baselines_and_the_selected_member_comparison(experiment, sco
     assert g["selection"]["rule"] == "greedy" and g["selection"]["trace"][0]["unit"] == g["selection"]["pool"][0]
     assert g["selection"]["split"][1] < g["period"]["start"]
     assert list(read_signals(out).columns)[3:] == list(g["weights"])  # one column per ensemble trial only
+
+
+def test_a_copied_experiment_scores_its_own_panel_and_refuses_a_swapped_one(experiment, tmp_path, capsys):
+    """A copy of an experiment is self-contained: it scores its own data/panel.parquet (found relative to the
+    copy), even when the original's path holds another market now; a panel swapped for another file under the
+    same name is refused in one line (the checkpoints' fingerprint), with nothing written."""
+    copy = tmp_path / "copy" / experiment.name
+    shutil.copytree(experiment, copy)
+    rc, out, err = run(["--experiment", copy, "--out", tmp_path / "a", "--in-process"], capsys)
+    assert rc == 0, err
+    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert metrics["panel"] == str((copy / "data" / "panel.parquet").resolve())
+    meta = json.loads(next(copy.rglob("meta.json")).read_text())
+    assert len(meta["panel_fingerprint"]) == 16 and meta["panel"] == str(experiment / "data" / "panel.parquet")
+
+    from crnn_ray.data import save_panel
+    from crnn_ray.data.synth import synthesize
+
+    df, other = synthesize(n_symbols=40, n_days=260, seed=8)  # the same shape, another market
+    save_panel(df, copy / "data" / "panel.parquet", other)
+    rc, out, err = run(["--experiment", copy, "--out", tmp_path / "b", "--in-process"], capsys)
+    assert rc == 2 and err.count("\n") == 1 and "not the panel the members were trained on" in err, err
+    assert not (tmp_path / "b").exists()
+
+
+def test_the_output_folder_is_swapped_whole(experiment, scored, tmp_path, monkeypatch, capsys):
+    """A failure while writing (here a full disk at the report) leaves the output folder as it was -- no new
+    partitions beside an old metrics.json -- and says so in one line naming the file."""
+    import errno
+    import os
+
+    from crnn_ray.score import report
+
+    out = tmp_path / "out"
+    shutil.copytree(scored, out)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def full(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path / "metrics.json"))
+
+    monkeypatch.setattr(report, "write_report", full)
+    rc, _, err = run(["--experiment", experiment, "--out", out, "--in-process", "--top-k", "1"], capsys)
+    assert rc == 2 and err.startswith("error: ") and err.strip().endswith("metrics.json: No space left on device")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging folder left
+
+
+def test_an_unwritable_out_is_one_line(experiment, tmp_path, capsys):
+    """--out on a read-only filesystem (a tmpfs mounted read-only for the test): one line, exit 2."""
+    import subprocess
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], check=True)
+    try:
+        rc, _, err = run(["--experiment", experiment, "--out", ro / "score", "--in-process"], capsys)
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], check=False)
+    assert rc == 2 and err.count("\n") == 1 and err.startswith(f"error: {ro}") and "Read-only file system" in err

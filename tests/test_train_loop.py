@@ -476,3 +476,25 @@ def test_validation_budget_keys_are_sweep_training_keys():
     assert (cfg.training.eval_max_days, cfg.training.eval_every) == (30, 2)
     with pytest.raises(CliError, match="eval_max_days"):
         parse_config({"variants": ["cnn1d/m01"], "training": {"eval_max_days": 0}}, source="s.yaml")
+
+
+def test_an_ic_loss_explosion_is_diverged_by_the_weights_growth(small, tmp_path):
+    """loss ic is bounded and scale-free: at lr 1e3 it stays finite and used to end ok and join an ensemble.
+    Its weights' RMS grows ~1e4-1e5 x (runs that learn: 1.0-3.4 x, docs/training.md): diverged, with the growth
+    as the reason; a normal lr is untouched, and max_weight_growth null switches the rule off."""
+    import re
+
+    panel, splits = small
+    spec = load_zoo()["cnn1d/m02"].spec
+    cfg = _cfg(lr=1e3, epochs=2, max_steps_per_epoch=6, loss="ic")
+    result = train_one(spec, panel, splits, cfg, workdir=tmp_path / "w")
+    assert result.status == "diverged", result.reason
+    m = re.fullmatch(r"weights' RMS grew (\S+) x since initialisation by epoch 1 \(bound: max_weight_growth 100\)",
+                     result.reason)
+    assert m and float(m.group(1)) > 100, result.reason
+    assert load_checkpoint(result.checkpoint_dir)[0]["status"] == "diverged"
+    assert train_one(spec, panel, splits, _cfg(lr=1e-3, epochs=1, max_steps_per_epoch=6, loss="ic"),
+                     workdir=tmp_path / "ok").status == "ok"
+    off = train_one(spec, panel, splits, _cfg(lr=1e3, epochs=1, max_steps_per_epoch=6, loss="ic",
+                                             max_weight_growth=None), workdir=tmp_path / "off")
+    assert off.status == "ok"

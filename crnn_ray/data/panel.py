@@ -8,6 +8,7 @@ valid and a finite label (see docs/data.md, "NaN policy").
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import warnings
@@ -32,7 +33,7 @@ PANEL_VERSION = 1
 RETURNS = "y1"
 #: raw / bookkeeping columns that are never features when a file has no metadata (CSV)
 NON_FEATURE_COLUMNS = {"date", "symbol", "open", "high", "low", "close", "volume", "adj_close", "factor",
-                       "suspect_jump", "price_break", "universe", "traded_value_med"}
+                       "suspect_jump", "price_break", "universe", "traded_value_med", "traded_value"}
 _LABEL_RE = re.compile(r"^y(\d+)$")
 #: MAD -> standard deviation for normal data
 MAD_SCALE = 1.4826
@@ -130,6 +131,23 @@ def _read_table(path: Path, columns: list[str] | None = None) -> tuple[pd.DataFr
             raise CliError(f"{path}: metadata key {META_KEY!r} is not valid JSON")
     table = table.replace_schema_metadata({k: v for k, v in (table.schema.metadata or {}).items() if k != b"pandas"})
     return table.to_pandas(date_as_object=False), meta
+
+
+def panel_fingerprint(path: str | Path) -> str:
+    """A short hash that tells one panel file from another without reading its data: a Parquet file's size,
+    row count, schema and metadata (its footer), a CSV's bytes. Checkpoints record it, so a scorer given
+    another file under the same path (an experiment re-run on another market, a copy whose panel was swapped)
+    refuses instead of scoring the wrong data. A rename or a copy keeps it."""
+    path = Path(path)
+    digest = hashlib.sha256(str(path.stat().st_size).encode())
+    if path.suffix.lower() in (".parquet", ".pq"):
+        md = pq.read_metadata(path)
+        digest.update(f"{md.num_rows}|{md.num_row_groups}|{md.schema.to_arrow_schema()}".encode())
+        for key, value in sorted((md.metadata or {}).items()):
+            digest.update(key + b"=" + value)
+    else:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def read_panel_meta(path: str | Path) -> dict | None:
@@ -270,6 +288,7 @@ def load_panel(path: str | Path, features: list[str] | None = None, labels: list
     meta.setdefault("source", "file")
     meta.setdefault("label_lag", 0)  # panels made before the lag existed: labels started at close t
     meta["path"] = str(path.resolve())
+    meta["fingerprint"] = panel_fingerprint(path)
     return Panel(X=X, mask=mask, labels=lab_arrays, dates=uniq_dates, symbols=uniq_syms.astype(object),
                  features=feats, meta=meta, forward_returns=forward_returns, aux=aux_arrays)
 
@@ -297,7 +316,7 @@ def save_panel(df: pd.DataFrame, path: str | Path, meta: dict) -> None:
     for col in ["date", "symbol", *meta.get("features", []), *meta.get("labels", [])]:
         if col not in df.columns:
             raise CliError(f"{where}: cannot save, missing column {col!r}")
-    meta = {"version": PANEL_VERSION, **{k: v for k, v in meta.items() if k != "path"}}
+    meta = {"version": PANEL_VERSION, **{k: v for k, v in meta.items() if k not in ("path", "fingerprint")}}
     dates = _parse_dates(df["date"], f"{where}: column 'date'")
     order = np.lexsort((df["symbol"].astype(str).to_numpy(), dates))
     out = df.iloc[order].reset_index(drop=True)

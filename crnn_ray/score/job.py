@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from crnn_ray.io import CliError
+from crnn_ray.io import CliError, updated_dir
 from crnn_ray.score import report as rep
 from crnn_ray.score.choose import choose_units
 from crnn_ray.score.config import ScoreConfig
@@ -81,14 +81,16 @@ def score_window(cfg: ScoreConfig, scope: Scope, walk_forward: bool) -> Part:
 
 def _write(out: Path, rec: Record, cfg: ScoreConfig, metrics: dict, evaluation: dict | None, figures: dict,
            html: str | None, table) -> None:
-    """Everything computed: write (each file atomically; other dates' partitions are never touched), then
-    print the evaluation."""
-    write_signals(out, rec, cfg)
+    """Everything computed: write into a staged copy of the output folder (other dates' partitions kept) and
+    swap it in whole (io.updated_dir: all or nothing), then print the evaluation."""
+    with updated_dir(out) as stage:
+        write_signals(stage, rec, cfg)
+        if evaluation:
+            write_labels(stage, rec)
+            rep.write_report(stage, metrics, figures, html)
+            if table is not None:
+                write_walk_forward(stage, table, metrics["walk_forward"])
     if evaluation:
-        write_labels(out, rec)
-        rep.write_report(out, metrics, figures, html)
-        if table is not None:
-            write_walk_forward(out, table, metrics["walk_forward"])
         rep.print_evaluation(rec, evaluation, metrics)
         if table is not None:
             print(walk_forward_markdown(table, metrics["walk_forward"]), flush=True)

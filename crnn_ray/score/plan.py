@@ -23,6 +23,7 @@ import yaml
 
 from crnn_ray.baselines import baseline_signals
 from crnn_ray.data import load_panel, normalize_features
+from crnn_ray.data.panel import panel_fingerprint
 from crnn_ray.data.ingest import LIQUIDITY
 from crnn_ray.io import CliError
 from crnn_ray.score.config import ScoreConfig
@@ -215,16 +216,21 @@ def _features(members: list[Member]) -> list[str]:
 
 
 def _panel_path(members: list[Member], cfg: ScoreConfig) -> Path:
-    if cfg.data is not None:
+    """The panel to score: --data, else the experiment's own copy (`DIR/NAME/data/`, found relative to the
+    experiment, so a copied or moved experiment scores its own data), else the path the members recorded.
+    Unless --data says otherwise, the file must be the one the members were trained on (its fingerprint)."""
+    if cfg.data is not None:  # another panel on purpose (e.g. with new days)
         return Path(cfg.data)
     paths = sorted({str(m.meta.get("panel")) for m in members})
     if len(paths) != 1 or paths[0] in ("None", ""):
         raise CliError(f"members were trained on different panels ({', '.join(paths)}): pass --data")
-    path = Path(paths[0])
-    if not path.exists():
-        local = Path(cfg.experiment) / "data" / path.name  # the experiment moved: use its own copy
-        if local.exists():
-            return local
+    recorded = Path(paths[0])
+    own = Path(cfg.experiment) / "data" / recorded.name
+    path = own if own.is_file() else recorded
+    prints = sorted({m.meta["panel_fingerprint"] for m in members if m.meta.get("panel_fingerprint")})
+    if prints and path.is_file() and panel_fingerprint(path) not in prints:
+        raise CliError(f"{path}: not the panel the members were trained on (fingerprint {panel_fingerprint(path)}, "
+                       f"checkpoints recorded {', '.join(prints)}); pass the right file with --data")
     return path
 
 

@@ -66,6 +66,10 @@ def check_data_path(cfg) -> str:
     return f"data: {path} has label {cfg.data.label} and {len(cfg.data.features or features)} feature(s)"
 
 
+#: trials --check lists one per line (the rest are counted)
+LISTED_TRIALS = 200
+
+
 def check_windows(cfg) -> list[str]:
     """--check's walk-forward windows as dates, on the panel's calendar (the synthetic market's, or the date
     column of data.path alone): the same arithmetic and one-line errors as the sweep."""
@@ -107,9 +111,12 @@ def _main(argv: list[str] | None = None) -> int:
         windows = check_windows(cfg) if cfg.walk_forward else []
         for line in windows:
             print(line)
+        cfg.check_grid_size(max(1, len(windows)))
         grid = cfg.grid(max(1, len(windows)))
-        for t in grid:
+        for t in grid[:LISTED_TRIALS]:
             print(f"{t['key']} {t['variant_id']} seed {t['seed']} {t['grid'] or ''}")
+        if len(grid) > LISTED_TRIALS:
+            print(f"... and {len(grid) - LISTED_TRIALS:,} more trial(s)")
         print(f"{args.config}: ok, {len(grid)} trial(s)"
               + (f" ({len(windows)} walk-forward window(s))" if windows else "") + f"; {data}")
         return 0

@@ -10,6 +10,7 @@ their defaults and checks (crnn_ray/config.py); the `training:` section is crnn_
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from dataclasses import asdict, dataclass, field
@@ -71,6 +72,9 @@ class ResourcesConfig:
     cpu_quota: bool = setting(True, check=boolean)  # false: torch may use every core (the seed's setting)
     # models one Train run trains one after another (a "pack"): "auto" fills the concurrent slots evenly
     models_per_trial: Any = setting("auto", check=auto_or(positive_int))
+    # the largest grid a sweep accepts (windows x variants x hyperparameter combinations x seeds): a typo in a
+    # list can ask for millions of trials, which would hang while the grid is built
+    max_trials: int = setting(100_000, check=positive_int)
 
 
 @dataclass
@@ -139,6 +143,22 @@ class SweepConfig:
             return [{**t, "key": f"{window_key(w)}-{t['key']}", "line": t["key"], "window": w}
                     for w in range(n_windows) for t in self._line_grid()]
         return self._line_grid()
+
+    def grid_size(self, n_windows: int = 1) -> tuple[int, str]:
+        """(number of trials, how it is made up) without building the grid."""
+        axes = [len(v) for k in SWEEPABLE for v in [getattr(self.training, k)] if isinstance(v, list)]
+        combos = math.prod(axes)
+        n = n_windows * len(self.resolved_variants) * combos * len(self.seeds)
+        return n, (f"{n_windows} window(s) x " if self.walk_forward else "") + (
+            f"{len(self.resolved_variants)} variant(s) x {combos} hyperparameter combination(s) x "
+            f"{len(self.seeds)} seed(s)")
+
+    def check_grid_size(self, n_windows: int = 1) -> None:
+        """CliError when the grid exceeds resources.max_trials (at --check and before anything is built)."""
+        n, parts = self.grid_size(n_windows)
+        if n > self.resources.max_trials:
+            raise CliError(f"{self.source}: resources.max_trials: the grid has {n:,} trials ({parts}), more than "
+                           f"{self.resources.max_trials:,}; shrink a list or raise the limit")
 
     def _line_grid(self) -> list[dict]:
         axes = [(k, v) for k in SWEEPABLE for v in [getattr(self.training, k)] if isinstance(v, list)]
@@ -229,6 +249,7 @@ def parse_config(raw: Any, *, source: str = "config.yaml", default_name: str = "
         source=source)
     if resolve:
         cfg.resolved_variants = resolve_variant_items(c, cfg.variants)
+        cfg.check_grid_size()
     return cfg
 
 

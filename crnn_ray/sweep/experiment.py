@@ -44,12 +44,13 @@ def resolve_experiment(config_path, storage, name, resume: bool, overwrite: bool
         if name is None and config_path is None:
             raise CliError("--resume needs --name (or --config, whose name is used)")
         given = load_config(config_path) if config_path is not None else None
-        exp_dir = Path(storage).resolve() / (name or given.name)
+        exp_dir = Path(storage).resolve() / _checked_name(name or given.name)
         saved = exp_dir / "config.yaml"
         if not saved.is_file():
             raise CliError(f"{saved}: not found: nothing to resume (start the sweep without --resume)")
         cfg = _saved_config(saved, exp_dir)
-        _check_tune_state(exp_dir / "tune")
+        for tune_dir in sorted(exp_dir.glob("tune*")):  # every generation's Tune state: tune/, tune-2/, ...
+            _check_tune_state(tune_dir)
         if given is not None and not _same_config(given, cfg):
             raise CliError(f"{config_path}: differs from the experiment's {saved}; resume without --config "
                            "or start a new experiment with another --name"
@@ -62,13 +63,19 @@ def resolve_experiment(config_path, storage, name, resume: bool, overwrite: bool
         raise CliError("--config is required (or --resume with --name)")
     cfg = load_config(config_path)
     if name is not None:
-        cfg.name = parse_config({"name": name, "variants": ["x"]}, source="--name", resolve=False).name
+        cfg.name = _checked_name(name)
     exp_dir = Path(storage).resolve() / cfg.name
     exists = (exp_dir / "tune").exists() or (exp_dir / "trials.parquet").exists()
     if exists and not overwrite:
         raise CliError(f"{exp_dir}: experiment exists; continue it with --resume, or pass --overwrite "
                        "or another --name")
     return cfg, exp_dir, exists
+
+
+def _checked_name(name: str) -> str:
+    """An experiment name as the config's `name:` key allows it (one folder inside --storage: no `..`, no
+    slash), for --name on a new run and on --resume alike."""
+    return parse_config({"name": name, "variants": ["x"]}, source="--name", resolve=False).name
 
 
 def _corrupt(path: Path, what: str) -> CliError:
@@ -90,8 +97,10 @@ def _saved_config(saved: Path, exp_dir: Path) -> SweepConfig:
 
 def _check_tune_state(tune_dir: Path) -> None:
     """Tune's state files must be whole before Ray is asked to restore them (it would fail mid-start with a
-    raw traceback). tuner.pkl is parsed opcode by opcode (pickletools), never unpickled here."""
-    for state in sorted(tune_dir.glob("experiment_state-*.json")):
+    raw traceback). tuner.pkl is parsed opcode by opcode (pickletools), never unpickled here. Tune restores
+    from the newest experiment_state-*.json only, so only that one must be whole: an older one damaged (say,
+    by a full disk) does not block a resume."""
+    for state in sorted(tune_dir.glob("experiment_state-*.json"))[-1:]:
         try:
             doc = json.loads(state.read_text())
         except (ValueError, UnicodeDecodeError) as exc:
@@ -142,6 +151,14 @@ def _reusable_synth(path: Path, want: dict) -> bool:
     return all(params.get(k) == v for k, v in want.items())
 
 
+def _staging_dir(exp_dir: Path) -> Path:
+    """A fresh folder beside the experiment (`.NAME.staging-XXXX` in --storage), on the same filesystem, so the
+    new panel moves in with one rename whatever --storage is (NFS, EFS, a tmpfs): a rename out of $TMPDIR fails
+    across filesystems. Removed when a check fails (run_sweep) or once the panel moved in."""
+    exp_dir.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{exp_dir.name}.staging-", dir=exp_dir.parent))
+
+
 def prepare_experiment(cfg: SweepConfig, exp_dir: Path, resume: bool = False) -> Prepared:
     """Make or find the data, load the panel, cut and check the splits: every data check, no write.
 
@@ -159,7 +176,7 @@ def prepare_experiment(cfg: SweepConfig, exp_dir: Path, resume: bool = False) ->
                 raise CliError(f"{src}: data.synth: {panel_path} was made with other parameters than the "
                                "config's; start again with --overwrite")
             df, meta = synthesize(**kwargs)
-            new_panel = Path(tempfile.mkdtemp(prefix="crnn_panel_")) / "panel.parquet"
+            new_panel = _staging_dir(exp_dir) / "panel.parquet"
             save_panel(df, new_panel, meta)
             print(summary(df, meta), flush=True)
     else:
@@ -171,7 +188,9 @@ def prepare_experiment(cfg: SweepConfig, exp_dir: Path, resume: bool = False) ->
             panel = load_panel(new_panel or panel_path, features=cfg.data.features, labels=[cfg.data.label])
         except CliError as exc:
             raise CliError(f"{src}: data: {exc}") from None
+        _check_panel_size(cfg, panel, panel_path)
         windows = _checked_windows(cfg, panel, panel_path.name)
+        cfg.check_grid_size(len(windows))
     except BaseException:
         if new_panel is not None:
             shutil.rmtree(new_panel.parent, ignore_errors=True)
@@ -187,6 +206,18 @@ def prepare_experiment(cfg: SweepConfig, exp_dir: Path, resume: bool = False) ->
     if cfg.walk_forward:
         resolved["resolved"]["windows"] = [w.dates(panel.dates) for w in windows]
     return Prepared(panel, windows[-1], panel_path, new_panel, resolved, windows)
+
+
+def _check_panel_size(cfg: SweepConfig, panel, panel_path: Path) -> None:
+    """A cross-sectional model needs a cross-section: at least 2 symbols (one gives every daily IC NaN, and a
+    model 'ranked' on NaN), and more days than one lookback window plus the label horizon."""
+    if panel.n_stocks < 2:
+        raise CliError(f"{cfg.source}: data: {panel_path} has {panel.n_stocks} symbol(s); a cross-sectional IC "
+                       "needs at least 2 (and tens for a meaningful one)")
+    need = cfg.data.lookback + panel.horizon(cfg.data.label) + 1
+    if panel.n_days < need:
+        raise CliError(f"{cfg.source}: data: {panel_path} has {panel.n_days} day(s), fewer than data.lookback "
+                       f"({cfg.data.lookback}) + the label horizon + 1 = {need}")
 
 
 def _checked_windows(cfg: SweepConfig, panel, panel_name: str) -> list:

@@ -55,6 +55,9 @@ class TrainConfig:
     # "mse": an epoch whose mean train loss exceeds this many times the training target's variance (what a
     # constant prediction scores) ends the run "diverged"; null: no bound (docs/training.md, "Divergence")
     max_loss_ratio: float | None = setting(100.0, check=optional(_above_one))
+    # "ic": the loss is scale-free and bounded, so a blow-up (say lr 1e3) shows in the weights instead: an epoch
+    # that leaves their RMS above this many times its value at initialisation ends the run "diverged"; null: none
+    max_weight_growth: float | None = setting(100.0, check=optional(_above_one))
 
     def validate(self) -> "TrainConfig":
         """Check (and normalise, e.g. "1e-3" -> 0.001) every field; CliError naming the first bad key."""

@@ -85,6 +85,8 @@ def train_one(
     torch.manual_seed(cfg.seed)
     model = build_model(spec, panel.X.shape[2], cfg.lookback).to(device)
     params = int(count_params(model))
+    # the weights' scale at initialisation: the "ic" loss's explosion rule (see _weight_explosion)
+    init_rms = _weight_rms(model) if cfg.loss == "ic" and cfg.max_weight_growth is not None else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     forward = torch.compile(model) if cfg.compile else model
     stopper = EarlyStopping(cfg.early_stopping_metric, cfg.patience, _cpu_copy(model.state_dict()))
@@ -119,7 +121,8 @@ def train_one(
         t0 = time.perf_counter()
         torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout stream of this epoch
         train_loss, samples_per_s, diverged = _train_epoch(model, forward, optimizer, data, cfg, epoch, device)
-        exploded = "" if diverged else _loss_explosion(train_loss, target_var, cfg.max_loss_ratio, epoch)
+        exploded = "" if diverged else (_loss_explosion(train_loss, target_var, cfg.max_loss_ratio, epoch)
+                                        or _weight_explosion(model, init_rms, cfg.max_weight_growth, epoch))
         diverged = diverged or exploded
         t_valid = time.perf_counter()
         validated = not diverged and _validates(cfg, epoch)
@@ -389,6 +392,26 @@ def _loss_explosion(train_loss: float, target_var: float | None, max_ratio: floa
             f"(bound: max_loss_ratio {max_ratio:g})")
 
 
+def _weight_rms(model: torch.nn.Module) -> float:
+    """Root mean square of every trainable weight."""
+    with torch.no_grad():
+        squares = sum(float(p.double().pow(2).sum()) for p in model.parameters() if p.requires_grad)
+        count = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return math.sqrt(squares / max(count, 1))
+
+
+def _weight_explosion(model: torch.nn.Module, init_rms: float | None, max_growth: float | None, epoch: int) -> str:
+    """The "ic" loss's finite blow-up as a reason: the weights' RMS above max_growth x its value at
+    initialisation; "". An IC loss is bounded and scale-free, so neither its value nor its gradient norm
+    shows an explosion (a huge step leaves tiny gradients), but the weights it leaves behind do."""
+    if init_rms is None or max_growth is None or init_rms <= 0:
+        return ""
+    growth = _weight_rms(model) / init_rms
+    if growth <= max_growth:
+        return ""
+    return f"weights' RMS grew {growth:.3g} x since initialisation by epoch {epoch} (bound: max_weight_growth {max_growth:g})"
+
+
 def _validate(forward, model, data: _TrainData, cfg: TrainConfig, epoch: int) -> tuple[dict, str]:
     """evaluate() summaries of this epoch's predictions per eval part ({"valid": ..., "select": ...}), or
     ({}, reason) when a prediction is non-finite."""
@@ -556,6 +579,7 @@ def _meta(spec, panel, splits, cfg, horizon, epoch, best_epoch, best_metrics, pa
         "rank_label": bool(cfg.rank_label),
         "splits": splits.dates(panel.dates),
         "panel": str(Path(panel_path).resolve()) if panel_path else None,
+        "panel_fingerprint": panel.meta.get("fingerprint"),  # data.panel_fingerprint: which file, not just where
         "seed": cfg.seed,
         "epoch": epoch,
         "best_epoch": best_epoch,
