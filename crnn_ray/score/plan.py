@@ -31,7 +31,7 @@ from crnn_ray.score.ensemble import member_weights
 from crnn_ray.score.predict import build_member_model, member_payload
 from crnn_ray.score.select import Member, Unit, check_look_ahead, in_sample_overlaps, load_members, read_trials
 
-__all__ = ["Scope", "WindowPlan", "scopes", "plan_window", "build_plan", "walk_forward_windows", "newest_window"]
+__all__ = ["Scope", "ScoredRows", "WindowPlan", "scopes", "plan_window", "build_plan", "walk_forward_windows", "newest_window"]
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,23 @@ class Scope:
     bounds: tuple[str, str] | None = None   # a walk-forward window's test part: scored dates must lie inside
 
 
+class ScoredRows:
+    """Counts of the scored rows (`days`, one entry per row) of a window plan or a stitched record."""
+
+    days: np.ndarray
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.days)
+
+    @property
+    def n_dates(self) -> int:
+        """Dates with at least one scored row."""
+        return len(np.unique(self.days))
+
+
 @dataclass
-class WindowPlan:
+class WindowPlan(ScoredRows):
     """Everything decided for one window before any prediction: members, panel slice, rows, label grids."""
 
     members: list[Member]          # the ensemble's, loaded
@@ -101,14 +116,6 @@ class WindowPlan:
         """Grid (row, stock) of every scored row, for gathering from and scattering into [D, S, ...] grids."""
         return self.days - self.first_day, self.stocks
 
-    @property
-    def n_rows(self) -> int:
-        return len(self.days)
-
-    @property
-    def n_dates(self) -> int:
-        """Dates with at least one scored row."""
-        return len(np.unique(self.days))
 
 
 # ----------------------------------------------------------------------------------------------- windows

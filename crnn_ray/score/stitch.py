@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from crnn_ray.io import CliError
-from crnn_ray.score.plan import WindowPlan
+from crnn_ray.score.plan import ScoredRows, WindowPlan
 from crnn_ray.score.select import Member, read_trials
 
 __all__ = ["Part", "Column", "Record", "stitch", "line_names"]
@@ -53,7 +53,7 @@ class Column:
 
 
 @dataclass
-class Record:
+class Record(ScoredRows):
     """What is evaluated and written: every scored date of every window, oldest first."""
 
     parts: list[Part]
@@ -99,13 +99,6 @@ class Record:
     def cells(self) -> tuple[np.ndarray, np.ndarray]:
         return self.days, self.stocks
 
-    @property
-    def n_rows(self) -> int:
-        return len(self.days)
-
-    @property
-    def n_dates(self) -> int:
-        return len(np.unique(self.days))
 
     def column_of(self, member: Member) -> Column:
         """The column that holds `member`'s predictions (its own, or its model line's)."""
