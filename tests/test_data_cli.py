@@ -102,7 +102,7 @@ def test_ingest_missing_date_column_flag_and_missing_file(tmp_path, capsys):
 def test_synth_bad_size_and_real_process_exit_status(tmp_path):
     out = tmp_path / "s.parquet"
     proc = subprocess.run([sys.executable, "-m", "crnn_ray.data", "synth", "--symbols", "3", "--out", str(out)],
-                          capture_output=True, text=True, timeout=120)
+                          check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip() == "error: --symbols must be >= 10 (got 3)"
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
@@ -181,3 +181,89 @@ def test_ingest_max_jump_is_a_deprecated_alias(tmp_path, capsys):
     assert main(["ingest", "--ohlcv", str(src), "--out", str(tmp_path / "b.parquet"), "--date-col", "TradeDate",
                  "--max-jump", "1.0", "--max-up", "2.0"]) == 2
     assert "give one or the other" in capsys.readouterr().err and not (tmp_path / "b.parquet").exists()
+
+
+def _vendor_csv(path, n_days=80, hole=(30, 55)):
+    """An emerging-market style file: integer YYYYMMDD dates, a traded value column in currency ('value'), a
+    vendor's own signal ('mom'), and a stretch of business days `hole` nobody has a row in (> 14 calendar days)."""
+    df = _ohlcv_csv(path, n_days=n_days)
+    days = pd.bdate_range("2023-01-02", periods=n_days)
+    df = df[~df["TradeDate"].between(days[hole[0]], days[hole[1] - 1])].copy()
+    df["value"] = df["close"] * df["volume"] * 1e3
+    df["mom"] = np.tile(np.linspace(-1, 1, len(df) // 3), 3)
+    df["TradeDate"] = df["TradeDate"].dt.strftime("%Y%m%d").astype(int)
+    df.to_csv(path, index=False)
+    return df, days[hole[0] - 1], days[hole[1]]
+
+
+def test_ingest_integer_dates_gaps_traded_value_and_extra_features(tmp_path, capsys):
+    src, out = tmp_path / "em.csv", tmp_path / "em.parquet"
+    _, last, first = _vendor_csv(src)
+    assert main(["ingest", "--ohlcv", str(src), "--out", str(out), "--horizon", "3", "--traded-value", "value",
+                 "--extra-features", "mom", "--date-col", "TradeDate"]) == 0
+    text = capsys.readouterr().out
+    gap = f"{last.date()} -> {first.date()} ({(first - last).days} days)"
+    assert "165 rows, 3 symbols x 55 days, features ret1, ret5, ma20_gap, vol20, volume_rel, mom (" in text
+    assert "  dates      integer YYYYMMDD detected (20230102 -> 2023-01-02)\n" in text
+    assert f"  repairs    calendar_gap 1 gap(s) longer than 14 days, first {gap}\n" in text
+    assert (f"  gaps       1 calendar gap(s) longer than 14 days: {gap}; features restart after each (87 feature "
+            "value(s) masked), no label spans one (12 y3, 6 y1 label(s) masked)\n") in text
+    assert ("  liquidity  traded_value_med: median traded value 'value' over the last 20 days (declared with "
+            "--traded-value, in currency)\n") in text
+    p = load_panel(out)
+    assert p.features[-1] == "mom" and p.meta["params"]["traded_value"] == "value" and "traded_value" not in p.features
+    assert main(["inspect", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "dates      integer YYYYMMDD detected" in shown and "gaps       1 calendar gap(s)" in shown
+    # --keep-features is the same flag; --date-format reads what detection would not
+    text_dates = pd.read_csv(src).assign(TradeDate=lambda d: pd.to_datetime(d["TradeDate"].astype(str)).dt.strftime(
+        "%d.%m.%Y"))
+    text_dates.to_csv(tmp_path / "dmy.csv", index=False)
+    assert main(["ingest", "--ohlcv", str(tmp_path / "dmy.csv"), "--out", str(tmp_path / "dmy.parquet"), "--horizon",
+                 "3", "--keep-features", "mom", "--date-format", "%d.%m.%Y", "--max-gap-days", "60",
+                 "--date-col", "TradeDate"]) == 0
+    again = capsys.readouterr().out
+    assert "dates      integer" not in again and "gaps       none longer than 60 calendar days" in again
+    assert load_panel(tmp_path / "dmy.parquet").features[-1] == "mom"
+
+
+@pytest.mark.parametrize("edit, flags, match", [
+    (lambda df: df[df["Ticker"] == "AAA"], [], r"1 symbol\(s\) with a price \(AAA\): a panel needs >= 2"),
+    (lambda df: df[df["TradeDate"] == df["TradeDate"].iloc[0]], [],
+     (r"1 day\(s\) with a price \(2023-01-02 \.\. 2023-01-02\): a panel needs >= 31 \(lookback 20 \+ label lag 1 "
+     r"\+ horizon 5 \+ 5 labelled days\)")),
+    (lambda df: df.assign(TradeDate=df["TradeDate"].astype(str).where(np.arange(len(df)) != 3, "31/01/2023")),
+     ["--date-format", "%Y-%m-%d"], (r"column 'TradeDate': unparsable date '31/01/2023' \(1 row\(s\), .*"
+                                    r"--date-format '%Y-%m-%d'\)")),
+    (lambda df: df, ["--traded-value", "value"], r"missing column 'value' \(--traded-value\)"),
+    (lambda df: df, ["--extra-features", "volume,mom"], "column 'volume' is the volume column, not an extra"),
+    (lambda df: df.assign(mom=np.where(np.arange(len(df)) == 4, "x", "1.5")), ["--extra-features", "mom"],
+     r"column 'mom' is not numeric: 1 value\(s\)"),
+    (lambda df: df[~df["TradeDate"].between("2023-01-24", "2023-01-31")], ["--strict", "--max-gap-days", "7"],
+     (r"--strict: 1 kind\(s\) of repair refused: calendar_gap 1 gap\(s\) longer than 7 days, first 2023-01-23 -> "
+     r"2023-02-01 \(9 days\)$")),
+])
+def test_ingest_refusals_of_too_small_or_unreadable_files(tmp_path, capsys, edit, flags, match):
+    src, out = tmp_path / "ohlcv.csv", tmp_path / "out" / "real.parquet"
+    edit(_ohlcv_csv(tmp_path / "good.csv")).to_csv(src, index=False)
+    before = _leftovers(tmp_path)
+    rc = main(["ingest", "--ohlcv", str(src), "--out", str(out), "--date-col", "TradeDate", *flags])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith(f"error: {src}: ") and err.count("\n") == 1
+    assert re.search(match, err), err
+    assert not out.exists() and _leftovers(tmp_path) == before
+
+
+def test_ingest_unparsable_dates_print_one_line_and_no_pandas_warning(tmp_path):
+    """A real process (pytest would swallow the warning): pandas' "Could not infer format" stays unprinted."""
+    src, out = tmp_path / "ohlcv.csv", tmp_path / "p.parquet"
+    df = _ohlcv_csv(tmp_path / "good.csv")
+    df.assign(TradeDate=df["TradeDate"].astype(str).where(np.arange(len(df)) != 0, "yesterday")).to_csv(
+        src, index=False)
+    proc = subprocess.run([sys.executable, "-m", "crnn_ray.data", "ingest", "--ohlcv", str(src), "--out", str(out),
+                           "--date-col", "TradeDate"], check=False, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == (f"error: {src}: column 'TradeDate': unparsable date 'yesterday' (1 row(s), e.g. "
+                           "('yesterday', AAA); give --date-format)\n")
+    assert not out.exists()

@@ -140,7 +140,7 @@ def test_gap_zero_volume_and_label_rules():
     dates = pd.bdate_range("2022-01-03", periods=10)
     rows = [(d, "A", 10.0 + i, 100.0) for i, d in enumerate(dates) if i != 4]  # A halted on day 4 (no row)
     rows += [(d, "B", 20.0, 0.0 if i == 2 else 50.0) for i, d in enumerate(dates)]  # B: zero volume on day 2
-    out, meta = ingest_ohlcv(_small(rows), horizon=2, label_lag=0)
+    out, meta = ingest_ohlcv(_small(rows), horizon=2, label_lag=0, min_days=1)  # 10 days: below the bound
     a = out[out["symbol"] == "A"].set_index("date")
     # after the halt, ret1 is measured from the last available close
     assert a.loc[dates[5], "ret1"] == pytest.approx(np.log(15.0 / 13.0), rel=1e-6)
@@ -150,7 +150,7 @@ def test_gap_zero_volume_and_label_rules():
     assert b.loc[dates[2], ["ret1", "volume_rel"]].isna().all() and np.isnan(b.loc[dates[0], "y2"])
     assert meta["params"]["n_zero_volume_rows"] == 1
     # label_lag 1: y2 at t = close t+3 / close t+1 - 1; day 1 -> days 2..4: day 4 missing -> NaN; day 2 -> 3..5 ok
-    lagged, _ = ingest_ohlcv(_small(rows), horizon=2)
+    lagged, _ = ingest_ohlcv(_small(rows), horizon=2, min_days=1)
     a1 = lagged[lagged["symbol"] == "A"].set_index("date")
     assert np.isnan(a1.loc[dates[1], "y2"]) and np.isnan(a1.loc[dates[3], "y2"])
     assert a1.loc[dates[0], "y2"] == pytest.approx(13.0 / 11.0 - 1, rel=1e-6)
@@ -193,7 +193,7 @@ def test_a_jump_that_stays_is_a_break_a_reversed_spike_is_a_bad_print():
 
 
 def test_column_names_case_insensitive_and_explicit():
-    df = _random_ohlcv(3, n_days=30).rename(columns={"Date": "DAY", "Ticker": "Sym", "Close": "ADJ CLOSE"})
+    df = _random_ohlcv(3, n_days=40).rename(columns={"Date": "DAY", "Ticker": "Sym", "Close": "ADJ CLOSE"})
     out, meta = ingest_ohlcv(df, horizon=5, symbol_col="sym")
     assert meta["params"]["columns"]["date"] == "DAY" and meta["params"]["columns"]["close"] == "ADJ CLOSE"
     assert set(out["symbol"]) == {f"T{i}" for i in range(6)}
@@ -212,12 +212,12 @@ def test_column_names_case_insensitive_and_explicit():
 ])
 def test_bad_input_one_line_errors(mutate, match):
     with pytest.raises(CliError, match=match) as err:
-        ingest_ohlcv(mutate(_random_ohlcv(4, n_days=20)), horizon=5)
+        ingest_ohlcv(mutate(_random_ohlcv(4, n_days=40)), horizon=5)
     assert "\n" not in str(err.value)
 
 
 def test_every_problem_is_reported_at_once():
-    df = _random_ohlcv(4, n_days=20)
+    df = _random_ohlcv(4, n_days=40)
     df = pd.concat([df, df.iloc[[0]]])
     df["Close"] = df["Close"].astype(object)
     df.iloc[[3, 7], df.columns.get_loc("Close")] = "n/a?"
@@ -236,7 +236,7 @@ def test_one_day_forward_return_column_follows_the_label_rules():
     px = [10.0, 11.0, 12.1, 11.0, 11.0, 11.5, 46.0, 46.0, 47.0, 48.0, 49.0, 50.0]  # a 4x jump on day 6
     rows = [(d, "A", p, 100.0) for i, (d, p) in enumerate(zip(dates, px)) if i != 3]  # A halted on day 3
     rows += [(d, "B", 10.0 + i, 100.0) for i, d in enumerate(dates)]
-    out, meta = ingest_ohlcv(_small(rows), horizon=3, label_lag=0)
+    out, meta = ingest_ohlcv(_small(rows), horizon=3, label_lag=0, min_days=1)  # 12 days: below the bound
     assert meta["labels"] == ["y3", "y1"] and meta["returns"] == "y1" and meta["horizons"]["y1"] == 1
     a = out[out["symbol"] == "A"].set_index("date")
     assert a.loc[dates[0], "y1"] == pytest.approx(0.1, rel=1e-6)
@@ -246,11 +246,11 @@ def test_one_day_forward_return_column_follows_the_label_rules():
     b = out[out["symbol"] == "B"].set_index("date")
     np.testing.assert_allclose(b["y1"].iloc[:-1], (11.0 + np.arange(11)) / (10.0 + np.arange(11)) - 1, rtol=1e-6)
     # a 1-day label is the returns column itself (no second column)
-    one, meta1 = ingest_ohlcv(_small(rows), horizon=1, label_lag=0)
+    one, meta1 = ingest_ohlcv(_small(rows), horizon=1, label_lag=0, min_days=1)
     assert meta1["labels"] == ["y1"] and meta1["returns"] == "y1" and list(one.columns).count("y1") == 1
     np.testing.assert_array_equal(one["y1"].to_numpy(), out["y1"].to_numpy())
     # with label_lag 1, y1 at t is the next row's lag-0 y1: the return the book formed at t earns first
-    lagged, meta_l = ingest_ohlcv(_small(rows), horizon=3)
+    lagged, meta_l = ingest_ohlcv(_small(rows), horizon=3, min_days=1)
     assert meta_l["label_lag"] == 1
     lb = lagged[lagged["symbol"] == "B"]["y1"].to_numpy()
     np.testing.assert_array_equal(lb[:-1], b["y1"].to_numpy()[1:])
@@ -290,7 +290,8 @@ def test_repairs_are_counted_with_examples_and_strict_refuses_them_all():
     df.loc[_at(df, 10, "B"), ["open", "high", "low", "close"]] = [0.0, 0.0, np.nan, 0.0]  # a placeholder row
     out, meta = ingest_ohlcv(df, horizon=2, where="v.csv")
     assert meta["repairs"] == {"placeholder": 4, "bad_close": 1, "bad_open": 1, "bad_high": 1, "bad_low": 0,
-                               "negative_volume": 2, "bad_factor": 0, "bad_adj_close": 0}
+                               "negative_volume": 2, "negative_traded_value": 0, "bad_factor": 0,
+                               "bad_adj_close": 0, "calendar_gap": 0}
     assert meta["repair_summary"][0] == ("placeholder 4 row(s), first (2022-01-08, A), (2022-01-08, B), "
                                          "(2022-01-08, C), ...")
     assert "negative_volume 2 value(s) in column 'volume', first (2022-01-12, C), (2022-01-14, C)" in meta[
@@ -418,3 +419,189 @@ def test_panel_file_exposes_label_lag_and_aux_grids(tmp_path):
     sdf, smeta = synthesize(20, 80, seed=1)
     save_panel(sdf, tmp_path / "s.parquet", smeta)
     assert smeta["label_lag"] == 0 and load_panel(tmp_path / "s.parquet").label_lag == 0
+
+
+# ------------------------------------------------------------------ dates, calendar gaps, traded value, extras,
+# bounds: what real vendor files (a US large-cap and an emerging-market daily panel) broke on
+def test_integer_yyyymmdd_dates_are_dates_not_nanoseconds():
+    df = _ohlcv(n_days=40)
+    ref, _ = ingest_ohlcv(df, horizon=3)
+    as_int = df.assign(date=df["date"].dt.strftime("%Y%m%d").astype(int))
+    as_float = as_int.assign(date=as_int["date"].astype(float))           # a column with a gap reads as floats
+    as_text = as_int.assign(date=as_int["date"].astype(str))
+    for variant in (as_int, as_float, as_text):
+        out, meta = ingest_ohlcv(variant, horizon=3)
+        pd.testing.assert_frame_equal(out, ref)                         # not 120 rows on 1970-01-01
+        assert meta["params"]["date_note"] == "integer YYYYMMDD detected (20220103 -> 2022-01-03)"
+        assert meta["params"]["date_format"] == "%Y%m%d"
+    assert ref["date"].nunique() == 40 and meta["params"]["date_note"] is not None
+    bad = as_int.assign(date=as_int["date"].where(as_int.index != 7, 20220231))
+    with pytest.raises(CliError, match=r"column 'date': unparsable date 20220231 \(1 row\(s\), e\.g\. \(20220231, A\)"):
+        ingest_ohlcv(bad, horizon=3)
+    with pytest.raises(CliError, match=r"no parsable date \(first value 1641168000; integers are read as YYYYMMDD"):
+        ingest_ohlcv(df.assign(date=(df["date"] - pd.Timestamp(0)) // pd.Timedelta("1s")), horizon=3)  # epoch s
+    with pytest.raises(CliError, match=r"no parsable date \(first value 20220103\.5"):
+        ingest_ohlcv(as_float.assign(date=as_float["date"] + 0.5), horizon=3)
+    # an explicit --date-format, and a value that does not follow it named
+    text = df.assign(date=df["date"].dt.strftime("%d/%m/%Y"))
+    out, meta = ingest_ohlcv(text, horizon=3, date_format="%d/%m/%Y")
+    pd.testing.assert_frame_equal(out, ref)
+    assert meta["params"]["date_note"] is None and meta["params"]["date_format"] == "%d/%m/%Y"
+    with pytest.raises(CliError, match=r"unparsable date '2022-01-05' .*--date-format '%d/%m/%Y'"):
+        ingest_ohlcv(text.assign(date=text["date"].where(text.index != 2, "2022-01-05")), horizon=3,
+                     date_format="%d/%m/%Y")
+
+
+def _with_hole(n_before=40, n_after=40, hole=30, jump=3.0):
+    """3 stocks, 40 business days, a hole of 30 business days (> 40 calendar days) nobody has a row in, 40 more;
+    the prices move by `jump` across the hole (what a month of missing data can hide)."""
+    days = pd.bdate_range("2022-01-03", periods=n_before + hole + n_after)
+    df = _ohlcv(n_days=len(days))
+    after = df["date"] >= days[n_before + hole]
+    df.loc[after, ["open", "high", "low", "close"]] *= jump
+    keep = ~df["date"].between(days[n_before], days[n_before + hole - 1])
+    return df[keep].reset_index(drop=True), days[n_before - 1], days[n_before + hole]
+
+
+def test_a_calendar_gap_cuts_the_panel_into_stretches_no_window_or_label_crosses():
+    df, last, first = _with_hole()
+    out, meta = ingest_ohlcv(df, horizon=3)
+    gaps, n = meta["calendar_gaps"], (first - last).days
+    assert gaps["gaps"] == [[str(last.date()), str(first.date()), n]] and gaps["max_gap_days"] == 14 and n > 40
+    assert meta["repairs"]["calendar_gap"] == 1 and meta["repair_summary"] == [
+        f"calendar_gap 1 gap(s) longer than 14 days, first {last.date()} -> {first.date()} ({n} days)"]
+    # the jump across the hole is no move: no break, no bad print (without the gap rule: 3 false breaks)
+    assert meta["corporate_actions"]["breaks"] == 0 and not out["price_break"].any()
+    _, across = ingest_ohlcv(df, horizon=3, max_gap_days=60)  # the hole taken for a holiday
+    assert across["corporate_actions"]["breaks"] == 3 and across["calendar_gaps"]["gaps"] == []
+    # each stretch is the panel its rows alone would make: features and labels (min_days: each is short)
+    cols = meta["features"] + ["y3", "y1", "suspect_jump", "price_break"]
+    for part in (df["date"] <= last, df["date"] >= first):
+        alone, _ = ingest_ohlcv(df[part], horizon=3, min_days=1)
+        side = out[out["date"].isin(df.loc[part, "date"])].reset_index(drop=True)
+        pd.testing.assert_frame_equal(side[cols], alone[cols])
+    # so: ret1 NaN on the first day after the hole, no label from the last 4 (L + H) days before it
+    post = out[out["date"] == first]
+    pre = out[out["date"].between(last - pd.offsets.BDay(3), last)]
+    assert post["ret1"].isna().all() and pre["y3"].isna().all() and out[out["date"] <= last]["y3"].notna().sum()
+    # the counts: per stock ret1 1, ret5 5, ma20_gap 9, vol20 10, volume_rel 4 (open/high/low: same day)
+    assert gaps["features_masked"] == 3 * (1 + 5 + 9 + 10 + 4)
+    assert gaps["labels_masked"] == {"y3": 3 * 4, "y1": 3 * 2}
+    with pytest.raises(CliError, match=r"--strict: 1 kind\(s\) of repair refused: calendar_gap 1 gap\(s\)"):
+        ingest_ohlcv(df, horizon=3, strict=True)
+
+
+def test_traded_value_column_is_the_liquidity_in_currency():
+    df = _ohlcv(n_days=40)
+    rng = np.random.default_rng(3)
+    df["value"] = df["close"] * df["volume"] * 100 * rng.uniform(0.5, 2.0, len(df))   # yuan, not lots
+    df.loc[_at(df, 12, "B"), "value"] = 0.0              # no trade that day: halted, like zero volume
+    df.loc[_at(df, 14, "C"), "value"] = -3.0             # a repair, like a negative volume
+    base, _ = ingest_ohlcv(df.drop(columns=["value"]), horizon=3)
+    out, meta = ingest_ohlcv(df, horizon=3, traded_value="VALUE", min_traded_value=1e6, liquidity_window=10)
+    assert meta["params"]["traded_value"] == "value" and "value" not in meta["features"]
+    assert meta["repairs"]["negative_traded_value"] == 1 and meta["params"]["n_zero_volume_rows"] == 1
+    long = df.assign(value=df["value"].where(df["value"] >= 0)).sort_values(["symbol", "date"])
+    med = long["value"].groupby(long["symbol"]).transform(lambda s: s.rolling(10, min_periods=5).median())
+    ref = pd.DataFrame({"date": long["date"], "symbol": long["symbol"], "med": med}).sort_values(
+        ["date", "symbol"]).reset_index(drop=True)
+    np.testing.assert_allclose(out["traded_value_med"], ref["med"].where(out["close"].notna()), rtol=1e-12)
+    assert meta["universe"]["rows_out"]["min_traded_value"] == int((~(ref["med"] >= 1e6)).sum())
+    np.testing.assert_allclose(out["traded_value"], df.sort_values(["date", "symbol"])["value"].where(
+        lambda v: v >= 0).to_numpy())
+    halted = (out["symbol"] == "B") & (out["date"] == pd.bdate_range("2022-01-03", periods=40)[12])
+    assert out.loc[halted, meta["features"]].isna().all(axis=None) and base.loc[halted, "ret1"].notna().all()
+    # a file with a traded value and no volume has a liquidity measure (and a filter) but no volume_rel
+    only, m2 = ingest_ohlcv(df.drop(columns=["volume"]), horizon=3, traded_value="value", min_traded_value=1.0)
+    assert "volume_rel" not in m2["features"] and only["traded_value_med"].notna().any()
+    for kwargs, match in (({"traded_value": "turnover"}, r"missing column 'turnover' \(--traded-value\)"),
+                          ({"traded_value": "Close"}, r"--traded-value 'Close': column 'close' is the close column"),
+                          ({"traded_value": "value", "symbol_col": "value"},
+                           r"--traded-value 'value': column 'value' is the symbol column")):
+        with pytest.raises(CliError, match=match):
+            ingest_ohlcv(df, horizon=3, **kwargs)
+
+
+def test_extra_features_are_kept_after_the_computed_ones():
+    df = _ohlcv(n_days=40)
+    df["pe"] = np.linspace(5, 25, len(df))
+    df["Sentiment"] = np.where(np.arange(len(df)) % 7 == 0, np.nan, np.cos(np.arange(len(df))))
+    df.loc[_at(df, 20, "A"), "volume"] = 0.0             # a halted day: its extras are NaN like its features
+    out, meta = ingest_ohlcv(df, horizon=3, extra_features=("pe", "sentiment"))
+    assert meta["features"] == FEATURES_OHLCV + ["pe", "Sentiment"]
+    assert meta["params"]["extra_features"] == {"pe": "pe", "Sentiment": "Sentiment"}
+    ref = df.sort_values(["date", "symbol"]).reset_index(drop=True)
+    halted = ref["volume"].eq(0).to_numpy()
+    assert out["pe"].dtype == np.float32 and halted.sum() == 1 and out.loc[halted, ["pe", "Sentiment"]].isna().all(
+        axis=None)
+    np.testing.assert_allclose(out.loc[~halted, "Sentiment"], ref.loc[~halted, "Sentiment"], rtol=1e-6)
+    np.testing.assert_allclose(out.loc[~halted, "pe"], ref.loc[~halted, "pe"], rtol=1e-6)
+    for extras, match in ((("beta",), r"missing column 'beta' \(--extra-features\)"),
+                          (("volume",), "column 'volume' is the volume column, not an extra feature"),
+                          (("pe", "PE"), "'pe' is the name of a column ingest writes, or given twice")):
+        with pytest.raises(CliError, match=match):
+            ingest_ohlcv(df, horizon=3, extra_features=extras)
+    for name in ("ret1", "y5", "universe"):
+        with pytest.raises(CliError, match=f"'{name}' is the name of a column ingest writes"):
+            ingest_ohlcv(df.assign(**{name: 1.0}), horizon=3, extra_features=(name,))
+    # a text value is one more problem of the one-line report
+    text = df.assign(pe=df["pe"].astype(object).where(df.index != 4, "n/a"), close=df["close"].where(
+        df.index != 9, np.inf))
+    with pytest.raises(CliError, match=r"2 problems: column 'close' has 1 infinite value\(s\), first \(2022-01-14, A\); "
+                                       r"column 'pe' is not numeric: 1 value\(s\), first \(2022-01-07, A\) 'n/a'$"):
+        ingest_ohlcv(text, horizon=3, extra_features=("pe",))
+
+
+def test_a_file_too_small_for_a_panel_is_refused():
+    ok, meta = ingest_ohlcv(_ohlcv(n_days=31), horizon=5)            # 20 + 1 + 5 + 5 = 31 days: the least
+    assert ok["date"].nunique() == 31 and meta["params"]["min_days"] == 31
+    with pytest.raises(CliError, match=r"^f\.csv: 30 day\(s\) with a price \(2022-01-03 \.\. 2022-02-11\): a panel "
+                                       r"needs >= 31 \(lookback 20 \+ label lag 1 \+ horizon 5 \+ 5 labelled days\)$"):
+        ingest_ohlcv(_ohlcv(n_days=30), horizon=5, where="f.csv")
+    with pytest.raises(CliError, match=r"1 day\(s\) with a price \(2022-01-03 \.\. 2022-01-03\): a panel needs >= 26"):
+        ingest_ohlcv(_ohlcv(n_days=1), horizon=1, label_lag=0)      # a 1-day file would have no label at all
+    with pytest.raises(CliError, match=r"^f\.csv: 1 symbol\(s\) with a price \(A\): a panel needs >= 2 \(a "
+                                       r"cross-section to rank\)$"):
+        ingest_ohlcv(_ohlcv(n_days=40, symbols=("A",)), horizon=5, where="f.csv")
+    # with the file's other problems, in the one line; a symbol the repairs leave without rows counts too
+    dup = _ohlcv(n_days=10, symbols=("A",))
+    with pytest.raises(CliError, match=r"3 problems: 1 duplicate .*; 1 symbol\(s\) .*; 10 day\(s\)"):
+        ingest_ohlcv(pd.concat([dup, dup.iloc[[0]]]), horizon=5)
+    gone = _ohlcv(n_days=40)
+    gone.loc[gone["symbol"] != "A", "volume"] = 1.0
+    gone.loc[gone["symbol"] == "B", "factor"] = 0.0                  # unusable factor: every B row goes
+    gone["factor"] = gone["factor"].fillna(1.0)
+    gone = gone[gone["symbol"] != "C"]
+    with pytest.raises(CliError, match=r"after the repairs: 1 symbol\(s\) with a price \(A\)"):
+        ingest_ohlcv(gone, horizon=5)
+    small, _ = ingest_ohlcv(_ohlcv(n_days=12), horizon=5, min_days=12)  # an explicit, smaller bound
+    assert small["date"].nunique() == 12
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"max_gap_days": 0}, "--max-gap-days must be an integer >= 1"),
+    ({"date_format": "Ymd"}, "--date-format must be a strftime format"),
+    ({"min_days": 0}, "--min-days must be an integer >= 1"),
+    ({"extra_features": ("pe", " ")}, "--extra-features must be column names"),
+])
+def test_bad_new_settings_name_the_flag(kwargs, match):
+    with pytest.raises(CliError, match=match):
+        ingest_ohlcv(_ohlcv(), horizon=3, **kwargs)
+
+
+def test_own_features_added_to_a_panel_file_afterwards(tmp_path):
+    """docs/data.md, "Your own features": the recipe for a panel that is ingested already."""
+    from crnn_ray.data import load_panel, save_panel
+    from crnn_ray.data.panel import read_panel_meta
+
+    df, meta = ingest_ohlcv(_ohlcv(n_days=40), horizon=3)
+    save_panel(df, tmp_path / "real.parquet", meta)
+    mine = _ohlcv(n_days=40)[["date", "symbol"]].assign(my_signal=np.arange(120.0))   # data <= t, yours
+    panel = pd.read_parquet(tmp_path / "real.parquet").assign(date=lambda d: pd.to_datetime(d["date"]))
+    meta = read_panel_meta(tmp_path / "real.parquet")
+    panel = panel.merge(mine, on=["date", "symbol"], how="left")
+    meta["features"].append("my_signal")
+    save_panel(panel, tmp_path / "real_plus.parquet", meta)
+    p = load_panel(tmp_path / "real_plus.parquet")
+    assert p.features[-1] == "my_signal" and p.X.shape == (40, 3, 9)
+    np.testing.assert_array_equal(p.X[:, :, -1], np.arange(120.0).reshape(3, 40).T)

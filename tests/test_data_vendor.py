@@ -77,7 +77,8 @@ def test_repairs_breaks_and_counts_on_the_real_file(files):
     n_days = clean["Date"].nunique()
     assert mref["repairs"] == {k: 0 for k in mref["repairs"]} and mref["corporate_actions"]["breaks"] == 0
     assert meta["repairs"] == {"placeholder": 3, "bad_close": 0, "bad_open": 0, "bad_high": 0, "bad_low": 0,
-                               "negative_volume": 4, "bad_factor": 0, "bad_adj_close": 0}
+                               "negative_volume": 4, "negative_traded_value": 0, "bad_factor": 0,
+                               "bad_adj_close": 0, "calendar_gap": 0}
     assert meta["repair_summary"] == [
         "placeholder 3 row(s), first (2007-07-04, NDQ), (2007-07-04, SPX), (2008-03-03, NDQ)",
         ("negative_volume 4 value(s) in column 'Volume', first (2006-02-01, SPX), (2006-02-02, SPX), "
@@ -178,3 +179,28 @@ def test_cli_on_the_messy_file_prints_the_summary(files, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "placeholder 3 row(s)" in err and "negative_volume 4" in err
     assert not (tmp_path / "s.parquet").exists()
+
+
+def test_a_hole_in_the_real_calendar_is_a_gap_not_three_breaks(files):
+    """The real file with two months of autumn 2008 missing (a vendor's hole): the indices fell ~30 % across
+    it. With an exchange's tighter limit (-25 %) each symbol's jump over the hole would be a 'break'; as a
+    calendar gap it is reported with its dates, no window or label crosses it, and nothing else changes."""
+    clean, _ = files
+    day = pd.to_datetime(clean["Date"], format="%m/%d/%Y")
+    holed = clean[~day.between("2008-09-15", "2008-11-10")].assign(
+        Date=lambda d: pd.to_datetime(d["Date"], format="%m/%d/%Y").dt.strftime("%Y%m%d").astype(int))
+    naive, mn = ingest_ohlcv(holed, horizon=5, max_down=0.25, max_gap_days=100)
+    assert mn["corporate_actions"]["breaks"] == 3 and mn["corporate_actions"]["break_examples"][0].startswith(
+        "(2008-11-11, LOWP) x0.7")
+    out, meta = ingest_ohlcv(holed, horizon=5, max_down=0.25)
+    assert meta["params"]["date_note"] == "integer YYYYMMDD detected (20060103 -> 2006-01-03)"
+    assert meta["corporate_actions"]["breaks"] == 0 and meta["calendar_gaps"]["gaps"] == [
+        ["2008-09-12", "2008-11-11", 60]]
+    assert meta["calendar_gaps"]["labels_masked"] == {"y5": 3 * 6, "y1": 3 * 2}
+    ref, _ = ingest_ohlcv(clean, horizon=5, max_down=0.25)
+    o, r = _by_key(out), _by_key(ref).loc[_by_key(out).index]
+    cols = meta["features"] + ["y5", "y1"]
+    before = o.index.get_level_values("date") < pd.Timestamp("2008-09-05")      # labels clear of the hole
+    after = o.index.get_level_values("date") > pd.Timestamp("2008-12-31")       # feature windows clear of it
+    pd.testing.assert_frame_equal(o.loc[before | after, cols], r.loc[before | after, cols])
+    assert naive["y5"].notna().sum() > out["y5"].notna().sum()

@@ -13,8 +13,11 @@ from crnn_ray.data.ingest import (
     DEFAULT_LABEL_LAG,
     DEFAULT_LIQUIDITY_WINDOW,
     DEFAULT_MAX_DOWN,
+    DEFAULT_MAX_GAP_DAYS,
     DEFAULT_MAX_UP,
     DEFAULT_REVERSAL_DAYS,
+    MIN_LABELLED_DAYS,
+    IngestOptions,
     ingest_ohlcv,
     read_ohlcv,
     summary_lines,
@@ -48,6 +51,21 @@ def _parser() -> argparse.ArgumentParser:
                    "default %(default)s, 0 = trade at the close the features end on")
     i.add_argument("--symbol-col", default=None)
     i.add_argument("--date-col", default=None)
+    i.add_argument("--date-format", default=None,
+                   help="strftime format of the dates, e.g. %%d/%%m/%%Y (default: inferred; integer or digit-only "
+                   "dates are read as %%Y%%m%%d, and say so)")
+    i.add_argument("--max-gap-days", type=int, default=DEFAULT_MAX_GAP_DAYS,
+                   help="a step of more calendar days than this between two dates is a gap in the calendar: "
+                   "reported, and no feature window or label crosses it (default %(default)s)")
+    i.add_argument("--traded-value", default=None, metavar="COLUMN",
+                   help="a traded value (currency) column: the liquidity measure and --min-traded-value use it "
+                   "instead of close x volume")
+    i.add_argument("--extra-features", "--keep-features", dest="extra_features", type=_names, default=(),
+                   metavar="COL[,COL...]", help="numeric columns of the file kept as features, after the computed "
+                   "ones, as given (docs/data.md, \"Your own features\")")
+    i.add_argument("--min-days", type=int, default=None,
+                   help=f"refuse a file with fewer days (default: lookback {defaults.LOOKBACK} + label lag + horizon "
+                   f"+ {MIN_LABELLED_DAYS})")
     i.add_argument("--strict", action="store_true",
                    help="refuse the file (one line naming every kind) instead of repairing placeholder rows, "
                    "non-positive prices, negative volumes")
@@ -75,6 +93,25 @@ def _parser() -> argparse.ArgumentParser:
     n = sub.add_parser("inspect", help="print a panel's shape, coverage and metadata")
     n.add_argument("path")
     return p
+
+
+def _names(text: str) -> tuple[str, ...]:
+    """COL[,COL...] -> the column names, in order."""
+    names = tuple(n.strip() for n in text.split(","))
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected COL[,COL...], got {text!r}")
+    return names
+
+
+def ingest_options(args: argparse.Namespace) -> IngestOptions:
+    """The ingest flags as IngestOptions (one field per flag)."""
+    return IngestOptions(
+        horizon=args.horizon, label_lag=args.label_lag, date_col=args.date_col, symbol_col=args.symbol_col,
+        date_format=args.date_format, max_up=args.max_up, max_down=args.max_down, reversal_days=args.reversal_days,
+        max_jump=args.max_jump, adjust=not args.no_adjust, strict=args.strict, min_price=args.min_price,
+        min_traded_value=args.min_traded_value, liquidity_window=args.liquidity_window,
+        max_stale_share=args.max_stale_share, max_gap_days=args.max_gap_days, traded_value=args.traded_value,
+        extra_features=args.extra_features, min_days=args.min_days)
 
 
 def _out_path(path: str) -> Path:
@@ -148,12 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise CliError("--max-jump (deprecated) and --max-up / --max-down: give one or the other")
             print("note: --max-jump is deprecated; use --max-up / --max-down", file=sys.stderr)
         raw = read_ohlcv(args.ohlcv)
-        df, meta = ingest_ohlcv(raw, args.horizon, date_col=args.date_col, symbol_col=args.symbol_col,
-                                label_lag=args.label_lag, max_up=args.max_up, max_down=args.max_down,
-                                reversal_days=args.reversal_days, max_jump=args.max_jump, adjust=not args.no_adjust,
-                                strict=args.strict, min_price=args.min_price,
-                                min_traded_value=args.min_traded_value, liquidity_window=args.liquidity_window,
-                                max_stale_share=args.max_stale_share, where=str(args.ohlcv))
+        df, meta = ingest_ohlcv(raw, options=ingest_options(args), where=str(args.ohlcv))
         meta["params"]["input"] = str(Path(args.ohlcv).resolve())
         save_panel(df, out, meta)
         p = meta["params"]

@@ -17,17 +17,32 @@ stock, NaN where a stock has no row) so that there is no per-stock Python loop:
    and the 1-day return y1 = close_{t+L+1} / close_{t+L} - 1 that realises the pnl of the H-day books;
 6. universe filters (price, traded value, stale prices): rows out of the universe keep their features but
    get no label.
+
+Around them: integer YYYYMMDD dates are read as dates (pandas alone takes them for nanoseconds since 1970), a
+calendar gap longer than `max_gap_days` cuts the panel into stretches that no feature window or label crosses,
+and a file too small to make a panel (one symbol, fewer days than a lookback plus a label) is refused.
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from crnn_ray.data.panel import PANEL_VERSION, RETURNS, label_coverage
+from crnn_ray.data.panel import (
+    _LABEL_RE,
+    NON_FEATURE_COLUMNS,
+    PANEL_VERSION,
+    RETURNS,
+    label_coverage,
+)
+from crnn_ray.defaults import HORIZON, LOOKBACK
 from crnn_ray.io import CliError
 
 #: column aliases (lower-cased, spaces/dashes -> underscores) accepted for each field
@@ -69,10 +84,24 @@ REPAIR_KINDS = (
     ("bad_high", "value", "high"),
     ("bad_low", "value", "low"),
     ("negative_volume", "value", "volume"),
+    ("negative_traded_value", "value", "traded_value"),  # < 0: missing
     ("bad_factor", "row", "factor"),     # factor <= 0 or missing: the prices cannot be adjusted, no row
     ("bad_adj_close", "row", "adj_close"),
 )
 UNIVERSE_FILTERS = ("min_price", "min_traded_value", "max_stale_share")
+#: a step between two consecutive panel dates longer than this many calendar days is a hole in the calendar,
+#: not a holiday: the longest regular closures leave about 11 days between two sessions (Lunar New Year on the
+#: Chinese exchanges; US: 7 days after 9/11), while a vendor's missing stretch or an extraordinary closure
+#: (Athens 2015: 5 weeks) leaves more. No feature window or label spans one.
+DEFAULT_MAX_GAP_DAYS = 14
+#: a panel needs a cross-section: a daily rank or IC over one stock is meaningless
+MIN_SYMBOLS = 2
+#: days with a full default lookback window and a label that a file must at least give (see IngestOptions)
+MIN_LABELLED_DAYS = 5
+#: flag naming each column given explicitly
+EXPLICIT_FLAGS = {"date": "--date-col", "symbol": "--symbol-col", "traded_value": "--traded-value"}
+#: the traded value (currency) column, kept raw beside the OHLCV when declared (never a feature)
+TRADED_VALUE = "traded_value"
 #: how many (date, symbol) examples a problem or a repair names
 N_EXAMPLES = 3
 
@@ -109,9 +138,9 @@ def _features(wide: dict[str, pd.DataFrame], lo: float, hi: float) -> dict[str, 
         feats["ma20_gap"] = np.log(close / close.rolling(ROLL, min_periods=ROLL // 2).mean())
     feats["vol20"] = feats["ret1"].rolling(ROLL, min_periods=ROLL // 2).std()
     with np.errstate(divide="ignore", invalid="ignore"):
-        for name, field in (("open_gap", "open"), ("high_rel", "high"), ("low_rel", "low")):
-            if field in wide:
-                feats[name] = np.log(wide[field] / close)
+        for name, price in (("open_gap", "open"), ("high_rel", "high"), ("low_rel", "low")):
+            if price in wide:
+                feats[name] = np.log(wide[price] / close)
         if "volume" in wide:
             vol = wide["volume"]
             feats["volume_rel"] = np.log(vol / vol.rolling(ROLL, min_periods=ROLL // 4).mean())
@@ -230,20 +259,22 @@ def forward_return(close: pd.DataFrame, horizon: int, jump: pd.DataFrame | None 
 
 def universe_filters(close: pd.DataFrame, volume: pd.DataFrame | None, *, min_price: float = 0.0,
                      min_traded_value: float = 0.0, window: int = DEFAULT_LIQUIDITY_WINDOW,
-                     max_stale_share: float | None = None) -> tuple[dict[str, pd.DataFrame], pd.DataFrame | None]:
+                     max_stale_share: float | None = None,
+                     traded_value: pd.DataFrame | None = None) -> tuple[dict[str, pd.DataFrame], pd.DataFrame | None]:
     """({filter: bool [D, S] rows failing it}, trailing median traded value), from raw prices, data <= t only.
 
     min_price          close_t < min_price
-    min_traded_value   median of close * volume over the last `window` days (>= window/2 rows) < the bound,
-                       or unknown (too little history)
+    min_traded_value   median of the traded value (the declared `traded_value` column, in currency, else
+                       close * volume) over the last `window` days (>= window/2 rows) < the bound, or unknown
     max_stale_share    share of the last `window` days' rows with the close unchanged or no volume > the bound,
                        or unknown
     A filter that is off (0 / None) fails nothing. Absent rows fail nothing (they have no label anyway)."""
     present = close.notna()
     min_periods = max(1, window // 2)
     med = None
-    if volume is not None:
-        med = (close * volume).rolling(window, min_periods=min_periods).median().where(present)
+    value = traded_value if traded_value is not None else None if volume is None else close * volume
+    if value is not None:
+        med = value.rolling(window, min_periods=min_periods).median().where(present)
     fails = {name: pd.DataFrame(False, index=close.index, columns=close.columns) for name in UNIVERSE_FILTERS}
     if min_price > 0:
         fails["min_price"] = (close < min_price) & present
@@ -251,11 +282,90 @@ def universe_filters(close: pd.DataFrame, volume: pd.DataFrame | None, *, min_pr
         fails["min_traded_value"] = ~(med >= min_traded_value) & present
     if max_stale_share is not None:
         stale = close.eq(close.ffill().shift(1))
-        if volume is not None:
-            stale |= volume.eq(0)
+        for traded in (volume, traded_value):
+            if traded is not None:
+                stale |= traded.eq(0)
         share = stale.astype(float).where(present).rolling(window, min_periods=min_periods).mean()
         fails["max_stale_share"] = ~(share <= max_stale_share) & present
     return fails, med
+
+
+# ------------------------------------------------------------------------------------------------ settings
+@dataclass(frozen=True)
+class IngestOptions:
+    """Every ingest setting, one field per CLI flag (docs/data.md), so stages take one object, not 20 arguments.
+
+    `min_days` None means the rule: the default lookback (20) + label_lag + horizon + MIN_LABELLED_DAYS, i.e.
+    a first full feature window, a label's span after it and a few labelled days; fewer cannot train anything.
+    `max_jump` (deprecated): the old symmetric limit, read as max_up = J, max_down = J / (1 + J)."""
+
+    horizon: int = HORIZON
+    label_lag: int = DEFAULT_LABEL_LAG
+    date_col: str | None = None
+    symbol_col: str | None = None
+    date_format: str | None = None
+    max_up: float = DEFAULT_MAX_UP
+    max_down: float = DEFAULT_MAX_DOWN
+    reversal_days: int = DEFAULT_REVERSAL_DAYS
+    max_jump: float | None = None
+    adjust: bool = True
+    strict: bool = False
+    min_price: float = 0.0
+    min_traded_value: float = 0.0
+    liquidity_window: int = DEFAULT_LIQUIDITY_WINDOW
+    max_stale_share: float | None = None
+    max_gap_days: int = DEFAULT_MAX_GAP_DAYS
+    traded_value: str | None = None
+    extra_features: tuple[str, ...] = field(default_factory=tuple)
+    min_days: int | None = None
+
+    def needed_days(self) -> tuple[int, str]:
+        """(fewest days with a price a file must have, the rule in words)."""
+        if self.min_days is not None:
+            return int(self.min_days), f"--min-days {self.min_days}"
+        need = LOOKBACK + self.label_lag + self.horizon + MIN_LABELLED_DAYS
+        return need, (f"lookback {LOOKBACK} + label lag {self.label_lag} + horizon {self.horizon} + "
+                      f"{MIN_LABELLED_DAYS} labelled days")
+
+    def checked(self) -> IngestOptions:
+        """The options with --max-jump resolved; CliError naming the flag of the first bad one."""
+        def integer(x, lo: int) -> bool:
+            return isinstance(x, (int, np.integer)) and not isinstance(x, bool) and x >= lo
+
+        opts = self
+        if self.max_jump is not None:
+            if not np.isfinite(self.max_jump) or self.max_jump <= 0:
+                raise CliError(f"--max-jump must be a positive number (got {self.max_jump!r})")
+            opts = replace(self, **dict(zip(("max_up", "max_down"), limits_from_max_jump(self.max_jump))))
+        checks = [
+            (integer(opts.horizon, 1), f"--horizon must be a positive integer (got {opts.horizon!r})"),
+            (integer(opts.label_lag, 0), f"--label-lag must be an integer >= 0 (got {opts.label_lag!r})"),
+            (np.isfinite(opts.max_up) and opts.max_up > 0,
+             f"--max-up must be a positive number (got {opts.max_up!r}; 1.0 = +100 %)"),
+            (np.isfinite(opts.max_down) and 0 < opts.max_down < 1,
+             f"--max-down must be in (0, 1) (got {opts.max_down!r}; 0.4 = -40 %)"),
+            (integer(opts.reversal_days, 1), f"--reversal-days must be a positive integer (got {opts.reversal_days!r})"),
+            (np.isfinite(opts.min_price) and opts.min_price >= 0,
+             f"--min-price must be a number >= 0 (got {opts.min_price!r}; 0 = off)"),
+            (np.isfinite(opts.min_traded_value) and opts.min_traded_value >= 0,
+             f"--min-traded-value must be a number >= 0 (got {opts.min_traded_value!r}; 0 = off)"),
+            (integer(opts.liquidity_window, 2),
+             f"--liquidity-window must be an integer >= 2 (got {opts.liquidity_window!r})"),
+            (opts.max_stale_share is None or (np.isfinite(opts.max_stale_share) and 0 <= opts.max_stale_share <= 1),
+             f"--max-stale-share must be in [0, 1] (got {opts.max_stale_share!r})"),
+            (integer(opts.max_gap_days, 1),
+             f"--max-gap-days must be an integer >= 1 (got {opts.max_gap_days!r}; calendar days)"),
+            (opts.date_format is None or (isinstance(opts.date_format, str) and "%" in opts.date_format),
+             f"--date-format must be a strftime format such as %Y%m%d (got {opts.date_format!r})"),
+            (opts.min_days is None or integer(opts.min_days, 1),
+             f"--min-days must be an integer >= 1 (got {opts.min_days!r})"),
+            (all(isinstance(n, str) and n.strip() for n in opts.extra_features),
+             f"--extra-features must be column names (got {list(opts.extra_features)!r})"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise CliError(message)
+        return opts
 
 
 # --------------------------------------------------------------------------------------------- the columns
@@ -264,36 +374,72 @@ def _normalise_name(name: Any) -> str:
 
 
 def resolve_columns(columns: list[Any], date_col: str | None = None, symbol_col: str | None = None,
-                    where: str = "ohlcv") -> dict[str, Any]:
+                    where: str = "ohlcv", traded_value: str | None = None) -> dict[str, Any]:
     """Map each field to a column of the table (case-insensitive, with aliases).
 
-    A file with an adjusted close but no raw close uses the adjusted one as its close (nothing to adjust)."""
+    A file with an adjusted close but no raw close uses the adjusted one as its close (nothing to adjust).
+    `traded_value` has no alias: a currency column must be declared, or it would pass for a volume."""
     by_norm: dict[str, Any] = {}
     for c in columns:
         by_norm.setdefault(_normalise_name(c), c)
     found: dict[str, Any] = {}
-    for field, explicit in (("date", date_col), ("symbol", symbol_col)):
+    for fld, explicit in (("date", date_col), ("symbol", symbol_col), ("traded_value", traded_value)):
         if explicit is not None:
             if _normalise_name(explicit) not in by_norm:
-                raise CliError(f"{where}: missing column {explicit!r} (--{field}-col)")
-            found[field] = by_norm[_normalise_name(explicit)]
-    for field, aliases in ALIASES.items():
-        if field in found:
+                raise CliError(f"{where}: missing column {explicit!r} ({EXPLICIT_FLAGS[fld]})")
+            col = by_norm[_normalise_name(explicit)]
+            other = next((f for f in ("date", "symbol", "close", "adj_close") if f != fld
+                          and _normalise_name(col) in ALIASES[f]), None) if fld == "traded_value" else None
+            if col in found.values() or other:
+                raise CliError(f"{where}: {EXPLICIT_FLAGS[fld]} {explicit!r}: column {col!r} is the "
+                               f"{other or next(f for f, c in found.items() if c == col)} column")
+            found[fld] = col
+    for fld, aliases in ALIASES.items():
+        if fld in found:
             continue
         for a in aliases:
             if a in by_norm and by_norm[a] not in found.values():
-                found[field] = by_norm[a]
+                found[fld] = by_norm[a]
                 break
     if "close" not in found and "adj_close" in found:
         found["close"] = found.pop("adj_close")
-    for field in ("date", "symbol", "close"):
-        if field not in found:
-            names = ALIASES[field][:5] + (ALIASES["adj_close"][:2] if field == "close" else [])
-            raise CliError(f"{where}: missing column {field!r} (accepted names: {', '.join(names)})")
+    for fld in ("date", "symbol", "close"):
+        if fld not in found:
+            names = ALIASES[fld][:5] + (ALIASES["adj_close"][:2] if fld == "close" else [])
+            raise CliError(f"{where}: missing column {fld!r} (accepted names: {', '.join(names)})")
     return found
 
 
+def extra_columns(columns: list[Any], cols: dict[str, Any], names: tuple[str, ...], where: str) -> dict[str, Any]:
+    """{feature name: column} of --extra-features: each an existing column that is no OHLCV field and whose
+    name no panel column ingest writes has (it would be overwritten or taken for a label)."""
+    by_norm: dict[str, Any] = {}
+    for c in columns:
+        by_norm.setdefault(_normalise_name(c), c)
+    taken = {c: f for f, c in cols.items()}
+    written = NON_FEATURE_COLUMNS | set(feature_names(PRICE_FIELDS + ("volume",))) | {TRADED_VALUE, LIQUIDITY}
+    out: dict[str, Any] = {}
+    for name in names:
+        col = by_norm.get(_normalise_name(name.strip()))
+        if col is None:
+            raise CliError(f"{where}: missing column {name!r} (--extra-features)")
+        if col in taken:
+            raise CliError(f"{where}: --extra-features: column {col!r} is the {taken[col]} column, not an extra "
+                           "feature")
+        feat = str(col)
+        if feat in written or feat in out or _LABEL_RE.match(feat) or feat.startswith("oracle_"):
+            raise CliError(f"{where}: --extra-features: {feat!r} is the name of a column ingest writes, or given "
+                           "twice: rename it in the file")
+        out[feat] = col
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- validation
+def _shown(value: Any) -> str:
+    """repr of a file's value as the file has it: 20190231, not np.int64(20190231)."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
 class _Rows:
     """The input rows' keys, to name (date, symbol) examples of a problem in (date, symbol) order."""
 
@@ -313,26 +459,89 @@ class _Rows:
 
     def name(self, i: int) -> str:
         d = self.dates[i]
-        day = str(d) if not np.isnat(d) else repr(self.raw_dates.iloc[i])
+        day = str(d) if not np.isnat(d) else _shown(self.raw_dates.iloc[i])
         return f"({day}, {self.symbols.iloc[i]})"
 
     def examples(self, mask: np.ndarray, values: pd.Series | None = None) -> str:
         idx = self.first(mask)
-        shown = [self.name(i) + (f" {values.iloc[i]!r}" if values is not None else "") for i in idx]
+        shown = [self.name(i) + (f" {_shown(values.iloc[i])}" if values is not None else "") for i in idx]
         return ", ".join(shown) + (", ..." if mask.sum() > len(idx) else "")
 
 
-def _parse_date_column(raw: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """(datetime64[D] with NaT, mask of the non-missing values that do not parse)."""
-    try:
-        parsed = pd.to_datetime(raw, errors="raise")
-        bad = np.zeros(len(raw), dtype=bool)
-    except (ValueError, TypeError, OverflowError):
-        parsed = pd.to_datetime(raw, errors="coerce")
-        bad = (parsed.isna() & raw.notna()).to_numpy()
+def _integer_text(raw: pd.Series) -> pd.Series | None:
+    """The dates as digit strings (NaN where missing) when every present value is an integer (an int column,
+    whole floats, digit text), else None: pandas reads integers as nanoseconds since 1970, never as YYYYMMDD."""
+    present = raw.dropna()
+    if len(present) == 0 or raw.dtype == bool:
+        return None
+    if pd.api.types.is_numeric_dtype(raw):
+        v = present.to_numpy(dtype=np.float64)
+        if not (np.isfinite(v).all() and (v == np.round(v)).all()):
+            return None
+        text = present.astype(np.int64).astype(str)
+    else:
+        if not str(present.iloc[0]).strip().isdigit():  # text dates: decided on the first, no pass over all
+            return None
+        text = present.astype(str).str.strip()
+        if not text.str.fullmatch(r"\d+").all():
+            return None
+    return text.reindex(raw.index)
+
+
+def parse_dates(raw: pd.Series, date_format: str | None = None) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """(datetime64[D] with NaT, mask of the present values that do not parse, the note of detected integer
+    YYYYMMDD dates or None). pandas' own warnings are silenced: the bad values are named in the error instead."""
+    raw = raw.reset_index(drop=True)
+    digits = _integer_text(raw)
+    note = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "Could not infer format ...": the error names the value
+        if pd.api.types.is_datetime64_any_dtype(raw):  # a typed column (Parquet): nothing to read
+            parsed = raw
+        elif date_format is not None:
+            text = digits if digits is not None else raw.where(raw.isna(), raw.astype(str))
+            parsed = pd.to_datetime(text, format=date_format, errors="coerce")
+        elif digits is not None:
+            parsed = pd.to_datetime(digits.where(digits.str.len() == 8), format="%Y%m%d", errors="coerce")
+            if parsed.notna().any():  # shown on the earliest date
+                first = parsed.idxmin()
+                note = f"integer YYYYMMDD detected ({digits.iloc[first]} -> {parsed.iloc[first].date()})"
+        elif pd.api.types.is_numeric_dtype(raw) or raw.dtype == bool:  # fractional numbers are no dates
+            parsed = pd.Series(pd.NaT, index=raw.index, dtype="datetime64[ns]")
+        else:
+            try:
+                parsed = pd.to_datetime(raw, errors="raise")
+            except (ValueError, TypeError, OverflowError):
+                parsed = pd.to_datetime(raw, errors="coerce")
     if getattr(parsed.dt, "tz", None) is not None:
         parsed = parsed.dt.tz_localize(None)
-    return parsed.to_numpy().astype("datetime64[D]"), bad
+    bad = (parsed.isna() & raw.notna()).to_numpy()
+    return parsed.to_numpy().astype("datetime64[D]"), bad, note
+
+
+def _date_problems(raw_dates: pd.Series, dates: np.ndarray, unparsable: np.ndarray, rows: _Rows, col: Any,
+                   opts: IngestOptions, where: str) -> list[str]:
+    """The date column's problems; CliError at once when no date parses (nothing else can be checked)."""
+    if not (unparsable.any() or np.isnat(dates).all()):
+        how = ""
+    elif opts.date_format:
+        how = f"--date-format {opts.date_format!r}"
+    elif _integer_text(raw_dates) is not None:
+        how = "integers are read as YYYYMMDD; else give --date-format"
+    else:
+        how = "give --date-format"
+    problems = []
+    if unparsable.any():
+        first = raw_dates.iloc[int(np.flatnonzero(unparsable)[0])]
+        problems.append(f"column {col!r}: unparsable date {_shown(first)} ({int(unparsable.sum())} row(s), "
+                        f"e.g. {rows.examples(unparsable)}; {how})")
+    if np.isnat(dates).all():
+        raise CliError(f"{where}: column {col!r}: no parsable date (first value {_shown(raw_dates.iloc[0])}; {how})")
+    missing = np.isnat(dates) & ~unparsable
+    if missing.any():
+        problems.append(f"column {col!r}: {int(missing.sum())} missing date(s) "
+                        f"(symbols {', '.join(rows.symbols[missing].astype(str).unique()[:N_EXAMPLES])})")
+    return problems
 
 
 def _numeric(s: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -346,53 +555,70 @@ def _numeric(s: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return num.to_numpy(dtype=np.float64, na_value=np.nan), bad
 
 
-def _validate(df: pd.DataFrame, cols: dict, fields: list[str], where: str) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, _Rows]:
-    """Parse and check the whole table; one CliError naming every problem, or (values, dates, symbols, rows)."""
-    problems: list[str] = []
-    raw_dates = df[cols["date"]]
-    dates, unparsable = _parse_date_column(raw_dates)
-    sym = df[cols["symbol"]]
+def bound_problems(dates: np.ndarray, symbols: np.ndarray, opts: IngestOptions) -> list[str]:
+    """What makes the rows (each with a price) too small for a panel: fewer than MIN_SYMBOLS symbols (nothing
+    to rank across), fewer days than opts.needed_days() (no labelled sample after a first lookback window)."""
+    problems = []
+    syms, days = np.unique(symbols.astype(str)), np.unique(dates)
+    if len(syms) < MIN_SYMBOLS:
+        problems.append(f"{len(syms)} symbol(s) with a price ({', '.join(syms[:N_EXAMPLES]) or 'none'}): a panel "
+                        f"needs >= {MIN_SYMBOLS} (a cross-section to rank)")
+    need, rule = opts.needed_days()
+    if len(days) < need:
+        span = f" ({days[0]} .. {days[-1]})" if len(days) else ""
+        problems.append(f"{len(days)} day(s) with a price{span}: a panel needs >= {need} ({rule})")
+    return problems
+
+
+@dataclass
+class _Checked:
+    """The validated table: parsed values by field, keys, and what the date reading noticed."""
+    values: dict[str, np.ndarray]
+    dates: np.ndarray
+    symbols: np.ndarray
+    rows: _Rows
+    date_note: str | None
+
+
+def _validate(df: pd.DataFrame, cols: dict, used: dict[str, Any], opts: IngestOptions, where: str) -> _Checked:
+    """Parse and check the whole table; one CliError naming every problem (bounds included), or the values."""
+    raw_dates, sym = df[cols["date"]].reset_index(drop=True), df[cols["symbol"]].reset_index(drop=True)
+    dates, unparsable, note = parse_dates(raw_dates, opts.date_format)
     rows = _Rows(raw_dates, dates, sym)
-    if unparsable.any():
-        first = raw_dates.iloc[int(np.flatnonzero(unparsable)[0])]
-        problems.append(f"column {cols['date']!r}: unparsable date {first!r} ({int(unparsable.sum())} row(s), "
-                        f"e.g. {rows.examples(unparsable)})")
-    if np.isnat(dates).all():
-        raise CliError(f"{where}: column {cols['date']!r}: no parsable date (first value {raw_dates.iloc[0]!r})")
-    missing_date = np.isnat(dates) & ~unparsable
-    if missing_date.any():
-        problems.append(f"column {cols['date']!r}: {int(missing_date.sum())} missing date(s) "
-                        f"(symbols {', '.join(map(str, sym[missing_date].astype(str).unique()[:N_EXAMPLES]))})")
+    problems = _date_problems(raw_dates, dates, unparsable, rows, cols["date"], opts, where)
     missing_sym = sym.isna().to_numpy()
     if missing_sym.any():
         problems.append(f"column {cols['symbol']!r} has {int(missing_sym.sum())} missing value(s), at "
                         f"{rows.examples(missing_sym)}")
     values: dict[str, np.ndarray] = {}
-    for field in fields:
-        s = df[cols[field]].reset_index(drop=True)
+    for key, col in used.items():
+        s = df[col].reset_index(drop=True)
         v, bad = _numeric(s)
         if s.dtype == bool:
-            problems.append(f"column {cols[field]!r} is not numeric (dtype bool)")
+            problems.append(f"column {col!r} is not numeric (dtype bool)")
         elif bad.any():
-            problems.append(f"column {cols[field]!r} is not numeric: {int(bad.sum())} value(s), first "
+            problems.append(f"column {col!r} is not numeric: {int(bad.sum())} value(s), first "
                             f"{rows.examples(bad, s)}")
         inf = np.isinf(v)
         if inf.any():
-            problems.append(f"column {cols[field]!r} has {int(inf.sum())} infinite value(s), first {rows.examples(inf)}")
+            problems.append(f"column {col!r} has {int(inf.sum())} infinite value(s), first {rows.examples(inf)}")
             v = np.where(inf, np.nan, v)
-        values[field] = v
+        values[key] = v
     symbols = sym.astype(str).to_numpy(dtype=object)
     keyed = ~np.isnat(dates) & ~missing_sym
-    keys = pd.DataFrame({"date": dates, "symbol": symbols})
-    dup = keys.duplicated(keep="first").to_numpy() & keyed
+    dup = pd.DataFrame({"date": dates, "symbol": symbols}).duplicated(keep="first").to_numpy() & keyed
     if dup.any():
         problems.append(f"{int(dup.sum())} duplicate (date, symbol) row(s), first: {rows.examples(dup)}")
+    priced = keyed & (values["close"] > 0)
+    if priced.any():  # none at all is its own error, after the repairs
+        problems += bound_problems(dates[priced], symbols[priced], opts)
     if problems:
         head = f"{len(problems)} problems: " if len(problems) > 1 else ""
         raise CliError(f"{where}: {head}" + "; ".join(problems))
-    return values, dates, symbols, rows
+    return _Checked(values, dates, symbols, rows, note)
 
 
+# ------------------------------------------------------------------------------------------------- repairs
 def _repairs(values: dict[str, np.ndarray], cols: dict, adjust_col: str | None) -> tuple[dict, np.ndarray]:
     """({kind: bool mask of the input rows it touches}, rows to drop), and the values repaired in place."""
     prices = [f for f in PRICE_FIELDS if f in values]
@@ -403,214 +629,322 @@ def _repairs(values: dict[str, np.ndarray], cols: dict, adjust_col: str | None) 
     kinds = {"placeholder": all_bad & ~empty}
     kinds["bad_close"] = nonpos["close"] & ~kinds["placeholder"]
     gone = empty | kinds["placeholder"] | kinds["bad_close"] | missing["close"]
+    none = np.zeros(len(gone), dtype=bool)
     for f in ("open", "high", "low"):
-        kinds[f"bad_{f}"] = (nonpos[f] & ~gone) if f in values else np.zeros(len(gone), dtype=bool)
+        kinds[f"bad_{f}"] = (nonpos[f] & ~gone) if f in values else none
         if f in values:
             values[f] = np.where(nonpos[f], np.nan, values[f])
-    if "volume" in values:
-        kinds["negative_volume"] = (values["volume"] < 0) & ~gone
-        values["volume"] = np.where(values["volume"] < 0, np.nan, values["volume"])
-    else:
-        kinds["negative_volume"] = np.zeros(len(gone), dtype=bool)
+    for f in ("volume", TRADED_VALUE):
+        kinds[f"negative_{f}"] = (values[f] < 0) & ~gone if f in values else none
+        if f in values:
+            values[f] = np.where(values[f] < 0, np.nan, values[f])
     for f in ("factor", "adj_close"):
         if f == adjust_col:
             kinds[f"bad_{f}"] = ~(values[f] > 0) & ~gone
             gone = gone | kinds[f"bad_{f}"]
         else:
-            kinds[f"bad_{f}"] = np.zeros(len(gone), dtype=bool)
+            kinds[f"bad_{f}"] = none
     return kinds, gone
 
 
 def _repair_text(kinds: dict[str, np.ndarray], cols: dict, rows: _Rows) -> list[str]:
     """One phrase per repair kind that happened: count, unit, column and the first (date, symbol) examples."""
     out = []
-    for kind, unit, field in REPAIR_KINDS:
+    for kind, unit, fld in REPAIR_KINDS:
         mask = kinds.get(kind)
         if mask is None or not mask.any():
             continue
-        col = f" in column {cols[field]!r}" if field is not None and field in cols else ""
+        col = f" in column {cols[fld]!r}" if fld is not None and fld in cols else ""
         out.append(f"{kind} {int(mask.sum())} {unit}(s){col}, first {rows.examples(mask)}")
     return out
 
 
-def _check_settings(horizon, label_lag, max_up, max_down, reversal_days, min_price, min_traded_value,
-                    liquidity_window, max_stale_share) -> None:
-    def integer(x) -> bool:
-        return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
-
-    if not integer(horizon) or horizon < 1:
-        raise CliError(f"--horizon must be a positive integer (got {horizon!r})")
-    if not integer(label_lag) or label_lag < 0:
-        raise CliError(f"--label-lag must be an integer >= 0 (got {label_lag!r})")
-    if not np.isfinite(max_up) or max_up <= 0:
-        raise CliError(f"--max-up must be a positive number (got {max_up!r}; 1.0 = +100 %)")
-    if not np.isfinite(max_down) or not 0 < max_down < 1:
-        raise CliError(f"--max-down must be in (0, 1) (got {max_down!r}; 0.4 = -40 %)")
-    if not integer(reversal_days) or reversal_days < 1:
-        raise CliError(f"--reversal-days must be a positive integer (got {reversal_days!r})")
-    for name, v in (("--min-price", min_price), ("--min-traded-value", min_traded_value)):
-        if not np.isfinite(v) or v < 0:
-            raise CliError(f"{name} must be a number >= 0 (got {v!r}; 0 = off)")
-    if not integer(liquidity_window) or liquidity_window < 2:
-        raise CliError(f"--liquidity-window must be an integer >= 2 (got {liquidity_window!r})")
-    if max_stale_share is not None and not (np.isfinite(max_stale_share) and 0 <= max_stale_share <= 1):
-        raise CliError(f"--max-stale-share must be in [0, 1] (got {max_stale_share!r})")
+# ------------------------------------------------------------------------------------------ calendar gaps
+def calendar_gaps(dates: np.ndarray, max_gap_days: int) -> np.ndarray:
+    """Indices d of the calendar (sorted unique dates) more than max_gap_days calendar days after day d-1:
+    where a stretch starts after a hole (a vendor's missing weeks, a long closure), not after a holiday."""
+    steps = np.diff(np.asarray(dates).astype("datetime64[D]")).astype(np.int64)
+    return np.flatnonzero(steps > max_gap_days) + 1
 
 
-# ------------------------------------------------------------------------------------------------- ingest
-def ingest_ohlcv(df: pd.DataFrame, horizon: int = 5, *, date_col: str | None = None, symbol_col: str | None = None,
-                 label_lag: int = DEFAULT_LABEL_LAG, max_up: float = DEFAULT_MAX_UP,
-                 max_down: float = DEFAULT_MAX_DOWN, reversal_days: int = DEFAULT_REVERSAL_DAYS,
-                 adjust: bool = True, strict: bool = False, min_price: float = 0.0, min_traded_value: float = 0.0,
-                 liquidity_window: int = DEFAULT_LIQUIDITY_WINDOW, max_stale_share: float | None = None,
-                 max_jump: float | None = None, where: str = "ohlcv") -> tuple[pd.DataFrame, dict]:
-    """Long OHLCV table -> (panel long table, metadata). See docs/data.md for the rules.
+def gap_list(dates: np.ndarray, starts: np.ndarray) -> list[list]:
+    """[[last date before, first date after, calendar days], ...] of each gap."""
+    return [[str(dates[g - 1]), str(dates[g]), int((dates[g] - dates[g - 1]).astype(np.int64))] for g in starts]
 
-    `max_jump` (deprecated): the old symmetric limit, read as max_up = J, max_down = J / (1 + J)."""
-    if max_jump is not None:
-        if not np.isfinite(max_jump) or max_jump <= 0:
-            raise CliError(f"--max-jump must be a positive number (got {max_jump!r})")
-        max_up, max_down = limits_from_max_jump(max_jump)
-    _check_settings(horizon, label_lag, max_up, max_down, reversal_days, min_price, min_traded_value,
-                    liquidity_window, max_stale_share)
-    H, L = int(horizon), int(label_lag)
-    if len(df) == 0:
-        raise CliError(f"{where}: no rows")
-    cols = resolve_columns(list(df.columns), date_col, symbol_col, where)
-    if (min_traded_value > 0) and "volume" not in cols:
-        raise CliError(f"{where}: --min-traded-value needs a volume column (none of {', '.join(ALIASES['volume'][:3])})")
-    adjust_col = None if not adjust else ("factor" if "factor" in cols else "adj_close" if "adj_close" in cols else None)
 
-    # --- 1. validate everything, 2. repair (or refuse, strict) -----------------------------------------------
-    used = [f for f in ("open", "high", "low", "close", "volume") if f in cols] + ([adjust_col] if adjust_col else [])
-    values, dates, symbols, rows = _validate(df, cols, used, where)
-    kinds, gone = _repairs(values, cols, adjust_col)
-    repaired = _repair_text(kinds, cols, rows)
-    if strict and repaired:
-        raise CliError(f"{where}: --strict: {len(repaired)} kind(s) of repair refused: " + "; ".join(repaired))
-    keep = ~gone
-    if not keep.any():
-        raise CliError(f"{where}: column {cols['close']!r}: no row with a positive close")
+def _gap_text(gaps: list[list], max_gap_days: int) -> list[str]:
+    """The calendar_gap phrase of the repairs (empty without gaps), with the first gaps' dates."""
+    if not gaps:
+        return []
+    shown = ", ".join(f"{a} -> {b} ({n} days)" for a, b, n in gaps[:N_EXAMPLES])
+    return [f"calendar_gap {len(gaps)} gap(s) longer than {max_gap_days} days, first {shown}"
+            + (", ..." if len(gaps) > N_EXAMPLES else "")]
 
-    uniq_dates, di = np.unique(dates[keep], return_inverse=True)
-    uniq_syms, si = np.unique(symbols[keep].astype(str), return_inverse=True)
-    D, S = len(uniq_dates), len(uniq_syms)
 
-    def to_wide(v: np.ndarray) -> pd.DataFrame:
-        arr = np.full((D, S), np.nan)
-        arr[di, si] = v[keep]
+def _by_stretch(starts: np.ndarray, n_rows: int, fn: Callable[[slice], dict]) -> dict[str, pd.DataFrame]:
+    """fn on each stretch of calendar rows between gaps, the pieces stacked: no window reaches across a gap."""
+    edges = [0, *[int(g) for g in starts], n_rows]
+    parts = [fn(slice(a, b)) for a, b in pairwise(edges)]
+    return parts[0] if len(parts) == 1 else {k: pd.concat([p[k] for p in parts]) for k in parts[0]}
+
+
+def crosses_gap(n_days: int, starts: np.ndarray, span: int) -> np.ndarray:
+    """bool [D]: a gap starts in t+1 .. t+span (a label decided at t and ending at t+span would straddle it)."""
+    is_start = np.zeros(n_days + span + 1, dtype=np.int64)
+    is_start[np.asarray(starts, dtype=np.int64)] = 1
+    count = np.cumsum(is_start)
+    t = np.arange(n_days)
+    return count[t + span] - count[t] > 0
+
+
+# ------------------------------------------------------------------------------------------------- stages
+@dataclass
+class _Grid:
+    """The kept rows on the wide [dates x symbols] calendar: its dates, symbols and each kept row's cell."""
+    dates: np.ndarray
+    symbols: np.ndarray
+    di: np.ndarray
+    si: np.ndarray
+    keep: np.ndarray
+
+    @classmethod
+    def of(cls, dates: np.ndarray, symbols: np.ndarray, keep: np.ndarray) -> _Grid:
+        uniq_dates, di = np.unique(dates[keep], return_inverse=True)
+        uniq_syms, si = np.unique(symbols[keep].astype(str), return_inverse=True)
+        return cls(uniq_dates, uniq_syms, di, si, keep)
+
+    def wide(self, v: np.ndarray) -> pd.DataFrame:
+        """A per-input-row array as a [dates x symbols] frame, NaN where a stock has no kept row."""
+        arr = np.full((len(self.dates), len(self.symbols)), np.nan)
+        arr[self.di, self.si] = v[self.keep]
         return pd.DataFrame(arr)
 
-    raw = {f: to_wide(values[f]) for f in NUMERIC_FIELDS if f in values}
+    def cells(self, frame: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """The kept rows' values of a wide frame, in input-row order."""
+        return np.asarray(frame)[self.di, self.si]
 
-    # --- 3. corporate actions: the file's adjustment, then what is left beyond the limits ----------------------
-    ratio = None
-    if adjust_col == "factor":
-        ratio = raw["factor"]
-    elif adjust_col == "adj_close":
-        ratio = raw["adj_close"] / raw["close"]
-    pre_adjusted = {f for f in ("open", "high", "low", "volume") if f in cols and _normalise_name(cols[f]).startswith("adj")}
-    px = {}
-    for f in ("open", "high", "low", "close"):
-        if f in raw:
-            px[f] = raw[f] * ratio if ratio is not None and f not in pre_adjusted else raw[f]
+
+def _adjust(raw: dict[str, pd.DataFrame], cols: dict, adjust_col: str | None):
+    """(ratio or None, adjusted open / high / low / close / volume, no-trade days): the file's adjustment, and
+    zero volume (or zero traded value) read as a halted day, since its price is stale."""
+    ratio = raw["factor"] if adjust_col == "factor" else (
+        raw["adj_close"] / raw["close"] if adjust_col == "adj_close" else None)
+    pre_adjusted = {f for f in ("open", "high", "low", "volume") if f in cols
+                    and _normalise_name(cols[f]).startswith("adj")}
+    px = {f: raw[f] * ratio if ratio is not None and f not in pre_adjusted else raw[f]
+          for f in PRICE_FIELDS if f in raw}
     if "volume" in raw:  # shares scale inversely: close * volume (traded value) is unchanged
         px["volume"] = raw["volume"] / ratio if ratio is not None and "volume" not in pre_adjusted else raw["volume"]
-    # a zero-volume day did not trade: its price is stale, so it is treated as a halted day
-    zero_volume = raw["volume"].eq(0) if "volume" in raw else pd.DataFrame(False, index=range(D), columns=range(S))
-    if "volume" in raw:
-        px = {f: v.where(~zero_volume) for f, v in px.items()}
-    bad_print, breaks, restarts = classify_moves(px["close"], max_up, max_down, reversal_days)
-
-    # --- 4. features (restarted at every beyond-limit move), 5. labels (lagged; none across a bad print or a
-    # break) -----------------------------------------------------------------------------------------------
-    feats, _ = compute_features(px, max_up, max_down, restarts=restarts)
-    label = f"y{H}"
-    flagged = bad_print | breaks
-    y = forward_return(px["close"], H, flagged, lag=L)
-    # the 1-day return the books formed on t..t-H+1 earn on day t: close t+L -> t+L+1 (same rules)
-    y_1 = forward_return(px["close"], 1, flagged, lag=L)
-
-    # --- 6. universe: filters on the raw (traded) prices; out -> no label, features kept ----------------------
-    fails, liquidity = universe_filters(raw["close"], raw.get("volume"), min_price=min_price,
-                                        min_traded_value=min_traded_value, window=liquidity_window,
-                                        max_stale_share=max_stale_share)
-    out_of = np.logical_or.reduce([fails[n].to_numpy() for n in UNIVERSE_FILTERS])
-    y = y.where(~out_of)
-    if label == RETURNS:
-        y_1 = y
-    # y1 (H > 1) keeps out-of-universe rows: a book formed while a stock was in the universe still earns its
-    # return on the days it is held, whether or not the stock passes the filters then
-
-    names = feature_names(set(px))
-    out = {"date": uniq_dates[di], "symbol": uniq_syms[si].astype(object)}
-    for name in names:
-        out[name] = feats[name].to_numpy()[di, si].astype(np.float32)
-    out[label] = y.to_numpy()[di, si].astype(np.float32)
-    if label != RETURNS:
-        out[RETURNS] = y_1.to_numpy()[di, si].astype(np.float32)
-    for f in ("open", "high", "low", "close", "volume"):
+    no_trade = pd.DataFrame(False, index=raw["close"].index, columns=raw["close"].columns)
+    for f in ("volume", TRADED_VALUE):
         if f in raw:
-            out[f] = raw[f].to_numpy()[di, si]
-    if ratio is not None:
-        out["adj_close"] = (raw["close"] * ratio).to_numpy()[di, si]
-    out["suspect_jump"] = bad_print.to_numpy()[di, si]
-    out["price_break"] = breaks.to_numpy()[di, si]
-    out[UNIVERSE] = ~out_of[di, si]
+            no_trade |= raw[f].eq(0)
+    return ratio, {f: v.where(~no_trade) for f, v in px.items()}, no_trade
+
+
+def _moves_and_features(px: dict[str, pd.DataFrame], starts: np.ndarray, opts: IngestOptions):
+    """({bad_print, breaks, restarts}, features, feature values the gaps masked), each stretch between calendar
+    gaps on its own: a move across a gap is no move, and no window reads the other side. The count compares
+    with the features computed across the gaps (only when there are gaps)."""
+    close, n = px["close"], len(px["close"])
+
+    def moves(sl: slice) -> dict:
+        return dict(zip(("bad_print", "breaks", "restarts"),
+                        classify_moves(close.iloc[sl], opts.max_up, opts.max_down, opts.reversal_days)))
+
+    flags = _by_stretch(starts, n, moves)
+
+    def feats(sl: slice) -> dict:
+        return compute_features({k: v.iloc[sl] for k, v in px.items()}, opts.max_up, opts.max_down,
+                                restarts=flags["restarts"].iloc[sl])[0]
+
+    out = _by_stretch(starts, n, feats)
+    masked = 0
+    if len(starts):
+        whole = feats(slice(0, n))
+        masked = sum(int((np.isfinite(whole[k].to_numpy()) & ~np.isfinite(out[k].to_numpy())).sum()) for k in out)
+    return flags, out, masked
+
+
+def _labels(close: pd.DataFrame, flagged: pd.DataFrame, starts: np.ndarray, opts: IngestOptions):
+    """({yH, y1}, {label: labels the gaps masked}): lagged forward returns, none over a bad print or a break,
+    none whose span t+1 .. t+L+H (decision to last close) crosses a calendar gap."""
+    H, L = opts.horizon, opts.label_lag
+    labels, masked = {}, {}
+    for name, h in ((f"y{H}", H), (RETURNS, 1)):
+        y = forward_return(close, h, flagged, lag=L)
+        across = np.broadcast_to(crosses_gap(len(close), starts, L + h)[:, None], y.shape)
+        masked[name] = int((y.notna().to_numpy() & across).sum())
+        labels[name] = y.where(~across)
+    return labels, masked
+
+
+@dataclass
+class _Stages:
+    """What the stages of one ingest made, for the table and the metadata."""
+    opts: IngestOptions
+    cols: dict
+    extras: dict
+    adjust_col: str | None
+    checked: _Checked
+    kinds: dict
+    gone: np.ndarray
+    repaired: list
+    grid: _Grid
+    gaps: np.ndarray
+    raw: dict = field(default_factory=dict)
+    results: dict = field(default_factory=dict)
+
+
+def _table(st: _Stages) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """(panel long table sorted by date and symbol, feature names in model-input order, aux columns)."""
+    g, r = st.grid, st.results
+    names = feature_names(set(r["px"]))
+    out = {"date": g.dates[g.di], "symbol": g.symbols[g.si].astype(object)}
+    for name in names:
+        out[name] = g.cells(r["features"][name]).astype(np.float32)
+    halted = g.cells(r["no_trade"])
+    for feat in st.extras:  # as given, NaN on a halted (zero-volume) day like every feature
+        out[feat] = np.where(halted, np.nan, st.checked.values["extra:" + feat][g.keep]).astype(np.float32)
+    for name, y in r["labels"].items():
+        out[name] = g.cells(y).astype(np.float32)
+    for f in ("open", "high", "low", "close", "volume", TRADED_VALUE):
+        if f in st.raw:
+            out[f] = g.cells(st.raw[f])
+    if r["ratio"] is not None:
+        out["adj_close"] = g.cells(st.raw["close"] * r["ratio"])
+    out["suspect_jump"] = g.cells(r["flags"]["bad_print"]).astype(bool)
+    out["price_break"] = g.cells(r["flags"]["breaks"]).astype(bool)
+    out[UNIVERSE] = ~g.cells(r["out_of"])
     aux = [UNIVERSE]
-    if liquidity is not None:
-        out[LIQUIDITY] = liquidity.to_numpy()[di, si]
+    if r["liquidity"] is not None:
+        out[LIQUIDITY] = g.cells(r["liquidity"])
         aux.append(LIQUIDITY)
     panel = pd.DataFrame(out).sort_values(["date", "symbol"], kind="stable").reset_index(drop=True)
+    return panel, names + list(st.extras), aux
 
-    brk, bp = breaks.to_numpy(), bad_print.to_numpy()
+
+def _corporate_meta(st: _Stages) -> dict:
+    """The corporate_actions metadata: adjustment, breaks (with their first price ratios), bad print episodes."""
+    g, px, flags = st.grid, st.results["px"], st.results["flags"]
+    brk, bp = flags["breaks"].to_numpy(dtype=bool), flags["bad_print"].to_numpy(dtype=bool)
     bd, bs = np.nonzero(brk)
     with np.errstate(divide="ignore", invalid="ignore"):
         step = (px["close"] / px["close"].ffill().shift(1)).to_numpy()
-    order = np.lexsort((uniq_syms[bs], bd))[:N_EXAMPLES]
-    n_present = len(panel)
-    universe_meta = {
-        "filters": {"min_price": float(min_price), "min_traded_value": float(min_traded_value),
-                    "liquidity_window": int(liquidity_window),
-                    "max_stale_share": None if max_stale_share is None else float(max_stale_share)},
-        "rows_out": {n: int(fails[n].to_numpy().sum()) for n in UNIVERSE_FILTERS},
-        "rows_out_total": int(out_of.sum()), "rows": n_present,
+    order = np.lexsort((g.symbols[bs], bd))[:N_EXAMPLES]
+    starts = bp & ~np.vstack([np.zeros((1, bp.shape[1]), bool), bp[:-1]])
+    return {
+        "adjustment": st.adjust_col or "none",
+        "adjustment_column": None if st.adjust_col is None else str(st.cols[st.adjust_col]),
+        "breaks": int(brk.sum()), "bad_prints": int(starts.sum()),
+        "break_examples": [f"({g.dates[bd[i]]}, {g.symbols[bs[i]]}) x{step[bd[i], bs[i]]:.3g}" for i in order],
     }
+
+
+def _meta(st: _Stages, panel: pd.DataFrame, features: list[str], aux: list[str], n_input: int) -> dict:
+    """The panel's metadata (docs/data.md, "Panel file"): labels, repairs, corporate actions, gaps, universe."""
+    o, r, H = st.opts, st.results, st.opts.horizon
+    label = f"y{H}"
+    fails = r["fails"]
     meta = {
-        "version": PANEL_VERSION,
-        "features": names,
-        "labels": [label] + ([RETURNS] if label != RETURNS else []),
-        "horizons": {label: H, RETURNS: 1},
-        "label_lag": L,
-        "returns": RETURNS,
-        "source": "ingest",
-        "aux_columns": aux,
-        "repairs": {kind: int(kinds[kind].sum()) for kind, _, _ in REPAIR_KINDS},
-        "repair_summary": repaired,
-        "corporate_actions": {
-            "adjustment": adjust_col or "none",
-            "adjustment_column": None if adjust_col is None else str(cols[adjust_col]),
-            "breaks": int(brk.sum()), "bad_prints": int((bp & ~np.vstack([np.zeros((1, S), bool), bp[:-1]])).sum()),
-            "break_examples": [f"({uniq_dates[bd[i]]}, {uniq_syms[bs[i]]}) x{step[bd[i], bs[i]]:.3g}" for i in order],
-        },
-        "universe": universe_meta,
-        "params": {"columns": {k: str(v) for k, v in cols.items()}, "label_lag": L,
-                   "max_up": float(max_up), "max_down": float(max_down), "reversal_days": int(reversal_days),
-                   "adjust": bool(adjust), "strict": bool(strict),
-                   "n_rows_input": len(df), "n_rows_dropped": int(gone.sum()),
-                   "n_rows_without_price": int(gone.sum()) - sum(int(kinds[k].sum()) for k, unit, _ in REPAIR_KINDS
-                                                                 if unit == "row"),
-                   "n_suspect_jumps": int(bad_print.to_numpy().sum()), "n_breaks": int(brk.sum()),
-                   "n_zero_volume_rows": int(zero_volume.to_numpy().sum())},
+        "version": PANEL_VERSION, "features": features,
+        "labels": [label] + ([RETURNS] if label != RETURNS else []), "horizons": {label: H, RETURNS: 1},
+        "label_lag": o.label_lag, "returns": RETURNS, "source": "ingest", "aux_columns": aux,
+        "repairs": {**{kind: int(st.kinds[kind].sum()) for kind, _, _ in REPAIR_KINDS},
+                    "calendar_gap": len(st.gaps)},
+        "repair_summary": st.repaired, "corporate_actions": _corporate_meta(st),
+        "calendar_gaps": {"max_gap_days": int(o.max_gap_days), "gaps": gap_list(st.grid.dates, st.gaps),
+                          "features_masked": r["features_masked"], "labels_masked": r["labels_masked"]},
+        "universe": {
+            "filters": {"min_price": float(o.min_price), "min_traded_value": float(o.min_traded_value),
+                        "liquidity_window": int(o.liquidity_window),
+                        "max_stale_share": None if o.max_stale_share is None else float(o.max_stale_share)},
+            "rows_out": {n: int(fails[n].to_numpy().sum()) for n in UNIVERSE_FILTERS},
+            "rows_out_total": int(r["out_of"].sum()), "rows": len(panel)},
+    }
+    n_gone = int(st.gone.sum())
+    meta["params"] = {
+        "columns": {k: str(v) for k, v in st.cols.items()}, "label_lag": o.label_lag,
+        "max_up": float(o.max_up), "max_down": float(o.max_down), "reversal_days": int(o.reversal_days),
+        "adjust": bool(o.adjust), "strict": bool(o.strict), "max_gap_days": int(o.max_gap_days),
+        "date_format": o.date_format or ("%Y%m%d" if st.checked.date_note else None),
+        "date_note": st.checked.date_note, "traded_value": st.cols.get(TRADED_VALUE),
+        "extra_features": {k: str(v) for k, v in st.extras.items()}, "min_days": o.needed_days()[0],
+        "n_rows_input": n_input, "n_rows_dropped": n_gone,
+        "n_rows_without_price": n_gone - sum(int(st.kinds[k].sum()) for k, unit, _ in REPAIR_KINDS if unit == "row"),
+        "n_suspect_jumps": int(r["flags"]["bad_print"].to_numpy().sum()),
+        "n_breaks": int(r["flags"]["breaks"].to_numpy().sum()),
+        "n_zero_volume_rows": int(r["no_trade"].to_numpy().sum()),
     }
     meta["coverage"] = {name: dict(zip(("present", "rows", "basis"), label_coverage(panel, name)))
                         for name in meta["labels"]}
-    return panel, meta
+    return meta
+
+
+def _prepare(df: pd.DataFrame, opts: IngestOptions, where: str) -> _Stages:
+    """Columns, validation (every problem at once), repairs (refused when strict), calendar and bounds."""
+    if len(df) == 0:
+        raise CliError(f"{where}: no rows")
+    cols = resolve_columns(list(df.columns), opts.date_col, opts.symbol_col, where, opts.traded_value)
+    extras = extra_columns(list(df.columns), cols, opts.extra_features, where)
+    if opts.min_traded_value > 0 and "volume" not in cols and TRADED_VALUE not in cols:
+        raise CliError(f"{where}: --min-traded-value needs a volume column (none of "
+                       f"{', '.join(ALIASES['volume'][:3])}) or --traded-value")
+    adjust_col = None if not opts.adjust else next((f for f in ("factor", "adj_close") if f in cols), None)
+    fields = [f for f in ("open", "high", "low", "close", "volume", TRADED_VALUE) if f in cols]
+    used = {f: cols[f] for f in fields + ([adjust_col] if adjust_col else [])}
+    used.update({"extra:" + feat: col for feat, col in extras.items()})
+    checked = _validate(df, cols, used, opts, where)
+    kinds, gone = _repairs(checked.values, cols, adjust_col)
+    if gone.all():
+        raise CliError(f"{where}: column {cols['close']!r}: no row with a positive close")
+    grid = _Grid.of(checked.dates, checked.symbols, ~gone)
+    gaps = calendar_gaps(grid.dates, opts.max_gap_days)
+    repaired = _repair_text(kinds, cols, checked.rows) + _gap_text(gap_list(grid.dates, gaps), opts.max_gap_days)
+    if opts.strict and repaired:
+        raise CliError(f"{where}: --strict: {len(repaired)} kind(s) of repair refused: " + "; ".join(repaired))
+    small = bound_problems(checked.dates[~gone], checked.symbols[~gone], opts)  # what the repairs left
+    if small:
+        raise CliError(f"{where}: after the repairs: " + "; ".join(small))
+    return _Stages(opts, cols, extras, adjust_col, checked, kinds, gone, repaired, grid, gaps)
+
+
+def ingest_ohlcv(df: pd.DataFrame, horizon: int = HORIZON, *, options: IngestOptions | None = None,
+                 where: str = "ohlcv", **settings) -> tuple[pd.DataFrame, dict]:
+    """Long OHLCV table -> (panel long table, metadata). See docs/data.md for the rules.
+
+    Settings are IngestOptions' fields, as keywords or as `options` (then horizon and keywords are not read)."""
+    opts = (options or IngestOptions(horizon=horizon, **settings)).checked()
+    st = _prepare(df, opts, where)
+    st.raw = {f: st.grid.wide(st.checked.values[f]) for f in NUMERIC_FIELDS + (TRADED_VALUE,)
+              if f in st.checked.values}
+    ratio, px, no_trade = _adjust(st.raw, st.cols, st.adjust_col)
+    flags, feats, features_masked = _moves_and_features(px, st.gaps, opts)
+    labels, labels_masked = _labels(px["close"], flags["bad_print"] | flags["breaks"], st.gaps, opts)
+    fails, liquidity = universe_filters(st.raw["close"], st.raw.get("volume"), min_price=opts.min_price,
+                                        min_traded_value=opts.min_traded_value, window=opts.liquidity_window,
+                                        max_stale_share=opts.max_stale_share, traded_value=st.raw.get(TRADED_VALUE))
+    out_of = np.logical_or.reduce([fails[n].to_numpy() for n in UNIVERSE_FILTERS])
+    label = f"y{opts.horizon}"
+    labels[label] = labels[label].where(~out_of)  # out of the universe: no label, features kept
+    if label == RETURNS:
+        labels[RETURNS] = labels[label]
+    # y1 (H > 1) keeps out-of-universe rows: a book formed while a stock was in the universe still earns its
+    # return on the days it is held, whether or not the stock passes the filters then
+    st.results = {"ratio": ratio, "px": px, "no_trade": no_trade, "flags": flags, "features": feats,
+                  "features_masked": features_masked, "labels": labels, "labels_masked": labels_masked,
+                  "fails": fails, "out_of": out_of, "liquidity": liquidity}
+    panel, features, aux = _table(st)
+    return panel, _meta(st, panel, features, aux, len(df))
 
 
 def summary_lines(meta: dict) -> list[str]:
-    """What ingest did, for the CLI (and `inspect` of an ingested panel): repairs, corporate actions, universe."""
+    """What ingest did, for the CLI (and `inspect` of an ingested panel): dates read, repairs, calendar gaps,
+    corporate actions, liquidity, universe."""
     lines = []
+    note = (meta.get("params") or {}).get("date_note")
+    if note:
+        lines.append("dates      " + note)
     rep = meta.get("repair_summary")
     if rep is not None:
         lines.append("repairs    " + ("; ".join(rep) if rep else "none"))
@@ -626,11 +960,17 @@ def summary_lines(meta: dict) -> list[str]:
                      f"not reversed within {p.get('reversal_days', DEFAULT_REVERSAL_DAYS)} days: likely splits; "
                      f"features restart, no label spans them){ex}; {ca.get('bad_prints', 0)} bad print(s) "
                      f"(reversed spikes: {p.get('n_suspect_jumps', 0)} suspect_jump row(s), no label over them)")
+    lines += _gap_lines(meta)
     uni = meta.get("universe")
     if uni:
         f, window = uni["filters"], uni["filters"]["liquidity_window"]
+        declared = (meta.get("params") or {}).get("traded_value")
+        value = f"traded value {declared!r}" if declared else "close x volume"
+        if LIQUIDITY in (meta.get("aux_columns") or []):
+            lines.append(f"liquidity  {LIQUIDITY}: median {value} over the last {window} days"
+                         + (" (declared with --traded-value, in currency)" if declared else ""))
         what = {"min_price": f"min_price {f['min_price']:g} (raw close)",
-                "min_traded_value": f"min_traded_value {f['min_traded_value']:g} (median close x volume, {window} days)",
+                "min_traded_value": f"min_traded_value {f['min_traded_value']:g} (median {value}, {window} days)",
                 "max_stale_share": f"max_stale_share {f['max_stale_share']} (unchanged close or no volume, {window} days)"}
         on = [n for n in UNIVERSE_FILTERS if (f[n] is not None and f[n] > 0) or (n == "max_stale_share"
                                                                                  and f[n] is not None)]
@@ -642,6 +982,22 @@ def summary_lines(meta: dict) -> list[str]:
     return lines
 
 
+def _gap_lines(meta: dict) -> list[str]:
+    """The calendar gaps line: where the calendar has holes and what no window or label crosses because of them."""
+    gaps = meta.get("calendar_gaps")
+    if not gaps:
+        return []
+    if not gaps["gaps"]:
+        return [f"gaps       none longer than {gaps['max_gap_days']} calendar days"]
+    shown = ", ".join(f"{a} -> {b} ({n} days)" for a, b, n in gaps["gaps"][:N_EXAMPLES])
+    more = ", ..." if len(gaps["gaps"]) > N_EXAMPLES else ""
+    labels = ", ".join(f"{n:,} {name}" for name, n in gaps["labels_masked"].items())
+    line = (f"gaps       {len(gaps['gaps'])} calendar gap(s) longer than {gaps['max_gap_days']} days: {shown}{more}; "
+            f"features restart after each ({gaps['features_masked']:,} feature value(s) masked), no label spans "
+            f"one ({labels} label(s) masked)")
+    return [line]
+
+
 def read_ohlcv(path) -> pd.DataFrame:
     """Read a vendor file: CSV (optionally gzipped) or Parquet."""
     path = Path(path)
@@ -651,6 +1007,6 @@ def read_ohlcv(path) -> pd.DataFrame:
     try:
         if name.endswith((".parquet", ".pq")):
             return pd.read_parquet(path)
-        return pd.read_csv(path)
+        return pd.read_csv(path, low_memory=False)  # one pass: no DtypeWarning on a large mixed column
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, ValueError) as exc:
         raise CliError(f"{path}: cannot read ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
