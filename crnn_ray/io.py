@@ -40,7 +40,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as exc:  # a failed write names the target, not its temporary sibling (pyarrow names none)
+            if exc.filename is None or str(exc.filename).startswith(str(tmp)):
+                exc.filename = str(path) + ("" if exc.filename is None else str(exc.filename)[len(str(tmp)):])
+            raise
         if path.is_dir() and not path.is_symlink():
             old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
             os.replace(path, old)
@@ -181,7 +186,8 @@ class ArgumentParser(argparse.ArgumentParser):
 def os_error_line(exc: OSError) -> str:
     """`<path>: <reason>` of a failed read or write (a full disk, a read-only or missing folder)."""
     where = exc.filename if exc.filename is not None else "?"
-    return f"{where}: {exc.strerror or type(exc).__name__}"
+    reason = os.strerror(exc.errno) if isinstance(exc.errno, int) else (exc.strerror or type(exc).__name__)
+    return f"{where}: {reason}"
 
 
 def cli_main(main: Callable[[list[str] | None], int | None]) -> Callable[[list[str] | None], int]:

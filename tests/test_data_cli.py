@@ -267,3 +267,21 @@ def test_ingest_unparsable_dates_print_one_line_and_no_pandas_warning(tmp_path):
     assert proc.stderr == (f"error: {src}: column 'TradeDate': unparsable date 'yesterday' (1 row(s), e.g. "
                            "('yesterday', AAA); give --date-format)\n")
     assert not out.exists()
+
+
+def test_ingest_to_a_read_only_filesystem_is_one_line(tmp_path, capsys):
+    """An unwritable --out (a tmpfs mounted read-only for the test): `error: OUT: Read-only file system`, exit 2,
+    no traceback (pyarrow's own OSError names no file: the target is named)."""
+    src = tmp_path / "ohlcv.csv"
+    _ohlcv_csv(src)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], check=True)
+    try:
+        capsys.readouterr()
+        rc = main(["ingest", "--ohlcv", str(src), "--out", str(ro / "panel.parquet"), "--horizon", "3",
+                   "--date-col", "TradeDate"])
+        err = capsys.readouterr().err
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], check=False)
+    assert rc == 2 and err == f"error: {ro / 'panel.parquet'}: Read-only file system\n"
