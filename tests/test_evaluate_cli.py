@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from crnn_ray.evaluate import main
@@ -233,3 +235,89 @@ def test_evaluate_flags_and_help_defaults_come_from_the_evaluation_config():
     assert {f.name for f in flags} == {"quantiles", "cost_bps", "min_stocks", "periods_per_year"}
     for f in flags:
         assert re.search(r"\(default: ([^)]*)\)$", helps[flag_name(f)]).group(1) == default_text(f)
+
+
+def _signals_dir(signals: pd.DataFrame, root: Path, metadata: dict | None, horizon_of=lambda date: None) -> Path:
+    """The scorer's layout (date=YYYY-MM-DD/part-0.parquet, the date in the folder only) with its schema metadata
+    `crnn_ray_signals` (None: none); `horizon_of(date)` overrides the horizon per file."""
+    for date, part in signals.groupby("date"):
+        table = pa.Table.from_pandas(part.drop(columns="date").reset_index(drop=True), preserve_index=False)
+        meta = None if metadata is None else {**metadata, **({"horizon": horizon_of(date)} if horizon_of(date) else {})}
+        if meta is not None:
+            table = table.replace_schema_metadata({b"crnn_ray_signals": json.dumps(meta).encode()})
+        (root / f"date={date.date()}").mkdir(parents=True)
+        pq.write_table(table, root / f"date={date.date()}" / "part-0.parquet")
+    return root
+
+
+def test_label_horizon_and_label_lag_come_from_the_signals_metadata(tables, tmp_path, capsys):
+    """The scorer's signals say what they predict: without --horizon the command evaluates at the metadata's
+    horizon (not 1), says so in one line, and gives exactly the figures of the matching explicit flags."""
+    _, lab_path, signals, _, signal, label = tables
+    sig_dir = _signals_dir(signals, tmp_path / "signals", {"method": "mean", "label": "y5", "horizon": 5,
+                                                           "label_lag": 1})
+    bare, explicit = tmp_path / "bare.json", tmp_path / "explicit.json"
+    capsys.readouterr()
+    assert main(["--signals", str(sig_dir), "--labels", str(lab_path), "--json", str(bare)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[0] == "label y5, horizon 5, label_lag 1 from the signals' metadata"
+    assert "execution: label y5 entered at close t+1 (label_lag 1)" in printed
+    got = json.loads(bare.read_text())
+    assert got["params"]["horizon"] == 5 and got["inputs"]["label"] == "y5" and got["inputs"]["label_lag"] == 1
+    ref = evaluate(signal, label, horizon=5)
+    for key in ("ic", "pnl_long_short", "sharpe", "turnover"):
+        assert got["summary"][key] == pytest.approx(ref.summary[key], abs=1e-12), key
+    assert main(["--signals", str(sig_dir), "--labels", str(lab_path), "--label", "y5", "--horizon", "5",
+                 "--label-lag", "1", "--json", str(explicit)]) == 0
+    assert "from the signals' metadata" not in capsys.readouterr().out  # every flag given: nothing taken
+    assert json.loads(explicit.read_text())["summary"] == got["summary"]
+    # one flag left out: only that one is taken (and stated)
+    assert main(["--signals", str(sig_dir), "--labels", str(lab_path), "--label", "y5", "--label-lag", "1",
+                 "--json", str(tmp_path / "one.json")]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "horizon 5 from the signals' metadata"
+
+
+CONTRADICTIONS = {
+    "horizon": (["--horizon", "1"], "error: --horizon 1 contradicts the signals' metadata (horizon 5, label y5): "
+                                    "drop the flag or pass the matching value"),
+    "label": (["--label", "y1"], "error: --label y1 contradicts the signals' metadata (label y5, horizon 5): "
+                                 "drop the flag or pass the matching value"),
+    "label_lag": (["--label", "y5", "--label-lag", "0"],
+                  "error: --label-lag 0 contradicts the signals' metadata (label_lag 1, label y5): "
+                  "drop the flag or pass the matching value"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONTRADICTIONS))
+def test_a_flag_that_contradicts_the_signals_metadata_is_one_line_exit_2(case, tables, tmp_path, capsys):
+    _, lab_path, signals, _, _, _ = tables
+    sig_dir = _signals_dir(signals, tmp_path / "signals", {"label": "y5", "horizon": 5, "label_lag": 1})
+    flags, line = CONTRADICTIONS[case]
+    out = tmp_path / "out.json"
+    capsys.readouterr()
+    rc = main(["--signals", str(sig_dir), "--labels", str(lab_path), *flags, "--json", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 2 and captured.err == line + "\n" and captured.out == ""
+    assert not out.exists() and not list(tmp_path.glob(".out.json*"))
+
+
+def test_signals_without_metadata_keep_the_defaults_and_disagreeing_files_are_refused(tables, tmp_path, capsys):
+    _, lab_path, signals, _, _, _ = tables
+    plain = _signals_dir(signals, tmp_path / "plain", None)  # another producer's files: horizon 1, --label needed
+    capsys.readouterr()
+    assert main(["--signals", str(plain), "--labels", str(lab_path), "--label", "y5", "--json",
+                 str(tmp_path / "p.json")]) == 0
+    assert "from the signals' metadata" not in capsys.readouterr().out
+    assert json.loads((tmp_path / "p.json").read_text())["params"]["horizon"] == 1
+    assert main(["--signals", str(plain), "--labels", str(lab_path), "--json", str(tmp_path / "q.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --label is required") and err.count("\n") == 1 and not (tmp_path / "q.json").exists()
+
+    first = signals["date"].min()
+    mixed = _signals_dir(signals, tmp_path / "mixed", {"label": "y5", "horizon": 5},
+                         horizon_of=lambda date: 1 if date == first else None)
+    assert main(["--signals", str(mixed), "--labels", str(lab_path), "--json", str(tmp_path / "m.json")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {mixed}: the files' crnn_ray_signals metadata disagree on horizon (1, 5): evaluate one " \
+                  f"run's signals at a time\n"
+    assert not (tmp_path / "m.json").exists()

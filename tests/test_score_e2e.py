@@ -107,6 +107,51 @@ def test_outputs_agree_with_evaluate_and_show_oracle(experiment, scored, tmp_pat
     assert list(labels.columns) == ["date", "symbol", "y5", "y1"] and labels[["y5", "y1"]].notna().any(axis=1).all()
 
 
+def test_evaluate_takes_label_horizon_and_lag_from_the_signals_metadata(scored, tmp_path, capsys):
+    """`python -m crnn_ray.evaluate` on the scorer's files without --label / --horizon / --label-lag evaluates at
+    the signals' own horizon (it ran as horizon 1 before), giving metrics.json's figures to the last bit; a flag
+    that contradicts the metadata is one line, exit 2, nothing written."""
+    from crnn_ray.evaluate import main as evaluate_main
+
+    metrics = json.loads((scored / "metrics.json").read_text())
+    assert metrics["label"] == "y5" and metrics["horizon"] == 5
+    meta = json.loads(pq.read_schema(next((scored / "signals").rglob("*.parquet"))).metadata[b"crnn_ray_signals"])
+    assert (meta["label"], meta["horizon"], meta["label_lag"]) == ("y5", 5, metrics["label_lag"])
+    argv = metrics["recompute"].split()[3:]
+    bare = list(argv)
+    for flag in ("--label", "--horizon", "--label-lag"):
+        i = bare.index(flag)
+        del bare[i:i + 2]
+    bare[bare.index("--json") + 1] = str(tmp_path / "bare.json")
+    capsys.readouterr()
+    assert evaluate_main(bare) == 0
+    printed = capsys.readouterr().out
+    assert f"label y5, horizon 5, label_lag {metrics['label_lag']} from the signals' metadata" in printed
+    got = json.loads((tmp_path / "bare.json").read_text())
+    assert got["summary"] == metrics["ensemble"]["summary"] and got["params"] == metrics["ensemble"]["params"]
+
+    wrong = list(argv)
+    wrong[wrong.index("--horizon") + 1] = "1"
+    wrong[wrong.index("--json") + 1] = str(tmp_path / "wrong.json")
+    assert evaluate_main(wrong) == 2
+    assert capsys.readouterr().err == ("error: --horizon 1 contradicts the signals' metadata (horizon 5, label y5): "
+                                       "drop the flag or pass the matching value\n")
+    assert not (tmp_path / "wrong.json").exists()
+
+
+def test_a_plain_pandas_merge_of_the_outputs_gets_every_labelled_row(scored):
+    """signals/ (the date from the date= folders: ISO strings in pandas) and labels.parquet (date32, declared text
+    for pandas) merge on (date, symbol) in one plain pandas call."""
+    labels = pd.read_parquet(scored / "labels.parquet")
+    merged = pd.read_parquet(scored / "signals").merge(labels, on=["date", "symbol"])
+    labelled = labels.dropna(subset=["y5"])
+    assert len(labelled) > 0 and merged["y5"].notna().sum() == len(labelled)
+    assert merged["signal"].notna().all()
+    keys = merged.dropna(subset=["y5"]).sort_values(["date", "symbol"])[["date", "symbol"]].astype(str)
+    assert keys.to_numpy().tolist() == labelled.sort_values(["date", "symbol"])[["date", "symbol"]].astype(
+        str).to_numpy().tolist()
+
+
 def hand_signal(sig: pd.DataFrame, names: list[str], method: str, weights: np.ndarray) -> np.ndarray:
     """Per-date z-scores (or scaled ranks) by a plain loop, combined with the weights."""
     out = np.full(len(sig), np.nan)

@@ -147,6 +147,32 @@ def test_every_reader_gets_the_same_label_rows(written):
         np.testing.assert_array_equal(got["y5"].to_numpy(), want["y5"].to_numpy(), err_msg=name)
 
 
+def test_a_plain_pandas_merge_of_signals_and_labels_gets_every_labelled_row(written):
+    """pd.read_parquet(signals/) gives the date=YYYY-MM-DD folders' ISO strings; labels.parquet's date32 `date` is
+    declared text for pandas, so the plain merge meets them (it returned 0 rows when pandas got datetime.date
+    objects). duckdb, polars and typed pyarrow read both dates as dates and join them in one plain call too."""
+    out, expected, labels = written
+    sig, lab = out / "signals", out / "labels.parquet"
+    merged = pd.read_parquet(sig).merge(pd.read_parquet(lab), on=["date", "symbol"])
+    assert len(merged) == len(labels) > 0  # every labelled row (each is a scored row)
+    cols = ["date", "symbol", "signal", "y5"]
+    want = canonical(expected.merge(labels, on=["date", "symbol"]), cols)
+    got = canonical(merged, cols)
+    assert got[["date", "symbol"]].equals(want[["date", "symbol"]])
+    np.testing.assert_array_equal(got[["signal", "y5"]].to_numpy(), want[["signal", "y5"]].to_numpy())
+    dates = pd.read_parquet(lab)["date"]
+    assert pd.api.types.is_string_dtype(dates) and set(dates) == {str(x) for x in DATES}
+    assert pq.read_schema(lab).field("date").type == pa.date32()  # on disk, and for every other reader: a date
+
+    query = (f"SELECT count(*) FROM read_parquet('{sig}/**/*.parquet', hive_partitioning=true) "
+             f"JOIN '{lab}' USING (date, symbol)")
+    assert duckdb.sql(query).fetchall() == [(len(labels),)]
+    assert pl.read_parquet(sig).join(pl.read_parquet(lab), on=["date", "symbol"]).height == len(labels)
+    typed = ds.partitioning(pa.schema([("date", pa.date32())]), flavor="hive")
+    joined = pq.read_table(sig, partitioning=typed).join(pq.read_table(lab), keys=["date", "symbol"])
+    assert joined.num_rows == len(labels)
+
+
 def test_evaluate_reads_the_written_dataset_and_a_legacy_one(written, tmp_path):
     """crnn_ray.evaluate joins what the scorer wrote (date from the folders), and still reads directories written
     before the date left the files, alone or mixed with new partitions."""

@@ -3,8 +3,10 @@
 The date is the folder's only (signals/date=YYYY-MM-DD/): a `date` column repeated inside the files clashes
 with the one hive readers take from the folder names (pyarrow / pandas refuse to merge date32 with the
 partition's string), so every reader -- pandas, pyarrow, duckdb, polars -- gets the date from the partition in
-one plain call (docs/scoring.md, "Reading the signals"). Each file is written to a temporary name and renamed;
-other dates' partitions are never touched.
+one plain call (docs/scoring.md, "Reading the signals"). labels.parquet keeps a date32 `date` (DATE in duckdb,
+polars, typed pyarrow, as the partition there) and declares it text for pandas (LABELS_PANDAS_METADATA), so a plain
+`pd.read_parquet(signals).merge(pd.read_parquet(labels), on=["date", "symbol"])` meets the partition's ISO
+strings. Each file is written to a temporary name and renamed; other dates' partitions are never touched.
 """
 
 from __future__ import annotations
@@ -20,16 +22,25 @@ from crnn_ray.score.config import ScoreConfig
 from crnn_ray.score.stitch import Part, Record
 from crnn_ray.score.walk_forward import trained_through
 
-__all__ = ["signals_metadata", "partition_path", "write_signals", "write_labels"]
+__all__ = ["signals_metadata", "partition_path", "write_signals", "write_labels", "LABELS_PANDAS_METADATA"]
+
+# labels.parquet's `pandas` schema metadata: pandas (pd.read_parquet, Table.to_pandas) reads the date32 `date` as
+# ISO text ("2024-06-03", pandas' "string" dtype), the values pd.read_parquet(signals/) gives from the date=
+# folders, so the two merge on (date, symbol); every other reader ignores the key and gets the date32 column
+LABELS_PANDAS_METADATA = {"index_columns": [], "column_indexes": [], "creator": {"library": "crnn_ray"},
+                          "columns": [{"name": "date", "field_name": "date", "pandas_type": "unicode",
+                                       "numpy_type": "string", "metadata": None}]}
 
 
 def signals_metadata(rec: Record, part: Part, cfg: ScoreConfig) -> dict:
     """How a window's dates were made, stored in each of their files' schema (no timestamps: reruns give
-    identical bytes). A walk-forward record's dates also name their window, each member's data end and
-    embargo, and which trial fills each line's column there."""
+    identical bytes); `python -m crnn_ray.evaluate` takes its label, horizon and label_lag from here. A
+    walk-forward record's dates also name their window, each member's data end and embargo, and which trial
+    fills each line's column there."""
     plan = part.plan
     if not rec.walk_forward:
         return {"method": cfg.method, "select_by": cfg.select_by, "label": plan.label, "horizon": plan.horizon,
+                "label_lag": int(plan.label_lag),
                 "members": [{"name": m.name, "trial_id": m.trial_id, "spec": m.spec, "seed": m.seed,
                              "weight": float(w), "valid_ic": m.valid_ic} for m, w in zip(plan.members, plan.weights)],
                 "in_sample": sorted(plan.in_sample), "seed_average": bool(cfg.seed_average),
@@ -37,7 +48,8 @@ def signals_metadata(rec: Record, part: Part, cfg: ScoreConfig) -> dict:
                 "units": [{"name": u.name, "members": [m.name for m in u.members], "weight": float(w)}
                           for u, w in zip(plan.units, plan.unit_weights)]}
     return {"walk_forward": True, "window": part.window, "method": cfg.method, "select_by": cfg.select_by,
-            "label": plan.label, "horizon": plan.horizon, "selection": cfg.selection,
+            "label": plan.label, "horizon": plan.horizon, "label_lag": int(plan.label_lag),
+            "selection": cfg.selection,
             "members": [{"name": rec.column_of(m).name, "trial_id": m.trial_id, "spec": m.spec, "seed": m.seed,
                          "weight": float(w), "valid_ic": m.valid_ic, "select_value": m.select_value,
                          "trained_through": trained_through(m),
@@ -82,7 +94,8 @@ def write_labels(out: Path, rec: Record) -> None:
     with 1-day returns also their column (y1), on those rows and on every other cell of the evaluated dates and
     symbols whose return is known (label NaN there): `python -m crnn_ray.evaluate --returns y1` then builds the
     very grids report.evaluate_all evaluates. With a liquidity grid also its column (traded_value_med) on the
-    same rows, for `--liquidity traded_value_med`."""
+    same rows, for `--liquidity traded_value_med`. The date is date32, declared text for pandas
+    (LABELS_PANDAS_METADATA)."""
     keep = labelled = np.isfinite(rec.label_grid)
     if rec.returns_grid is not None:
         inside = labelled.any(axis=1)[:, None] & labelled.any(axis=0)[None, :]  # evaluate_all's cut
@@ -94,4 +107,4 @@ def write_labels(out: Path, rec: Record) -> None:
     if rec.liquidity_grid is not None:
         columns[rec.liquidity_name] = pa.array(rec.liquidity_grid[rows, stocks], type=pa.float64())
     table = pa.table({**_key_columns(rec, rows, stocks), **columns})
-    write_parquet_atomic(table, Path(out) / "labels.parquet")
+    write_parquet_atomic(table, Path(out) / "labels.parquet", metadata={"pandas": LABELS_PANDAS_METADATA})
