@@ -21,15 +21,22 @@ from typing import Any, Callable
 
 import yaml
 
-from crnn_ray.io import CliError
+from crnn_ray.io import CliError, close_match
 
-__all__ = ["Checker", "setting", "read_section", "section_keys", "section_dict", "load_yaml", "show", "add_flags",
-           "flag_values", "flag_name", "default_text", "value_text", "path",
+__all__ = ["Checker", "suggest_key", "KEY_SYNONYMS", "setting", "read_section", "section_keys", "section_dict",
+           "load_yaml", "show", "add_flags", "flag_values", "flag_name", "default_text", "value_text", "path",
            "number", "positive_int", "nonneg_int", "int_at_least", "positive_number", "nonneg_number", "boolean", "text",
            "choice", "optional", "auto_or", "names", "section"]
 
 #: check(checker, value, key) -> the value to keep (converted), or raise checker.fail(key, ...)
 Check = Callable[["Checker", Any, str], Any]
+
+#: words other libraries use for a key spelled otherwise here: an unknown key close to one of them is answered
+#: with "did you mean" its key (only where that key is allowed); never read as the key itself
+KEY_SYNONYMS = {"learning_rate": "lr", "l2": "weight_decay", "wd": "weight_decay", "num_epochs": "epochs",
+                "max_epochs": "epochs", "max_grad_norm": "grad_clip", "clip_grad_norm": "grad_clip",
+                "gradient_clip": "grad_clip", "seq_len": "lookback", "sequence_length": "lookback",
+                "models": "variants", "seeds": "seed"}
 
 
 class Checker:
@@ -49,7 +56,9 @@ class Checker:
             raise self.fail(key, f"expected a mapping, got {show(value)}")
         for k in value:
             if k not in allowed:
-                raise self.fail(f"{key}.{k}" if key else str(k), f"unknown key (allowed: {', '.join(allowed)})")
+                hint = suggest_key(str(k), allowed)
+                raise self.fail(f"{key}.{k}" if key else str(k), "unknown key ("
+                                + (f"did you mean {hint!r}?; " if hint else "") + f"allowed: {', '.join(allowed)})")
         return value
 
     def grid(self, value: Any, key: str, one: Check) -> Any:
@@ -62,6 +71,14 @@ class Checker:
                 raise self.fail(key, f"duplicate values in {show(value)}")
             return out if len(out) > 1 else out[0]
         return one(self, value, key)
+
+
+def suggest_key(word: str, allowed: tuple[str, ...] | list[str]) -> str | None:
+    """The allowed key an unknown one most likely meant: a typo (`lookbak`), another spelling (`top-k`) or a
+    near-miss of another library's word for it (`learnig_rate` -> `lr`, KEY_SYNONYMS); None when none is close."""
+    words = [*allowed, *(w for w, target in KEY_SYNONYMS.items() if target in allowed and w not in allowed)]
+    match = close_match(word, words, lambda s: s.lower().replace("-", "_"))
+    return KEY_SYNONYMS.get(match, match) if match not in allowed else match
 
 
 def show(value: Any) -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import contextvars
+import difflib
 import json
 import math
 import os
@@ -16,7 +18,7 @@ import shutil
 import sys
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 # numpy and pyarrow are imported inside the functions that use them, on purpose: every command and
 # crnn_ray.config import this module for CliError / atomic_path, and it stays stdlib-only.
@@ -175,12 +177,58 @@ def parquet_dataset(path: str | os.PathLike, dictionary_columns: tuple[str, ...]
         return plain
 
 
+def close_match(word: str, options: Iterable[str], normal: Callable[[str], str] = str) -> str | None:
+    """The option `word` most likely meant, for a "did you mean" hint: the first option equal to it once both
+    are `normal`ised (`--top_k` for `--top-k`, `m1` for `m01`), else difflib's closest (ratio >= 0.6), else None.
+    Why: an unknown key, id or flag is usually a typo of a known one, and naming it saves a trip to --help."""
+    by_normal: dict[str, str] = {}
+    for option in options:
+        by_normal.setdefault(normal(option), option)
+    key = normal(word)
+    if key in by_normal:
+        return by_normal[key]
+    got = difflib.get_close_matches(key, list(by_normal), n=1)
+    return by_normal[got[0]] if got else None
+
+
+def _option_strings(parser: argparse.ArgumentParser) -> list[str]:
+    """Every flag of `parser` and of its subcommands' parsers (argparse reports a subcommand's unknown flag
+    from the top parser)."""
+    out: list[str] = []
+    for action in parser._actions:
+        out += action.option_strings
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                out += [s for s in _option_strings(sub) if s not in out]
+    return out
+
+
+def _flag_hint(parser: argparse.ArgumentParser, message: str) -> str:
+    """`did you mean --top-k?; ` for argparse's "unrecognized arguments: --top_k 3" ('' when nothing is close)."""
+    head = "unrecognized arguments: "
+    if not message.startswith(head):
+        return ""
+    known = [s for s in _option_strings(parser) if s not in ("-h", "--help")]
+    hints = []
+    for token in message[len(head):].split():
+        flag = token.split("=", 1)[0]
+        match = close_match(flag, known, lambda s: s.lower().replace("_", "-")) if flag.startswith("-") else None
+        if match is not None and match != flag:
+            hints.append((flag, match))
+    if not hints:
+        return ""
+    if len(hints) == 1:
+        return f"did you mean {hints[0][1]}?; "
+    return "did you mean " + ", ".join(f"{m} for {f}" for f, m in hints) + "?; "
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose usage errors are CliErrors: the same one-line `error: ...` and exit status 2 as every
-    other bad input, instead of the usage text."""
+    other bad input, instead of the usage text; an unknown flag close to a known one is named
+    (`unrecognized arguments: --top_k 3 (did you mean --top-k?; see --help)`)."""
 
     def error(self, message: str):
-        raise CliError(f"{self.prog}: {message} (see --help)")
+        raise CliError(f"{self.prog}: {message} ({_flag_hint(self, message)}see --help)")
 
 
 def os_error_line(exc: OSError) -> str:
@@ -190,11 +238,36 @@ def os_error_line(exc: OSError) -> str:
     return f"{where}: {reason}"
 
 
+#: the command line of the command running now (cli_main sets it; provenance records it)
+_COMMAND: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("crnn_ray_command", default=None)
+
+
+def command_line() -> list[str]:
+    """The running command as it can be typed again: `<python> -m crnn_ray.<command> <args>` while a cli_main
+    entry point runs (its argv may have been passed in rather than read from sys.argv), else sys.argv."""
+    got = _COMMAND.get()
+    return list(got) if got is not None else list(sys.argv)
+
+
+def _module_of(fn: Callable) -> str | None:
+    """The `python -m` module of an entry point (`crnn_ray.score` for crnn_ray/score/__main__.py)."""
+    name = getattr(fn, "__module__", None) or ""
+    if name == "__main__":  # run as `python -m ...`: the module's real name is in its spec
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        name = spec.name if spec is not None else ""
+    name = name.removesuffix(".__main__")
+    return name or None
+
+
 def cli_main(main: Callable[[list[str] | None], int | None]) -> Callable[[list[str] | None], int]:
     """Wrap a command's main(argv): CliError -> `error: <msg>` on stderr and exit status 2; so is an OSError
-    naming a file (a full disk, an unwritable --out): `error: <path>: <reason>`, never a traceback."""
+    naming a file (a full disk, an unwritable --out): `error: <path>: <reason>`, never a traceback. The command
+    line is recorded for the run's provenance (command_line)."""
 
     def run(argv: list[str] | None = None) -> int:
+        module = _module_of(main)
+        args = list(sys.argv[1:] if argv is None else argv)
+        token = _COMMAND.set([sys.executable, "-m", module, *args] if module else [sys.argv[0], *args])
         try:
             rc = main(argv)
         except CliError as exc:
@@ -205,6 +278,8 @@ def cli_main(main: Callable[[list[str] | None], int | None]) -> Callable[[list[s
                 raise
             print(f"error: {os_error_line(exc)}", file=sys.stderr)
             return 2
+        finally:
+            _COMMAND.reset(token)
         return int(rc or 0)
 
     run.__doc__ = main.__doc__

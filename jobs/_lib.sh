@@ -2,7 +2,7 @@
 # Every check exits 2 with a one-line `error:` on stderr, before anything is submitted.
 # shellcheck shell=bash
 
-# the repository root: what `ray job submit --working-dir .` uploads
+# the repository root: the job's working directory (jobs/runtime_env.yaml `working_dir: .`, resolved from here)
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 
 die() {
@@ -50,7 +50,8 @@ find_ray_cli() {
 }
 
 # submit_job SUBMISSION_ID ENTRYPOINT...: replaces the shell with `ray job submit` from the repository root,
-# following the job's logs unless CRNN_NO_WAIT=1.
+# following the job's logs unless CRNN_NO_WAIT=1. The working directory is set once, in jobs/runtime_env.yaml
+# (with its excludes): a --working-dir flag as well would make Ray warn "Overriding runtime_env working_dir".
 submit_job() {
   local submission_id=$1
   shift
@@ -60,5 +61,5 @@ submit_job() {
   fi
   cd "$root"
   exec "$ray_cli" job submit --address "$RAY_ADDRESS" --submission-id "$submission_id" \
-    --working-dir . --runtime-env jobs/runtime_env.yaml "${wait_flag[@]}" -- "$@"
+    --runtime-env jobs/runtime_env.yaml "${wait_flag[@]}" -- "$@"
 }

@@ -114,6 +114,18 @@ def test_broken_aws_copies_fail_validation(breakage, needle):
     assert needle in str(err.value).splitlines()[0]
 
 
+def test_aws_shared_storage_is_not_world_writable_and_no_s3_is_offered():
+    """--resume unpickles Tune state from the storage (docs/operations.md: a code-execution boundary): the
+    launcher gives /mnt/crnn to the containers' ray user (uid 1000, gid 100 in the rayproject images), mode 770,
+    never 777; and the header offers no s3:// storage, which --storage refuses."""
+    commands = " && ".join(_aws()["initialization_commands"])
+    assert "777" not in commands and "chmod o+" not in commands
+    assert "sudo chown 1000:100 /mnt/crnn" in commands and "sudo chmod 770 /mnt/crnn" in commands
+    assert commands.index("mkdir -p /mnt/crnn") < commands.index("chown")  # the mount goes between them
+    header = AWS.read_text().split("cluster_name:")[0]
+    assert "an S3 bucket" not in header and "s3:// URIs are refused" in header
+
+
 # ------------------------------------------------------------------------------------------------ kuberay
 def _raycluster() -> dict:
     docs = [d for d in yaml.safe_load_all(KUBERAY.read_text()) if d]
@@ -389,7 +401,10 @@ def test_submit_sweep_builds_the_job_submission(token_file):
     assert done.returncode == 0, done.stderr
     line = done.stdout.strip()
     assert line.startswith("job submit --address http://127.0.0.1:8265 --submission-id crnn-sweep-exp1-")
-    assert "--working-dir . --runtime-env jobs/runtime_env.yaml -- python -m crnn_ray.sweep" in line
+    # the working directory is set once, in runtime_env.yaml: a --working-dir flag too makes Ray warn
+    assert "--working-dir" not in line
+    assert "--submission-id crnn-sweep-exp1-" in line
+    assert " --runtime-env jobs/runtime_env.yaml -- python -m crnn_ray.sweep" in line
     assert line.endswith("--config configs/sweeps/tiny.yaml --storage /mnt/crnn/runs --name exp1 --resume")
     # an absolute path inside the repository is sent as the relative path the job will see
     done = _run(SUBMIT, str(ROOT / "configs" / "sweeps" / "tiny.yaml"), "exp1",
@@ -425,7 +440,8 @@ def test_score_daily_rejects_bad_input_and_builds_the_job(token_file):
     line = done.stdout.strip()
     assert line.startswith("job submit --address http://127.0.0.1:8265 --submission-id crnn-score-exp1-2024-06-03-")
     # the scorer itself, one date: experiment, output, panel, --start = --end = DATE
-    assert line.endswith("--working-dir . --runtime-env jobs/runtime_env.yaml -- python -m crnn_ray.score "
+    assert "--working-dir" not in line
+    assert line.endswith(" --runtime-env jobs/runtime_env.yaml -- python -m crnn_ray.score "
                          "--experiment /mnt/crnn/runs/exp1 --out /mnt/crnn/signals/exp1 "
                          "--data /mnt/crnn/panels/today.parquet --start 2024-06-03 --end 2024-06-03")
 
@@ -434,5 +450,5 @@ def test_score_daily_rejects_bad_input_and_builds_the_job(token_file):
     assert done.returncode == 0, done.stderr
     line = done.stdout.strip()
     assert line.startswith("job submit --address http://127.0.0.1:8265 --submission-id crnn-score-exp1-latest-")
-    assert line.endswith("--working-dir . --runtime-env jobs/runtime_env.yaml --no-wait -- python -m crnn_ray.score "
+    assert line.endswith(" --runtime-env jobs/runtime_env.yaml --no-wait -- python -m crnn_ray.score "
                          "--experiment /mnt/crnn/runs/exp1 --out /mnt/crnn/signals/exp1 --latest")

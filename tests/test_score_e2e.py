@@ -188,21 +188,37 @@ def test_ensemble_equals_hand_computation(experiment, scored, method, tmp_path, 
     np.testing.assert_allclose(sig["signal"].to_numpy(), hand_signal(sig, names, method, weights), atol=1e-12)
 
 
+def but_provenance(data: bytes) -> bytes:
+    """metrics.json's bytes up to its `provenance` block: the last key, the one block a rerun changes (its
+    times, the command line)."""
+    return data[:data.index(b'\n  "provenance": ')]
+
+
 def test_rerun_is_byte_identical_and_ray_equals_in_process(experiment, scored, tmp_path, capsys):
+    """A rerun writes the same bytes, except metrics.json's provenance (when and how it ran): everything before
+    that block, the signals, labels, figures and report.html are identical."""
     first = partitions(scored)
     files = {n: (scored / n).read_bytes() for n in ("metrics.json", "report.html", "labels.parquet",
                                                     "figures/pnl.png")}
+    files["metrics.json"] = but_provenance(files["metrics.json"])
     rc, _, err = run(["--experiment", experiment, "--out", scored, "--in-process"], capsys)
     assert rc == 0, err
     assert partitions(scored) == first
-    assert all((scored / n).read_bytes() == b for n, b in files.items())
+    reread = {n: (scored / n).read_bytes() for n in files}
+    reread["metrics.json"] = but_provenance(reread["metrics.json"])
+    assert reread == files
     again = tmp_path / "again"
     rc, _, err = run(["--experiment", experiment, "--out", again, "--in-process"], capsys)
     assert rc == 0, err
     for name in ("metrics.json", "report.html", "labels.parquet", "figures/pnl.png"):
-        assert (again / name).read_bytes() == (scored / name).read_bytes().replace(
-            str(scored).encode(), str(again).encode()), name
+        new, old = (again / name).read_bytes(), (scored / name).read_bytes()
+        if name == "metrics.json":
+            new, old = but_provenance(new), but_provenance(old)
+        assert new == old.replace(str(scored).encode(), str(again).encode()), name
     assert partitions(again) == first
+    block = json.loads((again / "metrics.json").read_text())["provenance"]
+    assert block["argv"][1:3] == ["-m", "crnn_ray.score"] and str(again) in block["argv"]
+    assert block["started"] <= block["ended"] and block["versions"]["torch"]
 
     # Ray Data: 4 batches over 2 actors (fractional CPUs), rows back in any order, vs the in-process path
     # with the same model chunk but one big batch -> the same bytes

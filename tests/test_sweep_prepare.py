@@ -16,9 +16,14 @@ from crnn_ray.sweep.experiment import prepare_experiment
 
 def test_a_data_error_leaves_no_experiment_behind(tmp_path):
     config = write_yaml(tmp_path / "bad.yaml", tiny_config(name="bad", data={"lookback": 500}))
-    with pytest.raises(CliError, match=r"^bad\.yaml: data\.lookback: 500 leaves no train sample"):
+    with pytest.raises(CliError, match=r"^bad\.yaml: data: .*panel\.parquet has 260 day\(s\), fewer than "
+                                       r"data\.lookback \(500\) \+ the label horizon \+ 1 = 506"):
         run_sweep(config, storage=tmp_path / "runs")
     assert not (tmp_path / "runs" / "bad").exists()  # no panel, no config.yaml, no folder
+    assert list((tmp_path / "runs").iterdir()) == []  # and no staging folder
+    config = write_yaml(tmp_path / "bad2.yaml", tiny_config(name="bad2", data={"lookback": 200}))
+    with pytest.raises(CliError, match=r"^bad2\.yaml: data\.lookback: 200 leaves no train sample"):
+        run_sweep(config, storage=tmp_path / "runs")
 
 
 def test_a_stale_synthetic_panel_is_regenerated_and_refused_on_resume(tmp_path):

@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from crnn_ray.io import CliError, updated_dir
+from crnn_ray.provenance import provenance, relative_to, utc_now
 from crnn_ray.score import report as rep
 from crnn_ray.score.choose import choose_units
 from crnn_ray.score.config import ScoreConfig
@@ -27,11 +28,15 @@ from crnn_ray.score.walk_forward import (walk_forward_document, walk_forward_fig
                                          walk_forward_markdown, write_walk_forward)
 from crnn_ray.score.write import write_labels, write_signals
 
-__all__ = ["run_score", "score_window"]
+__all__ = ["run_score", "score_window", "stamp_metrics", "METRICS_SCHEMA_VERSION"]
+
+#: metrics.json's layout version: raised when a key is renamed, removed or changes meaning (added keys keep it)
+METRICS_SCHEMA_VERSION = 1
 
 
 def run_score(cfg: ScoreConfig) -> dict:
     """The whole scoring command; returns the metrics dict it wrote (or would have, without labels)."""
+    started = utc_now()
     windows, walk_forward = scopes(cfg)
     parts = [score_window(cfg, scope, walk_forward) for scope in windows]
     rec = stitch(parts, walk_forward, cfg.experiment)
@@ -44,6 +49,7 @@ def run_score(cfg: ScoreConfig) -> dict:
     table, figures, html = None, {}, None
     if walk_forward:
         metrics["walk_forward"], table = walk_forward_document(rec, evaluation, cfg.reference)
+    metrics = stamp_metrics(metrics, cfg.experiment, started)
     if evaluation:
         figures = rep.render_figures(rec, evaluation, cfg.evaluation)
         extra = ""
@@ -53,6 +59,20 @@ def run_score(cfg: ScoreConfig) -> dict:
         html = rep.render_html(rec, cfg, metrics, evaluation, figures, extra=extra)
     _write(Path(cfg.out), rec, cfg, metrics, evaluation, figures, html, table)
     return metrics
+
+
+def stamp_metrics(metrics: dict, experiment, started: str) -> dict:
+    """metrics.json's bookkeeping around report.metrics_document's figures: `schema_version` first (readers
+    check it before trusting a key), `panel_relative` beside the absolute `panel` (a copied or mounted
+    experiment still finds its panel), and this run's `provenance` last: the one block a rerun changes (its
+    times; docs/scoring.md "Output layout"). `ended` is when the results were complete, before the writes."""
+    out: dict = {"schema_version": METRICS_SCHEMA_VERSION}
+    for key, value in metrics.items():
+        out[key] = value
+        if key == "panel":
+            out["panel_relative"] = relative_to(value, experiment) if experiment is not None else None
+    out["provenance"] = provenance(started, ended=utc_now())
+    return out
 
 
 def score_window(cfg: ScoreConfig, scope: Scope, walk_forward: bool) -> Part:

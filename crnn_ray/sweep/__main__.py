@@ -122,6 +122,7 @@ def _main(argv: list[str] | None = None) -> int:
         return 0
 
     from crnn_ray.sweep import run_sweep
+    from crnn_ray.sweep.experiment import finish_experiment
     from crnn_ray.sweep.run import SweepInterrupted
 
     try:
@@ -130,6 +131,7 @@ def _main(argv: list[str] | None = None) -> int:
     except SweepInterrupted as exc:
         print(str(exc), file=sys.stderr)
         return 130
+    finish_experiment(Path(outcome.experiment_dir))  # config.yaml's provenance: when the sweep ended
     if outcome.n_ranked == 0:
         print("error: no variant ranked: every trial diverged or failed (see trials.parquet)", file=sys.stderr)
         return 1

@@ -9,7 +9,9 @@ fails in one line, without a Ray start, and never half-replaces an experiment.
     resolve_experiment   --config / --name / --resume / --overwrite -> (config, directory, replace?)
     prepare_experiment   make or find the panel, cut and check the splits (or walk-forward windows)
     plan_generations     the Tune experiments of the sweep (walk_forward windows added on --resume get their own)
-    write_experiment     after every check: replace (--overwrite), move the panel in, write config.yaml
+    write_experiment     after every check: replace (--overwrite), move the panel in, write config.yaml (with
+                         the run's provenance: crnn_ray/provenance.py)
+    finish_experiment    stamp the run's end time into config.yaml
 """
 
 from __future__ import annotations
@@ -29,15 +31,17 @@ from crnn_ray.data import (describe_windows, load_panel, make_splits, read_panel
                            synthesize, walk_forward_splits)
 from crnn_ray.data.synth import summary
 from crnn_ray.io import CliError, atomic_path
+from crnn_ray.provenance import provenance, utc_now
 from crnn_ray.sweep.config import SweepConfig, load_config, parse_config, synth_kwargs
 
 __all__ = ["resolve_experiment", "prepare_experiment", "describe_panel", "plan_generations", "write_experiment",
-           "Prepared"]
+           "finish_experiment", "Prepared"]
 
 
 def resolve_experiment(config_path, storage, name, resume: bool, overwrite: bool) -> tuple[SweepConfig, Path, bool]:
     """The config to run, the experiment directory, and whether an existing experiment will be replaced
     (--overwrite). Nothing is written or removed here: that waits until every check has passed."""
+    _check_storage(storage)
     if resume:
         if overwrite:
             raise CliError("--resume and --overwrite exclude each other: continue the experiment, or start it again")
@@ -70,6 +74,14 @@ def resolve_experiment(config_path, storage, name, resume: bool, overwrite: bool
         raise CliError(f"{exp_dir}: experiment exists; continue it with --resume, or pass --overwrite "
                        "or another --name")
     return cfg, exp_dir, exists
+
+
+def _check_storage(storage) -> None:
+    """--storage is a directory every node mounts: a URI (s3://, gs://) would silently become a local folder
+    named `s3:` (Path resolves it against the current directory), so it is refused in one line."""
+    if "://" in str(storage):
+        raise CliError(f"--storage {storage}: expected a directory path (a filesystem every node mounts, e.g. "
+                       "EFS/NFS at /mnt/crnn/runs); URIs such as s3:// are not supported")
 
 
 def _checked_name(name: str) -> str:
@@ -138,6 +150,8 @@ class Prepared:
     new_panel: Path | None          # a freshly synthesised panel in a temporary file, to move into place
     resolved: dict                  # config.yaml's contents
     windows: list = None            # walk_forward: every window's Splits, oldest first; else [splits]
+    started: str | None = None      # when this run began (UTC ISO): its provenance's `started`
+    resume: bool = False            # --resume: config.yaml keeps the earlier runs' provenance
 
 
 def _reusable_synth(path: Path, want: dict) -> bool:
@@ -166,7 +180,7 @@ def prepare_experiment(cfg: SweepConfig, exp_dir: Path, resume: bool = False) ->
     a stale one (say, left by a failed run of another config) is regenerated — except on --resume, where the
     trained models depend on it, so a mismatch is an error.
     """
-    src = cfg.source
+    src, started = cfg.source, utc_now()
     new_panel = None
     if cfg.data.synth is not None:
         panel_path = exp_dir / "data" / "panel.parquet"
@@ -205,7 +219,7 @@ def prepare_experiment(cfg: SweepConfig, exp_dir: Path, resume: bool = False) ->
                             "n_trials": len(cfg.grid(len(windows)))}
     if cfg.walk_forward:
         resolved["resolved"]["windows"] = [w.dates(panel.dates) for w in windows]
-    return Prepared(panel, windows[-1], panel_path, new_panel, resolved, windows)
+    return Prepared(panel, windows[-1], panel_path, new_panel, resolved, windows, started, resume)
 
 
 def _check_panel_size(cfg: SweepConfig, panel, panel_path: Path) -> None:
@@ -280,8 +294,43 @@ def write_experiment(prep: Prepared, exp_dir: Path, replace: bool) -> None:
         prep.panel_path.parent.mkdir(parents=True, exist_ok=True)
         os.replace(prep.new_panel, prep.panel_path)
         shutil.rmtree(prep.new_panel.parent, ignore_errors=True)
+    prep.resolved["resolved"]["provenance"] = _run_provenance(prep, exp_dir)
+    _write_config(exp_dir, prep.resolved)
+
+
+def _write_config(exp_dir: Path, doc: dict) -> None:
     with atomic_path(exp_dir / "config.yaml") as tmp:
-        tmp.write_text(yaml.safe_dump(prep.resolved, sort_keys=False))
+        tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def _run_provenance(prep: Prepared, exp_dir: Path) -> dict:
+    """This run's provenance (written once the checks passed and Ray is up, so the cluster's resources are
+    known); on --resume the earlier runs' blocks are kept, oldest first, under `earlier`: a resumed experiment's
+    models may come from several commits and hosts."""
+    block = provenance(prep.started or utc_now())
+    if prep.resume:
+        saved = _saved_resolved(exp_dir).get("provenance")
+        if isinstance(saved, dict):
+            earlier = [b for b in saved.get("earlier") or [] if isinstance(b, dict)]
+            block["earlier"] = earlier + [{k: v for k, v in saved.items() if k != "earlier"}]
+    return block
+
+
+def finish_experiment(exp_dir: Path) -> None:
+    """Stamp `resolved.provenance.ended` (UTC) into the experiment's config.yaml: the sweep finished (an
+    interrupted or killed run leaves it null). Never fails the sweep: an unreadable config.yaml stays as it is."""
+    path = Path(exp_dir) / "config.yaml"
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return
+    block = ((doc or {}).get("resolved") or {}).get("provenance") if isinstance(doc, dict) else None
+    if isinstance(block, dict):
+        block["ended"] = utc_now()
+        try:
+            _write_config(Path(exp_dir), doc)
+        except OSError as exc:  # the results are written; only the stamp is lost
+            print(f"warning: {path}: end time not recorded ({exc.strerror or type(exc).__name__})", flush=True)
 
 
 # ----------------------------------------------------------------------------------------------- generations

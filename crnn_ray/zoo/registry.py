@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
 
 from crnn_ray.config import Checker, choice, load_yaml, number, optional, read_section, setting, text
-from crnn_ray.io import CliError
+from crnn_ray.io import CliError, close_match
 from crnn_ray.zoo.spec import FAMILIES, ModelSpec, canonical, encode, parse
 
 #: where the zoo's YAML files live (override with CRNN_RAY_ZOO_DIR)
@@ -115,8 +116,21 @@ def resolve_variants(items: list[str], zoo: dict[str, ZooEntry] | None = None) -
             for i in matched:
                 out.setdefault(i, zoo[i].spec)
         else:
-            raise CliError(f"unknown zoo id {item!r} (see `python -m crnn_ray.zoo list`)")
+            hint = suggest_id(item, zoo)
+            raise CliError(f"unknown zoo id {item!r} (" + (f"did you mean {hint!r}?; " if hint else "")
+                           + "see `python -m crnn_ray.zoo list`)")
     return list(out.items())
+
+
+def _id_normal(zoo_id: str) -> str:
+    """An id with its numbers as numbers: `convgru/m1` and `convgru/m01` are one id to a reader."""
+    return re.sub(r"\d+", lambda m: str(int(m.group())), zoo_id.lower())
+
+
+def suggest_id(item: str, zoo: dict[str, ZooEntry]) -> str | None:
+    """The zoo id an unknown one most likely meant (zero padding, case, a typo), for the error's "did you mean";
+    why: the families number their entries differently (convgru/m01, convlstm/m3)."""
+    return close_match(item, zoo, _id_normal)
 
 
 def build_model(spec: str | ModelSpec, n_features: int, lookback: int, *, compile: bool = False) -> nn.Module:
