@@ -419,7 +419,7 @@ def test_report_has_baselines_and_the_selected_member_comparison(experiment, sco
 def test_a_copied_experiment_scores_its_own_panel_and_refuses_a_swapped_one(experiment, tmp_path, capsys):
     """A copy of an experiment is self-contained: it scores its own data/panel.parquet (found relative to the
     copy), even when the original's path holds another market now; a panel swapped for another file under the
-    same name is refused in one line (the checkpoints' fingerprint), with nothing written."""
+    same name is refused in one line (the checkpoints' fingerprint of the data they saw), with nothing written."""
     copy = tmp_path / "copy" / experiment.name
     shutil.copytree(experiment, copy)
     rc, out, err = run(["--experiment", copy, "--out", tmp_path / "a", "--in-process"], capsys)
@@ -427,7 +427,7 @@ def test_a_copied_experiment_scores_its_own_panel_and_refuses_a_swapped_one(expe
     metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert metrics["panel"] == str((copy / "data" / "panel.parquet").resolve())
     meta = json.loads(next(copy.rglob("meta.json")).read_text())
-    assert len(meta["panel_fingerprint"]) == 16 and meta["panel"] == str(experiment / "data" / "panel.parquet")
+    assert len(meta["seen_data"]["fingerprint"]) == 16 and meta["panel"] == str(experiment / "data" / "panel.parquet")
 
     from crnn_ray.data import save_panel
     from crnn_ray.data.synth import synthesize
@@ -435,7 +435,7 @@ def test_a_copied_experiment_scores_its_own_panel_and_refuses_a_swapped_one(expe
     df, other = synthesize(n_symbols=40, n_days=260, seed=8)  # the same shape, another market
     save_panel(df, copy / "data" / "panel.parquet", other)
     rc, out, err = run(["--experiment", copy, "--out", tmp_path / "b", "--in-process"], capsys)
-    assert rc == 2 and err.count("\n") == 1 and "not the panel the members were trained on" in err, err
+    assert rc == 2 and err.count("\n") == 1 and "not the data member" in err and "was trained on" in err, err
     assert not (tmp_path / "b").exists()
 
 

@@ -133,21 +133,23 @@ def _read_table(path: Path, columns: list[str] | None = None) -> tuple[pd.DataFr
     return table.to_pandas(date_as_object=False), meta
 
 
-def panel_fingerprint(path: str | Path) -> str:
-    """A short hash that tells one panel file from another without reading its data: a Parquet file's size,
-    row count, schema and metadata (its footer), a CSV's bytes. Checkpoints record it, so a scorer given
-    another file under the same path (an experiment re-run on another market, a copy whose panel was swapped)
-    refuses instead of scoring the wrong data. A rename or a copy keeps it."""
-    path = Path(path)
-    digest = hashlib.sha256(str(path.stat().st_size).encode())
-    if path.suffix.lower() in (".parquet", ".pq"):
-        md = pq.read_metadata(path)
-        digest.update(f"{md.num_rows}|{md.num_row_groups}|{md.schema.to_arrow_schema()}".encode())
-        for key, value in sorted((md.metadata or {}).items()):
-            digest.update(key + b"=" + value)
-    else:
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+def seen_data_fingerprint(panel: "Panel", first: str, last: str, features: list[str], label: str) -> str:
+    """A hash of the data a model saw: the dates first..last, the symbols with a row there, their `features`
+    and `label`, exactly as loaded. Checkpoints record it (with the two dates), so a scorer handed another
+    market under the same path (an experiment re-run on other data, a copy whose panel was swapped) refuses,
+    while a panel that only grew (new days, new listings) still matches: neither changes the seen part."""
+    lo = int(np.searchsorted(panel.dates, np.datetime64(first, "D"), side="left"))
+    hi = int(np.searchsorted(panel.dates, np.datetime64(last, "D"), side="right"))
+    cols = [panel.features.index(f) for f in features]
+    values, target = panel.X[lo:hi][:, :, cols], panel.label(label)[lo:hi]
+    # the symbols with a value there (whatever else was loaded: the mask depends on the features read)
+    present = np.isfinite(values).any(axis=(0, 2)) | np.isfinite(target).any(axis=0)
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(panel.dates[lo:hi].astype("datetime64[D]").astype(np.int64).tobytes())
+    digest.update("\x00".join(map(str, panel.symbols[present])).encode())
+    digest.update(np.ascontiguousarray(values[:, present], dtype=np.float32).tobytes())
+    digest.update(np.ascontiguousarray(target[:, present], dtype=np.float32).tobytes())
+    return digest.hexdigest()
 
 
 def read_panel_meta(path: str | Path) -> dict | None:
@@ -288,7 +290,6 @@ def load_panel(path: str | Path, features: list[str] | None = None, labels: list
     meta.setdefault("source", "file")
     meta.setdefault("label_lag", 0)  # panels made before the lag existed: labels started at close t
     meta["path"] = str(path.resolve())
-    meta["fingerprint"] = panel_fingerprint(path)
     return Panel(X=X, mask=mask, labels=lab_arrays, dates=uniq_dates, symbols=uniq_syms.astype(object),
                  features=feats, meta=meta, forward_returns=forward_returns, aux=aux_arrays)
 
@@ -316,7 +317,7 @@ def save_panel(df: pd.DataFrame, path: str | Path, meta: dict) -> None:
     for col in ["date", "symbol", *meta.get("features", []), *meta.get("labels", [])]:
         if col not in df.columns:
             raise CliError(f"{where}: cannot save, missing column {col!r}")
-    meta = {"version": PANEL_VERSION, **{k: v for k, v in meta.items() if k not in ("path", "fingerprint")}}
+    meta = {"version": PANEL_VERSION, **{k: v for k, v in meta.items() if k != "path"}}
     dates = _parse_dates(df["date"], f"{where}: column 'date'")
     order = np.lexsort((df["symbol"].astype(str).to_numpy(), dates))
     out = df.iloc[order].reset_index(drop=True)

@@ -23,7 +23,7 @@ import yaml
 
 from crnn_ray.baselines import baseline_signals
 from crnn_ray.data import load_panel, normalize_features
-from crnn_ray.data.panel import panel_fingerprint
+from crnn_ray.data.panel import seen_data_fingerprint
 from crnn_ray.data.ingest import LIQUIDITY
 from crnn_ray.io import CliError
 from crnn_ray.score.config import ScoreConfig
@@ -225,7 +225,7 @@ def _features(members: list[Member]) -> list[str]:
 def _panel_path(members: list[Member], cfg: ScoreConfig) -> Path:
     """The panel to score: --data, else the experiment's own copy (`DIR/NAME/data/`, found relative to the
     experiment, so a copied or moved experiment scores its own data), else the path the members recorded.
-    Unless --data says otherwise, the file must be the one the members were trained on (its fingerprint)."""
+    Unless --data says otherwise, the data the members saw must be in it unchanged (_check_seen_data)."""
     if cfg.data is not None:  # another panel on purpose (e.g. with new days)
         return Path(cfg.data)
     paths = sorted({str(m.meta.get("panel")) for m in members})
@@ -233,12 +233,22 @@ def _panel_path(members: list[Member], cfg: ScoreConfig) -> Path:
         raise CliError(f"members were trained on different panels ({', '.join(paths)}): pass --data")
     recorded = Path(paths[0])
     own = Path(cfg.experiment) / "data" / recorded.name
-    path = own if own.is_file() else recorded
-    prints = sorted({m.meta["panel_fingerprint"] for m in members if m.meta.get("panel_fingerprint")})
-    if prints and path.is_file() and panel_fingerprint(path) not in prints:
-        raise CliError(f"{path}: not the panel the members were trained on (fingerprint {panel_fingerprint(path)}, "
-                       f"checkpoints recorded {', '.join(prints)}); pass the right file with --data")
-    return path
+    return own if own.is_file() else recorded
+
+
+def _check_seen_data(panel, panel_path: Path, members: list[Member]) -> None:
+    """Each member's training data (its recorded dates, features and label) must be in the panel unchanged:
+    another market under the same path is refused in one line; a panel that grew (new days, new listings)
+    passes. Checkpoints made before the fingerprint existed are not checked."""
+    for m in members:
+        seen = m.meta.get("seen_data")
+        if not seen:
+            continue
+        now = seen_data_fingerprint(panel, seen["first"], seen["last"], m.features, str(m.meta["label"]))
+        if now != seen["fingerprint"]:
+            raise CliError(f"{panel_path}: not the data member {m.name} was trained on ({seen['first']}.."
+                           f"{seen['last']} fingerprint {now}, its checkpoint recorded {seen['fingerprint']}); "
+                           "pass the right panel with --data")
 
 
 def _selection_days(panel, members: list[Member], split: str) -> tuple[int, int]:
@@ -291,6 +301,8 @@ def build_plan(cfg: ScoreConfig, units: list[Unit], extra: list[Member], scope: 
     label, features = _common_label(members), _features(members)
     panel_path = _panel_path(members, cfg)
     panel = load_panel(panel_path, features=features)
+    if cfg.data is None:  # --data: another panel on purpose (the daily job's); its history may be restated
+        _check_seen_data(panel, panel_path, members)
     day_lo, day_hi = (_selection_days(panel, members, split) if split else
                       _scored_days(panel, members, scope, cfg.data is not None))
     if scope.allow_in_sample:

@@ -77,6 +77,7 @@ def train_one(
     device = torch.device(device)
     meta_extra = dict(meta_extra or {})
     tag = meta_extra.get("variant_id") or spec
+    meta_extra["seen_data"] = _seen_data(panel, splits, cfg)
     data = _TrainData.build(spec, panel, splits, cfg, device)
     # what a constant prediction's mse is: the scale of the finite-explosion rule (mse only; see _loss_explosion)
     target_var = _target_variance(data) if cfg.loss == "mse" and cfg.max_loss_ratio is not None else None
@@ -392,6 +393,17 @@ def _loss_explosion(train_loss: float, target_var: float | None, max_ratio: floa
             f"(bound: max_loss_ratio {max_ratio:g})")
 
 
+def _seen_data(panel, splits, cfg: TrainConfig) -> dict:
+    """Which data chose this model -- its train part's first day to its selection (else valid) part's last --
+    and their fingerprint: the scorer checks a panel against it (crnn_ray.data.panel.seen_data_fingerprint)."""
+    from crnn_ray.data.panel import seen_data_fingerprint  # deferred: see the imports
+
+    dates = splits.dates(panel.dates)
+    first, last = dates["train"][0], (dates.get("select") or dates["valid"])[1]
+    return {"first": first, "last": last,
+            "fingerprint": seen_data_fingerprint(panel, first, last, list(panel.features), cfg.label)}
+
+
 def _weight_rms(model: torch.nn.Module) -> float:
     """Root mean square of every trainable weight."""
     with torch.no_grad():
@@ -579,7 +591,6 @@ def _meta(spec, panel, splits, cfg, horizon, epoch, best_epoch, best_metrics, pa
         "rank_label": bool(cfg.rank_label),
         "splits": splits.dates(panel.dates),
         "panel": str(Path(panel_path).resolve()) if panel_path else None,
-        "panel_fingerprint": panel.meta.get("fingerprint"),  # data.panel_fingerprint: which file, not just where
         "seed": cfg.seed,
         "epoch": epoch,
         "best_epoch": best_epoch,
