@@ -18,32 +18,15 @@ import pandas as pd
 from crnn_ray.io import atomic_path, write_json_atomic
 from crnn_ray.metrics import evaluate, hac_lags, newey_west_tstat
 from crnn_ray.metrics_text import TURNOVER_UNIT, costs_document, costs_line, fmt, label_lag_text, liquidity_line
+from crnn_ray.score import render
 from crnn_ray.score.ensemble import correlation
-from crnn_ray.score.render import html_table, png, pyplot
+from crnn_ray.score.render import html_table
 
 __all__ = ["print_plan", "evaluate_all", "metrics_document", "render_figures", "render_html", "write_report",
            "print_evaluation", "recompute_command", "vs_member", "vs_line", "costs_document", "costs_line",
-           "liquidity_line", "execution_text"]
+           "liquidity_line", "execution_text", "tear_sheet_stats", "tear_sheet_document", "rank_autocorrelation",
+           "monthly_ic"]
 
-#: the ensemble's key numbers, in the order a PM reads them: (summary key, label, format)
-KEY_NUMBERS = [
-    ("ic", "IC", "{:+.4f}"), ("rank_ic", "RankIC", "{:+.4f}"), ("icir", "ICIR (daily)", "{:+.3f}"),
-    ("ic_tstat", "IC t-stat (plain)", "{:+.2f}"), ("ic_tstat_hac", "IC t-stat (Newey-West)", "{:+.2f}"),
-    ("rank_ic_tstat_hac", "RankIC t-stat (Newey-West)", "{:+.2f}"), ("hac_lags", "Newey-West lags", "{:d}"),
-    ("ic_positive", "days IC > 0", "{:.0%}"),
-    ("pnl_method", "pnl method (docs/metrics.md)", "{}"),
-    ("pnl_long_short", "long-short pnl (sum, gross)", "{:+.4f}"),
-    ("ann_return", "long-short ann. return (gross)", "{:+.2%}"),
-    ("ann_vol", "long-short ann. vol", "{:.2%}"),
-    ("sharpe", "long-short Sharpe (gross, before costs)", "{:+.2f}"),
-    ("sharpe_booked", "long-short Sharpe, booked (naive, gross)", "{:+.2f}"),
-    ("ls_tstat", "long-short mean pnl t-stat (plain)", "{:+.2f}"),
-    ("ls_tstat_hac", "long-short mean pnl t-stat (Newey-West)", "{:+.2f}"),
-    ("max_drawdown", "long-short max drawdown (gross)", "{:+.4f}"),
-    ("pnl_long", "long-only pnl vs mean (sum, gross)", "{:+.4f}"),
-    ("sharpe_long", "long-only Sharpe (gross)", "{:+.2f}"),
-    ("turnover", "turnover / day (traded notional, both legs)", "{:.3f}"), ("n_days", "days evaluated", "{:d}"),
-]
 #: columns of the members-vs-ensemble table (pnl and Sharpe gross of costs; BE: break-even cost, bps)
 SIDE_BY_SIDE = [("ic", "IC", "{:+.4f}"), ("rank_ic", "RankIC", "{:+.4f}"), ("icir", "ICIR", "{:+.3f}"),
                 ("pnl_long_short", "LS pnl", "{:+.4f}"), ("pnl_long", "long pnl", "{:+.4f}"),
@@ -176,9 +159,11 @@ def evaluate_all(rec, ecfg) -> dict | None:
     liquidity_grid = rec.liquidity_grid
     liquidity = None if liquidity_grid is None else np.asarray(liquidity_grid, dtype=np.float64)[days][:, stocks]
 
+    def cut(grid: np.ndarray) -> np.ndarray:
+        return np.where(labelled, grid, np.nan)[days][:, stocks]
+
     def score(grid: np.ndarray, liquidity=None):
-        signal_cut = np.where(labelled, grid, np.nan)[days][:, stocks]
-        return evaluate(signal_cut, label, dates=rec.dates[days], returns=returns, liquidity=liquidity, **params)
+        return evaluate(cut(grid), label, dates=rec.dates[days], returns=returns, liquidity=liquidity, **params)
 
     ensemble = score(signal, liquidity)
     if ensemble.summary["n_days"] == 0:
@@ -202,7 +187,91 @@ def evaluate_all(rec, ecfg) -> dict | None:
     return {"ensemble": ensemble, "members": members, "oracle": oracle, "correlation": correlation(grids),
             "params": params, "returns": rec.returns_name if returns is not None else None,
             "baselines": baselines, "vs_selected": vs,
-            "liquidity": rec.liquidity_name if liquidity is not None else None}
+            "liquidity": rec.liquidity_name if liquidity is not None else None,
+            "tear_sheet": tear_sheet_stats(cut(signal), label, ensemble, params)}
+
+
+# ---------------------------------------------------------------------------------- tear-sheet statistics
+def tear_sheet_stats(signal: np.ndarray, label: np.ndarray, ens, params: dict) -> dict:
+    """What the tear sheet adds to `evaluate`, on the same cut [D, S] grids (`ens`: the ensemble's Evaluation):
+
+    quantile_demeaned      [D, Q] each signal quantile's mean label minus the day's cross-sectional mean label
+                           (over the same rows: signal and label finite, on days with >= min_stocks of them)
+    quantile_returns_demeaned_bps   its mean over days per quantile, bps (equal bucket counts: they sum to 0)
+    spread_bps             [D] top minus bottom quantile mean label (the long-short book's label), bps, with
+                           its mean and Newey-West t (hac_lags(n, H) lags)
+    rank_autocorr          {lag: mean over days of the signal's rank correlation with itself lag days earlier},
+                           lags 1..max(H, 5); at lag H it is evaluate's signal_autocorr (what re-forms the books)
+    monthly_ic             years x months 1..12: mean daily IC (NaN: no day)
+    """
+    horizon, quantiles = int(params["horizon"]), int(params["quantiles"])
+    valid = np.isfinite(signal) & np.isfinite(label)
+    valid &= (valid.sum(axis=1) >= int(params["min_stocks"]))[:, None]
+    n = valid.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cs_mean = np.where(n > 0, np.where(valid, label, 0.0).sum(axis=1) / n, np.nan)
+    q = ens.daily[[f"q{i + 1}" for i in range(quantiles)]].to_numpy(np.float64)
+    demeaned = q - cs_mean[:, None]
+    spread = 1e4 * (q[:, -1] - q[:, 0])
+    lags = hac_lags(int(np.isfinite(spread).sum()), horizon)
+    ranks = pd.DataFrame(np.where(valid, signal, np.nan)).rank(axis=1).to_numpy()
+    return {"dates": pd.to_datetime(ens.daily["date"]).to_numpy(), "quantile_demeaned": demeaned,
+            "quantile_returns_demeaned_bps": 1e4 * np.array([_nanmean(demeaned[:, i]) for i in range(quantiles)]),
+            "spread_bps": spread, "spread_mean_bps": _nanmean(spread),
+            "spread_tstat_hac": newey_west_tstat(spread, lags), "spread_hac_lags": int(lags),
+            "rank_autocorr": {lag: rank_autocorrelation(ranks, lag) for lag in range(1, max(horizon, 5) + 1)},
+            "monthly_ic": monthly_ic(ens.daily)}
+
+
+def _nanmean(x) -> float:
+    x = np.asarray(x, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if x.size else math.nan
+
+
+def rank_autocorrelation(ranks: np.ndarray, lag: int) -> float:
+    """Mean over days of the Pearson correlation of each day's signal ranks (NaN: not ranked) with those of
+    `lag` days earlier, over the names ranked on both days (alphalens' factor_rank_autocorrelation)."""
+    if not 0 < lag < len(ranks):
+        return math.nan
+    a, b = ranks[lag:], ranks[:-lag]
+    both = np.isfinite(a) & np.isfinite(b)
+    m = both.sum(axis=1)
+    a0, b0 = np.where(both, a, 0.0), np.where(both, b, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ma, mb = a0.sum(axis=1) / m, b0.sum(axis=1) / m
+        cov = np.einsum("ij,ij->i", a0, b0) - m * ma * mb
+        va = np.einsum("ij,ij->i", a0, a0) - m * ma * ma
+        vb = np.einsum("ij,ij->i", b0, b0) - m * mb * mb
+        r = cov / np.sqrt(va * vb)
+    r[(m < 2) | ~(va > 1e-6) | ~(vb > 1e-6)] = np.nan
+    return _nanmean(r)
+
+
+def monthly_ic(daily: pd.DataFrame) -> pd.DataFrame:
+    """Mean daily IC per calendar month: one row per year, columns 1..12 (NaN: no day with an IC)."""
+    dates = pd.to_datetime(daily["date"])
+    frame = pd.DataFrame({"year": dates.dt.year.to_numpy(), "month": dates.dt.month.to_numpy(),
+                          "ic": daily["ic"].to_numpy(np.float64)})
+    table = frame.groupby(["year", "month"])["ic"].mean().unstack("month")
+    return table.reindex(columns=range(1, 13))
+
+
+def tear_sheet_document(ts: dict) -> dict:
+    """metrics.json's `tear_sheet`: the report's own figures (the rest are evaluate's, in `ensemble`)."""
+    monthly = ts["monthly_ic"]
+    return {
+        "quantile_returns_demeaned_bps": {str(q + 1): float(v)
+                                          for q, v in enumerate(ts["quantile_returns_demeaned_bps"])},
+        "quantile_returns_demeaned": "mean over days of each signal quantile's mean label minus the day's "
+                                     "cross-sectional mean label (same rows), bps",
+        "spread_bps": {"mean": ts["spread_mean_bps"], "tstat_hac": ts["spread_tstat_hac"],
+                       "hac_lags": ts["spread_hac_lags"],
+                       "definition": "top minus bottom quantile mean label per day, bps"},
+        "signal_rank_autocorr": {str(lag): v for lag, v in ts["rank_autocorr"].items()},
+        "monthly_ic": {f"{y}-{m:02d}": float(v) for y, row in monthly.iterrows() for m, v in row.items()
+                       if np.isfinite(v)},
+    }
 
 
 def vs_member(ensemble, member_ev, member, horizon: int) -> dict:
@@ -292,179 +361,258 @@ def metrics_document(rec, cfg, timing: dict, ev: dict | None) -> dict:
                                          ev.get("liquidity"), doc["label_lag"])
     doc["costs"] = costs_document(ens.summary)
     doc["ensemble"]["liquidity_split"]["column"] = ev.get("liquidity")
+    if ev.get("tear_sheet") is not None:
+        doc["tear_sheet"] = tear_sheet_document(ev["tear_sheet"])
     return doc
 
 
 # ------------------------------------------------------------------------------------------------- figures
-def render_figures(rec, ev: dict, ecfg: dict) -> dict[str, bytes]:
-    """PNG bytes by file name: pnl, daily IC, IC histogram, quantile returns, turnover, member correlation."""
-    plt = pyplot()
-    ens = ev["ensemble"]
-    daily = ens.daily.copy()
-    daily["date"] = pd.to_datetime(daily["date"])
-    figs: dict[str, bytes] = {}
-
-    fig, ax = plt.subplots(figsize=(8, 3.6))
-    ax.plot(daily["date"], daily["cum_ls"], color="C0", lw=2, label="ensemble long-short")
-    ax.plot(daily["date"], daily["cum_long"], color="C1", lw=2, label="ensemble long-only (vs mean)")
-    for i, (name, e) in enumerate(ev["members"].items()):
-        d = e.daily
-        ax.plot(pd.to_datetime(d["date"]), d["cum_ls"], lw=0.8, alpha=0.5, color=f"C{(i % 7) + 2}",
-                label=f"{name} long-short")
-    ax.axhline(0, color="k", lw=0.6)
-    how = {"realised": f"realised daily pnl of the {rec.horizon} overlapping books",
-           "non_overlapping": f"{rec.label} of every {rec.horizon}th day's book, on its last day held"}
-    ax.set_title(f"Cumulative pnl ({how.get(ens.summary['pnl_method'], rec.label + ' per day')}, summed)")
-    ax.legend(fontsize=7, ncol=2, loc="upper left")
-    fig.autofmt_xdate()
-    figs["pnl.png"] = png(fig)
-
-    window = int(ecfg.rolling_ic_days)
-    fig, ax = plt.subplots(figsize=(8, 3.2))
-    ic = daily["ic"]
-    ax.bar(daily["date"], ic.fillna(0.0), color=np.where(ic.fillna(0) >= 0, "C2", "C3"), width=1.0, alpha=0.6,
-           label="daily IC")
-    ax.plot(daily["date"], ic.rolling(window, min_periods=1).mean(), color="k", lw=1.5,
-            label=f"rolling {window}-day mean")
-    ax.axhline(ens.summary["ic"], color="C0", ls="--", lw=1, label=f"mean {ens.summary['ic']:+.4f}")
-    ax.set_title("Daily IC of the ensemble")
-    ax.legend(fontsize=7, loc="upper left")
-    fig.autofmt_xdate()
-    figs["ic_daily.png"] = png(fig)
-
-    fig, ax = plt.subplots(figsize=(4, 3.2))
-    vals = ic.dropna().to_numpy()
-    ax.hist(vals, bins=max(5, min(40, len(vals) // 3)), color="C0", alpha=0.8)
-    ax.axvline(float(np.mean(vals)) if len(vals) else 0.0, color="k", ls="--", lw=1)
-    ax.set_title("Daily IC distribution")
-    ax.set_xlabel("IC")
-    figs["ic_hist.png"] = png(fig)
-
-    fig, ax = plt.subplots(figsize=(4, 3.2))
-    q = np.asarray(ens.quantile_returns, dtype=float)
-    ax.bar([str(i + 1) for i in range(len(q))], q, color=["C3" if v < 0 else "C2" for v in q])
-    ax.axhline(0, color="k", lw=0.6)
-    ax.set_title(f"Mean {rec.label} by signal quantile")
-    ax.set_xlabel("quantile (1 = lowest signal)")
-    figs["quantiles.png"] = png(fig)
-
-    fig, ax = plt.subplots(figsize=(8, 2.8))
-    ax.plot(daily["date"], daily["turnover"], color="C4", lw=1, label="long-short turnover / day")
-    ax.axhline(ens.summary["turnover"], color="k", ls="--", lw=1, label=f"mean {ens.summary['turnover']:.3f}")
-    ax.set_title("Turnover")
-    ax.legend(fontsize=7, loc="upper left")
-    fig.autofmt_xdate()
-    figs["turnover.png"] = png(fig)
-
-    corr = ev["correlation"]
-    fig, ax = plt.subplots(figsize=(1.2 + 0.55 * len(corr), 1.0 + 0.5 * len(corr)))
-    im = ax.imshow(corr.to_numpy(), vmin=-1, vmax=1, cmap="RdBu_r")
-    ax.set_xticks(range(len(corr)), [str(i) for i in range(len(corr))])
-    ax.set_yticks(range(len(corr)), [f"{i} {n}" for i, n in enumerate(corr.index)])
-    ax.grid(False)
-    for i in range(len(corr)):
-        for j in range(len(corr)):
-            v = corr.iat[i, j]
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
-                    color="white" if abs(v) > 0.6 else "black")
-    fig.colorbar(im, ax=ax, shrink=0.8)
-    ax.set_title("Member correlation")
-    figs["correlation.png"] = png(fig)
-    return figs
+def render_figures(rec, ev: dict, ecfg) -> dict[str, bytes]:
+    """PNG bytes by file name, each drawn for 2x pixel density (render.py): cumulative pnl (gross, net beside
+    it when a cost is assumed) over its underwater panel, demeaned quantile returns and their cumulative sums,
+    the top-minus-bottom spread with its band, daily / distribution / monthly IC, turnover, rank
+    autocorrelation, member correlation."""
+    ens, ts = ev["ensemble"], ev["tear_sheet"]
+    s, daily = ens.summary, ens.daily
+    cost = float(s.get("cost_bps") or 0.0)
+    window, h = int(ecfg.rolling_ic_days), int(rec.horizon)
+    how = {"realised": f"realised daily pnl of the {h} overlapping {h}-day books, summed",
+           "non_overlapping": f"{rec.label} of every {h}th day's book, on its last day held, summed"}
+    return {
+        "pnl.png": render.pnl_figure(daily, {n: e.daily for n, e in ev["members"].items()},
+                                     how.get(s["pnl_method"], f"{rec.label} per day, summed"), cost),
+        "quantiles.png": render.quantile_figure(ts["quantile_returns_demeaned_bps"], rec.label),
+        "quantile_cum.png": render.quantile_cum_figure(ts["dates"], ts["quantile_demeaned"], h),
+        "spread.png": render.spread_figure(ts["dates"], ts["spread_bps"], window, h, ts["spread_mean_bps"],
+                                           ts["spread_tstat_hac"]),
+        "ic_daily.png": render.ic_daily_figure(daily, window, s["ic"]),
+        "ic_hist.png": render.ic_hist_figure(daily["ic"].to_numpy(np.float64)),
+        "ic_monthly.png": render.ic_monthly_figure(ts["monthly_ic"]),
+        "turnover.png": render.turnover_figure(daily, s["turnover"]),
+        "autocorr.png": render.autocorr_figure(ts["rank_autocorr"], h),
+        "correlation.png": render.correlation_figure(ev["correlation"]),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------- html
-def _leaderboard_rows(rec, cfg, ev: dict) -> tuple[list[str], list[list[str]]]:
+#: the ensemble's key numbers, in the order a PM reads them: (summary key, label, format, scale, unit);
+#: {h}: the horizon
+KEY_NUMBERS = [
+    ("ic", "IC", "{:+.4f}", 1, "correlation"), ("rank_ic", "RankIC", "{:+.4f}", 1, "rank correlation"),
+    ("icir", "ICIR (daily)", "{:+.3f}", 1, "mean / sd of the daily IC"),
+    ("ic_tstat", "IC t-stat (plain)", "{:+.2f}", 1, "t"), ("ic_tstat_hac", "IC t-stat (Newey-West)", "{:+.2f}", 1, "t"),
+    ("rank_ic_tstat_hac", "RankIC t-stat (Newey-West)", "{:+.2f}", 1, "t"),
+    ("hac_lags", "Newey-West lags", "{:d}", 1, "days"), ("ic_positive", "days IC > 0", "{:.0f}", 100, "% of days"),
+    ("quantile_spread", "top − bottom quantile mean label", "{:+.1f}", 1e4, "bps per {h}-day label"),
+    ("signal_autocorr", "signal rank autocorrelation, lag {h}", "{:+.3f}", 1, "correlation"),
+    ("pnl_method", "pnl method (docs/metrics.md)", "{}", 1, ""),
+    ("ls_mean", "long-short mean daily pnl (booked, gross)", "{:+.2f}", 1e4, "bps a day"),
+    ("pnl_long_short", "long-short pnl (sum, gross)", "{:+.2f}", 100, "% (sum of daily pnl)"),
+    ("ann_return", "long-short ann. return (gross)", "{:+.2f}", 100, "% a year"),
+    ("ann_vol", "long-short ann. vol", "{:.2f}", 100, "% a year"),
+    ("sharpe", "long-short Sharpe (gross, before costs)", "{:+.2f}", 1, "annualised"),
+    ("sharpe_booked", "long-short Sharpe, booked (naive, gross)", "{:+.2f}", 1, "annualised"),
+    ("ls_tstat", "long-short mean pnl t-stat (plain)", "{:+.2f}", 1, "t"),
+    ("ls_tstat_hac", "long-short mean pnl t-stat (Newey-West)", "{:+.2f}", 1, "t"),
+    ("max_drawdown", "long-short max drawdown (gross)", "{:+.2f}", 100, "% (of the summed pnl)"),
+    ("pnl_long", "long-only pnl vs mean (sum, gross)", "{:+.2f}", 100, "% (sum of daily pnl)"),
+    ("sharpe_long", "long-only Sharpe (gross)", "{:+.2f}", 1, "annualised"),
+    ("turnover", "turnover / day (traded notional, both legs)", "{:.1f}", 100, "% of one leg's capital a day"),
+    ("n_days", "days evaluated", "{:d}", 1, "days"),
+]
+#: columns of the tear sheet's members-vs-ensemble table: (summary key, header with unit, format, scale)
+SIDE_BY_SIDE_HTML = [("ic", "IC", "{:+.4f}", 1), ("rank_ic", "RankIC", "{:+.4f}", 1), ("icir", "ICIR", "{:+.3f}", 1),
+                     ("pnl_long_short", "LS pnl, %", "{:+.2f}", 100), ("pnl_long", "long pnl, %", "{:+.2f}", 100),
+                     ("sharpe", "gross SR", "{:+.2f}", 1), ("turnover", "turnover, %/day", "{:.1f}", 100),
+                     ("break_even_bps", "BE, bps", "{:.1f}", 1)]
+#: why a value is absent, by summary key (the footnote of its em dash)
+ABSENT = {"break_even_bps": "break-even: no turnover, or no pnl days",
+          "sharpe_net": "no net Sharpe: no pnl days"}
+GENERIC_ABSENT = "not defined on these days (no day with a book or an IC, or a constant series)"
+
+
+def _txt(text: str) -> str:
+    """A text value, left-aligned in a numeric column (escaped)."""
+    return f"<div class='txt'>{_html.escape(text)}</div>"
+
+
+def _value(notes, summary: dict, key: str, pattern: str, scale: float = 1.0) -> str:
+    """A summary value formatted, or an em dash with its reason as a footnote."""
+    value = summary.get(key)
+    out = render.cell(value, pattern, scale)
+    if out != render.DASH:
+        return out
+    if key.startswith("break_even"):  # costs_document states why (a losing signal, or nothing traded)
+        text = _break_even_reason(value, summary.get("pnl_long" if key.endswith("_long") else "pnl_long_short"))
+        return notes.absent(text)
+    return notes.absent(ABSENT.get(key, GENERIC_ABSENT))
+
+
+def _break_even_reason(value, gross_total) -> str:
+    doc = costs_document({"break_even_bps": value, "pnl_long_short": gross_total})
+    return "break-even: " + doc["break_even_text"].removeprefix("n/a (").removesuffix(")")
+
+
+def _key_rows(rec, cfg, metrics: dict, ev: dict, notes) -> list[list[str]]:
+    """The key numbers: metric, value, unit (cost rows after the gross Sharpe; vs member and oracle after IC)."""
+    s, h = ev["ensemble"].summary, int(rec.horizon)
+    rows = [["execution (label lag)", _txt(execution_text(rec)), ""]]
+    rows += [[lab.format(h=h), _value(notes, s, k, f, scale), unit.format(h=h)]
+             for k, lab, f, scale, unit in KEY_NUMBERS]
+    costs = costs_document(s)
+    cost = costs["cost_bps"]
+    cost_rows = [["cost assumed", _txt(f"{cost:g} bps per unit traded" + (
+        " (none: every pnl and Sharpe here is gross)" if cost == 0 else "")), "bps per unit traded"]]
+    if cost > 0:
+        cost_rows += [[f"long-short Sharpe (net of {cost:g} bps)", _value(notes, s, "sharpe_net", "{:+.2f}"),
+                       "annualised"],
+                      [f"long-short pnl (sum, net of {cost:g} bps)",
+                       _value(notes, s, "pnl_long_short_net", "{:+.2f}", 100), "% (sum of daily pnl)"]]
+    cost_rows += [["break-even cost, long-short", _value(notes, s, "break_even_bps", "{:.1f}"), "bps per unit traded"],
+                  ["break-even cost, long-only", _value(notes, s, "break_even_bps_long", "{:.1f}"),
+                   "bps per unit traded"]]
+    at = next(i for i, r in enumerate(rows) if r[0].startswith("long-short Sharpe (gross"))
+    rows[at + 1:at + 1] = cost_rows
+    split = ev["ensemble"].liquidity_split
+    rows.append(["liquidity split (IC by half)",
+                 _txt(liquidity_line(split, ev.get("liquidity")).replace("n/a", render.DASH))
+                 if split.get("available") else
+                 notes.absent("liquidity split: " + str(split.get("note") or "n/a").removeprefix("n/a (")
+                              .removesuffix(")") + "; an ingested panel with volume has traded_value_med"),
+                 "IC (correlation)"])
+    if metrics.get("oracle_ic") is not None:
+        rows.insert(2, ["oracle IC of the data (same rows)", render.cell(metrics["oracle_ic"], "{:+.4f}")
+                        + f" &nbsp;(ensemble / oracle = {render.cell(metrics['ic_vs_oracle'], '{:.2f}')})",
+                        "correlation"])
+    vs = metrics.get("vs_selected_member")
+    if vs:
+        rows.insert(2, [f"vs selected member {_html.escape(vs['member'])} (chosen alone by "
+                        f"{_html.escape(cfg.select_by)}): daily IC difference",
+                        f"{render.cell(vs['ic_diff'], '{:+.4f}')} (HAC t "
+                        f"{render.cell(vs['ic_diff_tstat_hac'], '{:+.2f}')}, {vs['hac_lags']} lags, "
+                        f"{vs['n_days']} days; member IC {render.cell(vs['ic_member'], '{:+.4f}')})", "correlation"])
+    return rows
+
+
+def _side_rows(rec, cfg, ev: dict, notes) -> tuple[list[str], list[list[str]]]:
+    """The ensemble beside its members and the baselines: header (with units) and rows."""
+    s = ev["ensemble"].summary
+    columns = SIDE_BY_SIDE_HTML + ([("sharpe_net", "net SR", "{:+.2f}", 1)] if (s.get("cost_bps") or 0) > 0
+                                   else [])
+    dash = render.DASH
+
+    def values(summary: dict) -> list[str]:
+        return [_value(notes, summary, k, f, scale) for k, _, f, scale in columns]
+
+    rows = [[f"<b>ENSEMBLE ({_html.escape(cfg.method)})</b>", dash, dash, dash, *values(s)]]
+    for m, w in zip(rec.members, rec.weights):
+        rows.append([_html.escape(m.name), _html.escape(m.trial_id), render.cell(w, "{:.3f}"),
+                     render.cell(m.valid_ic, "{:+.4f}"), *values(ev["members"][m.name].summary)])
+    for bname, e in (ev.get("baselines") or {}).items():
+        rows.append([f"baseline {_html.escape(bname)}", dash, dash, dash, *values(e.summary)])
+    return ["", "trial", "weight", "valid IC", *[lab for _, lab, _, _ in columns]], rows
+
+
+#: the leaderboard's absent values: their footnotes (render.Notes.resolve)
+NOT_HERE = render.Absent("not in the ensemble: this report predicted its members only")
+FITTED = render.Absent("baselines are closed-form fits: no seeds trained, no network parameters")
+NO_REF = render.Absent("the research report gives reference values for the paper's variants only")
+
+
+def _leaderboard_rows(rec, cfg, ev: dict, notes) -> tuple[list[str], list[list[str]]]:
+    """The sweep's leaderboard beside this report's test figures (members: mean over their selected seeds;
+    baselines: as evaluated here); an absent value is an em dash with its reason as a footnote."""
     path = Path(cfg.experiment) / "leaderboard.parquet"
     if not path.is_file():
         return [], []
     lb = pd.read_parquet(path)
-    member_variants = {m.variant_id: m.name for m in rec.members}
-    test_ic = {}
-    for m in rec.members:  # this report's test figures per variant (mean over its selected seeds)
-        test_ic.setdefault(m.variant_id, []).append(ev["members"][m.name].summary)
-    header = ["variant", "status", "seeds ok", "valid IC", "select IC", "valid pnl LS", "test IC (here)",
-              "test pnl LS (here)",
-              "report IC", "report pnl", "params"]
+    member_variants = {m.variant_id for m in rec.members}
+    test = {f"baseline/{name}": [e.summary] for name, e in (ev.get("baselines") or {}).items()}
+    for m in rec.members:
+        test.setdefault(m.variant_id, []).append(ev["members"][m.name].summary)
+    header = ["variant", "status", "seeds ok", "valid IC (± sd)", "select IC (± sd)", "valid LS pnl, %",
+              "test IC (here)", "test LS pnl, % (here)", "report IC", "report pnl", "params"]
     rows = []
     for r in lb.itertuples(index=False):
-        here = test_ic.get(r.variant_id)
-        t_ic = np.mean([s["ic"] for s in here]) if here else None
-        t_pnl = np.mean([s["pnl_long_short"] for s in here]) if here else None
-        name = _html.escape(str(r.variant_id)) + (" <b>(member)</b>" if r.variant_id in member_variants else "")
-        rows.append([
-            name, _html.escape(str(r.status)), f"{getattr(r, 'n_ok', '')}/{getattr(r, 'n_seeds', '')}",
-            fmt(getattr(r, "valid_ic_mean", None), "{:+.4f}") + " ± " + fmt(getattr(r, "valid_ic_std", None),
-                                                                              "{:.4f}"),
-            fmt(getattr(r, "select_ic_mean", None), "{:+.4f}") + " ± " + fmt(getattr(r, "select_ic_std", None),
-                                                                               "{:.4f}"),
-            fmt(getattr(r, "valid_pnl_long_short_mean", None), "{:+.4f}"),
-            fmt(t_ic, "{:+.4f}"), fmt(t_pnl, "{:+.4f}"),
-            fmt(getattr(r, "seed_ic", None), "{:.4f}"), fmt(getattr(r, "seed_pnl", None), "{:.3f}"),
-            fmt(getattr(r, "params", None), "{:,d}"),
-        ])
+        base = str(getattr(r, "family", "")) == "baseline" or str(r.status) == "baseline"
+        here = test.get(r.variant_id)
+        params = getattr(r, "params", None)
+        row = [
+            _html.escape(str(r.variant_id)) + (" <b>(member)</b>" if r.variant_id in member_variants else ""),
+            _html.escape(str(r.status)), FITTED if base else f"{getattr(r, 'n_ok', 0)}/{getattr(r, 'n_seeds', 0)}",
+            _mean_sd(getattr(r, "valid_ic_mean", None), getattr(r, "valid_ic_std", None)),
+            _mean_sd(getattr(r, "select_ic_mean", None), getattr(r, "select_ic_std", None)),
+            render.cell(getattr(r, "valid_pnl_long_short_mean", None), "{:+.2f}", 100),
+            render.cell(np.mean([x["ic"] for x in here]), "{:+.4f}") if here else NOT_HERE,
+            render.cell(np.mean([x["pnl_long_short"] for x in here]), "{:+.2f}", 100) if here else NOT_HERE,
+            render.cell(getattr(r, "seed_ic", None), "{:.4f}", absent=NO_REF),
+            render.cell(getattr(r, "seed_pnl", None), "{:.3f}", absent=NO_REF),
+            FITTED if base or params is None or not params >= 0 else render.cell(params, "{:,d}"),
+        ]
+        rows.append([notes.resolve(c) for c in row])
     return header, rows
+
+
+def _mean_sd(mean, sd) -> str:
+    """`+0.1448 ± 0.0184`, or the mean alone when there is no spread (one seed)."""
+    out, spread = render.cell(mean, "{:+.4f}"), render.cell(sd, "{:.4f}")
+    return out if render.DASH in (out, spread) else f"{out} ± {spread}"
 
 
 CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1100px;color:#222}
 h1{font-size:22px;margin-bottom:2px} h2{font-size:16px;margin-top:28px;border-bottom:1px solid #ddd}
-.sub{color:#666;font-size:13px;margin-bottom:14px}
+.sub{color:#666;font-size:13px;margin-bottom:10px}
+.units{background:#f4f6f8;border-left:3px solid #4a78a8;padding:6px 10px;font-size:13px;margin:8px 0 14px}
 table{border-collapse:collapse;font-size:12px;margin:6px 0} th,td{padding:4px 9px;border-bottom:1px solid #eee}
 th{background:#f4f6f8;text-align:left} td{text-align:right;font-variant-numeric:tabular-nums}
-td:first-child{text-align:left} .key td{font-size:14px} .warn{background:#fff3cd;padding:8px;border:1px solid #e0c36b}
-.grid{display:flex;flex-wrap:wrap;gap:8px} img{max-width:100%} .small{color:#666;font-size:11px}
+td:first-child{text-align:left} .key td{font-size:14px}
+.key td:last-child{text-align:left;color:#666;white-space:nowrap}
+.txt{text-align:left} .nw{white-space:nowrap} .warn{background:#fff3cd;padding:8px;border:1px solid #e0c36b}
+.row{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}
+img{max-width:100%;height:auto;display:block;margin:6px 0} .small{color:#666;font-size:11px}
+.fn a{text-decoration:none;color:#4a78a8} ol.notes{font-size:12px;color:#444}
 """
 
 
+def _figures_html(window: int, horizon: int) -> list[str]:
+    full, half, tag = render.FULL, render.HALF, render.figure_tag
+    return [
+        "<h2>Performance</h2>", tag("pnl.png", full, "cumulative pnl and underwater"),
+        "<h2>Returns by signal quantile</h2><div class='row'>", tag("quantiles.png", half, "demeaned quantile returns"),
+        tag("quantile_cum.png", half, "cumulative return by quantile"), "</div>",
+        tag("spread.png", full, "top minus bottom spread"),
+        f"<p class='small'>Demeaned: each day, a quantile's mean label minus the mean label of all the day's "
+        f"names, averaged over days (the quantiles sum to ~0). Cumulative: that daily figure / {horizon} (the "
+        f"{horizon}-day label booked over its {horizon} days), summed. Spread band: the rolling {window}-day mean "
+        f"± 2 standard errors, SE = rolling sd / √({window} / {horizon}) (overlapping {horizon}-day labels); "
+        "the dashed line is the whole period's mean with its Newey-West t.</p>",
+        "<h2>Information coefficient</h2>", tag("ic_daily.png", full, "daily IC"),
+        "<div class='row'>", tag("ic_hist.png", half, "IC distribution"), tag("ic_monthly.png", half, "monthly IC"),
+        "</div>", "<h2>Turnover and signal decay</h2><div class='row'>", tag("turnover.png", half, "turnover"),
+        tag("autocorr.png", half, "signal rank autocorrelation"), "</div>",
+        "<p class='small'>Rank autocorrelation: mean over days of the correlation of the signal's cross-sectional "
+        "ranks with those of <i>lag</i> days earlier; the lower it is at the horizon, the more the books trade.</p>",
+    ]
+
+
 def render_html(rec, cfg, metrics: dict, ev: dict, figures: dict[str, bytes], extra: str = "") -> str:
-    """The tear sheet: key numbers first, then members beside the ensemble, figures, correlation, leaderboard
-    (`extra`: a section after the key numbers, e.g. the walk-forward windows and leaderboard)."""
-    s = ev["ensemble"].summary
+    """The tear sheet, one self-contained file (every figure inlined as a data: URI): the unit convention,
+    key numbers, members beside the ensemble, figures, correlation, leaderboard, footnotes (`extra`: a
+    section after the key numbers, e.g. the walk-forward windows and leaderboard)."""
+    notes = render.Notes()
     name = Path(cfg.experiment).name
-    key_rows = [["execution (label lag)", _html.escape(execution_text(rec))]]
-    key_rows += [[lab, fmt(s.get(k), f)] for k, lab, f in KEY_NUMBERS]
-    costs = costs_document(s)
-    at = key_rows.index(next(r for r in key_rows if r[0].startswith("long-short Sharpe (gross")))
-    cost_rows = [["cost assumed", f"{costs['cost_bps']:g} bps per unit traded"
-                  + (" (none: every pnl and Sharpe here is gross)" if costs["cost_bps"] == 0 else "")]]
-    if costs["cost_bps"] > 0:
-        cost_rows += [[f"long-short Sharpe (net of {costs['cost_bps']:g} bps)", fmt(s.get("sharpe_net"), "{:+.2f}")],
-                      [f"long-short pnl (sum, net of {costs['cost_bps']:g} bps)",
-                       fmt(s.get("pnl_long_short_net"), "{:+.4f}")]]
-    cost_rows += [["break-even cost, long-short", _html.escape(costs["break_even_text"])],
-                  ["break-even cost, long-only", _html.escape(costs["break_even_long_text"])]]
-    key_rows[at + 1:at + 1] = cost_rows
-    key_rows.append(["liquidity split (IC by half)",
-                     _html.escape(liquidity_line(ev["ensemble"].liquidity_split, ev.get("liquidity")))])
-    if metrics.get("oracle_ic") is not None:
-        key_rows.insert(2, ["oracle IC of the data (same rows)", fmt(metrics["oracle_ic"], "{:+.4f}")
-                            + f" &nbsp;(ensemble / oracle = {fmt(metrics['ic_vs_oracle'], '{:.2f}')})"])
-    vs = metrics.get("vs_selected_member")
-    if vs:
-        key_rows.insert(2, [f"vs selected member {_html.escape(vs['member'])} (chosen alone by "
-                            f"{_html.escape(cfg.select_by)}): daily IC difference",
-                            f"{fmt(vs['ic_diff'], '{:+.4f}')} (HAC t {fmt(vs['ic_diff_tstat_hac'], '{:+.2f}')}, "
-                            f"{vs['hac_lags']} lags, {vs['n_days']} days; member IC "
-                            f"{fmt(vs['ic_member'], '{:+.4f}')})"])
-    columns = _side_by_side(s)
-    side_rows = [[f"<b>ENSEMBLE ({_html.escape(cfg.method)})</b>", "", "", "",
-                  *[fmt(s.get(k), f) for k, _, f in columns]]]
-    for m, w in zip(rec.members, rec.weights):
-        ms = ev["members"][m.name].summary
-        side_rows.append([_html.escape(m.name), _html.escape(m.trial_id), fmt(w, "{:.3f}"),
-                          fmt(m.valid_ic, "{:+.4f}"), *[fmt(ms.get(k), f) for k, _, f in columns]])
-    for bname, e in (ev.get("baselines") or {}).items():
-        side_rows.append([f"baseline {_html.escape(bname)}", "", "", "",
-                          *[fmt(e.summary.get(k), f) for k, _, f in columns]])
+    lag = "unknown" if rec.label_lag is None else rec.label_lag
+    side_header, side_rows = _side_rows(rec, cfg, ev, notes)
+    key_rows = _key_rows(rec, cfg, metrics, ev, notes)
     corr = ev["correlation"]
-    corr_rows = [[f"{i} {_html.escape(n)}", *[fmt(v, "{:+.2f}") for v in corr.iloc[i].to_numpy()]]
+    corr_rows = [[_html.escape(n), *[render.cell(v, "{:+.2f}") for v in corr.iloc[i].to_numpy()]]
                  for i, n in enumerate(corr.index)]
-    lb_header, lb_rows = _leaderboard_rows(rec, cfg, ev)
+    lb_header, lb_rows = _leaderboard_rows(rec, cfg, ev, notes)
     warn = "".join(f'<p class="warn">In-sample: {a}..{b} lies inside member {_html.escape(n)}\'s train/valid '
                    f"window (+embargo); these scores are not out-of-sample.</p>"
                    for n, (a, b) in rec.in_sample.items())
-    img = lambda f, w="100%": f'<img src="figures/{f}" style="width:{w}" alt="{f}">'  # noqa: E731
+    cost = costs_document(ev["ensemble"].summary)["cost_bps"]
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
         f"<title>Ensemble tear sheet: {_html.escape(name)}</title><style>{CSS}</style></head><body>",
@@ -472,28 +620,37 @@ def render_html(rec, cfg, metrics: dict, ev: dict, figures: dict[str, bytes], ex
         f"<div class='sub'>{len(rec.members)} member(s) chosen by {_html.escape(cfg.select_by)}, "
         f"{_html.escape(cfg.method)} of per-date z-scores &middot; {rec.period[0]} to {rec.period[1]} "
         f"({metrics['period']['n_dates']} dates, {metrics['period']['n_rows']:,} rows) &middot; label "
-        f"{_html.escape(rec.label)} (horizon {rec.horizon}, label_lag {rec.label_lag}) "
-        f"&middot; data {_html.escape(Path(rec.panel_path).name)}"
-        "</div>", warn,
-        "<h2>Key numbers (ensemble)</h2>", html_table(["metric", "value"], key_rows, "key"), extra,
-        "<h2>Ensemble beside its members</h2>",
-        html_table(["", "trial", "weight", "valid IC", *[lab for _, lab, _ in columns]], side_rows),
-        f"<p class='small'>pnl and Sharpe gross of costs{'' if costs['cost_bps'] == 0 else ' (net SR: net of ' + format(costs['cost_bps'], 'g') + ' bps)'}; "
-        f"BE bps: break-even cost per unit traded (turnover = {_html.escape(TURNOVER_UNIT)})</p>",
-        "<h2>Performance</h2>", img("pnl.png"), img("ic_daily.png"),
-        "<div class='grid'>", img("ic_hist.png", "32%"), img("quantiles.png", "32%"),
-        img("correlation.png", "32%"), "</div>", img("turnover.png"),
+        f"{_html.escape(rec.label)} (horizon {rec.horizon}, label_lag {lag}) "
+        f"&middot; data {_html.escape(Path(rec.panel_path).name)}</div>",
+        f"<div class='units'>{_html.escape(render.UNITS)}</div>", warn,
+        "<h2>Key numbers (ensemble)</h2>", html_table(["metric", "value", "unit"], key_rows, "key"), extra,
+        "<h2>Ensemble beside its members</h2>", html_table(side_header, side_rows),
+        f"<p class='small'>pnl and Sharpe gross of costs{'' if cost == 0 else f' (net SR: net of {cost:g} bps)'}; "
+        f"LS / long pnl: summed daily pnl; BE: break-even cost per unit traded (turnover = "
+        f"{_html.escape(TURNOVER_UNIT)})</p>",
+        *_figures_html(_window(cfg), int(rec.horizon)),
         "<h2>Member correlation</h2><p class='small'>mean over dates of the cross-sectional Pearson "
-        "correlation of the raw predictions</p>",
-        html_table(["", *[str(i) for i in range(len(corr))]], corr_rows),
+        "correlation of the raw predictions (signal: the ensemble)</p>",
+        render.figure_tag("correlation.png", render.HALF, "member correlation"),
+        html_table(["", *[str(c) for c in corr.columns]], corr_rows),
     ]
     if lb_rows:
-        parts += ["<h2>Sweep leaderboard</h2><p class='small'>valid figures from the sweep; test figures from "
-                  "this report (selected seeds); report IC / pnl: the research report's reference values</p>",
+        parts += ["<h2>Sweep leaderboard</h2><p class='small'>valid figures from the sweep (± the sd over seeds, "
+                  "where a variant has two or more); test figures from this report (members: their selected seeds; "
+                  "baselines: as above); report IC / pnl: the research report's reference values</p>",
                   html_table(lb_header, lb_rows)]
-    parts += [f"<p class='small'>Recompute the key numbers: <code>{_html.escape(metrics['recompute'])}</code>. "
-              "Definitions: docs/metrics.md, docs/scoring.md.</p></body></html>"]
-    return "\n".join(p for p in parts if p) + "\n"
+    parts += [notes.html(),
+              f"<p class='small'>Recompute the key numbers: <code>{_html.escape(metrics['recompute'])}</code>. "
+              "Definitions: docs/metrics.md, docs/scoring.md. Every figure is inside this file; the same PNGs "
+              "are also written beside it, as " + ", ".join(f"figures/{f}" for f in sorted(figures)) + ".</p>",
+              "</body></html>"]
+    return render.inline_figures("\n".join(p for p in parts if p) + "\n", figures)
+
+
+def _window(cfg) -> int:
+    """The rolling window of the daily IC and spread figures (evaluation.rolling_ic_days)."""
+    ecfg = getattr(cfg, "evaluation", None)
+    return int(getattr(ecfg, "rolling_ic_days", 20) or 20)
 
 
 def write_report(out: Path, metrics: dict, figures: dict[str, bytes], html: str) -> None:

@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from crnn_ray.io import CliError, atomic_path, write_parquet_atomic
 from crnn_ray.metrics import hac_lags, newey_west_tstat
-from crnn_ray.score.render import html_table, png, pyplot
+from crnn_ray.score.render import FULL, date_axis, figure, figure_tag, html_table, png
 from crnn_ray.score.stitch import Part, Record
 
 __all__ = ["walk_forward_document", "walk_forward_table", "walk_forward_markdown", "walk_forward_figures",
@@ -181,67 +181,80 @@ def write_walk_forward(out: Path, table: pd.DataFrame, doc: dict) -> None:
 
 # ---------------------------------------------------------------------------------------------- report
 def walk_forward_figures(rec: Record, ev: dict, table: pd.DataFrame) -> dict[str, bytes]:
-    """Out-of-sample cumulative pnl with the window boundaries marked, and IC per window."""
-    plt = pyplot()
+    """Out-of-sample cumulative pnl with the window boundaries marked, and IC per window (2x pixel density)."""
+    return {"wf_pnl.png": _wf_pnl_figure(rec, ev), "wf_ic_windows.png": _wf_ic_figure(table)}
 
-    daily = ev["ensemble"].daily.copy()
-    daily["date"] = pd.to_datetime(daily["date"])
-    figs = {}
-    fig, ax = plt.subplots(figsize=(8, 3.6))
-    ax.plot(daily["date"], daily["cum_ls"], color="C0", lw=2, label="ensemble long-short (gross)")
-    for name, e in (ev.get("baselines") or {}).items():
+
+def _wf_pnl_figure(rec: Record, ev: dict) -> bytes:
+    daily = ev["ensemble"].daily
+    fig, ax = figure(FULL, 380)
+    ax.plot(pd.to_datetime(daily["date"]), 100 * daily["cum_ls"], color="C0", lw=2.2,
+            label="ensemble long-short, gross")
+    for i, (name, e) in enumerate((ev.get("baselines") or {}).items()):
         d = e.daily
-        ax.plot(pd.to_datetime(d["date"]), d["cum_ls"], lw=1, ls="--", alpha=0.7, label=f"baseline {name}")
+        ax.plot(pd.to_datetime(d["date"]), 100 * d["cum_ls"], lw=1.2, ls="--", alpha=0.8, color=f"C{i + 1}",
+                label=f"baseline {name}, gross")
+    ax.axhline(0, color="k", lw=0.6)
+    top = ax.get_ylim()[1]
     for p in rec.parts:
         x = pd.Timestamp(p.plan.period[0])
         ax.axvline(x, color="k", lw=0.7, ls=":", alpha=0.7)
-        ax.text(x, ax.get_ylim()[1], f" w{p.window:02d}", fontsize=7, va="top")
-    ax.axhline(0, color="k", lw=0.6)
-    ax.set_title("Walk-forward out-of-sample cumulative pnl (windows marked; each retrained before its part)")
-    ax.legend(fontsize=7, loc="upper left")
-    fig.autofmt_xdate()
-    figs["wf_pnl.png"] = png(fig)
+        ax.text(x, top, f" w{p.window:02d}", fontsize=8, va="top")
+    ax.set_title("Walk-forward out-of-sample cumulative pnl (dotted: window starts; each window retrained "
+                 "before its test part)")
+    ax.set_ylabel("cumulative pnl, % (summed)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    date_axis(ax)
+    return png(fig)
 
+
+def _wf_ic_figure(table: pd.DataFrame) -> bytes:
     wcols = _columns(table)
-    fig, ax = plt.subplots(figsize=(8, 3.2))
+    fig, ax = figure(FULL, 300)
     x = np.arange(len(wcols))
     shown = table[table["kind"] != "baseline"]
     width = 0.8 / max(1, len(shown))
     for i, r in enumerate(shown.itertuples(index=False)):
-        vals = [getattr(r, c) for c in wcols]
-        ax.bar(x + i * width - 0.4 + width / 2, np.nan_to_num(np.asarray(vals, dtype=float)), width,
+        vals = np.asarray([getattr(r, c) for c in wcols], dtype=float)
+        ax.bar(x + i * width - 0.4 + width / 2, np.nan_to_num(vals), width,
                label=r.name, color="k" if r.kind == "ensemble" else f"C{i % 10}", alpha=0.85)
     ax.axhline(0, color="k", lw=0.6)
     ax.set_xticks(x, [c[3:] for c in wcols])
     ax.set_title("Mean daily IC per window (out-of-sample)")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    figs["wf_ic_windows.png"] = png(fig)
-    return figs
+    ax.set_xlabel("window")
+    ax.set_ylabel("mean daily IC (correlation)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return png(fig)
 
 
 def walk_forward_html(doc: dict, table: pd.DataFrame | None) -> str:
-    """The report's walk-forward section: the windows, their figures and the walk-forward leaderboard."""
-    rows = [[f"w{w['window']:02d}", f"{w['test'][0]}..{w['test'][1]}", str(w["n_dates"]),
-             _html.escape(", ".join(f"{m['name']} ({m['trial_id']}, {m['weight']:.2f})" for m in w["members"])),
-             _html.escape(", ".join(sorted({m["trained_through"] for m in w["members"]}))),
+    """The report's walk-forward section: the windows, their figures and the walk-forward leaderboard (the
+    figures as figure_tag references, inlined by report.render_html)."""
+    rows = [[f"w{w['window']:02d}", f"<span class='nw'>{w['test'][0]}..{w['test'][1]}</span>", str(w["n_dates"]),
+             "<div class='txt'>" + _html.escape(", ".join(f"{m['name']} ({m['trial_id']}, {m['weight']:.2f})"
+                                                          for m in w["members"])) + "</div>",
+             "<span class='nw'>" + _html.escape(", ".join(sorted({m["trained_through"] for m in w["members"]})))
+             + "</span>",
              _f(w.get("ensemble_ic"), "{:+.4f}")] for w in doc["windows"]]
     parts = ["<h2>Walk-forward windows</h2><p class='small'>each window's members were chosen on that window's "
              "selection part and score only its test part; trained through: the last day of data that trained "
              "or chose them (the embargo follows)</p>",
-             html_table(["window", "test part", "dates", "members (trial, weight)", "trained through", "ensemble IC"],
-                    rows), "<img src='figures/wf_pnl.png' style='width:100%' alt='wf_pnl.png'>",
-             "<img src='figures/wf_ic_windows.png' style='width:100%' alt='wf_ic_windows.png'>"]
+             html_table(["window", "test part", "dates", "members (trial, weight)", "trained through",
+                         "ensemble IC"], rows),
+             figure_tag("wf_pnl.png", FULL, "walk-forward cumulative pnl"),
+             figure_tag("wf_ic_windows.png", FULL, "IC per window")]
     if table is not None:
         wcols = _columns(table)
         body = [[_html.escape(r.name), str(r.n_seeds), _f(r.ic, "{:+.4f}"), _f(r.ic_tstat_hac, "{:+.2f}"),
-                 _f(r.rank_ic, "{:+.4f}"), _f(r.rank_ic_tstat_hac, "{:+.2f}"), _f(r.pnl_long_short, "{:+.4f}"),
+                 _f(r.rank_ic, "{:+.4f}"), _f(r.rank_ic_tstat_hac, "{:+.2f}"), _f(r.pnl_long_short * 100, "{:+.2f}"),
                  _f(r.sharpe, "{:+.2f}"),
                  "(reference)" if r.name == doc["reference"] else _f(r.ic_diff, "{:+.4f}"),
                  _f(r.ic_diff_tstat_hac, "{:+.2f}"), *[_f(getattr(r, c), "{:+.3f}") for c in wcols]]
                 for r in table.itertuples(index=False)]
         parts += [f"<h2>Walk-forward leaderboard</h2><p class='small'>{doc['n_dates']} out-of-sample dates; IC "
-                  "per variant: mean over seeds each day; t: Newey-West; pnl realised, gross; diff: daily IC minus "
-                  f"{_html.escape(str(doc['reference']))}'s, Newey-West t</p>",
-                  html_table(["name", "seeds", "OOS IC", "IC t", "RankIC", "RankIC t", "LS pnl", "Sharpe",
-                          f"IC − {doc['reference']}", "diff t", *[c[3:] for c in wcols]], body)]
+                  "per variant: mean over seeds each day; t: Newey-West; pnl realised, gross, summed; diff: daily "
+                  f"IC minus {_html.escape(str(doc['reference']))}'s, Newey-West t; w00…: mean daily IC per "
+                  "window</p>",
+                  html_table(["name", "seeds", "OOS IC", "IC t", "RankIC", "RankIC t", "LS pnl, %", "Sharpe",
+                              f"IC − {doc['reference']}", "diff t", *[c[3:] for c in wcols]], body)]
     return "\n".join(parts)
