@@ -15,9 +15,8 @@ import pytest
 from conftest import tiny_config, write_yaml
 from crnn_ray.data import save_panel
 from crnn_ray.data.synth import synthesize
-from crnn_ray.io import CliError
 from crnn_ray.sweep.__main__ import main as sweep_main
-from crnn_ray.sweep.experiment import _check_tune_state
+from crnn_ray.sweep.run import _tune_state_usable
 
 
 def one_line_error(capsys, argv: list[str]) -> str:
@@ -70,17 +69,25 @@ def test_resume_names_stay_inside_storage(tmp_path, capsys):
     assert "--name: name: use letters, digits" in err
 
 
-def test_only_the_newest_tune_state_must_be_whole(tmp_path):
-    """Tune restores from the newest experiment_state-*.json: a damaged older one (say, a full disk) does not
-    block --resume; a damaged newest one is named in one line."""
+def test_only_the_newest_tune_state_must_be_whole_and_a_damaged_one_is_set_aside(tmp_path, capsys):
+    """Tune restores from the newest experiment_state-*.json: a damaged older one (say, a full disk) changes
+    nothing; a damaged newest one (or tuner.pkl) is set aside with one line, and the generation restarts as a
+    new Tune run that continues every pack from its checkpoints (tests/test_sweep_e2e.py resumes one)."""
+    import pickle
+
     tune = tmp_path / "tune"
     tune.mkdir()
+    (tune / "tuner.pkl").write_bytes(pickle.dumps({"ok": 1}))
     (tune / "experiment_state-2026-01-01_00-00-00.json").write_text('{"trial_da')
     (tune / "experiment_state-2026-01-02_00-00-00.json").write_text(json.dumps({"trial_data": []}))
-    _check_tune_state(tune)
+    assert _tune_state_usable(tune)
     (tune / "experiment_state-2026-01-03_00-00-00.json").write_text("{")
-    with pytest.raises(CliError, match=r"experiment_state-2026-01-03_00-00-00.json: corrupt"):
-        _check_tune_state(tune)
+    capsys.readouterr()
+    assert not _tune_state_usable(tune)
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "Tune's saved state is damaged (JSONDecodeError" in out and "set aside" in out
+    assert not list(tune.glob("experiment_state-*.json"))
+    assert len(list(tune.glob("experiment_state-*.json.set-aside"))) == 3
 
 
 @pytest.fixture

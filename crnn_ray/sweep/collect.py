@@ -1,13 +1,16 @@
 """What a sweep leaves: one row per model from Tune's results and the packs' checkpoints, trials.parquet, the
 leaderboard (with the baselines), and where the slot-seconds went.
 
-Why a stage of its own: the rows come only from what Tune holds after the fits (every epoch report, the newest
-checkpoint of each pack), so the same code reads a fresh run and a resumed one, and every model of the grid gets
-a row, even one never started. The tables themselves are built in crnn_ray.sweep.leaderboard (plain pandas).
+Why a stage of its own: the rows come from what Tune holds after the fits (every epoch report, the newest
+checkpoint of each pack) and, for a model whose end Tune lost (a driver killed), from its checkpoint on disk, so
+the same code reads a fresh run and a resumed one, and every model of the grid gets a row, even one never
+started. The tables themselves are built in crnn_ray.sweep.leaderboard (plain pandas).
 """
 
 from __future__ import annotations
 
+import glob
+import json
 import math
 from pathlib import Path
 
@@ -17,9 +20,10 @@ from crnn_ray.sweep.config import SweepConfig
 from crnn_ray.sweep.leaderboard import (baseline_rows, build_leaderboard, leaderboard_markdown, trial_row,
                                         trials_frame, write_results)
 from crnn_ray.sweep.placement import pack_models
+from crnn_ray.sweep.trial import STORAGE_ERROR, read_pack_file, read_reports, unusable
 from crnn_ray.zoo import family_of, load_zoo
 
-__all__ = ["collect", "baselines_for", "time_split", "relative_checkpoint", "SweepOutcome"]
+__all__ = ["collect", "baselines_for", "time_split", "relative_checkpoint", "disk_reports", "SweepOutcome"]
 
 
 class SweepOutcome:
@@ -72,12 +76,63 @@ def relative_checkpoint(path: str | None) -> str | None:
 
 
 def _reports(result) -> list[dict]:
-    """Every epoch report of one trial, in order, from Tune's Result (the last one as Tune holds it)."""
+    """Every epoch report of one trial, in order, from Tune's Result (the last one as Tune holds it); a
+    worker's storage-error report (trial.STORAGE_ERROR: no epoch, it only stopped the sweep) is left out."""
     frame = getattr(result, "metrics_dataframe", None)
     rows = frame.to_dict("records") if frame is not None and len(frame) else []
     if result.metrics:
         rows = rows[:-1] + [dict(result.metrics)]
-    return rows
+    return [r for r in rows if not _present(r.get(STORAGE_ERROR))]
+
+
+def _present(value) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def disk_reports(train_dir: Path, experiment: str, keys: list[str]) -> dict[str, tuple[list[dict], str]]:
+    """{model key: (its reports, its checkpoint directory)} of the models among `keys` that are over on disk:
+    finished (meta.json status ok / diverged, the directory intact) in some persisted checkpoint of some pack
+    of the experiment (the most advanced one), or failed (pack.json `failed`). Why: Tune can lose a model's
+    reports while its checkpoint stays (a driver SIGKILL: Tune restarts the pack's trial with an empty result
+    log, and the restarted worker skips the finished models, so they report nothing again). The reports come
+    from the model's `reports.json` (trial.REPORTS_FILE), else from its meta.json alone (the final figures)."""
+    found: dict[str, tuple[tuple, list[dict], str]] = {}
+    wanted = set(keys)
+    for ckpt in sorted(train_dir.glob(f"{glob.escape(experiment)}-*/checkpoint_*")) if train_dir.is_dir() else []:
+        if not ckpt.is_dir() or not wanted:
+            continue
+        failed = read_pack_file(ckpt).get("failed") or {}
+        for key in wanted & set(failed):
+            found.setdefault(key, ((-1, ""), [{"status": "failed", "reason": str(failed[key])}], None))
+        for key in [k for k in wanted if (ckpt / k).is_dir()]:
+            meta = _read_json(ckpt / key / "meta.json")
+            rank = (int(meta.get("epoch") or 0), ckpt.name)
+            if meta.get("status") not in ("ok", "diverged") or rank <= found.get(key, ((-1, ""),))[0] \
+                    or unusable(ckpt / key) is not None:
+                continue
+            reports = read_reports(ckpt / key) or [_meta_report(meta)]
+            found[key] = (rank, reports, str(ckpt / key))
+    return {k: (reports, checkpoint) for k, (_, reports, checkpoint) in found.items()}
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _meta_report(meta: dict) -> dict:
+    """A model's last report rebuilt from its meta.json (a checkpoint written before reports.json existed)."""
+    return {"epoch": meta.get("epoch"), "best_epoch": meta.get("best_epoch"), "status": meta.get("status"),
+            "reason": meta.get("reason") or "", "params": meta.get("params"),
+            **{f"best_{k}": v for k, v in (meta.get("valid_metrics") or {}).items()}}
+
+
+def _final(entry) -> bool:
+    """Whether Tune's reports of a model end it (ok, diverged or failed): else its row may come from disk."""
+    return entry is not None and bool(entry[1]) and entry[1][-1].get("status") in ("ok", "diverged", "failed")
 
 
 def time_split(fits: list, slots: int) -> dict:
@@ -149,6 +204,10 @@ def collect(cfg: SweepConfig, exp_dir: Path, grid: list[dict], results, baseline
             checkpoint = (f"{newest}/{trial['key']}" if newest and not raised
                           and any(r.get("checkpoint_path") for r in own) else None)
             by_key[trial["key"]] = (trial, own, error if own or trial["key"] in dealt else None, checkpoint)
+    # a model Tune lost the end of (a driver SIGKILL) keeps the row its checkpoint on disk holds
+    lost = [t["key"] for t in grid if not _final(by_key.get(t["key"]))]
+    for key, (reports, checkpoint) in disk_reports(exp_dir / "train", cfg.name, lost).items():
+        by_key[key] = (grid_by_key[key], reports, None, checkpoint)
     rows = []
     for trial in grid:  # every trial of the grid gets a row, even one Tune never started
         t, results_rows, error, checkpoint = by_key.get(trial["key"], (trial, [], "not run", None))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickletools
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -53,8 +52,6 @@ def resolve_experiment(config_path, storage, name, resume: bool, overwrite: bool
         if not saved.is_file():
             raise CliError(f"{saved}: not found: nothing to resume (start the sweep without --resume)")
         cfg = _saved_config(saved, exp_dir)
-        for tune_dir in sorted(exp_dir.glob("tune*")):  # every generation's Tune state: tune/, tune-2/, ...
-            _check_tune_state(tune_dir)
         if given is not None and not _same_config(given, cfg):
             raise CliError(f"{config_path}: differs from the experiment's {saved}; resume without --config "
                            "or start a new experiment with another --name"
@@ -105,27 +102,6 @@ def _saved_config(saved: Path, exp_dir: Path) -> SweepConfig:
         raise _corrupt(saved, "not a mapping")
     raw.pop("resolved", None)  # what the sweep derived (panel path, split dates, ...): informational
     return parse_config(raw, source=saved.name, default_name=exp_dir.name)
-
-
-def _check_tune_state(tune_dir: Path) -> None:
-    """Tune's state files must be whole before Ray is asked to restore them (it would fail mid-start with a
-    raw traceback). tuner.pkl is parsed opcode by opcode (pickletools), never unpickled here. Tune restores
-    from the newest experiment_state-*.json only, so only that one must be whole: an older one damaged (say,
-    by a full disk) does not block a resume."""
-    for state in sorted(tune_dir.glob("experiment_state-*.json"))[-1:]:
-        try:
-            doc = json.loads(state.read_text())
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise _corrupt(state, f"{type(exc).__name__}: {str(exc)[:80]}") from None
-        if not isinstance(doc, dict) or not isinstance(doc.get("trial_data"), list):
-            raise _corrupt(state, "no trial_data list")
-    pickled = tune_dir / "tuner.pkl"
-    if pickled.exists():
-        try:
-            for _ in pickletools.genops(pickled.read_bytes()):
-                pass
-        except Exception as exc:  # truncated or not a pickle at all
-            raise _corrupt(pickled, f"{type(exc).__name__}: {str(exc)[:80]}") from None
 
 
 def _same_config(a: SweepConfig, b: SweepConfig) -> bool:

@@ -11,13 +11,15 @@ started (`PackQueue`) rather than leave its slot idle.
     pack_size        models per Train run
     make_packs       the grid dealt into packs (`deal`: by measured cost, else round-robin)
     plan_packs       every generation's packs and the newest generation's placement, on the running cluster
-    PackQueue        the work-stealing ledger (a Ray actor of the driver)
+    PackQueue        the work stealing of one generation, its claims appended to a ledger file (`read_ledger`,
+                     `ledger_path`) so they survive a driver kill; `PackQueues`: every generation's, one Ray actor
 
 Light on purpose (no torch, no Tune, not the config module): the PackQueue actor imports this module alone.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -185,26 +187,34 @@ def pack_models(trial: dict) -> list[dict]:
 
 
 class PackQueue:
-    """Work stealing between the packs of one sweep (a Ray actor of the driver, no CPU): a pack claims each of
-    its own models before training it, and once its own are done it takes the longest model no pack has
+    """Work stealing between the packs of one generation (a Ray actor of the driver, no CPU): a pack claims each
+    of its own models before training it, and once its own are done it takes the longest model no pack has
     started. Why: the dealing by measured cost is an estimate (a net's validation cost at large batches, another
     process on the core), and a pack that ends early would leave its slot idle while the others still hold
     models nobody has started. A model is trained by exactly one pack: the first to claim it.
 
-    `claimed` (model key -> pack) starts from the packs' checkpoints on --resume, so what a pack had started
-    stays its own; claims by a pack that is not managed here (an earlier generation's) always succeed."""
+    Each generation has its own queue, holding that generation's models only, so a restored pack can never take
+    a model of another generation. Every new claim is appended to `ledger` (a JSON-lines file in the experiment)
+    before the model trains, and `claimed` starts from that ledger and the packs' checkpoints (trial.started_models)
+    on --resume: a claim survives a driver SIGKILL, so what a pack had claimed stays its own (`mine`: a restarted
+    pack finishes the models it had taken over, even those it had not checkpointed yet). Claims by a pack not
+    managed here always succeed."""
 
     def __init__(self, packs: dict[str, list[dict]], costs: dict[str, float] | None = None,
-                 claimed: dict[str, str] | None = None):
+                 claimed: dict[str, str] | None = None, ledger: str | None = None):
         self.models = {m["key"]: m for models in packs.values() for m in models}
         self.packs = set(packs)
         self.costs = dict(costs or {})
         self.claimed = dict(claimed or {})
+        self.ledger = ledger
 
     def claim(self, pack: str, key: str) -> bool:
         if key not in self.models or pack not in self.packs:
             return True
-        return self.claimed.setdefault(key, pack) == pack
+        if key not in self.claimed:
+            self.claimed[key] = pack
+            self._record(key, pack)
+        return self.claimed[key] == pack
 
     def steal(self, pack: str) -> dict | None:
         if pack not in self.packs:
@@ -214,10 +224,66 @@ class PackQueue:
             return None
         key = max(free, key=lambda k: self.costs.get(k, 0.0))  # ties: the first in grid order
         self.claimed[key] = pack
+        self._record(key, pack)
         return self.models[key]
+
+    def mine(self, pack: str) -> list[dict]:
+        """Every model this pack has claimed (its own and those it took over), in grid order."""
+        return [m for k, m in self.models.items() if self.claimed.get(k) == pack]
 
     def owners(self) -> dict[str, str]:
         return dict(self.claimed)
+
+    def _record(self, key: str, pack: str) -> None:
+        """Append the claim to the ledger. Best effort: when the storage cannot take a line (a full disk), the
+        claim still holds in memory, and the pack's next checkpoint fails and stops the sweep anyway."""
+        if not self.ledger:
+            return
+        try:
+            with open(self.ledger, "a") as f:
+                f.write(json.dumps({"model": key, "pack": pack}) + "\n")
+        except OSError:
+            pass
+
+
+class PackQueues:
+    """Every generation's PackQueue in one actor of the driver (an actor per generation would cost a Ray worker
+    process each, and a walk-forward experiment grows a generation per added window). A pack's calls go to its
+    own generation's queue (pack keys are unique across generations: p000, g2p000, ...); a pack without one (a
+    generation of one pack, or of one-model packs) claims freely and takes over nothing."""
+
+    def __init__(self, queues: dict[str, PackQueue]):
+        self.of = {pack: q for q in queues.values() for pack in q.packs}
+
+    def claim(self, pack: str, key: str) -> bool:
+        return self.of[pack].claim(pack, key) if pack in self.of else True
+
+    def steal(self, pack: str) -> dict | None:
+        return self.of[pack].steal(pack) if pack in self.of else None
+
+    def mine(self, pack: str) -> list[dict]:
+        return self.of[pack].mine(pack) if pack in self.of else []
+
+
+def read_ledger(path: Path) -> dict[str, str]:
+    """{model key: pack key} of a PackQueue ledger, first claim first (a line torn by a kill is skipped)."""
+    claimed: dict[str, str] = {}
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return claimed
+    for line in lines:
+        try:
+            entry = json.loads(line)
+            claimed.setdefault(str(entry["model"]), str(entry["pack"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return claimed
+
+
+def ledger_path(exp_dir: Path, generation: str) -> Path:
+    """Where a generation's PackQueue appends its claims: `DIR/NAME/train/queue-<tune dir>.jsonl`."""
+    return Path(exp_dir) / "train" / f"queue-{generation}.jsonl"
 
 
 # ------------------------------------------------------------------------------------ the plan of this run
@@ -254,6 +320,10 @@ def plan_packs(cfg: SweepConfig, grid: list[dict], generations: list[dict], prob
     """Pack each generation's models on the running cluster. The pack size follows the slots the newest
     generation's models could fill; its packs are dealt by measured cost (`probe`: a costs.CostProbe, or None)
     when there are several packs of several models, and the placement is then planned for those packs.
+
+    A generation that ran before keeps the packs it was dealt (`packs` of its record in config.yaml, written
+    here into each generation dict): Tune restores its trials with those packs, and its PackQueue and the
+    claims on disk must speak of the same ones (a re-deal on another cluster could differ).
     Raises CliError when one Train run's worker fits no node."""
     nodes, node_types = cluster_nodes()
     newest = [t for t in grid if t["key"] in set(generations[-1]["trials"])]
@@ -262,6 +332,11 @@ def plan_packs(cfg: SweepConfig, grid: list[dict], generations: list[dict], prob
     packs = {}
     for i, g in enumerate(generations):
         trials_g = [t for t in grid if t["key"] in set(g["trials"])]
+        if g.get("packs"):
+            by_key = {t["key"]: t for t in trials_g}
+            packs[g["tune"]] = [{"key": p, "models": [by_key[m] for m in keys if m in by_key]}
+                                for p, keys in g["packs"].items()]
+            continue
         # several packs of several models: deal by cost (the probe timed the newest generation's specs)
         costs = probe.result() if probe is not None and i == len(generations) - 1 and 1 < k < len(trials_g) \
             else None
@@ -272,6 +347,7 @@ def plan_packs(cfg: SweepConfig, grid: list[dict], generations: list[dict], prob
                   "spec(s), while Ray started): estimated load per pack "
                   + ", ".join(f"{p['key']} {100 * x / max(loads):.0f} %" for p, x in zip(packs[g['tune']], loads)),
                   flush=True)
+        g["packs"] = {p["key"]: [m["key"] for m in p["models"]] for p in packs[g["tune"]]}
     placement = plan_placement(cfg.resources, len(packs[generations[-1]["tune"]]), nodes, node_types,
                                source=cfg.source)
     return PackPlan(packs, generations[-1]["tune"], k, placement)

@@ -16,7 +16,9 @@ This module is the Tune x Train stage and the order of the stages; each stage ha
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import pickletools
 import shutil
 import signal
 import threading
@@ -29,13 +31,14 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from crnn_ray import ray_compat
+from crnn_ray.io import CliError
 from crnn_ray.sweep.collect import SweepOutcome, baselines_for, collect, time_split
 from crnn_ray.sweep.config import SweepConfig, load_config
 from crnn_ray.sweep.costs import CostProbe
 from crnn_ray.sweep.experiment import (Prepared, describe_panel, plan_generations, prepare_experiment,
                                        resolve_experiment, write_experiment)
-from crnn_ray.sweep.placement import PackPlan, PackQueue, plan_packs
-from crnn_ray.sweep.trial import TrialContext, TrialProgress, started_models, trial_driver
+from crnn_ray.sweep.placement import PackPlan, PackQueue, PackQueues, ledger_path, plan_packs
+from crnn_ray.sweep.trial import SweepStorageError, TrialContext, TrialProgress, started_models, trial_driver
 
 # the stages' entry points stay importable from here too (`from crnn_ray.sweep.run import prepare_experiment`)
 __all__ = ["run_sweep", "load_config", "resolve_experiment", "prepare_experiment", "write_experiment", "collect",
@@ -64,7 +67,7 @@ def run_sweep(config_path=None, storage: str | os.PathLike = "runs", name: str |
         plan = plan_packs(cfg, grid, generations, probe)
         write_experiment(prep, exp_dir, replace)  # every check passed: now the experiment may change
         print(plan.describe(cfg, newest), flush=True)
-        queue = _pack_queue(cfg, exp_dir, plan.newest_packs, probe, resume)
+        queue = _pack_queue(cfg, exp_dir, plan, probe, resume)
         trainable = _trainable(cfg, exp_dir, prep, plan, started, queue)
         results, fits = _fit(cfg, exp_dir, generations, plan, trainable, resume)
         outcome = collect(cfg, exp_dir, grid, results, baselines_for(cfg, prep.panel, prep.windows))
@@ -107,14 +110,25 @@ def _connect_ray():
     return True
 
 
-def _pack_queue(cfg: SweepConfig, exp_dir: Path, packs: list[dict], probe, resume: bool):
-    """The PackQueue actor (work stealing) when several packs of several models share the newest generation;
-    on --resume it starts from what each pack's newest checkpoint says it had started. None otherwise."""
-    if len(packs) < 2 or all(len(p["models"]) < 2 for p in packs):
+def _pack_queue(cfg: SweepConfig, exp_dir: Path, plan: PackPlan, probe, resume: bool):
+    """The work-stealing actor (PackQueues): a PackQueue for each generation whose packs can share work (several
+    packs of several models), holding that generation's models only, its claims appended to its ledger. On
+    --resume each starts from what is on disk (its ledger and every checkpoint of its packs: started_models),
+    so a model a pack had started, before any kill, stays that pack's. None when no generation shares work."""
+    queues = {}
+    for name, packs in plan.packs.items():
+        if len(packs) < 2 or all(len(p["models"]) < 2 for p in packs):
+            continue
+        ledger = ledger_path(exp_dir, name)
+        claimed = started_models(exp_dir / "train", cfg.name, packs, ledger) if resume else {}
+        if not resume:
+            ledger.unlink(missing_ok=True)
+        costs = probe.result() if probe is not None and name == plan.newest else None
+        queues[name] = PackQueue({p["key"]: p["models"] for p in packs}, costs, claimed, str(ledger))
+    if not queues:
         return None
-    claimed = started_models(exp_dir / "train", cfg.name, packs) if resume else {}
-    costs = probe.result() if probe is not None else None
-    return ray.remote(num_cpus=0)(PackQueue).remote({p["key"]: p["models"] for p in packs}, costs, claimed)
+    (exp_dir / "train").mkdir(parents=True, exist_ok=True)
+    return ray.remote(num_cpus=0)(PackQueues).remote(queues)
 
 
 def _trainable(cfg: SweepConfig, exp_dir: Path, prep: Prepared, plan: PackPlan, started: bool, queue):
@@ -152,20 +166,58 @@ def _fit(cfg: SweepConfig, exp_dir: Path, generations: list[dict], plan: PackPla
             if stopped.is_set():
                 break
             tune_dir = exp_dir / gen["tune"]
-            if resume and tune.Tuner.can_restore(str(tune_dir)):
+            if resume and tune.Tuner.can_restore(str(tune_dir)) and _tune_state_usable(tune_dir):
                 print(f"resuming {tune_dir} (finished trials are kept; errored ones continue from their "
                       "checkpoints)", flush=True)
                 tuner = tune.Tuner.restore(str(tune_dir), trainable=trainable, resume_errored=True)
             else:
                 tuner = _new_tuner(cfg, exp_dir, gen["tune"], trainable, plan.packs[gen["tune"]], plan.placement)
             wall0 = time.time()
-            got = list(tuner.fit())
+            try:
+                got = list(tuner.fit())
+            except Exception as exc:  # noqa: BLE001 - only a storage stop is ours to say in one line
+                _raise_storage_stop(exc, exp_dir)
+                raise
             results.extend(got)
             fits.append((got, wall0, time.time()))
     if stopped.is_set():
         raise SweepInterrupted(f"sweep interrupted; Tune saved its state. Resume with: python -m crnn_ray.sweep "
                                f"--storage {exp_dir.parent} --name {exp_dir.name} --resume")
     return results, fits
+
+
+def _tune_state_usable(tune_dir: Path) -> bool:
+    """Whether Tune can restore from its saved state: the newest experiment_state-*.json parses and tuner.pkl
+    is a whole pickle (parsed opcode by opcode, never unpickled). When a full disk truncated them, the state is
+    set aside (`*.set-aside`) with one line and the generation starts as a new Tune experiment over the same
+    packs: each pack's worker continues from its checkpoints on disk (finished models are not trained again,
+    and their rows come from their checkpoints, collect.disk_reports), so nothing trained is lost."""
+    states = sorted(tune_dir.glob("experiment_state-*.json"))
+    try:
+        doc = json.loads(states[-1].read_text())
+        if not isinstance(doc, dict) or not isinstance(doc.get("trial_data"), list):
+            raise ValueError("no trial_data list")
+        for _ in pickletools.genops((tune_dir / "tuner.pkl").read_bytes()):
+            pass
+        return True
+    except Exception as exc:  # noqa: BLE001 - any damage means: do not hand it to Tune
+        problem = f"{type(exc).__name__}: {str(exc)[:80]}"
+    for path in states:
+        path.replace(path.with_name(path.name + ".set-aside"))
+    print(f"{tune_dir}: Tune's saved state is damaged ({problem}), set aside; a new Tune run continues every "
+          "pack from its checkpoints on disk", flush=True)
+    return False
+
+
+def _raise_storage_stop(exc: BaseException, exp_dir: Path) -> None:
+    """A worker's checkpoint the storage could not take (trial.SweepStorageError, raised from Tune's loop,
+    possibly wrapped) -> one line: the path, the reason, and how to go on."""
+    seen, hops = exc, 0
+    while seen is not None and not isinstance(seen, SweepStorageError) and hops < 20:
+        seen, hops = seen.__cause__ or seen.__context__, hops + 1
+    if isinstance(seen, SweepStorageError):
+        raise CliError(f"{seen}; the sweep stopped: free space, then resume with: python -m crnn_ray.sweep "
+                       f"--storage {exp_dir.parent} --name {exp_dir.name} --resume") from None
 
 
 def _dirname(trial) -> str:

@@ -14,17 +14,21 @@ crnn_ray.sweep.placement). Each model keeps its own trial key, epoch reports (`t
 checkpoint; a model that diverges or raises ends alone.
 
 A pack's checkpoint is a directory with one sub-directory per model in the single-model format
-(crnn_ray/train/checkpoint.py) and `pack.json` (which models are over). Every checkpoint carries the finished
-models' final directories, so the newest one (Train keeps two) holds the whole pack: a restarted worker skips
-the finished models and resumes the first unfinished one from its last epoch.
+(crnn_ray/train/checkpoint.py, plus the model's epoch reports so far, `reports.json`) and `pack.json` (which
+models are over). Every checkpoint carries the finished models' final directories, so the newest one holds the
+whole pack. The worker persists each one itself (`_persist`: whole or not at all) and a restarted worker reads
+every checkpoint of its run on disk, not only the one Train registered: a finished model is never trained
+again, whatever was killed when (a worker, the driver), and collect rebuilds its row from its directory when
+Tune lost its reports.
 
 A Train run is named `<experiment>-<pack key>` under `<experiment dir>/train/` (a one-model pack's key is its
 model's, `t000`), so a trial that Tune reruns (or an experiment resumed with `--resume`) picks up the same run.
+A checkpoint the storage cannot take (a full disk) stops the sweep with one line, never a retry.
 
     trial_driver     the Tune trainable: one TorchTrainer per pack (runs in a Tune trial actor)
     train_worker     the Train worker: each model of the pack in turn, a report and a pack checkpoint per epoch
-    PackState        which models of a pack are over, where the first unfinished one resumes (`resume_point`)
-    TrialProgress    the driver's one line per trial event
+    PackState        which models of a pack are over, where the others resume (`resume_point`)
+    TrialProgress    the driver's one line per trial event; a worker's storage error stops the sweep
 
 The Tune trial actor imports this module to hand `train_worker` to Train, so the training code itself
 (crnn_ray.train, crnn_ray.data) is imported in the functions the Train worker runs, never here.
@@ -32,6 +36,7 @@ The Tune trial actor imports this module to hand `train_worker` to Train, so the
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -40,6 +45,7 @@ import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import ray
@@ -52,8 +58,18 @@ from ray.train.torch import TorchConfig
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from crnn_ray import ray_compat
-from crnn_ray.io import CliError
-from crnn_ray.sweep.placement import Placement, pack_models
+from crnn_ray.io import CliError, to_json
+from crnn_ray.sweep.placement import Placement, pack_models, read_ledger
+
+PACK_FILE = "pack.json"
+REPORTS_FILE = "reports.json"    # beside a model's checkpoint files: its epoch reports so far (rows without Tune)
+STORAGE_ERROR = "storage_error"  # the report key of a checkpoint the storage could not take
+#: a checkpoint write failing with one of these is the storage's fault (full, over quota, read-only, failing):
+#: every retry would fail the same way, so the sweep stops instead (SweepStop)
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG})
+STOP_WAIT_S = 600.0              # how long a worker that hit one waits for the driver to stop the sweep
+RESERVE_BYTES = 8 << 20          # free space a checkpoint write leaves for Train's and Tune's bookkeeping
+TRAIN_RECORD = "checkpoint_manager_snapshot.json"  # Train V2's record of a run's checkpoints (in its directory)
 
 
 # ------------------------------------------------------------------------------------------ shared context
@@ -122,12 +138,26 @@ class TrialProgress(tune.Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         print(f"[sweep] error in {self._tag(trial)}; see {trial.local_path}", flush=True)
 
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        """A worker could not write its checkpoint (a full disk): stop the sweep at once. Raising here ends
+        Tune's loop without its final state sync, which on a full disk would truncate the experiment state
+        it overwrites (the trials stay resumable in the last state Tune synced)."""
+        if result.get(STORAGE_ERROR):
+            ray_compat.STOPPING.set()  # what the dying actors print now is the stop's noise
+            raise SweepStorageError(str(result[STORAGE_ERROR]))
+
+
+class SweepStorageError(Exception):
+    """The storage could not take a checkpoint (DISK_ERRNOS): the sweep stops (run._fit says it in one line)."""
+
 
 def trial_driver(config: dict, ctx: TrialContext) -> None:
     """Tune function trainable: run this trial's Train run; its reports reach Tune via TuneReportCallback."""
     driver_t0 = time.time()  # the Tune trainable entered: the rest of the start-up is Train's
     trial = config["trial"]
     ray_compat.configure_train_driver(ctx.start_timeout_s, ctx.private_ray)
+    run_dir = Path(ctx.train_storage) / run_name(ctx.experiment, trial["key"])
+    _repair_train_record(run_dir)
     p = ctx.placement
     trainer = ray_compat.lean_torch_trainer()(
         train_worker,
@@ -147,20 +177,51 @@ def trial_driver(config: dict, ctx: TrialContext) -> None:
             logging_config=LoggingConfig(log_level="WARNING"),  # Train's per-report INFO lines are noise here
         ),
     )
-    trainer.fit()
+    try:
+        trainer.fit()
+    except ray.train.ControllerError as exc:
+        cause = getattr(exc, "controller_failure", None)
+        if not (isinstance(cause, OSError) and cause.errno in DISK_ERRNOS):
+            raise
+        # Train's controller could not write its record of the checkpoints (a full disk): not retryable
+        # either; stop the sweep like a worker does (_stop_sweep)
+        where = cause.filename if cause.filename is not None else run_dir / TRAIN_RECORD
+        tune.report({STORAGE_ERROR: f"{where}: {os.strerror(cause.errno)} (writing Train's checkpoint record)"})
+        _wait_to_be_stopped(cause)
+
+
+def _repair_train_record(run_dir: Path) -> None:
+    """Train V2 restores a run from its checkpoint_manager_snapshot.json, and its controller fails to start,
+    on every retry, when a full disk left that record truncated. Every checkpoint is still on disk and the
+    worker resumes from the most advanced intact one it finds there (PackState.restore), so a damaged record
+    is set aside (`.damaged`) with one line, and Train starts the run with no record."""
+    record = run_dir / TRAIN_RECORD
+    try:
+        json.loads(record.read_text())
+        return
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError):
+        pass
+    try:
+        record.replace(record.with_name(record.name + ".damaged"))
+    except OSError:
+        return  # Train will say what is wrong with it
+    print(f"{record}: damaged (a full disk?): set aside; the pack resumes from its checkpoints on disk", flush=True)
 
 
 # -------------------------------------------------------------------------------------------- Train worker
-PACK_FILE = "pack.json"
 
 
 def train_worker(loop_config: dict) -> None:
     """The Ray Train worker: quota first (once), then train_one for each unfinished model of the pack, one
     report (and checkpoint) per epoch.
 
-    Each report is one model's epoch metrics under its own `trial_key` (Tune overwrites `trial_id` with its own) (they carry its best epoch's metrics as
-    `best_*`, the status and the reason), stamped with where the worker ran: a model's last report alone makes
-    its trials.parquet row. A model that raises gets one `failed` report and the pack goes on.
+    Each report is one model's epoch metrics under its own `trial_key` (Tune overwrites `trial_id` with its
+    own) (they carry its best epoch's metrics as `best_*`, the status and the reason), stamped with where the
+    worker ran: a model's last report alone makes its trials.parquet row. A model that raises gets one `failed`
+    report and the pack goes on. A checkpoint the storage cannot take (a full disk) stops the sweep instead
+    (`_stop_sweep`): Train and Tune would retry it into the same full disk, over and over.
     """
     worker_t0 = time.time()  # wall clock (comparable across a node's processes): the sweep's time split
     pack: dict = loop_config["trial"]
@@ -169,64 +230,105 @@ def train_worker(loop_config: dict) -> None:
 
     # The training code loads here, in the Train worker: the Tune trainable imports this module too (to hand
     # this function to Train) and stays lean. torch is already imported by Ray Train here.
-    from crnn_ray.train import CpuSampler, TrainConfig, apply_cpu_quota, train_one
+    from crnn_ray.train import CpuSampler, apply_cpu_quota
 
     # cpu_quota false: the seed report's setting, torch free to use every core of the node
     quota = apply_cpu_quota(p.threads if p.cpu_quota else (os.cpu_count() or 1))
     ray_compat.quiet_train_report_log()
     panel = ray.get(ctx.panel_refs[0])
     device = ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")
-    models = pack_models(pack)
+    dealt = pack_models(pack)
     run_dir = Path(ctx.train_storage) / run_name(ctx.experiment, pack["key"])
     where = _where(pack, p, quota, device, worker_t0, loop_config.get("driver_t0"))
     workdir = Path(tempfile.mkdtemp(prefix=f"crnn_{pack['key']}_"))
+    trial = None
     try:
         checkpoint = ray.train.get_checkpoint()
         with checkpoint.as_directory() if checkpoint is not None else nullcontext(None) as given:
-            state = PackState.restore(Path(given) if given else None, workdir, models, run_dir,
+            state = PackState.restore(Path(given) if given else None, workdir, dealt, run_dir,
                                       str(checkpoint.path) if checkpoint is not None else "")
         sampler = CpuSampler()
         for i, trial in enumerate(_pack_order(state, ctx.queue, pack["key"])):
-            tag = f"[{trial['variant_id']}] {trial['key']}"
-            if len(models) > 1 or ctx.queue is not None:
+            if len(dealt) > 1 or ctx.queue is not None:
                 taken = " (taken over: no pack had started it)" if trial["key"] in state.stolen_keys else ""
-                print(f"[pack {pack['key']}] model {i + 1} ({len(models)} dealt): {trial['key']} "
+                print(f"[pack {pack['key']}] model {i + 1} ({len(dealt)} dealt): {trial['key']} "
                       f"{trial['variant_id']} seed {trial['seed']}{taken}", flush=True)
-            resume_dir, resumed_from = state.resume.get(trial["key"], (None, 0))
-            if trial["key"] in state.lines:
-                print(state.lines[trial["key"]], flush=True)
-            elif resume_dir is not None:
-                print(f"{tag}: resuming from epoch {resumed_from} ({state.shown})", flush=True)
-            stamp = {**where, "trial_key": trial["key"], "resumed_from_epoch": resumed_from,
-                     "model_t0": time.time()}
-
-            def on_epoch(metrics: dict, checkpoint_dir: Path, trial=trial, stamp=stamp) -> None:
-                # train_one reports `threads` (torch's: the quota) and `os_threads` (the worker's, Ray's included)
-                metrics = {**metrics, **stamp, "report_t": time.time()}
-                over = metrics.get("status") != "running"
-                _report(metrics, state.stage(workdir, trial["key"], checkpoint_dir, over))
-
-            try:
-                result = train_one(
-                    trial["spec"], panel, ctx.splits_of(trial), TrainConfig(**trial["train_config"]), device=device,
-                    resume_from=resume_dir, on_epoch=on_epoch, workdir=workdir / "run" / trial["key"],
-                    sampler=sampler, meta_extra={"variant_id": trial["variant_id"], "trial_id": trial["key"],
-                                                 "experiment": ctx.experiment,
-                                                 **({"window": int(trial["window"]), "line": trial["line"]}
-                                                    if trial.get("window") is not None else {})})
-            except Exception as exc:  # noqa: BLE001 - one model's failure must not end its pack
-                reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
-                print(f"{tag}: failed: {reason}", flush=True)
-                state.failed[trial["key"]] = reason
-                _report({**stamp, "status": "failed", "reason": reason, "report_t": time.time()},
-                        state.stage(workdir, trial["key"], None, True))
-                continue
-            if result.checkpoint_dir is not None and trial["key"] not in state.over:
-                # resumed into an already finished run (train_one reports nothing then): carry it as it is
-                state.keep(workdir, trial["key"], result.checkpoint_dir)
-            shutil.rmtree(workdir / "run" / trial["key"], ignore_errors=True)
+            _train_model(trial, state, ctx, panel, device, workdir, sampler, where)
+    except OSError as exc:
+        if exc.errno not in DISK_ERRNOS:
+            raise
+        _stop_sweep(exc, trial, run_dir, where)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _train_model(trial: dict, state: "PackState", ctx: TrialContext, panel, device, workdir: Path, sampler,
+                 where: dict) -> None:
+    """One model of the pack: train_one from where it stopped, a report and a pack checkpoint per epoch; a
+    model that raises gets one `failed` report (the pack goes on), a disk error propagates (_stop_sweep)."""
+    from crnn_ray.train import TrainConfig, train_one
+
+    key, tag = trial["key"], f"[{trial['variant_id']}] {trial['key']}"
+    resume_dir, resumed_from = state.resume.get(key, (None, 0))
+    if key in state.lines:
+        print(state.lines[key], flush=True)
+    elif resume_dir is not None:
+        print(f"{tag}: resuming from epoch {resumed_from} ({state.sources.get(key, state.shown)})", flush=True)
+    stamp = {**where, "trial_key": key, "resumed_from_epoch": resumed_from, "model_t0": time.time()}
+    reports = state.reports.setdefault(key, [])
+
+    def on_epoch(metrics: dict, checkpoint_dir: Path) -> None:
+        # train_one reports `threads` (torch's: the quota) and `os_threads` (the worker's, Ray's included)
+        metrics = {**metrics, **stamp, "report_t": time.time()}
+        reports.append(metrics)
+        _report(metrics, state.stage(workdir, key, checkpoint_dir, metrics.get("status") != "running"), state.run_dir)
+
+    try:
+        result = train_one(
+            trial["spec"], panel, ctx.splits_of(trial), TrainConfig(**trial["train_config"]), device=device,
+            resume_from=resume_dir, on_epoch=on_epoch, workdir=workdir / "run" / key,
+            sampler=sampler, meta_extra={"variant_id": trial["variant_id"], "trial_id": key,
+                                         "experiment": ctx.experiment,
+                                         **({"window": int(trial["window"]), "line": trial["line"]}
+                                            if trial.get("window") is not None else {})})
+    except Exception as exc:  # noqa: BLE001 - one model's failure must not end its pack
+        if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
+            raise
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+        print(f"{tag}: failed: {reason}", flush=True)
+        state.failed[key] = reason
+        _report({**stamp, "status": "failed", "reason": reason, "report_t": time.time()},
+                state.stage(workdir, key, None, True), state.run_dir)
+        return
+    if result.checkpoint_dir is not None and key not in state.over:
+        # resumed into an already finished run (train_one reports nothing then): carry it as it is
+        state.keep(workdir, key, result.checkpoint_dir)
+    shutil.rmtree(workdir / "run" / key, ignore_errors=True)
+
+
+def _stop_sweep(exc: OSError, trial: dict | None, run_dir: Path, stamp: dict) -> None:
+    """The storage could not take a checkpoint (ENOSPC and its kin, DISK_ERRNOS): report it, without a
+    checkpoint, so the driver stops the whole sweep (TrialProgress raises SweepStorageError in Tune's loop; every
+    trial stays resumable and `--resume` continues once space is freed), then wait to be stopped. Raising
+    instead would have Train restart the worker and Tune rerun the trial into the same full disk (the issue
+    measured 12 failures for 2 models, 614 stderr lines, 16 tracebacks). After STOP_WAIT_S (nothing stopped
+    it) the error is raised after all."""
+    where = exc.filename if exc.filename is not None else run_dir
+    what = f"a checkpoint of {trial['key']}" if trial is not None else "a checkpoint"
+    message = f"{where}: {os.strerror(exc.errno)} (writing {what})"
+    print(f"[pack {stamp['pack_id']}] cannot write {what}: {where}: {os.strerror(exc.errno)}; stopping the sweep",
+          flush=True)
+    ray.train.report({**stamp, "trial_key": trial["key"] if trial is not None else stamp["pack_id"],
+                      STORAGE_ERROR: message, "report_t": time.time()})
+    _wait_to_be_stopped(exc)
+
+
+def _wait_to_be_stopped(exc: Exception) -> None:
+    """Block until the driver stops the sweep (it kills this process); after STOP_WAIT_S raise `exc`."""
+    deadline = time.monotonic() + STOP_WAIT_S
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+    raise exc
 
 
 def _where(pack: dict, p: Placement, quota: dict, device, worker_t0: float, driver_t0) -> dict:
@@ -248,15 +350,23 @@ def _where(pack: dict, p: Placement, quota: dict, device, worker_t0: float, driv
 
 def _pack_order(state: "PackState", queue, pack_key: str):
     """The models this pack trains, in order: its own unfinished ones (each claimed first when a PackQueue
-    shares the work: one another pack has taken is skipped), then, one at a time, the longest model no pack has
-    started (added to the pack's checkpoint, so a restarted worker finishes it)."""
+    shares the work: one another pack has claimed is skipped), then those it had taken over before a restart
+    that no checkpoint holds yet (the queue's ledger remembers them), then, one at a time, the longest model no
+    pack has started (added to the pack's checkpoint, so a restarted worker finishes it)."""
     for trial in list(state.models):
         if trial["key"] in state.over:
             continue
         if queue is not None and not ray.get(queue.claim.remote(pack_key, trial["key"])):
             continue
         yield trial
-    while queue is not None:
+    if queue is None:
+        return
+    for trial in ray.get(queue.mine.remote(pack_key)):
+        if trial["key"] not in {m["key"] for m in state.models}:
+            state.models.append(trial)
+            state.stolen.append(trial)
+            yield trial
+    while True:
         trial = ray.get(queue.steal.remote(pack_key))
         if trial is None:
             return
@@ -265,13 +375,47 @@ def _pack_order(state: "PackState", queue, pack_key: str):
         yield trial
 
 
-def _report(metrics: dict, directory: Path) -> None:
-    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(directory)))
+def _report(metrics: dict, stage: Path, run_dir: Path) -> None:
+    """One epoch's report with the pack's checkpoint, which the worker itself persists (`_persist`) and Train
+    registers as it is (NO_UPLOAD). Why not Train's upload: a failed upload leaves Train's report counter one
+    ahead, so the worker could never report again (not even that it failed), and it leaves a partial
+    `checkpoint_*` directory behind."""
+    persisted = _persist(stage, run_dir)
+    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(persisted)),
+                     checkpoint_upload_mode=ray.train.CheckpointUploadMode.NO_UPLOAD)
+
+
+def _persist(stage: Path, run_dir: Path) -> Path:
+    """Copy a staged pack checkpoint into the Train run's storage directory (a path every node mounts) under
+    Train's own naming, `checkpoint_<timestamp>`: written as a hidden sibling and renamed once whole, so a kill
+    or a full disk never leaves a partial checkpoint where a resume would look. A checkpoint that would leave
+    less than RESERVE_BYTES free is not written (ENOSPC): the small writes that follow it (Train's record of
+    its checkpoints, Tune's state) must not be the ones to meet the full disk. An OSError names the
+    checkpoint's path (its errno kept: a full disk stops the sweep, DISK_ERRNOS)."""
+    name = f"checkpoint_{datetime.now().strftime('%Y-%m-%d_%H-%M-%S.%f')}"
+    final, tmp = run_dir / name, run_dir / f".{name}.tmp"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        size = sum(f.stat().st_size for f in stage.rglob("*") if f.is_file())
+        if shutil.disk_usage(run_dir).free < size + RESERVE_BYTES:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        for src in sorted(stage.rglob("*")):
+            dst = tmp / src.relative_to(stage)
+            if src.is_dir():
+                dst.mkdir(parents=True, exist_ok=True)
+            else:
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, dst)
+        os.rename(tmp, final)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OSError(exc.errno, exc.strerror or type(exc).__name__, str(final)) from None
+    return final
 
 
 class PackState:
-    """Which models of a pack are over (their final checkpoint directories, kept locally) and where the first
-    unfinished one resumes; builds each epoch's pack checkpoint directory."""
+    """Which models of a pack are over (their final checkpoint directories, kept locally) and where the others
+    resume; builds each epoch's pack checkpoint directory."""
 
     def __init__(self, models: list[dict]):
         self.models = list(models)               # dealt to this pack, then those it took over (`stolen`)
@@ -279,8 +423,11 @@ class PackState:
         self.over: dict[str, Path] = {}          # finished (ok / diverged) model key -> its final directory
         self.failed: dict[str, str] = {}         # model key -> reason (raised; nothing to carry)
         self.resume: dict[str, tuple[Path, int]] = {}  # model key -> (directory to resume from, its epoch)
+        self.sources: dict[str, str] = {}        # model key -> the persisted checkpoint it continues from
         self.lines: dict[str, str] = {}          # model key -> the corrupt-checkpoint warning line
+        self.reports: dict[str, list[dict]] = {}  # model key -> its epoch reports so far (REPORTS_FILE)
         self.shown = ""
+        self.run_dir = Path()                    # the Train run's storage directory (its checkpoint_* go there)
 
     @property
     def stolen_keys(self) -> set[str]:
@@ -288,46 +435,57 @@ class PackState:
 
     @classmethod
     def restore(cls, given: Path | None, workdir: Path, models: list[dict], run_dir: Path, shown: str):
-        """From Train's latest checkpoint (None: a fresh start). Everything needed later is copied out, since
-        Train deletes old checkpoints as new ones are reported."""
+        """From what is on disk: Train's latest checkpoint (`given`, None on a fresh start) and every other
+        `checkpoint_*` of the run. Each model continues from its most advanced intact directory in any of them
+        (resume_point): a driver killed after a worker persisted a checkpoint but before Train registered it
+        leaves that newest one outside Train's books, and a model finished there is not trained again.
+        Everything needed later is copied out, since Train deletes old checkpoints as new ones are reported."""
         state = cls(models)
-        state.shown = shown
-        if given is None:
-            return state
-        info = _read_pack_file(given)
-        state.failed = dict(info.get("failed") or {})
+        state.shown, state.run_dir = shown, run_dir
+        sources = ([given] if given is not None else []) + _run_checkpoints(run_dir, skip={Path(shown).name})
+        infos = [read_pack_file(d) for d in sources]
+        for info in reversed(infos):  # the newest (Train's) last: its word stands
+            state.failed.update(info.get("failed") or {})
         known = {m["key"] for m in state.models}
-        state.stolen = [m for m in info.get("stolen") or [] if m.get("key") not in known]
+        for info in infos:
+            for m in info.get("stolen") or []:
+                if m.get("key") not in known:
+                    known.add(m["key"])
+                    state.stolen.append(m)
         state.models += state.stolen
         for trial in state.models:
-            key = trial["key"]
-            if key in state.failed:
-                state.over[key] = None  # type: ignore[assignment] - over, nothing to carry
-                continue
-            tag = f"[{trial['variant_id']}] {key}"
-            if key in info.get("over", []):
-                directory, line = resume_point(given / key, run_dir, shown, tag, sub=key)
-                if directory is not None and line is None:
-                    state.keep(workdir, key, directory)
-                    continue
-                # a finished model whose final files are damaged: train_one continues from what is intact
-            elif not (given / key).is_dir():
-                continue  # not started yet
-            directory, line = resume_point(given / key, run_dir, shown, tag, sub=key)
-            if line:
-                state.lines[key] = line
-            if directory is not None:
-                local = workdir / "resume" / key
-                shutil.copytree(directory, local)
-                state.resume[key] = (local, _checkpoint_epoch(local))
-            break  # models after the first unfinished one have not started
+            if trial["key"] in state.failed:
+                state.over[trial["key"]] = None  # type: ignore[assignment] - over, nothing to carry
+            elif sources:
+                # no checkpoint from Train (a kill before it registered one): a path that holds nothing, so
+                # every model is looked for in the run's checkpoints on disk
+                state._restore_model(trial, given if given is not None else workdir / "none", workdir, run_dir)
         return state
+
+    def _restore_model(self, trial: dict, given: Path, workdir: Path, run_dir: Path) -> None:
+        """Where one model continues (`given`: Train's checkpoint): over (its final directory kept), resumed
+        from an epoch, or not started."""
+        key = trial["key"]
+        directory, line = resume_point(given / key, run_dir, self.shown, f"[{trial['variant_id']}] {key}", sub=key)
+        if line:
+            self.lines[key] = line
+        if directory is None:
+            return  # not started (or nothing intact: from epoch 0)
+        self.reports[key] = read_reports(directory)
+        if _meta_status(directory) not in ("running", None):
+            self.keep(workdir, key, directory)
+            return
+        local = workdir / "resume" / key
+        shutil.copytree(directory, local)
+        self.resume[key] = (local, _checkpoint_epoch(local))
+        self.sources[key] = str(directory.parent) if directory.parent != given else self.shown
 
     def keep(self, workdir: Path, key: str, directory: Path) -> None:
         local = workdir / "over" / key
         if local.exists():
             shutil.rmtree(local)
         shutil.copytree(directory, local)
+        self._write_reports(local, key)
         self.over[key] = local
 
     def stage(self, workdir: Path, key: str, current: Path | None, over: bool) -> Path:
@@ -343,6 +501,7 @@ class PackState:
                 _link_tree(directory, stage / done)
         if current is not None and not over:
             _link_tree(current, stage / key)
+            self._write_reports(stage / key, key)
         (stage / PACK_FILE).write_text(json.dumps({
             "models": [m["key"] for m in self.models],
             "over": [k for k, d in self.over.items() if d is not None],
@@ -352,6 +511,12 @@ class PackState:
             if old != stage:
                 shutil.rmtree(old, ignore_errors=True)
         return stage
+
+    def _write_reports(self, directory: Path, key: str) -> None:
+        """The model's reports beside its checkpoint files: what its row is rebuilt from when Tune lost them
+        (a driver killed: Tune restarts the pack's trial with an empty result log; collect.disk_reports)."""
+        (directory / REPORTS_FILE).unlink(missing_ok=True)  # a hard link into the previous stage: never rewrite it
+        (directory / REPORTS_FILE).write_text(to_json(self.reports.get(key, []), indent=None))
 
 
 def _link_tree(src: Path, dst: Path) -> None:
@@ -363,25 +528,48 @@ def _link_tree(src: Path, dst: Path) -> None:
         shutil.copytree(src, dst)
 
 
-def _read_pack_file(directory: Path) -> dict:
+def read_pack_file(directory: Path) -> dict:
     try:
         return json.loads((directory / PACK_FILE).read_text())
     except (OSError, ValueError):  # missing or damaged: every model's own files say how far it got
         return {}
 
 
-def started_models(train_dir: Path, experiment: str, packs: list[dict]) -> dict[str, str]:
-    """{model key: pack key} of every model a pack had started (over, failed, or with a directory), read from
-    each pack's newest persisted checkpoint: on --resume what a pack had started stays its own (PackQueue)."""
-    claimed: dict[str, str] = {}
+def read_reports(directory: Path) -> list[dict]:
+    try:
+        reports = json.loads((Path(directory) / REPORTS_FILE).read_text())
+    except (OSError, ValueError):  # older checkpoints have none; a damaged one is not worth a failure
+        return []
+    return [r for r in reports if isinstance(r, dict)] if isinstance(reports, list) else []
+
+
+def _meta_status(directory: Path) -> str | None:
+    try:
+        return json.loads((Path(directory) / "meta.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _run_checkpoints(run_dir: Path, skip: set[str] = frozenset()) -> list[Path]:
+    """Every persisted `checkpoint_*` directory of a Train run, newest first (Train's two and any a kill left
+    outside its books)."""
+    if not run_dir.is_dir():
+        return []
+    return sorted((d for d in run_dir.glob("checkpoint_*") if d.is_dir() and d.name not in skip), reverse=True)
+
+
+def started_models(train_dir: Path, experiment: str, packs: list[dict], ledger: Path | None = None) -> dict[str, str]:
+    """{model key: pack key} of every model a pack had started, recovered from disk: the generation's PackQueue
+    ledger (every claim, in order) and every persisted checkpoint of each pack (over, failed, or with a
+    directory). On --resume what a pack had started stays its own (PackQueue); the first claim wins."""
+    claimed = read_ledger(ledger) if ledger is not None else {}
     for p in packs:
-        run_dir = train_dir / run_name(experiment, p["key"])
-        newest = sorted(d for d in run_dir.glob("checkpoint_*") if d.is_dir())[-1:] if run_dir.is_dir() else []
-        for ckpt in newest:
-            info = _read_pack_file(ckpt)
+        for ckpt in _run_checkpoints(train_dir / run_name(experiment, p["key"])):
+            info = read_pack_file(ckpt)
             started = list(info.get("over") or []) + list(info.get("failed") or {}) + \
                 [d.name for d in ckpt.iterdir() if d.is_dir()]
-            claimed.update({k: p["key"] for k in started})
+            for key in started:
+                claimed.setdefault(key, p["key"])
     return claimed
 
 
@@ -390,24 +578,30 @@ def resume_point(given: Path, run_dir: Path, shown: str, tag: str, sub: str = ""
 
     `given` is the model's directory in Train's latest checkpoint, local (`shown`: the checkpoint's persisted
     path; `sub`: the model's sub-directory in a pack checkpoint). It is used when it loads
-    (crnn_ray.train.checkpoint.load_train_state: meta, weights, state). Otherwise the newest intact model
-    directory in the other `checkpoint_*` directories of the same Train run under `run_dir` (local or
+    (crnn_ray.train.checkpoint.load_train_state: meta, weights, state) and no other `checkpoint_*` directory of
+    the same Train run under `run_dir` holds an intact one of a later epoch (a kill can leave a checkpoint
+    persisted but unregistered). When it does not load: the newest intact one of the others (local or
     shared-filesystem storage; Train keeps two), else none — with one warning line either way, never a retry.
+    A model `given` does not hold at all is looked for in the others, without a warning.
     """
-    problem = _unusable(given)
-    if problem is None:
-        return given, None
+    present = given.is_dir()
+    problem = unusable(given) if present else None
     skip = {Path(shown).name, (given.parent if sub else given).name}
-    older = [(_checkpoint_epoch(d / sub), d.name, d / sub) for d in sorted(run_dir.glob("checkpoint_*"))
-             if d.is_dir() and d.name not in skip and _unusable(d / sub) is None] if run_dir.is_dir() else []
-    line = f"{tag}: checkpoint {shown}{'/' + sub if sub else ''} is corrupt ({problem}); "
-    if not older:
+    floor = _checkpoint_epoch(given) if present and problem is None else -1
+    others = sorted(((_checkpoint_epoch(d / sub), d.name, d / sub) for d in _run_checkpoints(run_dir, skip)
+                     if (d / sub).is_dir()), reverse=True)
+    line = f"{tag}: checkpoint {shown}{'/' + sub if sub else ''} is corrupt ({problem}); " if problem else None
+    for epoch, name, directory in others:
+        if epoch <= floor:
+            break
+        if unusable(directory) is None:
+            return directory, (line + f"resuming from {name} (epoch {epoch})" if line else None)
+    if line:
         return None, line + "no intact checkpoint: restarting from epoch 0"
-    epoch, name, directory = max(older)
-    return directory, line + f"resuming from {name} (epoch {epoch})"
+    return (given if present else None), None
 
 
-def _unusable(directory: Path) -> str | None:
+def unusable(directory: Path) -> str | None:
     """Why a checkpoint directory cannot be resumed from (one short line), or None when it loads."""
     from crnn_ray.train.checkpoint import load_train_state
 

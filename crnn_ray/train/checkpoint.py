@@ -9,11 +9,13 @@ A checkpoint is a directory (so Ray Train can ship it as a `ray.train.Checkpoint
 
 Every `.pt` file holds only tensors, numbers, strings, lists and dicts, so it loads with
 `torch.load(weights_only=True)`: loading a checkpoint never runs pickled code. The directory is written
-through `atomic_path`, so a crash mid-write leaves no half checkpoint behind.
+through `atomic_path`, so a crash mid-write leaves no half checkpoint behind, and a write that fails (a full
+disk) raises an OSError naming the checkpoint's file.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -48,13 +50,32 @@ def write_checkpoint(
     if missing:
         raise ValueError(f"checkpoint meta lacks keys {missing}")
     directory = Path(directory)
-    with atomic_path(directory) as tmp:
-        tmp.mkdir(parents=True)
-        torch.save(_to_cpu(best_state), tmp / BEST)
-        torch.save(_to_cpu(last_state), tmp / LAST)
-        torch.save(train_state, tmp / STATE)
-        (tmp / META).write_text(to_json(meta) + "\n")
+    files = {BEST: _to_cpu(best_state), LAST: _to_cpu(last_state), STATE: train_state}
+    name = ""
+    try:
+        with atomic_path(directory) as tmp:
+            tmp.mkdir(parents=True)
+            for name, obj in files.items():
+                _write_bytes(tmp / name, _serialised(obj))
+            name = META
+            _write_bytes(tmp / META, (to_json(meta) + "\n").encode())
+    except OSError as exc:  # name the file the user would look for, not the temporary sibling it was written as
+        raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno or 0), str(directory / name)) from None
     return directory
+
+
+def _serialised(obj: Any) -> bytes:
+    """torch.save into memory: written to a file directly, a full disk surfaces as an opaque RuntimeError of
+    torch's zip writer ("unexpected pos ..."); written as bytes, it is the OSError (ENOSPC) it is, which the
+    sweep turns into one line instead of retrying (crnn_ray.sweep.trial.DISK_ERRNOS)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
 
 
 def load_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
