@@ -176,6 +176,18 @@ def read_results_json(trial_dir: Path) -> list[dict]:
     return rows
 
 
+def stop_session(sid: int) -> None:
+    """SIGKILL what is left of the session a test started (a sweep's own local Ray), and only that."""
+    import psutil
+
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if proc.pid != os.getpid() and os.getsid(proc.pid) == sid:
+                proc.kill()
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue
+
+
 def write_yaml(path: Path, doc: dict) -> Path:
     import yaml
 

@@ -26,11 +26,10 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import psutil
 import pytest
 import torch
 
-from conftest import REPO, write_yaml
+from conftest import REPO, stop_session, write_yaml
 from crnn_ray.schema import VALID_METRICS
 
 START = re.compile(r"\[pack (\S+)\] model \d+ \(\d+ dealt\): (\S+) ")
@@ -48,16 +47,6 @@ def _config(name: str, windows: int, variants: list[str], training: dict, symbol
         "training": {"batch_size": 128, "eval_batch_size": 2048, "early_stopping": {"patience": 5}, **training},
         "resources": {"cpus_per_trial": 1, "models_per_trial": 2},
     }
-
-
-def _stop_session(sid: int) -> None:
-    """SIGKILL what is left of the session this test started (the sweep's own local Ray), and only that."""
-    for proc in psutil.process_iter(["pid"]):
-        try:
-            if proc.pid != os.getpid() and os.getsid(proc.pid) == sid:
-                proc.kill()
-        except (ProcessLookupError, PermissionError, psutil.Error):
-            continue
 
 
 def _cli(args: list[str], log: Path, kill_when=None, timeout: float = 420) -> tuple[int, list[str]]:
@@ -79,7 +68,7 @@ def _cli(args: list[str], log: Path, kill_when=None, timeout: float = 420) -> tu
             proc.wait(timeout=60)
         finally:
             time.sleep(2)
-            _stop_session(proc.pid)
+            stop_session(proc.pid)
     return proc.returncode, lines
 
 

@@ -15,10 +15,9 @@ import sys
 import time
 
 import pandas as pd
-import psutil
 import pytest
 
-from conftest import REPO, tiny_config, write_yaml
+from conftest import REPO, stop_session, tiny_config, write_yaml
 
 pytestmark = pytest.mark.ray
 
@@ -56,16 +55,6 @@ def _fill(directory) -> None:
             pass
 
 
-def _stop_session(sid: int) -> None:
-    """SIGKILL what is left of the session this test started (the sweep's own local Ray), and only that."""
-    for proc in psutil.process_iter(["pid"]):
-        try:
-            if proc.pid != os.getpid() and os.getsid(proc.pid) == sid:
-                proc.kill()
-        except (ProcessLookupError, PermissionError, psutil.Error):
-            continue
-
-
 def _sweep(args: list[str], fill_at: str | None = None, directory=None) -> tuple[int, str, str]:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     err_path = directory.parent / f"err-{time.monotonic_ns()}.log"
@@ -81,7 +70,7 @@ def _sweep(args: list[str], fill_at: str | None = None, directory=None) -> tuple
                     fill_at = None
             proc.wait(timeout=300)
         finally:
-            _stop_session(proc.pid)
+            stop_session(proc.pid)
     return proc.returncode, "".join(lines), err_path.read_text()
 
 
