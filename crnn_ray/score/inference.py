@@ -15,6 +15,7 @@ import time
 import numpy as np
 import pyarrow as pa
 
+from crnn_ray.console import Progress
 from crnn_ray.io import CliError
 from crnn_ray.ray_compat import quiet_init_kwargs
 from crnn_ray.score.config import ScoreConfig
@@ -82,7 +83,7 @@ def _predict_in_process(plan: WindowPlan, cfg: ScoreConfig) -> tuple[np.ndarray,
     predictor = EnsemblePredictor(**_predictor_kwargs(plan, cfg), device=str(cfg.device),
                                   workers=_usable_cpus())
     grid = _empty_grid(plan)
-    grid[plan.cells] = predictor.predict_indices(plan.days, plan.stocks)
+    grid[plan.cells] = predictor.predict_indices(plan.days, plan.stocks, Progress("score", plan.n_rows).add)
     return grid, {"member_rows_per_s": _member_rates(plan, predictor.member_seconds),
                   "chunk_rows": predictor.chunk_rows, "device": predictor.device.type,
                   "workers": min(predictor.workers, -(-plan.n_rows // predictor.chunk_rows))}
@@ -155,12 +156,14 @@ def predict_ray(plan: WindowPlan, cfg: ScoreConfig) -> tuple[np.ndarray, dict]:
             fn_constructor_kwargs={"shared": [shared], "device": device, "threads": max(1, int(actor_cpus))},
             batch_size=batch, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors), **remote,
         )
+        progress = Progress("score", plan.n_rows)  # Ray Data's own progress bars are off (they flood a log)
         for out in ds.iter_batches(batch_size=None, batch_format="numpy"):  # any order: each row knows its cell
             cells = (out["day"] - plan.first_day, out["stock"])
             grid[cells] = np.column_stack([out[n] for n in names])
             hit[cells] = True
             returned += len(out["day"])
             member_seconds += [float(out[f"_seconds_{k}"].sum()) for k in range(len(names))]
+            progress.add(len(out["day"]))
     finally:
         if connected_here:
             ray.shutdown()

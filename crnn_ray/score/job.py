@@ -8,15 +8,19 @@
 
 A static split is a record of one window; a walk-forward experiment's record is every window's test part
 (--window N, --latest: one window). Everything that can fail on bad input fails before the first byte is
-written, so a bad checkpoint leaves no output directory behind.
+written, so a bad checkpoint leaves no output directory behind. What the run printed is kept as OUT/score.log
+(crnn_ray.console) and the run itself, with its figures and report, in the experiment's MLflow store
+(crnn_ray.tracking).
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
-from crnn_ray.io import CliError, updated_dir
-from crnn_ray.provenance import provenance, relative_to, utc_now
+from crnn_ray.console import ConsoleLog, console_log
+from crnn_ray.io import CliError, atomic_path, updated_dir
+from crnn_ray.provenance import git_state, provenance, relative_to, utc_now
 from crnn_ray.score import report as rep
 from crnn_ray.score.choose import choose_units
 from crnn_ray.score.config import ScoreConfig
@@ -27,6 +31,7 @@ from crnn_ray.score.stitch import Part, Record, stitch
 from crnn_ray.score.walk_forward import (walk_forward_document, walk_forward_figures, walk_forward_html,
                                          walk_forward_markdown, write_walk_forward)
 from crnn_ray.score.write import write_labels, write_signals
+from crnn_ray.tracking import Tracker
 
 __all__ = ["run_score", "score_window", "stamp_metrics", "METRICS_SCHEMA_VERSION"]
 
@@ -36,6 +41,13 @@ METRICS_SCHEMA_VERSION = 1
 
 def run_score(cfg: ScoreConfig) -> dict:
     """The whole scoring command; returns the metrics dict it wrote (or would have, without labels)."""
+    with console_log() as log:
+        metrics = _score(cfg)
+        _keep(cfg, log, metrics)
+    return metrics
+
+
+def _score(cfg: ScoreConfig) -> dict:
     started = utc_now()
     windows, walk_forward = scopes(cfg)
     parts = [score_window(cfg, scope, walk_forward) for scope in windows]
@@ -59,6 +71,28 @@ def run_score(cfg: ScoreConfig) -> dict:
         html = rep.render_html(rec, cfg, metrics, evaluation, figures, extra=extra)
     _write(Path(cfg.out), rec, cfg, metrics, evaluation, figures, html, table)
     return metrics
+
+
+def _keep(cfg: ScoreConfig, log: ConsoleLog, metrics: dict) -> None:
+    """After the outputs: OUT/score.log (the lines above, as printed) and the scoring's MLflow run in the
+    experiment's store: the options as params, the ensemble's figures as metrics, the report as artifacts."""
+    out = Path(cfg.out)
+    with atomic_path(out / "score.log") as tmp:
+        tmp.write_text(log.text(), encoding="utf-8")
+    if not cfg.tracking.mlflow or cfg.experiment is None:
+        return
+    tracker = Tracker(cfg.experiment, Path(cfg.experiment).name, cfg.tracking)
+    options = {k: v for k, v in asdict(cfg).items() if k not in ("ray", "evaluation", "tracking")}
+    options.update({f"evaluation.{k}": v for k, v in asdict(cfg.evaluation).items()})
+    git = git_state()
+    tracker.start_parent("score", f"score {out.name}", params=options, tags={
+        "crnn_ray.out": str(out.resolve()), "crnn_ray.git_commit": git["commit"], "crnn_ray.git_dirty": git["dirty"]})
+    summary = ((metrics.get("ensemble") or {}).get("summary") or {})
+    figures = {f"ensemble_{k}": v for k, v in summary.items()}
+    figures.update({k: metrics.get(k) for k in ("oracle_ic", "ic_vs_oracle")})
+    tracker.end_parent("FINISHED", figures, [out / "metrics.json", out / "report.html", out / "score.log"])
+    if tracker.enabled:
+        print(f"tracking: MLflow {tracker.uri} (run {tracker.parent_id})", flush=True)
 
 
 def stamp_metrics(metrics: dict, experiment, started: str) -> dict:

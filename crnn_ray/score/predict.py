@@ -100,8 +100,9 @@ class EnsemblePredictor:
 
     # ------------------------------------------------------------------------------------------- predict
     @torch.inference_mode()  # no autograd bookkeeping at all (no_grad still tracks versions): same values
-    def predict_indices(self, day: np.ndarray, stock: np.ndarray) -> np.ndarray:
-        """float32 [N, K] raw predictions of every member for rows (day, stock)."""
+    def predict_indices(self, day: np.ndarray, stock: np.ndarray, progress=None) -> np.ndarray:
+        """float32 [N, K] raw predictions of every member for rows (day, stock); `progress(rows)` (e.g.
+        crnn_ray.console.Progress.add) after each chunk."""
         day, stock = np.array(day, dtype=np.int64), np.array(stock, dtype=np.int64)  # writable: torch shares them
         n = len(day)
         out = np.empty((n, len(self.models)), dtype=np.float32)
@@ -117,14 +118,20 @@ class EnsemblePredictor:
             raise ValueError(f"day {int(day.min())} has fewer than {self.max_lookback[too_early[0]]} days of history")
         starts = range(0, n, self.chunk_rows)
         workers = min(self.workers, len(starts))
+        def chunk(lo: int) -> tuple[float, np.ndarray]:
+            timing = self._chunk(day, stock, lo, out)
+            if progress is not None:
+                progress(min(self.chunk_rows, n - lo))
+            return timing
+
         if workers == 1:
-            timings = [self._chunk(day, stock, lo, out) for lo in starts]
+            timings = [chunk(lo) for lo in starts]
         else:
             before = torch.get_num_threads()
             torch.set_num_threads(1)  # process-wide: restored for the caller below
             try:
                 with ThreadPoolExecutor(workers, thread_name_prefix="predict") as pool:
-                    timings = list(pool.map(lambda lo: self._chunk(day, stock, lo, out), starts))
+                    timings = list(pool.map(chunk, starts))
             finally:
                 torch.set_num_threads(before)
         for gather, members in timings:  # summed here, not from the threads: no racing updates

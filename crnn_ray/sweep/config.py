@@ -24,6 +24,7 @@ from crnn_ray.config import (Checker, auto_or, boolean, choice, int_at_least, lo
 from crnn_ray.data.splits import WALK_FORWARD_KEYS, window_key
 from crnn_ray.io import CliError
 from crnn_ray.schema import STOPPING_METRICS, selection_twin
+from crnn_ray.tracking import TrackingConfig
 from crnn_ray.train.config import SWEEPABLE, TrainConfig
 from crnn_ray.zoo import load_zoo, resolve_variants
 
@@ -103,6 +104,7 @@ class SweepConfig:
     resources: ResourcesConfig
     scheduler: SchedulerConfig
     fault_tolerance: FaultToleranceConfig
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)  # MLflow + TensorBoard (crnn_ray.tracking)
     source: str = ""                        # the file it came from (for messages)
     resolved_variants: list[tuple[str, str]] = field(default_factory=list)  # (variant_id, spec)
 
@@ -118,6 +120,7 @@ class SweepConfig:
             "resources": asdict(self.resources),
             "scheduler": asdict(self.scheduler),
             "fault_tolerance": asdict(self.fault_tolerance),
+            "tracking": asdict(self.tracking),
         }
 
     @property
@@ -202,7 +205,7 @@ class SweepConfig:
         return selection_twin(self.schedule_metric) if self.has_select else self.schedule_metric
 
 
-TOP_KEYS = ("name", "data", "variants", "seeds", "training", "resources", "scheduler", "fault_tolerance")
+TOP_KEYS = ("name", "data", "variants", "seeds", "training", "resources", "scheduler", "fault_tolerance", "tracking")
 SPLIT_KEYS = ("fractions", "train", "valid", "select", "test", "embargo")
 
 
@@ -246,6 +249,7 @@ def parse_config(raw: Any, *, source: str = "config.yaml", default_name: str = "
         resources=resources, scheduler=scheduler,
         fault_tolerance=FaultToleranceConfig(**read_section(c, FaultToleranceConfig, raw.get("fault_tolerance"),
                                                             "fault_tolerance")),
+        tracking=TrackingConfig(**read_section(c, TrackingConfig, raw.get("tracking"), "tracking")),
         source=source)
     if resolve:
         cfg.resolved_variants = resolve_variant_items(c, cfg.variants)

@@ -11,6 +11,10 @@ This module is the Tune x Train stage and the order of the stages; each stage ha
     run.py          connect Ray, one Tune experiment per generation whose trials are trial.py's Train runs,
                     Ctrl-C / SIGTERM stop gracefully (`SweepInterrupted`)
     collect.py      the rows, trials.parquet and the leaderboard from Tune's results
+    monitor.py      while Tune runs: the status line, a MLflow run and a TensorBoard series per model
+
+What the sweep prints is also kept in DIR/NAME/sweep.log (crnn_ray.console), and the models' runs in the
+experiment's MLflow store (crnn_ray.tracking), both set up once the checks passed.
 """
 
 from __future__ import annotations
@@ -31,14 +35,19 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from crnn_ray import ray_compat
+from crnn_ray.console import ConsoleLog, console_log
 from crnn_ray.io import CliError
-from crnn_ray.sweep.collect import SweepOutcome, baselines_for, collect, time_split
+from crnn_ray.provenance import git_state
+from crnn_ray.schema import VALID_METRICS
+from crnn_ray.sweep.collect import SweepOutcome, baselines_for, collect, disk_reports, time_split
 from crnn_ray.sweep.config import SweepConfig, load_config
 from crnn_ray.sweep.costs import CostProbe
 from crnn_ray.sweep.experiment import (Prepared, describe_panel, plan_generations, prepare_experiment,
                                        resolve_experiment, write_experiment)
+from crnn_ray.sweep.monitor import MonitorCallback, NoTrialBoards, SweepMonitor, model_params, watching
 from crnn_ray.sweep.placement import PackPlan, PackQueue, PackQueues, ledger_path, plan_packs
 from crnn_ray.sweep.trial import SweepStorageError, TrialContext, TrialProgress, started_models, trial_driver
+from crnn_ray.tracking import Tracker
 
 # the stages' entry points stay importable from here too (`from crnn_ray.sweep.run import prepare_experiment`)
 __all__ = ["run_sweep", "load_config", "resolve_experiment", "prepare_experiment", "write_experiment", "collect",
@@ -48,6 +57,11 @@ __all__ = ["run_sweep", "load_config", "resolve_experiment", "prepare_experiment
 def run_sweep(config_path=None, storage: str | os.PathLike = "runs", name: str | None = None,
               resume: bool = False, overwrite: bool = False) -> SweepOutcome:
     """Validate, run the grid, write trials + leaderboard; returns the outcome (tables + directory)."""
+    with console_log() as log:
+        return _run(log, config_path, storage, name, resume, overwrite)
+
+
+def _run(log: ConsoleLog, config_path, storage, name, resume: bool, overwrite: bool) -> SweepOutcome:
     t0 = time.perf_counter()
     cfg, exp_dir, replace = resolve_experiment(config_path, storage, name, resume, overwrite)
     print(f"experiment: {exp_dir}", flush=True)
@@ -66,12 +80,20 @@ def run_sweep(config_path=None, storage: str | os.PathLike = "runs", name: str |
         started = _connect_ray()
         plan = plan_packs(cfg, grid, generations, probe)
         write_experiment(prep, exp_dir, replace)  # every check passed: now the experiment may change
+        log.attach(exp_dir / "sweep.log", append=resume)
         print(plan.describe(cfg, newest), flush=True)
         queue = _pack_queue(cfg, exp_dir, plan, probe, resume)
         trainable = _trainable(cfg, exp_dir, prep, plan, started, queue)
-        results, fits = _fit(cfg, exp_dir, generations, plan, trainable, resume)
+        tracker = _tracker(cfg, exp_dir, grid, prep)
+        monitor = SweepMonitor(grid, exp_dir, costs=probe.result() if probe is not None else None,
+                               done=_done_on_disk(cfg, exp_dir, grid) if resume else None, tracker=tracker,
+                               tensorboard=cfg.tracking.tensorboard)
+        with watching(monitor):
+            monitor.print_status()
+            results, fits = _fit(cfg, exp_dir, generations, plan, trainable, resume)
         outcome = collect(cfg, exp_dir, grid, results, baselines_for(cfg, prep.panel, prep.windows))
         outcome.time = time_split(fits, min(plan.placement.max_concurrent_trials, len(plan.newest_packs)))
+        _track_outcome(tracker, grid, outcome)
     finally:
         if prep.new_panel is not None and prep.new_panel.exists():  # a check failed before it was moved in
             shutil.rmtree(prep.new_panel.parent, ignore_errors=True)
@@ -79,6 +101,47 @@ def run_sweep(config_path=None, storage: str | os.PathLike = "runs", name: str |
             ray.shutdown()
     _print_totals(outcome, exp_dir, t0)
     return outcome
+
+
+def _tracker(cfg: SweepConfig, exp_dir: Path, grid: list[dict], prep: Prepared) -> Tracker | None:
+    """The sweep's MLflow run (found again on --resume), or None when `tracking.mlflow` is off."""
+    if not cfg.tracking.mlflow:
+        return None
+    tracker = Tracker(exp_dir, cfg.name, cfg.tracking)
+    git = git_state()
+    tracker.start_parent("sweep", cfg.name, params={
+        "config": str(cfg.source), "models": len(grid), "variants": len(cfg.resolved_variants),
+        "seeds": ",".join(map(str, cfg.seeds)), "label": cfg.data.label, "lookback": cfg.data.lookback,
+        "windows": len(prep.windows), "features": prep.panel.X.shape[2]},
+        tags={"crnn_ray.git_commit": git["commit"], "crnn_ray.git_dirty": git["dirty"]})
+    if tracker.enabled:
+        print(f"tracking: MLflow {tracker.uri} (experiment {cfg.name!r}); TensorBoard "
+              + (str(exp_dir / "tensorboard") if cfg.tracking.tensorboard else "off"), flush=True)
+    return tracker
+
+
+def _done_on_disk(cfg: SweepConfig, exp_dir: Path, grid: list[dict]) -> dict[str, str]:
+    """--resume: {model key: status} of the models already over on disk (the status line counts them)."""
+    found = disk_reports(exp_dir / "train", cfg.name, [t["key"] for t in grid])
+    return {k: str(reports[-1].get("status")) for k, (reports, _) in found.items() if reports}
+
+
+def _track_outcome(tracker: Tracker | None, grid: list[dict], outcome: SweepOutcome) -> None:
+    """Every model's run ends with its row (status, reason, the selected epoch's figures, its checkpoint) —
+    also a model whose end the live reports missed (a resumed pack, a pruned trial) — then the sweep's run."""
+    if tracker is None:
+        return
+    by_key = {t["key"]: t for t in grid}
+    for row in outcome.trials.to_dict("records"):
+        key = row["trial_id"]
+        tracker.model_run(key, model_params(by_key[key]), {"crnn_ray.variant": row["variant_id"]})
+        figures = None if key in tracker.ended else {f"best_{m}": row.get(m) for m in VALID_METRICS}
+        tracker.end_model(key, row["status"], row.get("reason") or "", figures, row.get("checkpoint"))
+    trials = outcome.trials
+    summary = {"models_ok": int((trials.status == "ok").sum()), "models_diverged": int((trials.status == "diverged").sum()),
+               "models_failed": int((trials.status == "failed").sum()), "variants_ranked": outcome.n_ranked}
+    exp_dir = Path(outcome.experiment_dir)
+    tracker.end_parent("FINISHED", summary, [exp_dir / "leaderboard.md", exp_dir / "config.yaml"])
 
 
 def _print_totals(outcome: SweepOutcome, exp_dir: Path, t0: float) -> None:
@@ -238,8 +301,10 @@ def _new_tuner(cfg: SweepConfig, exp_dir: Path, name: str, trainable, packs: lis
             name=name,
             storage_path=str(exp_dir),
             failure_config=tune.FailureConfig(max_failures=cfg.fault_tolerance.trial_max_failures),
-            callbacks=[TrialProgress()],
-            verbose=0,  # TrialProgress prints one line per trial event instead of Tune's tables
+            # TrialProgress: one line per trial event instead of Tune's tables; MonitorCallback: the status line,
+            # the MLflow runs and TensorBoard series per model; NoTrialBoards: no per-pack TensorBoard series
+            callbacks=[TrialProgress(), MonitorCallback(), NoTrialBoards()],
+            verbose=0,
         ),
     )
 
