@@ -20,6 +20,7 @@ from crnn_ray.io import ArgumentParser, CliError
 from crnn_ray.metrics import EvaluationConfig
 from crnn_ray.schema import DEFAULT_RANK_METRIC, SELECT_METRICS
 from crnn_ray.score.ensemble import METHODS
+from crnn_ray.tracking import TrackingConfig
 
 __all__ = ["ScoreConfig", "RayConfig", "EvaluationConfig", "load_score_config", "build_parser", "config_from_args",
            "DEFAULT_CONFIG_FILE", "METHODS", "PATHS", "SELECTIONS"]
@@ -92,6 +93,8 @@ class ScoreConfig:
                           help="in-process device: auto (cuda when available) | cpu | cuda")
     ray: RayConfig = setting(default_factory=RayConfig, check=section(RayConfig))
     evaluation: EvaluationConfig = setting(default_factory=EvaluationConfig, check=section(EvaluationConfig))
+    # the scoring's MLflow run, in the experiment's store (crnn_ray.tracking; `tensorboard` is the sweep's only)
+    tracking: TrackingConfig = setting(default_factory=TrackingConfig, check=section(TrackingConfig))
 
 
 def load_score_config(path: str | Path | None, overrides: dict | None = None) -> ScoreConfig:
