@@ -44,4 +44,5 @@ def test_ridge_and_reversal_signals_on_the_nets_rows():
     assert reversal[d, s] == pytest.approx(-ret1[d - REVERSAL_DAYS + 1:d + 1, s].sum())
     no_ret1 = _panel()
     no_ret1.features = ["a", "b", "c"]
-    assert set(baseline_signals(no_ret1, (0, 59), "y1", lookback=10)) == {"ridge"}
+    assert set(baseline_signals(no_ret1, (0, 59), "y1", lookback=10)) == {"ridge", "ridge2", "ridge_window",
+                                                                          "lgbm"}
