@@ -473,3 +473,45 @@ def test_an_unwritable_out_is_one_line(experiment, tmp_path, capsys):
     finally:
         subprocess.run(["umount", "-l", str(ro)], check=False)
     assert rc == 2 and err.count("\n") == 1 and err.startswith(f"error: {ro}") and "Read-only file system" in err
+
+
+def test_the_experiment_keeps_its_runs_in_mlflow_and_its_console_in_logs(experiment, scored):
+    """One MLflow run per model (nested under the sweep's run, its epochs as steps, its checkpoint named) and
+    the scoring's run with its report, all read back with MLflow's client; sweep.log and score.log as printed,
+    without ANSI codes; one TensorBoard series per model."""
+    from mlflow.tracking import MlflowClient
+
+    from crnn_ray.tracking import tracking_uri
+
+    client = MlflowClient(tracking_uri(experiment))
+    exp = client.get_experiment_by_name(experiment.name)
+    runs = client.search_runs([exp.experiment_id])
+    role = lambda r: r.data.tags.get("crnn_ray.role")  # noqa: E731
+    sweep = [r for r in runs if role(r) == "sweep"]
+    assert len(sweep) == 1 and sweep[0].info.status == "FINISHED"
+    models = {r.data.tags["crnn_ray.model"]: r for r in runs if "crnn_ray.model" in r.data.tags}
+    trials = pd.read_parquet(experiment / "trials.parquet")
+    assert set(models) == set(trials.trial_id)
+    for row in trials.itertuples():
+        run = models[row.trial_id]
+        assert run.data.tags["mlflow.parentRunId"] == sweep[0].info.run_id
+        assert run.info.status == "FINISHED" and run.data.params["spec"] == row.spec
+        assert run.data.tags["crnn_ray.checkpoint"] == row.checkpoint
+        assert (experiment / row.checkpoint).is_dir()
+        history = client.get_metric_history(run.info.run_id, "valid_ic")
+        assert [h.step for h in history] == list(range(1, int(row.epochs_run) + 1))
+        assert run.data.metrics["best_valid_ic"] == pytest.approx(row.valid_ic)
+        assert (experiment / "tensorboard" / row.trial_id).is_dir()
+    scoring = [r for r in runs if role(r) == "score" and r.data.tags.get("crnn_ray.out") == str(scored.resolve())]
+    assert len(scoring) == 1
+    metrics = json.loads((scored / "metrics.json").read_text())
+    assert scoring[0].data.metrics["ensemble_ic"] == pytest.approx(metrics["ensemble"]["summary"]["ic"])
+    assert {a.path for a in client.list_artifacts(scoring[0].info.run_id)} >= {"report.html", "metrics.json",
+                                                                                "score.log"}
+    sweep_log = (experiment / "sweep.log").read_text()
+    assert sweep_log.startswith("experiment: ") and "\x1b" not in sweep_log
+    assert f"[sweep] {len(trials)}/{len(trials)} models done" in sweep_log
+    assert "[sweep] started " in sweep_log and "# Leaderboard" in sweep_log
+    score_log = (scored / "score.log").read_text()
+    assert score_log.startswith(f"experiment {experiment}") and "\x1b" not in score_log
+    assert "wrote " in score_log

@@ -38,6 +38,11 @@ def test_job_submit_runs_the_tiny_sweep_on_the_cluster(ray_head, tmp_path):
     lb = pd.read_parquet(storage / "job" / "leaderboard.parquet")
     assert list(lb.columns) == LEADERBOARD_COLUMNS and set(lb.family) == {"convgru", "cnn1d", "baseline"}
     assert "| 1 | `" in out  # the leaderboard table printed at the end of the job's log
+    assert "[sweep] 2/2 models done" in out  # the status line
+    # what the job printed is kept in the experiment too: the workers' epoch lines included, no ANSI codes
+    log = (storage / "job" / "sweep.log").read_text()
+    assert "\x1b" not in log and "(RayTrainWorker pid=" in log and "epoch 1/1" in log
+    assert log.count("[sweep] 2/2 models done") == 1 and "# Leaderboard" in log
 
 
 HOOK_PROBE = """
