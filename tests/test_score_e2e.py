@@ -19,6 +19,7 @@ import pytest
 from scipy.stats import rankdata
 
 from conftest import tiny_config, write_yaml
+from crnn_ray.baselines import BASELINES
 from crnn_ray.score.__main__ import main as score_main
 from crnn_ray.sweep import run_sweep
 
@@ -394,7 +395,7 @@ def test_declared_gpu_takes_the_cuda_path_and_matches(experiment, scored, tmp_pa
 
 def test_report_has_baselines_and_the_selected_member_comparison(experiment, scored, tmp_path, capsys):
     metrics = json.loads((scored / "metrics.json").read_text())
-    assert set(metrics["baselines"]) == {"ridge", "reversal"}
+    assert set(metrics["baselines"]) == set(BASELINES)
     assert metrics["baselines"]["ridge"]["n_days"] == metrics["ensemble"]["summary"]["n_days"]
     vs = metrics["vs_selected_member"]
     trials = pd.read_parquet(experiment / "trials.parquet").sort_values(["select_ic", "trial_id"],

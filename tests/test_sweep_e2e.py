@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from conftest import init_ray_with_kill_hook, read_results_json, tiny_config, write_yaml
+from crnn_ray.baselines import BASELINES
 from crnn_ray.io import CliError
 from crnn_ray.sweep import run_sweep
 from crnn_ray.sweep.leaderboard import LEADERBOARD_COLUMNS, TRIAL_COLUMNS
@@ -63,7 +64,7 @@ def test_outputs_have_every_contract_column(sweep):
     assert list(lb.columns) == LEADERBOARD_COLUMNS and len(lb[lb.family != "baseline"]) == 1
     # the baselines, on the same valid / select rows, listed after the ranked variant
     base = lb[lb.family == "baseline"].set_index("variant_id")
-    assert set(base.index) == {"baseline/ridge", "baseline/reversal"} and (base.status == "baseline").all()
+    assert set(base.index) == {f"baseline/{b}" for b in BASELINES} and (base.status == "baseline").all()
     assert base[["valid_ic_mean", "select_ic_mean"]].notna().all().all()
     row = lb.iloc[0]
     assert row.variant_id == "cnn1d/m01" and row.family == "cnn1d" and row.status == "ok"
@@ -142,6 +143,18 @@ def test_resume_keeps_finished_trials(sweep):
     assert after == before  # nothing was trained again
     cols = ["trial_id", "status", "valid_ic", "checkpoint"]
     pd.testing.assert_frame_equal(again.trials[cols], outcome.trials[cols])
+    # the resumed sweep continues its MLflow runs (one sweep run, one per model) and appends to its log
+    from mlflow.tracking import MlflowClient
+
+    from crnn_ray.tracking import tracking_uri
+
+    client = MlflowClient(tracking_uri(exp))
+    runs = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])
+    assert sorted(r.data.tags.get("crnn_ray.role", r.data.tags.get("crnn_ray.model")) for r in runs) == \
+        sorted(["sweep", *outcome.trials.trial_id])
+    assert all(r.info.status in ("FINISHED", "FAILED") for r in runs)
+    log = (exp / "sweep.log").read_text()
+    assert log.count("---- resumed ") == 1 and log.count("# Leaderboard") == 2
     # starting it again without --resume refuses instead of overwriting
     with pytest.raises(CliError, match="experiment exists; continue it with --resume"):
         run_sweep(config, storage=root / "runs")
