@@ -516,3 +516,11 @@ def test_the_experiment_keeps_its_runs_in_mlflow_and_its_console_in_logs(experim
     score_log = (scored / "score.log").read_text()
     assert score_log.startswith(f"experiment {experiment}") and "\x1b" not in score_log
     assert "wrote " in score_log
+    # the member correlation matrix names its members: rows "[k] name", columns headed [k] and signal
+    lines = score_log.splitlines()
+    at = lines.index("member correlation (mean daily cross-sectional Pearson):")
+    members = metrics["member_info"] if isinstance(metrics.get("member_info"), list) else metrics["members"]
+    n = len(members)
+    assert lines[at + 1].split() == [f"[{k}]" for k in range(1, n + 1)] + ["signal"]
+    assert [line.split()[0] for line in lines[at + 2:at + 2 + n]] == [f"[{k}]" for k in range(1, n + 1)]
+    assert lines[at + 2 + n].startswith("signal")

@@ -40,6 +40,17 @@ def _side_by_side(s: dict) -> list[tuple[str, str, str]]:
     return SIDE_BY_SIDE + ([NET_COLUMN] if (s.get("cost_bps") or 0) > 0 else [])
 
 
+#: what metrics.json and the report say of a panel made before held returns (no `held_returns` metadata)
+OLD_PANEL_RETURNS = ("panel made before held returns: its labels and y1 may drop a name for a jump, halt or "
+                     "delisting after the decision (look-ahead survivorship); make the panel again")
+
+
+def held_returns_text(rec) -> str:
+    """The panel's held-return rule (data.ingest.held_returns_text, in its metadata), or the warning for older
+    panels: whether every held return reaches the books."""
+    return str((getattr(rec, "panel_meta", None) or {}).get("held_returns") or OLD_PANEL_RETURNS)
+
+
 def execution_text(rec) -> str:
     """When the label's position is entered, from the panel's label_lag (docs/data.md, "Label lag"):
     `label y5 entered at close t+1 (label_lag 1): return close t+1 -> t+6, features up to close t`."""
@@ -101,6 +112,7 @@ def print_evaluation(rec, ev: dict, metrics: dict) -> None:
     print(f"\nevaluation on {rec.label} ({ev['ensemble'].summary['n_days']} days, "
           f"{int(np.isfinite(rec.label_grid).sum())} labelled rows):")
     print(f"execution: {execution_text(rec)}")
+    print(f"returns: {held_returns_text(rec)}")
     print(head)
     rows = [("ENSEMBLE (" + metrics["method"] + ")", ev["ensemble"].summary, "", "")]
     rows += [(m.name, ev["members"][m.name].summary, f"{w:.3f}", f"{m.valid_ic:+.4f}")
@@ -127,10 +139,13 @@ def print_evaluation(rec, ev: dict, metrics: dict) -> None:
               f"ratio {metrics['ic_vs_oracle']:.2f}")
     corr = ev["correlation"]
     print("member correlation (mean daily cross-sectional Pearson):")
-    width = max(len(n) for n in corr.index[:12]) + 2
-    print(" " * width + "".join(f"{i:>8}" for i in range(len(corr))))
-    for i, name in enumerate(corr.index):
-        print(f"{name:<{width}}" + "".join(f"{v:>+8.2f}" for v in corr.iloc[i].to_numpy()))
+    # columns headed by the rows' numbers ([1] = the first member, ...): the names are too long for a header
+    short = [n if n == "signal" else f"[{i + 1}]" for i, n in enumerate(corr.index)]
+    labels = [n if n == "signal" else f"[{i + 1}] {n}" for i, n in enumerate(corr.index)]
+    width = max(len(n) for n in labels) + 2
+    print(" " * width + "".join(f"{c:>8}" for c in short))
+    for label, row in zip(labels, corr.to_numpy()):
+        print(f"{label:<{width}}" + "".join(f"{v:>+8.2f}" for v in row))
     print(f"recompute: {metrics['recompute']}")
 
 
@@ -320,6 +335,7 @@ def metrics_document(rec, cfg, timing: dict, ev: dict | None) -> dict:
         # the label yH at t is the return close t+L -> t+L+H (docs/data.md, "Label lag"); null: not recorded
         "label_lag": rec.label_lag,
         "execution": execution_text(rec),
+        "held_returns": held_returns_text(rec),
         "method": cfg.method,
         "select_by": cfg.select_by,
         "top_k": cfg.top_k,
@@ -456,7 +472,8 @@ def _break_even_reason(value, gross_total) -> str:
 def _key_rows(rec, cfg, metrics: dict, ev: dict, notes) -> list[list[str]]:
     """The key numbers: metric, value, unit (cost rows after the gross Sharpe; vs member and oracle after IC)."""
     s, h = ev["ensemble"].summary, int(rec.horizon)
-    rows = [["execution (label lag)", _txt(execution_text(rec)), ""]]
+    rows = [["execution (label lag)", _txt(execution_text(rec)), ""],
+            ["returns realised", _txt(held_returns_text(rec)), ""]]
     rows += [[lab.format(h=h), _value(notes, s, k, f, scale), unit.format(h=h)]
              for k, lab, f, scale, unit in KEY_NUMBERS]
     costs = costs_document(s)
@@ -481,12 +498,12 @@ def _key_rows(rec, cfg, metrics: dict, ev: dict, notes) -> list[list[str]]:
                               .removesuffix(")") + "; an ingested panel with volume has traded_value_med"),
                  "IC (correlation)"])
     if metrics.get("oracle_ic") is not None:
-        rows.insert(2, ["oracle IC of the data (same rows)", render.cell(metrics["oracle_ic"], "{:+.4f}")
+        rows.insert(3, ["oracle IC of the data (same rows)", render.cell(metrics["oracle_ic"], "{:+.4f}")
                         + f" &nbsp;(ensemble / oracle = {render.cell(metrics['ic_vs_oracle'], '{:.2f}')})",
                         "correlation"])
     vs = metrics.get("vs_selected_member")
     if vs:
-        rows.insert(2, [f"vs selected member {_html.escape(vs['member'])} (chosen alone by "
+        rows.insert(3, [f"vs selected member {_html.escape(vs['member'])} (chosen alone by "
                         f"{_html.escape(cfg.select_by)}): daily IC difference",
                         f"{render.cell(vs['ic_diff'], '{:+.4f}')} (HAC t "
                         f"{render.cell(vs['ic_diff_tstat_hac'], '{:+.2f}')}, {vs['hac_lags']} lags, "
