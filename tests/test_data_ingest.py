@@ -3,12 +3,14 @@ prints, repairs, adjustment, universe filters, bad input."""
 
 import importlib.util
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from crnn_ray.data import ingest_ohlcv
+from crnn_ray.data import ingest_ohlcv, load_panel, save_panel
+from crnn_ray.data.labels import training_label
 from crnn_ray.io import CliError
 
 SP500 = Path(importlib.util.find_spec("skfolio").submodule_search_locations[0]) / "datasets/data/sp500_dataset.csv.gz"
@@ -61,9 +63,9 @@ def test_sp500_shapes_and_features(sp500):
     assert panel.loc[enough_history & ~after_break, meta["features"]].notna().all().all()
     assert panel.loc[enough_history & after_break, "ma20_gap"].isna().sum() == 2 * 9  # < 10 closes in the segment
     assert panel.loc[panel["date"] == dates[0], "ret1"].isna().all()
-    # label NaN on the last L + H dates, finite elsewhere unless a break sits inside the window
+    # label NaN on the last L + H dates only: a break inside the window stays in it (every held move realised)
     assert panel.loc[panel["date"] >= dates[-6], "y5"].isna().all()
-    assert panel.loc[panel["date"] < dates[-6], "y5"].isna().sum() == 2 * 5
+    assert panel.loc[panel["date"] < dates[-6], "y5"].notna().all()
     assert panel["ret1"].abs().max() <= np.log(2) + 1e-6
 
 
@@ -84,18 +86,28 @@ def test_sp500_label_is_the_hand_computed_lagged_forward_return(sp500):
     assert checked >= 6
 
 
-def test_sp500_no_label_spans_the_aapl_break(sp500):
-    wide, panel, _ = sp500
+def test_sp500_aapl_break_is_in_the_labels_and_masked_for_training_only(sp500, tmp_path):
+    wide, panel, meta = sp500
     a = panel[panel["symbol"] == "AAPL"].reset_index(drop=True)
     b = int(np.flatnonzero(a["price_break"])[0])
     assert str(a["date"].iloc[b].date()) == "2000-09-29" and np.isnan(a["ret1"].iloc[b])
-    # y5 at t covers closes t+1 .. t+6: NaN exactly when the break day lies in t+2 .. t+6
-    nan5 = np.flatnonzero(a["y5"].isna().to_numpy()[:-6])
-    np.testing.assert_array_equal(nan5, np.arange(b - 6, b - 1))
-    nan1 = np.flatnonzero(a["y1"].isna().to_numpy()[:-2])
-    np.testing.assert_array_equal(nan1, [b - 2])
-    # the labels just outside are the plain returns on each side of the break
     px = wide["AAPL"].to_numpy()
+    # the -52 % day is a move the books holding AAPL made: in y1 (close b-1 -> b at t = b-2) and in every y5
+    # whose closes t+1 .. t+6 span it, exactly as the closes say
+    assert not a["y5"].iloc[:-6].isna().any() and not a["y1"].iloc[:-2].isna().any()
+    assert a["y1"].iloc[b - 2] == pytest.approx(px[b] / px[b - 1] - 1, rel=1e-5)
+    for t in range(b - 6, b - 1):
+        assert a["y5"].iloc[t] == pytest.approx(px[t + 6] / px[t + 1] - 1, rel=1e-5)
+    # training targets drop exactly those labels (the break day in t+2 .. t+6), evaluation keeps them
+    save_panel(panel, tmp_path / "sp.parquet", meta)
+    p = load_panel(tmp_path / "sp.parquet")
+    s = int(np.flatnonzero(p.symbols == "AAPL")[0])
+    d0 = int(np.searchsorted(p.dates, np.datetime64(a["date"].iloc[0].date(), "D")))
+    target = training_label(p, "y5")[d0:, s]
+    np.testing.assert_array_equal(np.flatnonzero(np.isnan(target)[:len(a) - 6]), np.arange(b - 6, b - 1))
+    np.testing.assert_array_equal(np.flatnonzero(np.isnan(training_label(p, "y1")[d0:, s])[:len(a) - 2]), [b - 2])
+    assert np.isfinite(p.labels["y5"][d0:, s][:len(a) - 6]).all()
+    # the labels just outside are the plain returns on each side of the break
     assert a["y5"].iloc[b - 1] == pytest.approx(px[b + 5] / px[b] - 1, rel=1e-5)
     assert a["y5"].iloc[b - 7] == pytest.approx(px[b - 1] / px[b - 6] - 1, rel=1e-5)
     # ret5 restarts: NaN for the break day and the 4 days after it, then from the break day's close
@@ -126,8 +138,11 @@ def test_no_look_ahead_property(seed):
         b = new[new["date"] <= cut].reset_index(drop=True)
         causal = ["date", "symbol"] + FEATURES_OHLCV + ["traded_value_med", "universe"]
         pd.testing.assert_frame_equal(a[causal], b[causal])
-        # labels that end at or before t (close t'+1+3 <= t) are unchanged too; the ones that reach past t moved
-        settled = a["date"] <= dates[t - 4]
+        # labels that end at or before t (close t'+1+3 <= t) are unchanged too, for names that trade at t (a
+        # name halted on t carries its label to its next traded close); the ones that reach past t moved
+        trades = a.loc[(a["date"] == cut) & (a["volume"] > 0) & ~a["suspect_jump"], "symbol"]
+        settled = (a["date"] <= dates[t - 4]) & a["symbol"].isin(trades)
+        assert settled.sum() > 0.3 * (a["date"] <= dates[t - 4]).sum()
         np.testing.assert_array_equal(a.loc[settled, "y3"].to_numpy(), b.loc[settled, "y3"].to_numpy())
         assert not np.allclose(a.loc[a["date"] == cut, "y3"].fillna(0), b.loc[b["date"] == cut, "y3"].fillna(0))
 
@@ -144,15 +159,22 @@ def test_gap_zero_volume_and_label_rules():
     a = out[out["symbol"] == "A"].set_index("date")
     # after the halt, ret1 is measured from the last available close
     assert a.loc[dates[5], "ret1"] == pytest.approx(np.log(15.0 / 13.0), rel=1e-6)
-    # label at t needs the close at t+H: day 2 -> day 4 missing -> NaN; day 3 -> day 5 ok
-    assert np.isnan(a.loc[dates[2], "y2"]) and a.loc[dates[3], "y2"] == pytest.approx(15.0 / 13.0 - 1, rel=1e-6)
+    # a label never drops a name for a halt ahead: day 2's book (closes 2 -> 4) holds A through the halt and
+    # exits at the next traded close, day 5; day 3's holds it from 13 to 15 (carried over day 4)
+    assert a.loc[dates[2], "y2"] == pytest.approx(15.0 / 12.0 - 1, rel=1e-6)
+    assert a.loc[dates[3], "y2"] == pytest.approx(15.0 / 13.0 - 1, rel=1e-6)
+    # y1: the halt's move on A's last traded day before it (no book can trade it on day 4), 0 after it
+    assert a.loc[dates[3], "y1"] == pytest.approx(15.0 / 13.0 - 1, rel=1e-6)
     b = out[out["symbol"] == "B"].set_index("date")
-    assert b.loc[dates[2], ["ret1", "volume_rel"]].isna().all() and np.isnan(b.loc[dates[0], "y2"])
+    # B's zero-volume day has no price: no features, no label that day, carried at 20 by the books holding it
+    assert b.loc[dates[2], ["ret1", "volume_rel", "y2", "y1"]].isna().all() and b.loc[dates[0], "y2"] == 0.0
     assert meta["params"]["n_zero_volume_rows"] == 1
-    # label_lag 1: y2 at t = close t+3 / close t+1 - 1; day 1 -> days 2..4: day 4 missing -> NaN; day 2 -> 3..5 ok
+    # label_lag 1: y2 at t holds closes t+1 -> t+3; day 1's book is stuck in A's halt (2 -> 5); day 3's enters
+    # during the halt, so at A's next traded close (day 5: the move over the halt is the earlier books')
     lagged, _ = ingest_ohlcv(_small(rows), horizon=2, min_days=1)
     a1 = lagged[lagged["symbol"] == "A"].set_index("date")
-    assert np.isnan(a1.loc[dates[1], "y2"]) and np.isnan(a1.loc[dates[3], "y2"])
+    assert a1.loc[dates[1], "y2"] == pytest.approx(15.0 / 12.0 - 1, rel=1e-6)
+    assert a1.loc[dates[3], "y2"] == pytest.approx(16.0 / 15.0 - 1, rel=1e-6)
     assert a1.loc[dates[0], "y2"] == pytest.approx(13.0 / 11.0 - 1, rel=1e-6)
     assert a1.loc[dates[4 - 2], "y2"] == pytest.approx(15.0 / 13.0 - 1, rel=1e-6)
 
@@ -174,11 +196,21 @@ def test_a_jump_that_stays_is_a_break_a_reversed_spike_is_a_bad_print():
     assert list(np.flatnonzero(g["B"]["suspect_jump"])) == [8, 9] and not g["B"]["price_break"].any()
     assert list(np.flatnonzero(g["C"]["suspect_jump"])) == [20, 21]
     assert meta["params"]["n_suspect_jumps"] == 4 and meta["params"]["n_breaks"] == 1
-    # no label over a flagged day: y3 at t covers t+1..t+3
-    assert list(np.flatnonzero(g["A"]["y3"].isna())) == [9, 10, 11, 27, 28, 29]
-    assert list(np.flatnonzero(g["B"]["y3"].isna())) == [5, 6, 7, 8, 27, 28, 29]
-    assert list(np.flatnonzero(g["C"]["y3"].isna())) == [17, 18, 19, 20, 27, 28, 29]
-    assert g["A"]["y3"].iloc[12] == 0.0 and g["A"]["y3"].iloc[8] == 0.0
+    # a break stays in the labels (every held move realised); a bad print is no price: no label on its days,
+    # and a book holding the name is carried over it to the next good close
+    assert list(np.flatnonzero(g["A"]["y3"].isna())) == [27, 28, 29]
+    assert list(np.flatnonzero(g["B"]["y3"].isna())) == [8, 9, 27, 28, 29]
+    assert list(np.flatnonzero(g["C"]["y3"].isna())) == [20, 21, 27, 28, 29]
+    assert g["A"]["y3"].iloc[12] == 0.0 and g["A"]["y3"].iloc[8] == 0.0 and g["A"]["y3"].iloc[9] == 3.0
+    assert g["B"]["y3"].iloc[7] == pytest.approx(b[10] / b[7] - 1, rel=1e-6)
+    assert g["B"]["y1"].iloc[7] == pytest.approx(b[10] / b[7] - 1, rel=1e-6) and g["C"]["y3"].iloc[19] == 0.0
+    # training targets drop every label whose closes t+1 .. t+3 hold a flagged day
+    p = SimpleNamespace(label=lambda n: np.stack([g[s][n].to_numpy() for s in "ABC"], axis=1), horizon=lambda n: 3,
+                        label_lag=0, aux={c: np.stack([g[s][c].to_numpy() for s in "ABC"], axis=1)
+                                          for c in ("suspect_jump", "price_break")})
+    target = training_label(p, "y3")
+    assert [list(np.flatnonzero(np.isnan(target[:, k]))) for k in range(3)] == [
+        [9, 10, 11, 27, 28, 29], [5, 6, 7, 8, 9, 27, 28, 29], [17, 18, 19, 20, 21, 27, 28, 29]]
     # features restart at every beyond-limit move (known that day: causal) and the day a bad print came back
     assert list(np.flatnonzero(g["B"]["ret1"].isna())) == [0, 8, 9]
     assert g["A"]["ma20_gap"].iloc[12:21].isna().all() and g["A"]["ma20_gap"].iloc[21] == 0.0
@@ -231,7 +263,7 @@ def test_every_problem_is_reported_at_once():
 
 
 def test_one_day_forward_return_column_follows_the_label_rules():
-    """y1 = close_{t+1} / close_t - 1 on the panel calendar: NaN over a halt and over a suspicious jump."""
+    """y1 = close_{t+1} / close_t - 1 on the panel calendar; a halt's move on the last traded day, a jump kept."""
     dates = pd.bdate_range("2022-01-03", periods=12)
     px = [10.0, 11.0, 12.1, 11.0, 11.0, 11.5, 46.0, 46.0, 47.0, 48.0, 49.0, 50.0]  # a 4x jump on day 6
     rows = [(d, "A", p, 100.0) for i, (d, p) in enumerate(zip(dates, px)) if i != 3]  # A halted on day 3
@@ -240,8 +272,8 @@ def test_one_day_forward_return_column_follows_the_label_rules():
     assert meta["labels"] == ["y3", "y1"] and meta["returns"] == "y1" and meta["horizons"]["y1"] == 1
     a = out[out["symbol"] == "A"].set_index("date")
     assert a.loc[dates[0], "y1"] == pytest.approx(0.1, rel=1e-6)
-    assert np.isnan(a.loc[dates[2], "y1"])  # day 3 has no close
-    assert np.isnan(a.loc[dates[5], "y1"])  # the jump on day 6 is a break
+    assert a.loc[dates[2], "y1"] == pytest.approx(11.0 / 12.1 - 1, rel=1e-6)  # day 3 has no close: 2 -> 4
+    assert a.loc[dates[5], "y1"] == pytest.approx(46.0 / 11.5 - 1, rel=1e-6)  # the break on day 6 is a move
     assert a.loc[dates[7], "y1"] == pytest.approx(47.0 / 46.0 - 1, rel=1e-6) and np.isnan(a.loc[dates[11], "y1"])
     b = out[out["symbol"] == "B"].set_index("date")
     np.testing.assert_allclose(b["y1"].iloc[:-1], (11.0 + np.arange(11)) / (10.0 + np.arange(11)) - 1, rtol=1e-6)
@@ -405,7 +437,8 @@ def test_panel_file_exposes_label_lag_and_aux_grids(tmp_path):
     p = load_panel(path)
     assert p.meta["label_lag"] == 1 and p.label_lag == 1 and p.horizon("y5") == 5 and p.label_span("y5") == 6
     assert "traded_value_med" not in p.features and "universe" not in p.features
-    assert set(p.aux) == {"universe", "traded_value_med"} and p.aux["universe"].dtype == bool
+    assert set(p.aux) == {"universe", "traded_value_med", "suspect_jump", "price_break"}
+    assert p.aux["universe"].dtype == bool and p.aux["price_break"].dtype == bool
     di = np.searchsorted(p.dates, df["date"].to_numpy().astype("datetime64[D]"))
     si = np.searchsorted(p.symbols.astype(str), df["symbol"].to_numpy().astype(str))
     np.testing.assert_array_equal(p.aux["universe"][di, si], df["universe"].to_numpy())

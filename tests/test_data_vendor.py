@@ -95,20 +95,27 @@ def test_repairs_breaks_and_counts_on_the_real_file(files):
     neg = [(pd.Timestamp(d), "SPX") for d in NEG_VOLUME_DAYS]
     assert o.loc[neg, "volume"].isna().all() and o.loc[neg, "volume_rel"].isna().all()
     assert o.loc[neg, "ret1"].notna().all()                      # only that field goes missing
-    # NDQ around the split: no label spans it, and every label / feature away from it is the clean file's
+    # NDQ around the split: the unadjusted split is a move the panel cannot tell from a crash, so the labels
+    # spanning it keep it (evaluation realises every held move; the docs say to adjust), training drops them;
+    # every label / feature away from it is the clean file's
     nd, nr = out[out["symbol"] == "NDQ"].reset_index(drop=True), ref[ref["symbol"] == "NDQ"]
     nr = nr[nr["date"] != pd.Timestamp("2008-03-03")].reset_index(drop=True)
     b = int(np.flatnonzero(nd["price_break"])[0])
     assert nd["date"].iloc[b] == SPLIT_DAY and nd["price_break"].sum() == 1
     span = np.arange(b - 6, b - 1)                               # y5 at t covers closes t+1 .. t+6
-    assert nd["y5"].iloc[span].isna().all() and nd["y1"].iloc[b - 2:b - 1].isna().all()
+    np.testing.assert_allclose(1 + nd["y5"].iloc[span], 0.5 * (1 + nr["y5"].iloc[span]), rtol=2e-5)
+    assert nd["y1"].iloc[b - 2] == pytest.approx(0.5 * (1 + nr["y1"].iloc[b - 2]) - 1, rel=2e-5)
     keep = np.ones(len(nd), dtype=bool)
     keep[span] = False
     keep[-6:] = False
-    # NDQ's halted day (calendar day c): y5 at t needs the closes t+1 and t+6, so t = c-6 and c-1 lose theirs
+    # NDQ's halted day (calendar day c, no row): a label is never dropped for it -- the books holding NDQ are
+    # carried over it -- so every label away from the split is the clean file's, whose close on c is known
     h = int(np.searchsorted(nd["date"], pd.Timestamp("2008-03-03")))  # first row after it
-    assert nd["y5"].iloc[[h - 6, h - 1]].isna().all() and nd["y5"].iloc[h - 5:h - 1].notna().all()
-    keep[[h - 6, h - 1]] = False
+    assert nd["y5"].iloc[h - 6:h].notna().all()
+    # day c-6's book holds closes c-5 .. c: stuck on c, it exits at the next traded close (row h, day c+1)
+    close = nd["close"].to_numpy()
+    assert nd["y5"].iloc[h - 6] == pytest.approx(close[h] / close[h - 5] - 1, rel=2e-5)
+    keep[h - 6:h] = False                                        # the windows that reach day c
     np.testing.assert_allclose(nd["y5"][keep], nr["y5"][keep], rtol=2e-5)
     np.testing.assert_allclose(nd.loc[b + 20:, mref["features"]], nr.loc[b + 20:, mref["features"]], rtol=1e-4,
                                atol=1e-6)

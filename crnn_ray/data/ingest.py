@@ -10,11 +10,13 @@ stock, NaN where a stock has no row) so that there is no per-stock Python loop:
    and `strict=True` refuses them instead;
 3. corporate actions: a `factor` column (adjusted = raw * factor) or `adj_close` beside `close` adjusts the
    prices; what is left is checked for moves beyond asymmetric limits: reversed within a few days it is a bad
-   print (flagged `suspect_jump`, as before), otherwise a break (a likely split): features restart there and
-   no label spans it;
+   print (flagged `suspect_jump`, as before: no price, a held name is carried over it), otherwise a break (a
+   likely split, or a real crash): features restart there; the returns keep it, training targets do not;
 4. features from data <= t (the same code builds the synthetic market's OHLCV features);
 5. labels: yH = close_{t+L+H} / close_{t+L} - 1 with L = label_lag (decide at close t, trade at close t+L),
-   and the 1-day return y1 = close_{t+L+1} / close_{t+L} - 1 that realises the pnl of the H-day books;
+   and the 1-day return y1 = close_{t+L+1} / close_{t+L} - 1 that realises the pnl of the H-day books, both
+   on held prices: a halted name carried at its last price, a delisted one realising its last price (or
+   `delisting_return`), a jump kept (data.labels.training_label masks it for training only);
 6. universe filters (price, traded value, stale prices): rows out of the universe keep their features but
    get no label.
 
@@ -70,6 +72,11 @@ DEFAULT_MAX_DOWN = 0.4
 DEFAULT_REVERSAL_DAYS = 3
 #: decide at close t, trade at close t+1: the label starts one day after the features end
 DEFAULT_LABEL_LAG = 1
+#: what a held name that stops trading (delisted, or halted through the data's end) realises after its last
+#: close: 0 = its last price. Real delistings for cause lose more (CRSP studies: about -30 %), so a desk with
+#: such names sets its own (IngestOptions.delisting_return, synthesize(delisting_return=...))
+DEFAULT_DELISTING_RETURN = 0.0
+
 #: trailing window (days) of the liquidity and stale-price filters
 DEFAULT_LIQUIDITY_WINDOW = 20
 #: per-row trailing median of close * volume (raw prices), a non-feature column for liquidity splits
@@ -243,18 +250,104 @@ def classify_moves(close: pd.DataFrame, max_up: float = DEFAULT_MAX_UP, max_down
     return frame(episode & present), frame(exceed & ~episode), frame((exceed | came_back) & present)
 
 
-def forward_return(close: pd.DataFrame, horizon: int, jump: pd.DataFrame | None = None, *,
-                   lag: int = 0) -> pd.DataFrame:
-    """close_{t+lag+H} / close_{t+lag} - 1 on the panel calendar.
+def next_traded(traded: np.ndarray) -> np.ndarray:
+    """int [D, S]: the first day after u on which the name trades (D where it never does again)."""
+    n_days = traded.shape[0]
+    idx = np.where(traded, np.arange(n_days)[:, None], n_days)
+    nxt = np.full(traded.shape, n_days, dtype=np.int64)
+    if n_days > 1:
+        nxt[:-1] = np.minimum.accumulate(idx[::-1], axis=0)[::-1][1:]
+    return nxt
 
-    NaN if either end is missing or a flagged day (a bad print, a break) lies in t+lag+1 .. t+lag+H: a return
-    over a bad tick or a split is no target."""
+
+def held_returns(price: np.ndarray, *, lag: int = 0,
+                 delisting_return: float = DEFAULT_DELISTING_RETURN) -> tuple[np.ndarray, np.ndarray]:
+    """(r, end): the 1-day return a book holding each name realises, indexed by decision day, and the last
+    close each value reads. Every held move is realised, so no name leaves the books because of its future.
+
+    With u = d + lag the close a book decided on day d is held from (price: [D, S], finite where the name
+    trades at a good price), r[d] is the move from close u to the name's next traded close v:
+      u traded, v exists         price[v] / price[u] - 1: a halt's whole move is booked on the last day it
+                                 traded (no book can trade it while halted, so the books holding it at close u
+                                 are the ones that realise the move to the close it trades again)
+      u traded, never again      `delisting_return` (the name stopped trading: 0 = realised at its last price)
+      u not traded, listed       0 (carried at its last price; its move is booked on the last traded day)
+      before its first close     NaN (not listed); u >= D - 1: NaN for every name (the next close is unknown)
+    `end[d]`: the last close day the value depends on (v, or u + 1), for the calendar-gap mask.
+    """
+    price = np.asarray(price, dtype=np.float64)
+    n_days = price.shape[0]
+    traded = np.isfinite(price)
+    nxt = next_traded(traded)
+    ahead = np.take_along_axis(price, np.minimum(nxt, n_days - 1), axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        y = close.shift(-(lag + horizon)) / close.shift(-lag) - 1.0
-    if jump is not None:
-        future_jump = jump.astype(float)[::-1].rolling(horizon, min_periods=1).max()[::-1].shift(-(1 + lag))
-        y = y.where(~(future_jump.fillna(0) > 0))
-    return y
+        move = np.where(nxt < n_days, ahead / price - 1.0, float(delisting_return))
+    listed = np.logical_or.accumulate(traded, axis=0)
+    g = np.where(traded, move, np.where(listed, 0.0, np.nan))
+    g[n_days - 1:] = np.nan
+    day = np.arange(n_days)[:, None]
+    g_end = np.where(traded & (nxt < n_days), nxt, day + 1)
+    r = np.full(price.shape, np.nan)
+    end = np.broadcast_to(day + lag + 1, price.shape).copy()
+    if lag < n_days:
+        r[:n_days - lag] = g[lag:]
+        end[:n_days - lag] = g_end[lag:]
+    return r, np.minimum(end, n_days - 1)
+
+
+def held_label(r: np.ndarray, end: np.ndarray, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+    """(yH, end): the H-day return of the book decided on day d, prod_{k<H} (1 + r[d+k]) - 1, and the last
+    close it reads (NaN where any of its days is unknown: the panel's end)."""
+    n_days = r.shape[0]
+    y = np.ones(r.shape)
+    last = end.copy()
+    for k in range(horizon):
+        step = np.full(r.shape, np.nan)
+        step[:n_days - k] = r[k:]
+        y *= 1.0 + step
+        if k:
+            last[:n_days - k] = np.maximum(last[:n_days - k], end[k:])
+    return y - 1.0, last
+
+
+def held_returns_text(delisting_return: float = DEFAULT_DELISTING_RETURN) -> str:
+    """The panel's held-return rule in one line (metadata `held_returns`, the scorer's report)."""
+    gone = ("its last price" if delisting_return == 0 else f"a delisting return of {delisting_return:+.0%} "
+            "after its last close")
+    return ("every held move realised: labels and y1 never drop a name for what happens after the decision; "
+            "a flagged jump stays in them (masked for training targets only); a halted name is carried at its "
+            "last price, its move to the next traded close booked on its last traded day; a name that stops "
+            f"trading realises {gone}")
+
+
+def spans(flags: np.ndarray, first: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """bool [D, S]: a flagged day lies in first[d] + 1 .. last[d] (both day indices, per cell)."""
+    count = np.vstack([np.zeros((1, flags.shape[1]), dtype=np.int64), np.cumsum(flags, axis=0, dtype=np.int64)])
+    n = flags.shape[0]
+    lo = np.clip(first + 1, 0, n)
+    hi = np.clip(last + 1, 0, n)
+    cols = np.arange(flags.shape[1])[None, :]
+    return (count[hi, cols] - count[np.minimum(lo, hi), cols]) > 0
+
+
+def forward_labels(price: np.ndarray, horizon: int, *, lag: int = 0,
+                   delisting_return: float = DEFAULT_DELISTING_RETURN) -> tuple[dict, dict]:
+    """({yH, y1}, {yH, y1: the last close each value reads}) as [D, S] arrays from good prices.
+
+    yH[d] compounds the held returns r[d .. d+H-1] (held_returns): the H-day return of the book decided on d,
+    NaN only where d has no price (no book takes the name that day) or a day is past the data's end. y1 is r
+    (NaN on a day without a price: the name is carried, its move booked on its last traded day). Neither is
+    ever NaN because of what happens after d: the universe of day d uses what is known at d. Jumps stay in
+    both; data.labels.training_label masks them for training targets only."""
+    price = np.asarray(price, dtype=np.float64)
+    traded = np.isfinite(price)
+    r, end = held_returns(price, lag=lag, delisting_return=delisting_return)
+    labels, last = {}, {}
+    for name, h in ((f"y{int(horizon)}", int(horizon)), (RETURNS, 1)):
+        y, read = held_label(r, end, h) if h > 1 else (r.copy(), end)
+        labels[name] = np.where(traded, y, np.nan)
+        last[name] = read
+    return labels, last
 
 
 def universe_filters(close: pd.DataFrame, volume: pd.DataFrame | None, *, min_price: float = 0.0,
@@ -318,6 +411,7 @@ class IngestOptions:
     traded_value: str | None = None
     extra_features: tuple[str, ...] = field(default_factory=tuple)
     min_days: int | None = None
+    delisting_return: float = DEFAULT_DELISTING_RETURN
 
     def needed_days(self) -> tuple[int, str]:
         """(fewest days with a price a file must have, the rule in words)."""
@@ -357,6 +451,8 @@ class IngestOptions:
              f"--max-gap-days must be an integer >= 1 (got {opts.max_gap_days!r}; calendar days)"),
             (opts.date_format is None or (isinstance(opts.date_format, str) and "%" in opts.date_format),
              f"--date-format must be a strftime format such as %Y%m%d (got {opts.date_format!r})"),
+            (np.isfinite(opts.delisting_return) and opts.delisting_return >= -1,
+             f"--delisting-return must be a number >= -1 (got {opts.delisting_return!r}; 0 = the last price)"),
             (opts.min_days is None or integer(opts.min_days, 1),
              f"--min-days must be an integer >= 1 (got {opts.min_days!r})"),
             (all(isinstance(n, str) and n.strip() for n in opts.extra_features),
@@ -766,16 +862,24 @@ def _moves_and_features(px: dict[str, pd.DataFrame], starts: np.ndarray, opts: I
     return flags, out, masked
 
 
-def _labels(close: pd.DataFrame, flagged: pd.DataFrame, starts: np.ndarray, opts: IngestOptions):
-    """({yH, y1}, {label: labels the gaps masked}): lagged forward returns, none over a bad print or a break,
-    none whose span t+1 .. t+L+H (decision to last close) crosses a calendar gap."""
-    H, L = opts.horizon, opts.label_lag
-    labels, masked = {}, {}
-    for name, h in ((f"y{H}", H), (RETURNS, 1)):
-        y = forward_return(close, h, flagged, lag=L)
-        across = np.broadcast_to(crosses_gap(len(close), starts, L + h)[:, None], y.shape)
-        masked[name] = int((y.notna().to_numpy() & across).sum())
-        labels[name] = y.where(~across)
+def _labels(close: pd.DataFrame, flags: dict, starts: np.ndarray, opts: IngestOptions):
+    """({yH, y1}, {label: labels the gaps masked}) as wide frames: held forward returns (forward_labels) on
+    the good prices -- a bad print is no price, so a held name is carried over it -- and none whose closes
+    (decision to last close read) cross a calendar gap. A break stays in the returns: it is a move the books
+    holding the name made (a missed split shows as one: adjust with a factor column); training targets drop
+    it (data.labels.training_label reads the suspect_jump / price_break columns)."""
+    bad = flags["bad_print"].to_numpy(dtype=bool)
+    price = np.where(bad, np.nan, close.to_numpy(dtype=np.float64))
+    labels, last = forward_labels(price, opts.horizon, lag=opts.label_lag, delisting_return=opts.delisting_return)
+    n_days = len(close)
+    gap_day = np.zeros((n_days, 1), dtype=bool)
+    gap_day[np.asarray(starts, dtype=np.int64)] = True
+    day = np.broadcast_to(np.arange(n_days)[:, None], price.shape)
+    masked = {}
+    for name, y in labels.items():
+        across = spans(np.broadcast_to(gap_day, price.shape), day, last[name])
+        masked[name] = int((np.isfinite(y) & across).sum())
+        labels[name] = pd.DataFrame(np.where(across, np.nan, y), index=close.index, columns=close.columns)
     return labels, masked
 
 
@@ -820,6 +924,7 @@ def _table(st: _Stages) -> tuple[pd.DataFrame, list[str], list[str]]:
     if r["liquidity"] is not None:
         out[LIQUIDITY] = g.cells(r["liquidity"])
         aux.append(LIQUIDITY)
+    aux += ["suspect_jump", "price_break"]  # the flags data.labels.training_label masks training targets with
     panel = pd.DataFrame(out).sort_values(["date", "symbol"], kind="stable").reset_index(drop=True)
     return panel, names + list(st.extras), aux
 
@@ -850,6 +955,7 @@ def _meta(st: _Stages, panel: pd.DataFrame, features: list[str], aux: list[str],
         "version": PANEL_VERSION, "features": features,
         "labels": [label] + ([RETURNS] if label != RETURNS else []), "horizons": {label: H, RETURNS: 1},
         "label_lag": o.label_lag, "returns": RETURNS, "source": "ingest", "aux_columns": aux,
+        "held_returns": held_returns_text(o.delisting_return),
         "repairs": {**{kind: int(st.kinds[kind].sum()) for kind, _, _ in REPAIR_KINDS},
                     "calendar_gap": len(st.gaps)},
         "repair_summary": st.repaired, "corporate_actions": _corporate_meta(st),
@@ -920,7 +1026,7 @@ def ingest_ohlcv(df: pd.DataFrame, horizon: int = HORIZON, *, options: IngestOpt
               if f in st.checked.values}
     ratio, px, no_trade = _adjust(st.raw, st.cols, st.adjust_col)
     flags, feats, features_masked = _moves_and_features(px, st.gaps, opts)
-    labels, labels_masked = _labels(px["close"], flags["bad_print"] | flags["breaks"], st.gaps, opts)
+    labels, labels_masked = _labels(px["close"], flags, st.gaps, opts)
     fails, liquidity = universe_filters(st.raw["close"], st.raw.get("volume"), min_price=opts.min_price,
                                         min_traded_value=opts.min_traded_value, window=opts.liquidity_window,
                                         max_stale_share=opts.max_stale_share, traded_value=st.raw.get(TRADED_VALUE))
@@ -958,8 +1064,9 @@ def summary_lines(meta: dict) -> list[str]:
         lines.append(f"corp. act. adjustment {adj}; {ca.get('breaks', 0)} break(s) (moves beyond "
                      f"+{p.get('max_up', DEFAULT_MAX_UP):.0%} / -{p.get('max_down', DEFAULT_MAX_DOWN):.0%} "
                      f"not reversed within {p.get('reversal_days', DEFAULT_REVERSAL_DAYS)} days: likely splits; "
-                     f"features restart, no label spans them){ex}; {ca.get('bad_prints', 0)} bad print(s) "
-                     f"(reversed spikes: {p.get('n_suspect_jumps', 0)} suspect_jump row(s), no label over them)")
+                     f"features restart; kept in the returns, masked for training){ex}; {ca.get('bad_prints', 0)} bad "
+                     f"print(s) (reversed spikes: {p.get('n_suspect_jumps', 0)} suspect_jump row(s), no price: "
+                     "held names carried over them, masked for training)")
     lines += _gap_lines(meta)
     uni = meta.get("universe")
     if uni:

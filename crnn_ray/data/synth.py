@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy.signal import lfilter
 
-from crnn_ray.data.ingest import compute_features, forward_return
+from crnn_ray.data.ingest import DEFAULT_DELISTING_RETURN, compute_features, forward_labels, held_returns_text
 from crnn_ray.data.panel import PANEL_VERSION, RETURNS
 from crnn_ray.io import CliError
 from crnn_ray.metrics import daily_ic, zscore_by_day
@@ -52,11 +52,13 @@ def synth_dates(n_days: int) -> np.ndarray:
 
 
 def synthesize(n_symbols: int = 300, n_days: int = 600, seed: int = 0, horizon: int = 5,
-               signal_strength: float | None = None, preset: str = "easy") -> tuple[pd.DataFrame, dict]:
+               signal_strength: float | None = None, preset: str = "easy",
+               delisting_return: float = DEFAULT_DELISTING_RETURN) -> tuple[pd.DataFrame, dict]:
     """Generate the synthetic panel: (long DataFrame with features, label, y1, raw OHLCV, oracle; metadata).
 
-    `preset`: "easy" (today's market, bit-identical) or "realistic" (see PRESETS, docs/data.md);
-    `signal_strength` (None: the preset's) overrides the planted drift per unit of score.
+    `preset`: "easy" (the quickstart's market) or "realistic" (see PRESETS, docs/data.md);
+    `signal_strength` (None: the preset's) overrides the planted drift per unit of score; `delisting_return`:
+    what a held name realises after its last close when it delists (0: its last price).
     """
     if preset not in PRESETS:
         raise CliError(f"--preset must be one of {', '.join(PRESETS)} (got {preset!r})")
@@ -161,8 +163,10 @@ def synthesize(n_symbols: int = 300, n_days: int = 600, seed: int = 0, horizon: 
             (("open", open_), ("high", high), ("low", low), ("close", close), ("volume", volume))}
     feats, jump = compute_features(wide)
     label = f"y{H}"
-    y = forward_return(wide["close"], H, jump).to_numpy()
-    y_1 = y if H == 1 else forward_return(wide["close"], 1, jump).to_numpy()
+    # held returns: every close-to-close move of a held name realised, its jumps too (price_break flags them
+    # for data.labels.training_label: training targets drop them, evaluation never does)
+    labels, _ = forward_labels(wide["close"].to_numpy(), H, delisting_return=delisting_return)
+    y, y_1 = labels[label], labels[RETURNS]
 
     # --- drop burn-in, long table ---------------------------------------------------------------------------
     keep = slice(BURN_IN, T)
@@ -178,6 +182,7 @@ def synthesize(n_symbols: int = 300, n_days: int = 600, seed: int = 0, horizon: 
     cols[label] = y[keep][di, si].astype(np.float32)
     if label != RETURNS:
         cols[RETURNS] = y_1[keep][di, si].astype(np.float32)
+    cols["price_break"] = jump.to_numpy(dtype=bool)[keep][di, si]  # a move beyond +100 % / -50 %: a real one
     for name in ("open", "high", "low", "close", "volume"):
         cols[name] = wide[name].to_numpy()[keep][di, si]
     oracle_col = f"oracle_{label}"
@@ -201,9 +206,12 @@ def synthesize(n_symbols: int = 300, n_days: int = 600, seed: int = 0, horizon: 
         "label_lag": 0,  # yH = close_{t+H} / close_t - 1: the planted drift starts at t+1
         "returns": RETURNS,
         "source": "synth",
+        "aux_columns": ["price_break"],
+        "held_returns": held_returns_text(delisting_return),
         "oracle_ic": {label: round(oracle_ic, 6)},
         "params": {"n_symbols": S, "n_days": int(n_days), "seed": int(seed), "horizon": H, "preset": preset,
                    "signal_strength": k, "idio_dof": dof, "sector_vol": knobs["sector_vol"],
+                   "delisting_return": float(delisting_return),
                    "n_sectors": N_SECTORS, "burn_in": BURN_IN,
                    "oracle_columns": {label: oracle_col},
                    "oracle_ic_rows": "all features finite and label finite; days with >= 10 stocks"},
