@@ -72,15 +72,17 @@ def format_summary(ev: Evaluation, returns: str | None = None, *, label: str | N
     lines = [*([f"execution: {lag_line}"] if lag_line else []),
         f"days evaluated {s['n_days']}  skipped {s['n_days_skipped']} (< {p['min_stocks']} valid pairs)  "
         f"mean stocks/day {s['mean_stocks']:.1f}",
-        f"IC       {s['ic']:+.4f}  ICIR {s['icir']:+.3f}  t {s['ic_tstat']:+.2f}  HAC t {s['ic_tstat_hac']:+.2f}"
-        f"  (ICIR not annualised; Newey-West {s['hac_lags']} lags)",
         f"RankIC   {s['rank_ic']:+.4f}  ICIR {s['rank_icir']:+.3f}  t {s['rank_ic_tstat']:+.2f}  "
-        f"HAC t {s['rank_ic_tstat_hac']:+.2f}",
+        f"HAC t {s['rank_ic_tstat_hac']:+.2f}  non-overlapping t {fmt(s.get('rank_ic_tstat_nonoverlap'), '{:+.2f}')}"
+        f"  (ICIR not annualised; Newey-West {s['hac_lags']} lags; non-overlapping: every {p['horizon']}th day)",
+        f"IC       {s['ic']:+.4f}  ICIR {s['icir']:+.3f}  t {s['ic_tstat']:+.2f}  HAC t {s['ic_tstat_hac']:+.2f}"
+        f"  non-overlapping t {fmt(s.get('ic_tstat_nonoverlap'), '{:+.2f}')}  (Pearson)",
         pnl_note(ev, returns),
         f"long-short (top-bottom of {p['quantiles']}, horizon {p['horizon']}): pnl {s['pnl_long_short']:+.4f}  "
         f"ann {s['ann_return']:+.4f}  vol {s['ann_vol']:.4f}  sharpe {s['sharpe']:+.3f}  "
         f"maxDD {s['max_drawdown']:+.4f}",
-        f"mean daily long-short pnl t {s['ls_tstat']:+.2f}  HAC t {s['ls_tstat_hac']:+.2f}",
+        f"mean daily long-short pnl t {s['ls_tstat']:+.2f}  HAC t {s['ls_tstat_hac']:+.2f}  "
+        f"non-overlapping t {fmt(s.get('ls_tstat_nonoverlap'), '{:+.2f}')}",
         f"long (top-mean):  pnl {s['pnl_long']:+.4f}  ann {s['ann_return_long']:+.4f}  sharpe {s['sharpe_long']:+.3f}",
         f"turnover ls {s['turnover']:.4f}/day  top {s['turnover_top']:.3f}  bottom {s['turnover_bottom']:.3f}  "
         f"signal autocorr {s['signal_autocorr']:+.3f}",

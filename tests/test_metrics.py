@@ -642,8 +642,10 @@ def test_newey_west_tstat_equals_a_loop_and_plain_t_at_zero_lags():
     assert newey_west_tstat(x, 4) < 0.6 * newey_west_tstat(x, 0)  # the plain t overstates on overlapping days
     assert math.isnan(newey_west_tstat([1.0, np.nan], 2)) and math.isnan(newey_west_tstat([2.0, 2.0, 2.0], 1))
     assert newey_west_tstat(x[:5], 50) == pytest.approx(newey_west_loop(x[:5], 4), rel=1e-12)  # lags <= n - 1
-    # max(H - 1, floor(4 (n / 100)^(2/9)))
-    assert [hac_lags(73, 5), hac_lags(73, 1), hac_lags(1000, 1), hac_lags(1000, 10), hac_lags(0, 3)] == [4, 3, 6, 9, 2]
+    # max(2H, floor(4 (n / 100)^(2/9))) for H > 1 (overlapping labels), the rule of thumb alone for H = 1
+    assert [hac_lags(73, 5), hac_lags(73, 1), hac_lags(1000, 1), hac_lags(1000, 10), hac_lags(0, 3)] == [10, 3, 6, 20, 6]
+    # 2H lags take in the MA(4)'s whole autocovariance that 4 Bartlett lags cut short
+    assert newey_west_tstat(x, 10) < newey_west_tstat(x, 4)
 
 
 def test_evaluate_reports_hac_t_statistics_with_the_lag_rule():
@@ -652,18 +654,26 @@ def test_evaluate_reports_hac_t_statistics_with_the_lag_rule():
     signal, label, returns = books_panel(7, days=60)
     ev = evaluate(signal, label, horizon=5, returns=returns)
     s = ev.summary
-    assert s["hac_lags"] == hac_lags(s["n_days"], 5) == 4
-    assert s["ic_tstat_hac"] == pytest.approx(newey_west_loop(ev.daily["ic"].to_numpy(), 4), rel=1e-12)
-    assert s["rank_ic_tstat_hac"] == pytest.approx(newey_west_loop(ev.daily["rank_ic"].to_numpy(), 4), rel=1e-12)
+    assert s["hac_lags"] == hac_lags(s["n_days"], 5) == 10
+    assert s["ic_tstat_hac"] == pytest.approx(newey_west_loop(ev.daily["ic"].to_numpy(), 10), rel=1e-12)
+    assert s["rank_ic_tstat_hac"] == pytest.approx(newey_west_loop(ev.daily["rank_ic"].to_numpy(), 10), rel=1e-12)
     pnl = ev.daily["pnl_ls"].dropna()
     assert s["ls_tstat"] == pytest.approx(pnl.mean() / (pnl.std(ddof=1) / math.sqrt(len(pnl))), rel=1e-12)
-    assert s["ls_tstat_hac"] == pytest.approx(newey_west_loop(pnl.to_numpy(), 4), rel=1e-12)
+    assert s["ls_tstat_hac"] == pytest.approx(newey_west_loop(pnl.to_numpy(), 10), rel=1e-12)
+    # beside them, the t of non-overlapping days: each offset's every-5th-day series, plain t, averaged
+    for key, series in (("ic", ev.daily["ic"]), ("rank_ic", ev.daily["rank_ic"]), ("ls", ev.daily["ls"])):
+        x = series.to_numpy()
+        ts = []
+        for o in range(5):
+            part = x[o::5][np.isfinite(x[o::5])]
+            ts.append(part.mean() / part.std(ddof=1) * math.sqrt(part.size))
+        assert s[f"{key}_tstat_nonoverlap"] == pytest.approx(np.mean(ts), rel=1e-12), key
     assert s["n_days_pnl"] == len(pnl)
     # without returns the t of the mean daily pnl is that of the booked (overlapping) series
     fallback = evaluate(signal, label, horizon=5).summary
     booked = ev.daily["ls"].dropna()
     assert fallback["ls_tstat"] == pytest.approx(booked.mean() / (booked.std(ddof=1) / math.sqrt(len(booked))))
-    assert fallback["ls_tstat_hac"] == pytest.approx(newey_west_loop(booked.to_numpy(), 4), rel=1e-12)
+    assert fallback["ls_tstat_hac"] == pytest.approx(newey_west_loop(booked.to_numpy(), 10), rel=1e-12)
 
 
 def test_non_overlapping_fallback_books_every_hth_day_and_averages_the_offsets():
@@ -720,7 +730,7 @@ def test_fewer_days_than_the_horizon_and_no_day_give_nan_not_a_crash():
         signal, label, returns = (rng.normal(size=(days, 20)) for _ in range(3))
         for kw in ({"returns": returns}, {}):
             s = evaluate(signal, label, horizon=5, **kw).summary
-            assert s["pnl_method"] == ("realised" if kw else "non_overlapping") and s["hac_lags"] == 4
+            assert s["pnl_method"] == ("realised" if kw else "non_overlapping") and s["hac_lags"] == 10
             assert s["n_days_pnl"] == (days if kw else 0)
 
 

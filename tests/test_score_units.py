@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import scipy.stats as st
 from scipy.stats import rankdata
 
 from crnn_ray.io import CliError
@@ -85,8 +86,10 @@ def test_selection_ranks_on_validation_and_skips_failed(tmp_path):
         {"trial_id": "t4", "variant_id": "d", "seed": 0, "status": "pruned", "valid_ic": 0.03},
         {"trial_id": "t5", "variant_id": "e", "seed": 0, "status": "ok", "valid_ic": float("nan")},
     ])
-    members = select_members(exp, 5)
+    members = select_members(exp, 5, "valid_ic")
     assert [m.trial_id for m in members] == ["t2", "t4", "t0"]
+    # the default ranks by RankIC (select_rank_ic; this sweep had no selection split: valid_rank_ic, all tied)
+    assert [m.trial_id for m in select_members(exp, 5)] == ["t0", "t2", "t4", "t5"]
     assert [m.name for m in members] == ["a@seed1", "d@seed0", "a@seed0"]
     assert members[0].checkpoint == exp / "ck"  # relative paths resolve against the experiment
     assert [m.trial_id for m in select_members(exp, 2, "valid_rank_ic")] == ["t0", "t2"]  # ties: trial id
@@ -235,7 +238,7 @@ def test_score_help_defaults_are_the_dataclass_defaults_and_the_codes():
         stated = re.search(r"\(default: ([^)]*)\)$", " ".join(helps[flag_name(f)].split())).group(1)
         assert stated == default_text(f), f.name
         assert value_text(getattr(run, f.name)) == stated, f.name
-    assert "(default: select_ic)" in helps["--select-by"] and "(default: off)" in helps["--seed-average"]
+    assert "(default: select_rank_ic)" in helps["--select-by"] and "(default: off)" in helps["--seed-average"]
     # flags override the file; each flag goes through its field's check
     assert config_from_args(["--experiment", "e", "--out", "o", "--top-k", "3", "--seed-average",
                              "--ray"]).top_k == 3
@@ -396,16 +399,26 @@ def test_vs_selected_member_matches_a_hand_loop_and_newey_west():
             continue
         diff.append(np.corrcoef(ens_sig[d], label[d])[0, 1] - np.corrcoef(mem_sig[d], label[d])[0, 1])
     x = np.array(diff)
-    n, lags = len(x), max(4, int(np.floor(4 * (len(x) / 100) ** (2 / 9))))
+    n, lags = len(x), max(2 * 5, int(np.floor(4 * (len(x) / 100) ** (2 / 9))))  # >= 2H lags (H = 5)
     e = x - x.mean()
     s = e @ e / n + 2 * sum((1 - j / (lags + 1)) * (e[j:] @ e[:-j]) / n for j in range(1, lags + 1))
     assert vs["n_days"] == n == 44 and vs["hac_lags"] == lags == hac_lags(44, 5)
     assert abs(vs["ic_diff"] - x.mean()) < 1e-12
     assert abs(vs["ic_diff_tstat_hac"] - x.mean() / np.sqrt(s / (n - 1))) < 1e-9
     assert vs["ic_ensemble"] == ens.summary["ic"] and vs["ic_member"] == mem.summary["ic"]
-    line = vs_line(vs, "select_ic")
-    assert line.startswith("ensemble vs selected member a@seed0 (chosen alone by select_ic): IC ")
-    assert f"daily difference {x.mean():+.4f}" in line and f"{lags} lags, 44 days)" in line
+    # RankIC first: the same difference on each day's Spearman correlations
+    rdiff = np.array([st.spearmanr(ens_sig[d], label[d])[0] - st.spearmanr(mem_sig[d], label[d])[0]
+                      for d in range(45) if d != 3])
+    assert abs(vs["rank_ic_diff"] - rdiff.mean()) < 1e-12 and vs["rank_ic_member"] == mem.summary["rank_ic"]
+    # non-overlapping t: every 5th day's difference (the member's unscored day 3 left out of its offset)
+    full = np.insert(x, 3, np.nan)
+    parts = [full[o::5][np.isfinite(full[o::5])] for o in range(5)]
+    assert vs["ic_diff_tstat_nonoverlap"] == pytest.approx(
+        np.mean([p.mean() / p.std(ddof=1) * np.sqrt(len(p)) for p in parts]), rel=1e-12)
+    line = vs_line(vs, "select_rank_ic")
+    assert line.startswith("ensemble vs selected member a@seed0 (chosen alone by select_rank_ic): RankIC ")
+    assert f"daily difference {rdiff.mean():+.4f}" in line and f"daily difference {x.mean():+.4f}" in line
+    assert f"{lags} lags, 44 days)" in line
 
 
 def test_predictor_worker_threads_give_the_same_bits_and_restore_torch_threads():

@@ -217,10 +217,12 @@ def test_walk_forward_leaderboard_states_differences_with_a_standard_error(stitc
     rows = {r["name"]: r for r in doc["leaderboard"]}
     assert {"cnn1d/m01", "cnn1d/m02", "ENSEMBLE", "baseline/ridge", "baseline/reversal"} <= set(rows)
     variants = [r for r in doc["leaderboard"] if r["kind"] == "variant"]
-    assert doc["reference"] == variants[0]["name"] and variants[0]["ic"] >= variants[1]["ic"]
-    assert rows[doc["reference"]]["ic_diff"] is None
+    # ranked by RankIC (the headline), the reference the top variant; the IC difference sits beside
+    assert doc["reference"] == variants[0]["name"] and variants[0]["rank_ic"] >= variants[1]["rank_ic"]
+    assert rows[doc["reference"]]["rank_ic_diff"] is None and rows[doc["reference"]]["ic_diff"] is None
     other = variants[1]
-    assert other["n_seeds"] == 2 and other["ic_diff"] < 0 and np.isfinite(other["ic_diff_tstat_hac"])
+    assert other["n_seeds"] == 2 and other["rank_ic_diff"] < 0 and np.isfinite(other["rank_ic_diff_tstat_hac"])
+    assert np.isfinite(other["ic_diff_tstat_hac"]) and np.isfinite(other["rank_ic_tstat_nonoverlap"])
     assert all(f"ic_w0{w}" in other for w in range(5))
     # the variant's IC is the mean over its seeds of their own out-of-sample ICs
     seeds = [metrics["members"][f"{other['name']}@seed{s}"]["summary"]["ic"] for s in (0, 1)]

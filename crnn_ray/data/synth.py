@@ -40,9 +40,12 @@ BURN_IN = 40
 SIGNAL_STRENGTH = 0.0018
 #: market presets: planted signal strength, idiosyncratic shock law (None: normal; else Student-t with that many
 #: degrees of freedom, scaled to unit variance) and the daily vol of the sector factors
+#: degrees of freedom, scaled to unit variance), the daily vol of the sector factors, and whether each day's log
+#: return carries -sigma^2/2 (its conditional variance): without it E[close_{t+1} / close_t] = exp(sigma^2/2)
+#: rises with volatility, so any volatility or beta tilt earns a Pearson IC and pnl with no skill
 PRESETS = {
-    "easy": {"signal_strength": SIGNAL_STRENGTH, "idio_dof": None, "sector_vol": 0.006},
-    "realistic": {"signal_strength": 0.00055, "idio_dof": 4, "sector_vol": 0.012},
+    "easy": {"signal_strength": SIGNAL_STRENGTH, "idio_dof": None, "sector_vol": 0.006, "log_drift": False},
+    "realistic": {"signal_strength": 0.00055, "idio_dof": 4, "sector_vol": 0.012, "log_drift": True},
 }
 
 
@@ -110,8 +113,10 @@ def synthesize(n_symbols: int = 300, n_days: int = 600, seed: int = 0, horizon: 
     r_m = np.empty(T)
     r_i = np.empty((T, S))
     sig_i = np.empty((T, S))
+    sig_m = np.empty(T)
     for t in range(T):  # GARCH(1,1): today's variance from yesterday's shock
-        r_m[t] = np.sqrt(var_m) * z_m[t]
+        sig_m[t] = np.sqrt(var_m)
+        r_m[t] = sig_m[t] * z_m[t]
         sig_i[t] = np.sqrt(var_i)
         r_i[t] = sig_i[t] * z_i[t]
         var_m = omega_m + alpha * r_m[t] ** 2 + gbeta * var_m
@@ -149,6 +154,9 @@ def synthesize(n_symbols: int = 300, n_days: int = 600, seed: int = 0, horizon: 
 
     # --- prices and OHLC -----------------------------------------------------------------------------------
     r = beta[None, :] * r_m[:, None] + sector_load[None, :] * z_sec[:, sector] + r_i + drift
+    if knobs["log_drift"]:  # -sigma^2/2 of the day's conditional variance: E[arithmetic return] = planted drift
+        r -= 0.5 * ((beta[None, :] * sig_m[:, None]) ** 2 + (sector_load[None, :] * knobs["sector_vol"]) ** 2
+                    + sig_i ** 2)
     log_close = np.log(rng.uniform(10, 200, S))[None, :] + np.cumsum(r, axis=0)
     close = np.exp(log_close)
     prev_close = np.vstack([close[:1], close[:-1]])
@@ -211,6 +219,7 @@ def synthesize(n_symbols: int = 300, n_days: int = 600, seed: int = 0, horizon: 
         "oracle_ic": {label: round(oracle_ic, 6)},
         "params": {"n_symbols": S, "n_days": int(n_days), "seed": int(seed), "horizon": H, "preset": preset,
                    "signal_strength": k, "idio_dof": dof, "sector_vol": knobs["sector_vol"],
+                   "log_drift": bool(knobs["log_drift"]),
                    "delisting_return": float(delisting_return),
                    "n_sectors": N_SECTORS, "burn_in": BURN_IN,
                    "oracle_columns": {label: oracle_col},

@@ -18,18 +18,21 @@ from crnn_ray.config import (Checker, add_flags, auto_or, boolean, choice, flag_
                              section, setting, text)
 from crnn_ray.io import ArgumentParser, CliError
 from crnn_ray.metrics import EvaluationConfig
-from crnn_ray.schema import DEFAULT_RANK_METRIC, SELECT_METRICS
+from crnn_ray.schema import SELECT_METRICS
 from crnn_ray.score.ensemble import METHODS
 from crnn_ray.tracking import TrackingConfig
 
 __all__ = ["ScoreConfig", "RayConfig", "EvaluationConfig", "load_score_config", "build_parser", "config_from_args",
-           "DEFAULT_CONFIG_FILE", "METHODS", "PATHS", "SELECTIONS"]
+           "DEFAULT_CONFIG_FILE", "DEFAULT_SELECT_BY", "METHODS", "PATHS", "SELECTIONS"]
 
 #: where the predictor runs
 PATHS = ("auto", "in_process", "ray")
 #: how the ensemble's units are chosen (docs/scoring.md "Member selection")
 SELECTIONS = ("top_k", "greedy")
 DEFAULT_CONFIG_FILE = Path(__file__).resolve().parents[2] / "configs" / "score" / "default.yaml"
+#: members are ranked by RankIC on the selection split: a Pearson IC rewards a volatility or beta tilt (a
+#: trailing-volatility signal's IC rivals the planted oracle's on the realistic market; its RankIC is ~0)
+DEFAULT_SELECT_BY = "select_rank_ic"
 
 
 @dataclass
@@ -67,7 +70,7 @@ class ScoreConfig:
     # ---- how to ensemble (YAML keys and flags)
     top_k: int = setting(5, check=positive_int, flag=True,
                          help="number of units: trials, or seed averages with --seed-average")
-    select_by: str = setting(DEFAULT_RANK_METRIC, check=text, flag=True,  # checked against the trials by select.py
+    select_by: str = setting(DEFAULT_SELECT_BY, check=text, flag=True,  # checked against the trials by select.py
                              help=f"validation metric that ranks trials: {', '.join(SELECT_METRICS)}")
     method: str = setting("mean", check=choice(*METHODS), flag=True,
                           help=f"how member z-scores combine: {' | '.join(METHODS)}")

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from crnn_ray.io import atomic_path, write_json_atomic
-from crnn_ray.metrics import evaluate, hac_lags, newey_west_tstat
+from crnn_ray.metrics import evaluate, hac_lags, newey_west_tstat, nonoverlap_tstat
 from crnn_ray.metrics_text import TURNOVER_UNIT, costs_document, costs_line, fmt, label_lag_text, liquidity_line
 from crnn_ray.score import render
 from crnn_ray.score.ensemble import correlation
@@ -28,7 +28,7 @@ __all__ = ["print_plan", "evaluate_all", "metrics_document", "render_figures", "
            "monthly_ic"]
 
 #: columns of the members-vs-ensemble table (pnl and Sharpe gross of costs; BE: break-even cost, bps)
-SIDE_BY_SIDE = [("ic", "IC", "{:+.4f}"), ("rank_ic", "RankIC", "{:+.4f}"), ("icir", "ICIR", "{:+.3f}"),
+SIDE_BY_SIDE = [("rank_ic", "RankIC", "{:+.4f}"), ("ic", "IC", "{:+.4f}"), ("rank_icir", "RankICIR", "{:+.3f}"),
                 ("pnl_long_short", "LS pnl", "{:+.4f}"), ("pnl_long", "long pnl", "{:+.4f}"),
                 ("sharpe", "gross SR", "{:+.2f}"), ("turnover", "turnover", "{:.3f}"),
                 ("break_even_bps", "BE bps", "{:.1f}")]
@@ -126,17 +126,21 @@ def print_evaluation(rec, ev: dict, metrics: dict) -> None:
           + (f" (1-day returns {ev.get('returns')})" if s["pnl_method"] == "realised" else "")
           + f"; long-short Sharpe {fmt(s['sharpe'], '{:+.2f}')} gross (booked {fmt(s['sharpe_booked'], '{:+.2f}')}), "
           f"ann. vol {fmt(s['ann_vol'], '{:.2%}')}, max drawdown {fmt(s['max_drawdown'], '{:+.4f}')}; "
-          f"IC t {fmt(s['ic_tstat'], '{:+.2f}')} plain, {fmt(s['ic_tstat_hac'], '{:+.2f}')} Newey-West "
-          f"({s['hac_lags']} lags); mean long-short pnl t {fmt(s['ls_tstat'], '{:+.2f}')} plain, "
-          f"{fmt(s['ls_tstat_hac'], '{:+.2f}')} Newey-West")
+          f"RankIC t {fmt(s['rank_ic_tstat'], '{:+.2f}')} plain, {fmt(s['rank_ic_tstat_hac'], '{:+.2f}')} "
+          f"Newey-West ({s['hac_lags']} lags), {fmt(s.get('rank_ic_tstat_nonoverlap'), '{:+.2f}')} non-overlapping; "
+          f"IC t {fmt(s['ic_tstat'], '{:+.2f}')} plain, {fmt(s['ic_tstat_hac'], '{:+.2f}')} Newey-West, "
+          f"{fmt(s.get('ic_tstat_nonoverlap'), '{:+.2f}')} non-overlapping; mean long-short pnl t "
+          f"{fmt(s['ls_tstat'], '{:+.2f}')} plain, {fmt(s['ls_tstat_hac'], '{:+.2f}')} Newey-West, "
+          f"{fmt(s.get('ls_tstat_nonoverlap'), '{:+.2f}')} non-overlapping")
     print(costs_line(s))
     print(liquidity_line(ev["ensemble"].liquidity_split, ev.get("liquidity")))
     if ev.get("vs_selected"):
         print(vs_line(ev["vs_selected"], metrics["select_by"]))
     if metrics.get("oracle_ic") is not None:
-        print(f"ensemble test IC {ev['ensemble'].summary['ic']:+.4f} vs the data's oracle IC "
-              f"{metrics['oracle_ic']:+.4f} on the same rows (panel-wide {metrics.get('oracle_ic_panel')}); "
-              f"ratio {metrics['ic_vs_oracle']:.2f}")
+        print(f"ensemble test RankIC {ev['ensemble'].summary['rank_ic']:+.4f} vs the data's oracle RankIC "
+              f"{fmt(metrics.get('oracle_rank_ic'), '{:+.4f}')} (ratio {fmt(metrics.get('rank_ic_vs_oracle'), '{:.2f}')}); "
+              f"IC {ev['ensemble'].summary['ic']:+.4f} vs oracle IC {metrics['oracle_ic']:+.4f} on the same rows "
+              f"(panel-wide {metrics.get('oracle_ic_panel')}; ratio {fmt(metrics['ic_vs_oracle'], '{:.2f}')})")
     corr = ev["correlation"]
     print("member correlation (mean daily cross-sectional Pearson):")
     # columns headed by the rows' numbers ([1] = the first member, ...): the names are too long for a header
@@ -290,26 +294,36 @@ def tear_sheet_document(ts: dict) -> dict:
 
 
 def vs_member(ensemble, member_ev, member, horizon: int) -> dict:
-    """The ensemble against one member on the same rows: daily IC difference (ensemble - member), its mean and
-    Newey-West t-stat (lags = hac_lags(n, horizon)) over the days where both have an IC."""
-    a = pd.Series(ensemble.daily["ic"].to_numpy(np.float64), index=pd.to_datetime(ensemble.daily["date"]))
-    b = pd.Series(member_ev.daily["ic"].to_numpy(np.float64), index=pd.to_datetime(member_ev.daily["date"]))
-    diff = (a - b.reindex(a.index)).dropna()
-    n = int(len(diff))
-    lags = hac_lags(n, horizon)
-    return {"member": member.name, "trial_id": member.trial_id, "select_value": member.select_value,
-            "ic_ensemble": float(ensemble.summary["ic"]), "ic_member": float(member_ev.summary["ic"]),
-            "ic_diff": float(diff.mean()) if n else math.nan,
-            "ic_diff_tstat_hac": newey_west_tstat(diff.to_numpy(), lags) if n else math.nan,
-            "hac_lags": int(lags), "n_days": n}
+    """The ensemble against one member on the same rows: the daily RankIC and IC differences (ensemble -
+    member), their means and Newey-West t-stats (lags = hac_lags(n, horizon)) over the days where both have
+    a value, and the non-overlapping t beside them."""
+    out = {"member": member.name, "trial_id": member.trial_id, "select_value": member.select_value}
+    for key in ("rank_ic", "ic"):
+        a = pd.Series(ensemble.daily[key].to_numpy(np.float64), index=pd.to_datetime(ensemble.daily["date"]))
+        b = pd.Series(member_ev.daily[key].to_numpy(np.float64), index=pd.to_datetime(member_ev.daily["date"]))
+        both = a - b.reindex(a.index)
+        diff = both.dropna()
+        n = int(len(diff))
+        lags = hac_lags(n, horizon)
+        out.update({f"{key}_ensemble": float(ensemble.summary[key]), f"{key}_member": float(member_ev.summary[key]),
+                    f"{key}_diff": float(diff.mean()) if n else math.nan,
+                    f"{key}_diff_tstat_hac": newey_west_tstat(diff.to_numpy(), lags) if n else math.nan,
+                    f"{key}_diff_tstat_nonoverlap": nonoverlap_tstat(both.to_numpy(), horizon) if n else math.nan})
+        if key == "ic":
+            out.update({"hac_lags": int(lags), "n_days": n})
+    return out
 
 
 def vs_line(vs: dict, select_by: str) -> str:
-    """`ensemble vs selected member X (chosen alone by select_ic): IC +a vs +b, daily difference +c (HAC t ...)`"""
-    return (f"ensemble vs selected member {vs['member']} (chosen alone by {select_by}): IC "
-            f"{fmt(vs['ic_ensemble'], '{:+.4f}')} vs {fmt(vs['ic_member'], '{:+.4f}')}, daily difference "
-            f"{fmt(vs['ic_diff'], '{:+.4f}')} (HAC t {fmt(vs['ic_diff_tstat_hac'], '{:+.2f}')}, "
-            f"{vs['hac_lags']} lags, {vs['n_days']} days)")
+    """`ensemble vs selected member X (chosen alone by select_rank_ic): RankIC +a vs +b, daily difference +c
+    (HAC t ..., non-overlapping t ...); IC ...`"""
+    def part(key: str) -> str:
+        return (f"{fmt(vs.get(f'{key}_ensemble'), '{:+.4f}')} vs {fmt(vs.get(f'{key}_member'), '{:+.4f}')}, daily "
+                f"difference {fmt(vs.get(f'{key}_diff'), '{:+.4f}')} (HAC t "
+                f"{fmt(vs.get(f'{key}_diff_tstat_hac'), '{:+.2f}')}, non-overlapping t "
+                f"{fmt(vs.get(f'{key}_diff_tstat_nonoverlap'), '{:+.2f}')}")
+    return (f"ensemble vs selected member {vs['member']} (chosen alone by {select_by}): RankIC {part('rank_ic')}); "
+            f"IC {part('ic')}; {vs['hac_lags']} lags, {vs['n_days']} days)")
 
 
 def recompute_command(out: Path, label: str, params: dict, returns: str | None = None,
@@ -366,9 +380,12 @@ def metrics_document(rec, cfg, timing: dict, ev: dict | None) -> dict:
         "last_date": str(pd.Timestamp(ens.daily["date"].iloc[-1]).date())}
     doc["members"] = {name: e.to_dict() for name, e in ev["members"].items()}
     doc["oracle_ic"] = ev["oracle"].summary["ic"] if ev["oracle"] is not None else None
+    doc["oracle_rank_ic"] = ev["oracle"].summary["rank_ic"] if ev["oracle"] is not None else None
     doc["oracle_ic_panel"] = panel_oracle
     ens_ic = ev["ensemble"].summary["ic"]
     doc["ic_vs_oracle"] = (ens_ic / doc["oracle_ic"]) if doc["oracle_ic"] else None
+    doc["rank_ic_vs_oracle"] = (ev["ensemble"].summary["rank_ic"] / doc["oracle_rank_ic"]) \
+        if doc["oracle_rank_ic"] else None
     doc["member_correlation"] = {r: {c: float(v) for c, v in row.items()} for r, row in
                                  ev["correlation"].to_dict(orient="index").items()}
     doc["baselines"] = {name: e.to_dict()["summary"] for name, e in (ev.get("baselines") or {}).items()}
@@ -414,10 +431,14 @@ def render_figures(rec, ev: dict, ecfg) -> dict[str, bytes]:
 #: the ensemble's key numbers, in the order a PM reads them: (summary key, label, format, scale, unit);
 #: {h}: the horizon
 KEY_NUMBERS = [
-    ("ic", "IC", "{:+.4f}", 1, "correlation"), ("rank_ic", "RankIC", "{:+.4f}", 1, "rank correlation"),
+    ("rank_ic", "RankIC (headline)", "{:+.4f}", 1, "rank correlation"),
+    ("rank_ic_tstat_hac", "RankIC t-stat (Newey-West)", "{:+.2f}", 1, "t"),
+    ("rank_ic_tstat_nonoverlap", "RankIC t-stat (non-overlapping days)", "{:+.2f}", 1, "t"),
+    ("rank_icir", "RankICIR (daily)", "{:+.3f}", 1, "mean / sd of the daily RankIC"),
+    ("ic", "IC (Pearson)", "{:+.4f}", 1, "correlation"),
     ("icir", "ICIR (daily)", "{:+.3f}", 1, "mean / sd of the daily IC"),
     ("ic_tstat", "IC t-stat (plain)", "{:+.2f}", 1, "t"), ("ic_tstat_hac", "IC t-stat (Newey-West)", "{:+.2f}", 1, "t"),
-    ("rank_ic_tstat_hac", "RankIC t-stat (Newey-West)", "{:+.2f}", 1, "t"),
+    ("ic_tstat_nonoverlap", "IC t-stat (non-overlapping days)", "{:+.2f}", 1, "t"),
     ("hac_lags", "Newey-West lags", "{:d}", 1, "days"), ("ic_positive", "days IC > 0", "{:.0f}", 100, "% of days"),
     ("quantile_spread", "top − bottom quantile mean label", "{:+.1f}", 1e4, "bps per {h}-day label"),
     ("signal_autocorr", "signal rank autocorrelation, lag {h}", "{:+.3f}", 1, "correlation"),
@@ -430,6 +451,7 @@ KEY_NUMBERS = [
     ("sharpe_booked", "long-short Sharpe, booked (naive, gross)", "{:+.2f}", 1, "annualised"),
     ("ls_tstat", "long-short mean pnl t-stat (plain)", "{:+.2f}", 1, "t"),
     ("ls_tstat_hac", "long-short mean pnl t-stat (Newey-West)", "{:+.2f}", 1, "t"),
+    ("ls_tstat_nonoverlap", "long-short mean pnl t-stat (non-overlapping books)", "{:+.2f}", 1, "t"),
     ("max_drawdown", "long-short max drawdown (gross)", "{:+.2f}", 100, "% (of the summed pnl)"),
     ("pnl_long", "long-only pnl vs mean (sum, gross)", "{:+.2f}", 100, "% (sum of daily pnl)"),
     ("sharpe_long", "long-only Sharpe (gross)", "{:+.2f}", 1, "annualised"),
@@ -437,7 +459,8 @@ KEY_NUMBERS = [
     ("n_days", "days evaluated", "{:d}", 1, "days"),
 ]
 #: columns of the tear sheet's members-vs-ensemble table: (summary key, header with unit, format, scale)
-SIDE_BY_SIDE_HTML = [("ic", "IC", "{:+.4f}", 1), ("rank_ic", "RankIC", "{:+.4f}", 1), ("icir", "ICIR", "{:+.3f}", 1),
+SIDE_BY_SIDE_HTML = [("rank_ic", "RankIC", "{:+.4f}", 1), ("ic", "IC", "{:+.4f}", 1),
+                     ("rank_icir", "RankICIR", "{:+.3f}", 1),
                      ("pnl_long_short", "LS pnl, %", "{:+.2f}", 100), ("pnl_long", "long pnl, %", "{:+.2f}", 100),
                      ("sharpe", "gross SR", "{:+.2f}", 1), ("turnover", "turnover, %/day", "{:.1f}", 100),
                      ("break_even_bps", "BE, bps", "{:.1f}", 1)]
@@ -498,16 +521,19 @@ def _key_rows(rec, cfg, metrics: dict, ev: dict, notes) -> list[list[str]]:
                               .removesuffix(")") + "; an ingested panel with volume has traded_value_med"),
                  "IC (correlation)"])
     if metrics.get("oracle_ic") is not None:
-        rows.insert(3, ["oracle IC of the data (same rows)", render.cell(metrics["oracle_ic"], "{:+.4f}")
-                        + f" &nbsp;(ensemble / oracle = {render.cell(metrics['ic_vs_oracle'], '{:.2f}')})",
-                        "correlation"])
+        rows.insert(3, ["oracle RankIC / IC of the data (same rows)",
+                        render.cell(metrics.get("oracle_rank_ic"), "{:+.4f}") + " / "
+                        + render.cell(metrics["oracle_ic"], "{:+.4f}")
+                        + f" &nbsp;(ensemble / oracle = {render.cell(metrics.get('rank_ic_vs_oracle'), '{:.2f}')} / "
+                        f"{render.cell(metrics['ic_vs_oracle'], '{:.2f}')})", "rank correlation / correlation"])
     vs = metrics.get("vs_selected_member")
     if vs:
         rows.insert(3, [f"vs selected member {_html.escape(vs['member'])} (chosen alone by "
-                        f"{_html.escape(cfg.select_by)}): daily IC difference",
-                        f"{render.cell(vs['ic_diff'], '{:+.4f}')} (HAC t "
-                        f"{render.cell(vs['ic_diff_tstat_hac'], '{:+.2f}')}, {vs['hac_lags']} lags, "
-                        f"{vs['n_days']} days; member IC {render.cell(vs['ic_member'], '{:+.4f}')})", "correlation"])
+                        f"{_html.escape(cfg.select_by)}): daily RankIC difference",
+                        f"{render.cell(vs.get('rank_ic_diff'), '{:+.4f}')} (HAC t "
+                        f"{render.cell(vs.get('rank_ic_diff_tstat_hac'), '{:+.2f}')}, {vs['hac_lags']} lags, "
+                        f"{vs['n_days']} days; member RankIC {render.cell(vs.get('rank_ic_member'), '{:+.4f}')}; IC "
+                        f"difference {render.cell(vs['ic_diff'], '{:+.4f}')})", "rank correlation"])
     return rows
 
 

@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from crnn_ray.io import CliError
-from crnn_ray.schema import DEFAULT_RANK_METRIC, RANKED, SELECT_METRICS
+from crnn_ray.schema import RANKED, SELECT_METRICS
+from crnn_ray.score.config import DEFAULT_SELECT_BY
 from crnn_ray.train import load_checkpoint
 
 __all__ = ["Member", "read_trials", "select_members", "load_members", "check_look_ahead", "forbidden_window", "Unit",
@@ -102,7 +103,7 @@ def _member_name(variant_id: str, seed: int, trial_id: str, taken: set[str]) -> 
     return name
 
 
-def select_members(exp_dir: str | Path, top_k: int, select_by: str = DEFAULT_RANK_METRIC,
+def select_members(exp_dir: str | Path, top_k: int, select_by: str = DEFAULT_SELECT_BY,
                    window: int | None = None) -> list[Member]:
     """Top-k eligible trials by `select_by` (descending; ties broken by trial_id, so the choice is stable);
     `window`: among one walk-forward window's trials (ranked on that window's selection part)."""
@@ -233,7 +234,7 @@ class Unit:
                 "valid_ic": self.valid_ic}
 
 
-def select_units(exp_dir: str | Path, select_by: str = DEFAULT_RANK_METRIC,
+def select_units(exp_dir: str | Path, select_by: str = DEFAULT_SELECT_BY,
                  seed_average: bool = True, window: int | None = None) -> tuple[list[Unit], list[Member]]:
     """(every unit ranked by select_by, every eligible trial ranked): without seed averaging one unit per trial
     (so units[:k] are exactly select_members(exp_dir, k)); with it, one per (variant_id, hparams), its

@@ -22,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 
 from crnn_ray.io import CliError, atomic_path, write_parquet_atomic
-from crnn_ray.metrics import hac_lags, newey_west_tstat
+from crnn_ray.metrics import hac_lags, newey_west_tstat, nonoverlap_tstat
 from crnn_ray.score.render import FULL, date_axis, figure, figure_tag, html_table, png
 from crnn_ray.score.stitch import Part, Record
 
@@ -77,12 +77,13 @@ def _daily(e) -> pd.DataFrame:
 
 
 def walk_forward_table(rec: Record, ev: dict, reference: str | None = None):
-    """(one row per variant, ensemble and baseline, the reference's name), ranked by out-of-sample IC.
+    """(one row per variant, ensemble and baseline, the reference's name), ranked by out-of-sample RankIC.
 
-    A variant's daily IC is the mean over its seeds' daily ICs; its IC t-stat is Newey-West on that series
-    (lags hac_lags(n, H)); pnl and Sharpe are the mean over seeds of each seed's realised figures. `diff` is
-    the daily IC minus the reference's on the same days, with its Newey-West t: a difference in skill stated
-    with a standard error. The reference defaults to the top variant (so each row reads "how far behind")."""
+    A variant's daily RankIC (IC) is the mean over its seeds' daily RankICs (ICs); its t-stats are Newey-West on
+    that series (lags hac_lags(n, H)) with the non-overlapping t beside; pnl and Sharpe are the mean over seeds of
+    each seed's realised figures. `rank_ic_diff` (`ic_diff`) is the daily RankIC (IC) minus the reference's on
+    the same days, with its Newey-West t: a difference in skill stated with a standard error. The reference
+    defaults to the top variant by RankIC (so each row reads "how far behind")."""
     horizon = int(rec.horizon)
     groups: dict[str, list] = {}
     for m in rec.members:
@@ -98,38 +99,38 @@ def walk_forward_table(rec: Record, ev: dict, reference: str | None = None):
         series[f"baseline/{name}"] = (_daily(e), [e.summary], "baseline", 1)
     variants = [v for v in series if series[v][2] == "variant"]
     if reference is None:
-        reference = max(variants, key=lambda v: _nanmean(series[v][0]["ic"]), default="ENSEMBLE")
+        reference = max(variants, key=lambda v: _nanmean(series[v][0]["rank_ic"]), default="ENSEMBLE")
     elif reference not in series:
         raise CliError(f"--reference {reference!r}: not a variant, ENSEMBLE or baseline of this record "
                        f"(have {', '.join(series)})")
-    ref = series[reference][0]["ic"]
+    ref = series[reference][0]
     windows = [(p.window, pd.Timestamp(p.plan.period[0]), pd.Timestamp(p.plan.period[1])) for p in rec.parts]
     rows = []
     for name, (daily, summaries, kind, n) in series.items():
         ic = daily["ic"]
         n_days = int(ic.notna().sum())
         lags = hac_lags(n_days, horizon)
-        diff = (ic - ref.reindex(ic.index)).dropna()
-        row: dict[str, Any] = {
-            "name": name, "kind": kind, "n_seeds": n, "n_days": n_days,
-            "ic": _nanmean(ic), "ic_tstat_hac": newey_west_tstat(ic.to_numpy(), lags),
-            "rank_ic": _nanmean(daily["rank_ic"]),
-            "rank_ic_tstat_hac": newey_west_tstat(daily["rank_ic"].to_numpy(), lags),
-            "pnl_long_short": _nanmean([s.get("pnl_long_short") for s in summaries]),
-            "sharpe": _nanmean([s.get("sharpe") for s in summaries]),
-            "pnl_method": summaries[0].get("pnl_method"),
-            "ic_diff": float(diff.mean()) if len(diff) and name != reference else math.nan,
-            "ic_diff_tstat_hac": newey_west_tstat(diff.to_numpy(), hac_lags(len(diff), horizon))
-            if len(diff) and name != reference else math.nan,
-            "hac_lags": int(lags),
-        }
+        row: dict[str, Any] = {"name": name, "kind": kind, "n_seeds": n, "n_days": n_days}
+        for key in ("rank_ic", "ic"):
+            x = daily[key]
+            both = x - ref[key].reindex(x.index)
+            diff = both.dropna()
+            other = len(diff) and name != reference
+            row.update({key: _nanmean(x), f"{key}_tstat_hac": newey_west_tstat(x.to_numpy(), lags),
+                        f"{key}_tstat_nonoverlap": nonoverlap_tstat(x.to_numpy(), horizon),
+                        f"{key}_diff": float(diff.mean()) if other else math.nan,
+                        f"{key}_diff_tstat_hac": newey_west_tstat(diff.to_numpy(), hac_lags(len(diff), horizon))
+                        if other else math.nan})
+        row.update({"pnl_long_short": _nanmean([s.get("pnl_long_short") for s in summaries]),
+                    "sharpe": _nanmean([s.get("sharpe") for s in summaries]),
+                    "pnl_method": summaries[0].get("pnl_method"), "hac_lags": int(lags)})
         for w, a, b in windows:
             row[f"ic_w{w:02d}"] = _nanmean(ic[(ic.index >= a) & (ic.index <= b)])
         rows.append(row)
     table = pd.DataFrame(rows)
     order = {"variant": 0, "ensemble": 1, "baseline": 2}
     table["_k"] = table["kind"].map(order)
-    table = table.sort_values(["_k", "ic"], ascending=[True, False], kind="stable").drop(columns="_k")
+    table = table.sort_values(["_k", "rank_ic"], ascending=[True, False], kind="stable").drop(columns="_k")
     return table.reset_index(drop=True), reference
 
 
@@ -151,24 +152,25 @@ def _columns(table: pd.DataFrame) -> list[str]:
 
 def walk_forward_markdown(table: pd.DataFrame, doc: dict) -> str:
     wcols = _columns(table)
-    head = ["#", "name", "seeds", "OOS IC", "IC t (NW)", "RankIC", "RankIC t (NW)", "LS pnl (gross)",
-            "Sharpe (gross)", f"IC − {doc['reference']}", "diff t (NW)", *[c[3:] for c in wcols]]
+    head = ["#", "name", "seeds", "OOS RankIC", "RankIC t (NW)", "RankIC t (non-overlap)", "IC", "IC t (NW)",
+            "LS pnl (gross)", "Sharpe (gross)", f"RankIC − {doc['reference']}", "diff t (NW)", *[c[3:] for c in wcols]]
     lines = [f"## Walk-forward leaderboard: {doc['n_windows']} window(s), {doc['period'][0]}..{doc['period'][1]} "
              f"({doc['n_dates']} out-of-sample dates)", "",
              "Every figure is out-of-sample: each window's models score only the days after their data ended "
-             "(+ embargo). IC: mean daily IC (a variant: mean over its seeds each day); t: Newey-West; pnl: "
-             f"realised long-short, summed, gross of costs; diff: daily IC minus {doc['reference']}'s on the same "
-             "days, with its Newey-West t.", "",
+             "(+ embargo). RankIC (IC): mean daily RankIC (Pearson IC; a variant: mean over its seeds each day); "
+             "t: Newey-West, and from non-overlapping days; pnl: realised long-short, summed, gross of costs; diff: "
+             f"daily RankIC minus {doc['reference']}'s on the same days, with its Newey-West t; w00…: mean daily "
+             "IC per window.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     rank = 0
     for r in table.itertuples(index=False):
         rank += r.kind == "variant"
         lines.append("| " + " | ".join([
-            str(rank) if r.kind == "variant" else "–", f"`{r.name}`", str(r.n_seeds), _f(r.ic, "{:+.4f}"),
-            _f(r.ic_tstat_hac, "{:+.2f}"), _f(r.rank_ic, "{:+.4f}"), _f(r.rank_ic_tstat_hac, "{:+.2f}"),
-            _f(r.pnl_long_short, "{:+.4f}"), _f(r.sharpe, "{:+.2f}"),
-            "(reference)" if r.name == doc["reference"] else _f(r.ic_diff, "{:+.4f}"),
-            _f(r.ic_diff_tstat_hac, "{:+.2f}"), *[_f(getattr(r, c), "{:+.3f}") for c in wcols]]) + " |")
+            str(rank) if r.kind == "variant" else "–", f"`{r.name}`", str(r.n_seeds), _f(r.rank_ic, "{:+.4f}"),
+            _f(r.rank_ic_tstat_hac, "{:+.2f}"), _f(r.rank_ic_tstat_nonoverlap, "{:+.2f}"), _f(r.ic, "{:+.4f}"),
+            _f(r.ic_tstat_hac, "{:+.2f}"), _f(r.pnl_long_short, "{:+.4f}"), _f(r.sharpe, "{:+.2f}"),
+            "(reference)" if r.name == doc["reference"] else _f(r.rank_ic_diff, "{:+.4f}"),
+            _f(r.rank_ic_diff_tstat_hac, "{:+.2f}"), *[_f(getattr(r, c), "{:+.3f}") for c in wcols]]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -245,16 +247,17 @@ def walk_forward_html(doc: dict, table: pd.DataFrame | None) -> str:
              figure_tag("wf_ic_windows.png", FULL, "IC per window")]
     if table is not None:
         wcols = _columns(table)
-        body = [[_html.escape(r.name), str(r.n_seeds), _f(r.ic, "{:+.4f}"), _f(r.ic_tstat_hac, "{:+.2f}"),
-                 _f(r.rank_ic, "{:+.4f}"), _f(r.rank_ic_tstat_hac, "{:+.2f}"), _f(r.pnl_long_short * 100, "{:+.2f}"),
-                 _f(r.sharpe, "{:+.2f}"),
-                 "(reference)" if r.name == doc["reference"] else _f(r.ic_diff, "{:+.4f}"),
-                 _f(r.ic_diff_tstat_hac, "{:+.2f}"), *[_f(getattr(r, c), "{:+.3f}") for c in wcols]]
+        body = [[_html.escape(r.name), str(r.n_seeds), _f(r.rank_ic, "{:+.4f}"), _f(r.rank_ic_tstat_hac, "{:+.2f}"),
+                 _f(r.rank_ic_tstat_nonoverlap, "{:+.2f}"), _f(r.ic, "{:+.4f}"), _f(r.ic_tstat_hac, "{:+.2f}"),
+                 _f(r.pnl_long_short * 100, "{:+.2f}"), _f(r.sharpe, "{:+.2f}"),
+                 "(reference)" if r.name == doc["reference"] else _f(r.rank_ic_diff, "{:+.4f}"),
+                 _f(r.rank_ic_diff_tstat_hac, "{:+.2f}"), *[_f(getattr(r, c), "{:+.3f}") for c in wcols]]
                 for r in table.itertuples(index=False)]
-        parts += [f"<h2>Walk-forward leaderboard</h2><p class='small'>{doc['n_dates']} out-of-sample dates; IC "
-                  "per variant: mean over seeds each day; t: Newey-West; pnl realised, gross, summed; diff: daily "
-                  f"IC minus {_html.escape(str(doc['reference']))}'s, Newey-West t; w00…: mean daily IC per "
-                  "window</p>",
-                  html_table(["name", "seeds", "OOS IC", "IC t", "RankIC", "RankIC t", "LS pnl, %", "Sharpe",
-                              f"IC − {doc['reference']}", "diff t", *[c[3:] for c in wcols]], body)]
+        parts += [f"<h2>Walk-forward leaderboard</h2><p class='small'>{doc['n_dates']} out-of-sample dates; "
+                  "RankIC (IC) per variant: mean over seeds each day; t: Newey-West, and from non-overlapping days; "
+                  "pnl realised, gross, summed; diff: daily RankIC minus "
+                  f"{_html.escape(str(doc['reference']))}'s, Newey-West t; w00…: mean daily IC per window</p>",
+                  html_table(["name", "seeds", "OOS RankIC", "RankIC t", "RankIC t (non-overlap)", "IC", "IC t",
+                              "LS pnl, %", "Sharpe", f"RankIC − {doc['reference']}", "diff t",
+                              *[c[3:] for c in wcols]], body)]
     return "\n".join(parts)

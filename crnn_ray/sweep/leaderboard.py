@@ -122,7 +122,7 @@ def _std(values: pd.Series) -> float:
     return float(values.std(ddof=1)) if values.notna().sum() >= 2 else math.nan
 
 
-def build_leaderboard(trials: pd.DataFrame, zoo: dict, rank_metric: str = "valid_ic",
+def build_leaderboard(trials: pd.DataFrame, zoo: dict, rank_metric: str = "select_rank_ic",
                       baselines: list[dict] = ()) -> pd.DataFrame:
     """One row per variant: mean ± std over seeds of its best hyperparameter setting, ranked by rank_metric.
 
