@@ -8,6 +8,7 @@ scorer's `signals/`, or CSV -- checks them, prints a readable summary and writes
     python -m crnn_ray.evaluate ... --label y5 --horizon 5 --returns y1     # realised pnl of the 5 live books
     python -m crnn_ray.evaluate ... --liquidity traded_value_med            # IC on the liquid vs illiquid half
     python -m crnn_ray.evaluate ... --label-lag 1                           # state when the label is entered
+    python -m crnn_ray.evaluate ... --returns-basis neutral --beta beta --group group   # residual returns
 
 The scorer's signals/ say what they predict (schema metadata `crnn_ray_signals`: label, horizon, label_lag):
 a flag left out takes the metadata's value (a printed line says so) and a flag that contradicts it is refused,
@@ -143,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--liquidity", metavar="COL", default=None,
                     help="liquidity column of the labels file (e.g. traded_value_med): adds the IC on the more vs "
                     "the less liquid half of each day's names (liquidity_split)")
+    ap.add_argument("--beta", metavar="COL", default=None,
+                    help="trailing-beta column of the labels file (the scorer's labels.parquet: beta): with "
+                    "--returns-basis neutral the returns are residualised against it too")
+    ap.add_argument("--group", metavar="COL", default=None,
+                    help="numeric group (sector) code column of the labels file (the scorer's: group): with "
+                    "--returns-basis neutral, one dummy per group")
     ap.add_argument("--label-lag", metavar="L", type=int, default=None,
                     help="the label's lag L (yH at t = return close t+L -> t+L+H; docs/data.md): only stated in "
                     "the summary and the JSON inputs (default: the signals' metadata, else unknown, not stated)")
@@ -165,8 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     label_cols = ["date", "symbol", args.label]
     if args.returns and args.returns not in label_cols:
         label_cols.append(args.returns)
-    if args.liquidity and args.liquidity not in label_cols:
-        label_cols.append(args.liquidity)
+    for col in (args.liquidity, args.beta, args.group):
+        if col and col not in label_cols:
+            label_cols.append(col)
     labels = read_table(args.labels, label_cols)
     ev = evaluate_frames(
         signals,
@@ -177,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
         labels_name=str(args.labels),
         returns_col=args.returns,
         liquidity_col=args.liquidity,
+        beta_col=args.beta,
+        group_col=args.group,
+        returns_basis=ecfg.returns_basis,
         quantiles=ecfg.quantiles,
         cost_bps=ecfg.cost_bps,
         min_stocks=ecfg.min_stocks,
@@ -198,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         "signal_col": args.signal_col,
         **({"returns": args.returns} if args.returns else {}),
         **({"liquidity": args.liquidity} if args.liquidity else {}),
+        **({"beta": args.beta} if args.beta else {}),
+        **({"group": args.group} if args.group else {}),
         **({"label_lag": args.label_lag} if args.label_lag is not None else {}),
         "first_date": str(pd.Timestamp(ev.daily["date"].iloc[0]).date()),
         "last_date": str(pd.Timestamp(ev.daily["date"].iloc[-1]).date()),

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from crnn_ray.config import int_at_least, nonneg_number, positive_int, positive_number, setting
+from crnn_ray.config import choice, int_at_least, nonneg_number, positive_int, positive_number, setting
 from crnn_ray.io import CliError
 
 __all__ = [
@@ -33,6 +33,10 @@ __all__ = [
     "evaluate",
     "break_even_bps",
     "liquidity_split",
+    "Neutral",
+    "neutralize_by_day",
+    "neutral_label",
+    "trailing_beta",
     "hac_lags",
     "newey_west_tstat",
     "nonoverlap_tstat",
@@ -667,6 +671,121 @@ def _realised(day: dict, returns: np.ndarray, horizon: int, cost: float) -> dict
 
 
 # ----------------------------------------------------------------------------------------------------------
+# neutral returns
+# ----------------------------------------------------------------------------------------------------------
+
+#: what IC, RankIC, quantiles and pnl are measured on (EvaluationConfig.returns_basis)
+RETURNS_BASES = ("neutral", "total")
+#: days of a trailing beta, and the fewest of them with a return a beta needs
+BETA_DAYS, BETA_MIN_DAYS = 60, 20
+#: the beta of a name without BETA_MIN_DAYS of history: the market's own
+BETA_FILL = 1.0
+
+
+@dataclass
+class Neutral:
+    """What labels and returns are residualised against, per date (docs/metrics.md, "Neutral returns"):
+    always the equal-weight market (the day's mean), plus a trailing beta [D, S] and a group code [D, S]
+    (a sector; NaN: unknown) when given."""
+
+    beta: np.ndarray | None = None
+    group: np.ndarray | None = None
+
+    def describe(self) -> str:
+        parts = ["equal-weight market"] + (["trailing beta"] if self.beta is not None else []) + (
+            ["group"] if self.group is not None else [])
+        return "neutral (" + " + ".join(parts) + ")"
+
+
+def trailing_beta(returns: Any, lag: int = 0, days: int = BETA_DAYS, min_days: int = BETA_MIN_DAYS) -> np.ndarray:
+    """[D, S] beta of each name to the equal-weight market, from the 1-day returns known at each decision day.
+
+    `returns[d]` is the return from close d+lag to d+lag+1 (a panel's y1), known at close d+lag+1, so day t
+    uses rows t-lag-days .. t-lag-1: OLS slope of the name's returns on the day's mean return over the rows
+    where the name has one (>= min_days; NaN otherwise). Running sums over days: no per-day loop."""
+    r = _as_panel(returns, "returns").astype(np.float64)
+    n_days = r.shape[0]
+    have = np.isfinite(r)
+    count = have.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        market = np.where(count > 0, np.where(have, r, 0.0).sum(axis=1) / count, np.nan)
+    use = have & np.isfinite(market)[:, None]
+    m = np.where(use, market[:, None], 0.0)
+    x = np.where(use, r, 0.0)
+
+    def window(a: np.ndarray) -> np.ndarray:  # sum over rows t-lag-days .. t-lag-1 for each t
+        c = np.concatenate([np.zeros((1,) + a.shape[1:]), np.cumsum(a, axis=0)])
+        t = np.arange(n_days)
+        hi = np.clip(t - lag, 0, n_days)
+        lo = np.clip(t - lag - days, 0, n_days)
+        return c[hi] - c[lo]
+
+    n = window(use.astype(np.float64))
+    sx, sm, sxm, smm = window(x), window(m), window(x * m), window(m * m)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cov = sxm - sx * sm / n
+        var = smm - sm * sm / n
+        beta = cov / var
+    beta[(n < min_days) | ~(var > 0)] = np.nan
+    return beta
+
+
+def neutralize_by_day(y: Any, beta: Any = None, group: Any = None) -> np.ndarray:
+    """Residual of y per day (row) from an equal-weight OLS on the day's finite entries: on a constant, or on
+    one dummy per group when `group` is given (NaN group: a group of its own), plus `beta` when given (a NaN
+    beta reads as BETA_FILL). NaN stays NaN. Blocks of days, one small normal-equation solve per day."""
+    y = _as_panel(y, "y").astype(np.float64)
+    valid = np.isfinite(y)
+    n_days, n_stocks = y.shape
+    b = None
+    if beta is not None:
+        b = _as_panel(beta, "beta").astype(np.float64)
+        if b.shape != y.shape:
+            raise CliError(f"beta shape {b.shape} != {y.shape}")
+        b = np.where(np.isfinite(b), b, BETA_FILL)
+    codes, n_groups = None, 1
+    if group is not None:
+        g = _as_panel(group, "group").astype(np.float64)
+        if g.shape != y.shape:
+            raise CliError(f"group shape {g.shape} != {y.shape}")
+        known = np.isfinite(g)
+        values, inverse = np.unique(g[known], return_inverse=True)
+        codes = np.full(y.shape, len(values), dtype=np.int64)
+        codes[known] = inverse
+        n_groups = len(values) + 1
+    k = n_groups + (b is not None)
+    out = np.full(y.shape, np.nan)
+    step = max(1, (1 << 20) // max(1, n_stocks * k))
+    for lo in range(0, n_days, step):
+        hi = min(n_days, lo + step)
+        ok = valid[lo:hi]
+        X = np.zeros((hi - lo, n_stocks, k))
+        if codes is None:
+            X[..., 0] = 1.0
+        else:
+            np.put_along_axis(X, codes[lo:hi, :, None], 1.0, axis=2)
+        if b is not None:
+            X[..., -1] = b[lo:hi]
+        X *= ok[..., None]
+        y0 = np.where(ok, y[lo:hi], 0.0)
+        xtx = np.einsum("dsk,dsl->dkl", X, X)
+        xty = np.einsum("dsk,ds->dk", X, y0)
+        coef = np.einsum("dkl,dl->dk", np.linalg.pinv(xtx, hermitian=True), xty)
+        fit = np.einsum("dsk,dk->ds", X, coef)
+        out[lo:hi] = np.where(ok, y[lo:hi] - fit, np.nan)
+    return out
+
+
+def neutral_label(signal: Any, label: Any, neutral: Neutral) -> np.ndarray:
+    """The label residualised per date over the day's valid pairs (finite signal and label): what `evaluate`
+    scores with `neutral` (NaN off the pairs)."""
+    signal = np.asarray(signal, dtype=np.float64)
+    label = np.asarray(label, dtype=np.float64)
+    pairs = np.isfinite(signal) & np.isfinite(label)
+    return neutralize_by_day(np.where(pairs, label, np.nan), neutral.beta, neutral.group)
+
+
+# ----------------------------------------------------------------------------------------------------------
 # evaluation
 # ----------------------------------------------------------------------------------------------------------
 
@@ -771,6 +890,7 @@ def evaluate(
     dates: Any = None,
     returns: Any = None,
     liquidity: Any = None,
+    neutral: Neutral | None = None,
 ) -> Evaluation:
     """IC / RankIC / quantile returns / long-short and long-only pnl / turnover / drawdown of a signal.
 
@@ -783,7 +903,11 @@ def evaluate(
     pnl is summed, not compounded. t-statistics come plain and Newey-West (`*_tstat_hac`). Costs: `cost_bps` per
     unit of traded notional makes the `*_net` figures; `break_even_bps` is the cost that would zero the net pnl.
     `liquidity` ([D, S], e.g. a trailing median traded value, aligned like the label) adds
-    `Evaluation.liquidity_split` (IC on the more vs the less liquid half of each day). See docs/metrics.md.
+    `Evaluation.liquidity_split` (IC on the more vs the less liquid half of each day). `neutral` (a Neutral):
+    the label (over each day's valid pairs) and the 1-day returns (over each day's known ones) are residualised
+    per date against the equal-weight market, a trailing beta and a group first, so that IC, RankIC,
+    quantiles and pnl measure what the market, beta and sector exposures do not explain
+    (`summary["returns_basis"]` says which). See docs/metrics.md.
     """
     signal, label = _as_panel(signal, "signal"), _as_panel(label, "label")
     _check_shapes(signal, label)
@@ -801,6 +925,12 @@ def evaluate(
         returns = _as_panel(returns, "returns")
         if returns.shape != signal.shape:
             raise CliError(f"returns shape {returns.shape} != signal shape {signal.shape}")
+    basis = "total"
+    if neutral is not None:  # residual returns: the label over the day's valid pairs, the returns over all known
+        label = neutral_label(signal, label, neutral)
+        if returns is not None:
+            returns = neutralize_by_day(returns, neutral.beta, neutral.group)
+        basis = neutral.describe()
     method = "daily" if horizon == 1 else ("realised" if returns is not None else "non_overlapping")
     n_days_total = signal.shape[0]
     if dates is None:
@@ -892,6 +1022,7 @@ def evaluate(
         "ls_tstat_nonoverlap": nonoverlap_tstat(ls, horizon),
         "hac_lags": lags,
         "pnl_method": method,
+        "returns_basis": basis,
         "n_days": int(use_day.sum()),
         "n_days_skipped": int(n_days_total - use_day.sum()),
         "n_days_ic": n_ic,
@@ -1200,16 +1331,20 @@ def evaluate_frames(
     """`evaluate` on long tables aligned on (date, symbol); `Evaluation.daily["date"]` holds the real dates.
 
     `returns_col` (keyword): a 1-day forward return column of `labels_df`, passed to evaluate as `returns`;
-    `liquidity_col`: a liquidity column of `labels_df` (e.g. traded_value_med), passed as `liquidity`."""
+    `liquidity_col`: a liquidity column of `labels_df` (e.g. traded_value_med), passed as `liquidity`;
+    `returns_basis` "neutral" (default "total") residualises against the market and, when named, the
+    `beta_col` and `group_col` columns of `labels_df` (Neutral)."""
     names = {k: kw.pop(k) for k in ("signals_name", "labels_name", "returns_col") if k in kw}
-    liquidity_col = kw.pop("liquidity_col", None)
+    extra = {k: kw.pop(f"{k}_col", None) for k in ("liquidity", "beta", "group")}
+    basis = kw.pop("returns_basis", "total")
     grids = align_frames(signals_df, labels_df, label_col, signal_col, **names)
-    liquidity = None
-    if liquidity_col is not None:  # the same join, with the liquidity column where the returns would be
-        liquidity = align_frames(signals_df, labels_df, label_col, signal_col,
-                                 **{**names, "returns_col": liquidity_col})[4]
+    # the same join, with each extra column where the returns would be
+    columns = {k: None if col is None else align_frames(signals_df, labels_df, label_col, signal_col,
+                                                         **{**names, "returns_col": col})[4]
+               for k, col in extra.items()}
+    neutral = Neutral(beta=columns["beta"], group=columns["group"]) if basis == "neutral" else None
     return evaluate(grids[0], grids[1], dates=grids[2], returns=grids[4] if len(grids) > 4 else None,
-                    liquidity=liquidity, **kw)
+                    liquidity=columns["liquidity"], neutral=neutral, **kw)
 
 
 @dataclass
@@ -1222,4 +1357,8 @@ class EvaluationConfig:
     min_stocks: int = setting(10, check=int_at_least(2), flag=True, help="skip days with fewer valid pairs")
     periods_per_year: float = setting(252, check=positive_number, flag=True, help="annualisation")
     rolling_ic_days: int = setting(20, check=positive_int)  # the report's rolling mean of the daily IC
+    returns_basis: str = setting("neutral", check=choice(*RETURNS_BASES), flag=True,
+                                 help="neutral: IC, RankIC, quantiles and pnl on returns residualised per date "
+                                      "against the equal-weight market, trailing beta and group (docs/metrics.md); "
+                                      "total: on the raw returns")
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from crnn_ray.metrics import Evaluation
 
-__all__ = ["TURNOVER_UNIT", "fmt", "pnl_note", "label_lag_text", "break_even_text", "format_summary",
+__all__ = ["TURNOVER_UNIT", "fmt", "pnl_note", "label_lag_text", "basis_text", "break_even_text", "format_summary",
            "costs_document", "costs_line", "liquidity_line"]
 
 #: what one unit of turnover is, wherever a cost or a break-even is stated (docs/metrics.md, "Turnover")
@@ -57,6 +57,15 @@ def label_lag_text(label: str, horizon: int, lag: int | None) -> str:
             f"features up to close t")
 
 
+def basis_text(summary: dict) -> str:
+    """Which returns every figure is on (docs/metrics.md, "Neutral returns")."""
+    basis = str(summary.get("returns_basis") or "total")
+    if basis == "total":
+        return "returns: total (raw forward returns; a market, beta or sector tilt earns IC and pnl here)"
+    return (f"returns: {basis}: IC, RankIC, quantiles and pnl on returns residualised per date against these "
+            "exposures (the pnl of the books hedged with them)")
+
+
 def break_even_text(value: Any) -> str:
     """`break-even 12.3 bps per unit traded`, or `break-even n/a` (nothing traded, or gross pnl <= 0)."""
     ok = isinstance(value, (int, float)) and math.isfinite(value)
@@ -69,7 +78,7 @@ def format_summary(ev: Evaluation, returns: str | None = None, *, label: str | N
     `liquidity`: the liquidity split by that column)."""
     s, p = ev.summary, ev.params
     lag_line = label_lag_text(label or "label", p["horizon"], label_lag)
-    lines = [*([f"execution: {lag_line}"] if lag_line else []),
+    lines = [*([f"execution: {lag_line}"] if lag_line else []), basis_text(s),
         f"days evaluated {s['n_days']}  skipped {s['n_days_skipped']} (< {p['min_stocks']} valid pairs)  "
         f"mean stocks/day {s['mean_stocks']:.1f}",
         f"RankIC   {s['rank_ic']:+.4f}  ICIR {s['rank_icir']:+.3f}  t {s['rank_ic_tstat']:+.2f}  "

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from crnn_ray.evaluate import main
-from crnn_ray.metrics import evaluate
+from crnn_ray.metrics import Neutral, evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,7 +50,8 @@ def test_cli_writes_the_evaluation_as_json(tables, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "RankIC" in printed and "long-short" in printed
     got = json.loads(out.read_text())
-    ref = evaluate(signal, label, quantiles=4, cost_bps=5, min_stocks=10, horizon=5)
+    # the command's default basis is neutral (no beta / group column: the equal-weight market alone)
+    ref = evaluate(signal, label, quantiles=4, cost_bps=5, min_stocks=10, horizon=5, neutral=Neutral())
     for key in ("ic", "rank_ic", "icir", "pnl_long_short", "pnl_long", "sharpe", "turnover", "pnl_long_short_net"):
         assert got["summary"][key] == pytest.approx(ref.summary[key], abs=1e-12), key
     assert got["summary"]["n_days"] == 40
@@ -151,7 +152,7 @@ def test_cli_returns_column_gives_the_realised_pnl_and_says_which_method(tables,
     printed = capsys.readouterr().out
     assert "pnl method: realised" in printed and "'y1'" in printed and "HAC t" in printed
     got = json.loads(out.read_text())
-    ref = evaluate(signal, label, horizon=5, cost_bps=5, returns=returns)
+    ref = evaluate(signal, label, horizon=5, cost_bps=5, returns=returns, neutral=Neutral())
     assert got["summary"]["pnl_method"] == "realised" and got["inputs"]["returns"] == "y1"
     for key, value in ref.summary.items():
         if isinstance(value, float) and value != value:  # NaN is null in strict JSON (e.g. break_even_bps, pnl <= 0)
@@ -232,7 +233,7 @@ def test_evaluate_flags_and_help_defaults_come_from_the_evaluation_config():
 
     helps = {a.option_strings[0]: " ".join((a.help or "").split()) for a in build_parser()._actions if a.option_strings}
     flags = [f for f in dataclasses.fields(EvaluationConfig) if f.metadata.get("flag")]
-    assert {f.name for f in flags} == {"quantiles", "cost_bps", "min_stocks", "periods_per_year"}
+    assert {f.name for f in flags} == {"quantiles", "cost_bps", "min_stocks", "periods_per_year", "returns_basis"}
     for f in flags:
         assert re.search(r"\(default: ([^)]*)\)$", helps[flag_name(f)]).group(1) == default_text(f)
 

@@ -191,6 +191,8 @@ def synthesize(n_symbols: int = 300, n_days: int = 600, seed: int = 0, horizon: 
     if label != RETURNS:
         cols[RETURNS] = y_1[keep][di, si].astype(np.float32)
     cols["price_break"] = jump.to_numpy(dtype=bool)[keep][di, si]  # a move beyond +100 % / -50 %: a real one
+    # the group neutral returns are residualised against; text, so that no reader takes it for a feature
+    cols["sector"] = np.array([f"sector{k:02d}" for k in range(N_SECTORS)], dtype=object)[sector[si]]
     for name in ("open", "high", "low", "close", "volume"):
         cols[name] = wide[name].to_numpy()[keep][di, si]
     oracle_col = f"oracle_{label}"
@@ -215,6 +217,7 @@ def synthesize(n_symbols: int = 300, n_days: int = 600, seed: int = 0, horizon: 
         "returns": RETURNS,
         "source": "synth",
         "aux_columns": ["price_break"],
+        "group_column": "sector",
         "held_returns": held_returns_text(delisting_return),
         "oracle_ic": {label: round(oracle_ic, 6)},
         "params": {"n_symbols": S, "n_days": int(n_days), "seed": int(seed), "horizon": H, "preset": preset,

@@ -16,14 +16,16 @@ import numpy as np
 import pandas as pd
 
 from crnn_ray.io import atomic_path, write_json_atomic
-from crnn_ray.metrics import evaluate, hac_lags, newey_west_tstat, nonoverlap_tstat
+from crnn_ray.metrics import Neutral, evaluate, hac_lags, neutral_label, newey_west_tstat, nonoverlap_tstat
 from crnn_ray.metrics_text import TURNOVER_UNIT, costs_document, costs_line, fmt, label_lag_text, liquidity_line
 from crnn_ray.score import render
 from crnn_ray.score.ensemble import correlation
+from crnn_ray.score.exposures import BETA_COLUMN, GROUP_COLUMN, exposure_grids
 from crnn_ray.score.render import html_table
 
 __all__ = ["print_plan", "evaluate_all", "metrics_document", "render_figures", "render_html", "write_report",
            "print_evaluation", "recompute_command", "vs_member", "vs_line", "costs_document", "costs_line",
+           "basis_document", "basis_line",
            "liquidity_line", "execution_text", "tear_sheet_stats", "tear_sheet_document", "rank_autocorrelation",
            "monthly_ic"]
 
@@ -113,6 +115,7 @@ def print_evaluation(rec, ev: dict, metrics: dict) -> None:
           f"{int(np.isfinite(rec.label_grid).sum())} labelled rows):")
     print(f"execution: {execution_text(rec)}")
     print(f"returns: {held_returns_text(rec)}")
+    print(basis_line(ev))
     print(head)
     rows = [("ENSEMBLE (" + metrics["method"] + ")", ev["ensemble"].summary, "", "")]
     rows += [(m.name, ev["members"][m.name].summary, f"{w:.3f}", f"{m.valid_ic:+.4f}")
@@ -181,8 +184,16 @@ def evaluate_all(rec, ecfg) -> dict | None:
     def cut(grid: np.ndarray) -> np.ndarray:
         return np.where(labelled, grid, np.nan)[days][:, stocks]
 
-    def score(grid: np.ndarray, liquidity=None):
-        return evaluate(cut(grid), label, dates=rec.dates[days], returns=returns, liquidity=liquidity, **params)
+    # neutral returns (the default basis): residualised per date against the market, trailing beta and group
+    exposures = exposure_grids(rec) if ecfg.returns_basis == "neutral" else {}
+    neutral = None
+    if ecfg.returns_basis == "neutral":
+        neutral = Neutral(*(None if exposures.get(k) is None else exposures[k][days][:, stocks]
+                            for k in ("beta", "group")))
+
+    def score(grid: np.ndarray, liquidity=None, basis=neutral):
+        return evaluate(cut(grid), label, dates=rec.dates[days], returns=returns, liquidity=liquidity,
+                        neutral=basis, **params)
 
     ensemble = score(signal, liquidity)
     if ensemble.summary["n_days"] == 0:
@@ -203,11 +214,19 @@ def evaluate_all(rec, ecfg) -> dict | None:
         chosen = chosen or score(preds[..., k].astype(np.float64))
         vs = vs_member(ensemble, chosen, rec.selected, rec.horizon)
         vs["in_ensemble"] = k < len(rec.members)
+    # the other basis beside the headline one: what the total returns say (or, with total headline, nothing)
+    beside = score(signal, basis=None) if neutral is not None else None
+    basis_label = label if neutral is None else neutral_label(cut(signal), label, neutral)
     return {"ensemble": ensemble, "members": members, "oracle": oracle, "correlation": correlation(grids),
             "params": params, "returns": rec.returns_name if returns is not None else None,
             "baselines": baselines, "vs_selected": vs,
             "liquidity": rec.liquidity_name if liquidity is not None else None,
-            "tear_sheet": tear_sheet_stats(cut(signal), label, ensemble, params)}
+            "neutral": {"basis": ensemble.summary["returns_basis"],
+                        "beta": BETA_COLUMN if neutral is not None and neutral.beta is not None else None,
+                        "group": GROUP_COLUMN if neutral is not None and neutral.group is not None else None,
+                        "group_column": exposures.get("group_column")},
+            "total": beside,
+            "tear_sheet": tear_sheet_stats(cut(signal), basis_label, ensemble, params)}
 
 
 # ---------------------------------------------------------------------------------- tear-sheet statistics
@@ -293,6 +312,42 @@ def tear_sheet_document(ts: dict) -> dict:
     }
 
 
+#: the figures of the other basis printed and written beside the headline ones
+BESIDE_KEYS = ("rank_ic", "rank_ic_tstat_hac", "ic", "ic_tstat_hac", "sharpe", "sharpe_long", "quantile_spread")
+
+
+def basis_document(ev: dict) -> dict:
+    """metrics.json's `returns_basis`: what every figure is measured on, what it means, and the ensemble's key
+    figures on total returns beside (when the headline is neutral)."""
+    neutral = ev.get("neutral") or {}
+    basis = str(neutral.get("basis") or ev["ensemble"].summary.get("returns_basis") or "total")
+    doc = {"basis": basis, "beta": neutral.get("beta"), "group": neutral.get("group"),
+           "group_column": neutral.get("group_column"),
+           "meaning": ("IC, RankIC, quantile returns and pnl on forward returns residualised per date (an equal-"
+                       "weight OLS over the day's names) against the named exposures: what the market, beta and "
+                       "sector do not explain; the pnl is that of the books hedged with them (hedge costs not "
+                       "charged)") if basis != "total" else
+                      "IC, RankIC, quantile returns and pnl on the raw forward returns (a market, beta or sector "
+                      "tilt earns IC and pnl here)"}
+    total = ev.get("total")
+    if total is not None:
+        doc["total_returns"] = {k: total.summary.get(k) for k in BESIDE_KEYS}
+    return doc
+
+
+def basis_line(ev: dict) -> str:
+    """One printed line: the basis of every figure, and the ensemble's total-return figures beside."""
+    doc = basis_document(ev)
+    line = f"returns basis: {doc['basis']} (docs/metrics.md, \"Neutral returns\")"
+    total = doc.get("total_returns")
+    if total:
+        line += (f"; on total returns RankIC {fmt(total['rank_ic'], '{:+.4f}')} (HAC t "
+                 f"{fmt(total['rank_ic_tstat_hac'], '{:+.2f}')}), IC {fmt(total['ic'], '{:+.4f}')} (HAC t "
+                 f"{fmt(total['ic_tstat_hac'], '{:+.2f}')}), long-short Sharpe {fmt(total['sharpe'], '{:+.2f}')}, "
+                 f"long-only Sharpe {fmt(total['sharpe_long'], '{:+.2f}')}")
+    return line
+
+
 def vs_member(ensemble, member_ev, member, horizon: int) -> dict:
     """The ensemble against one member on the same rows: the daily RankIC and IC differences (ensemble -
     member), their means and Newey-West t-stats (lags = hac_lags(n, horizon)) over the days where both have
@@ -327,13 +382,16 @@ def vs_line(vs: dict, select_by: str) -> str:
 
 
 def recompute_command(out: Path, label: str, params: dict, returns: str | None = None,
-                      liquidity: str | None = None, label_lag: int | None = None) -> str:
+                      liquidity: str | None = None, label_lag: int | None = None, neutral: dict | None = None) -> str:
+    basis = "neutral" if neutral and str(neutral.get("basis", "total")) != "total" else "total"
     return (f"python -m crnn_ray.evaluate --signals {out / 'signals'} --labels {out / 'labels.parquet'} "
             f"--label {label} --horizon {params['horizon']} --quantiles {params['quantiles']} "
             f"--cost-bps {params['cost_bps']:g} --min-stocks {params['min_stocks']} "
             f"--periods-per-year {params['periods_per_year']:g}" + (f" --returns {returns}" if returns else "")
             + (f" --liquidity {liquidity}" if liquidity else "")
             + (f" --label-lag {int(label_lag)}" if label_lag is not None else "")
+            + f" --returns-basis {basis}"
+            + "".join(f" --{k} {neutral[k]}" for k in ("beta", "group") if basis == "neutral" and neutral.get(k))
             + " --json metrics_check.json")
 
 
@@ -375,6 +433,7 @@ def metrics_document(rec, cfg, timing: dict, ev: dict | None) -> dict:
         "signals": str(out / "signals"), "labels": str(out / "labels.parquet"), "label": rec.label,
         "signal_col": "signal", **({"returns": ev["returns"]} if ev.get("returns") else {}),
         **({"liquidity": ev["liquidity"]} if ev.get("liquidity") else {}),
+        **{k: v for k, v in (ev.get("neutral") or {}).items() if k in ("beta", "group") and v},
         **({"label_lag": doc["label_lag"]} if doc["label_lag"] is not None else {}),
         "first_date": str(pd.Timestamp(ens.daily["date"].iloc[0]).date()),
         "last_date": str(pd.Timestamp(ens.daily["date"].iloc[-1]).date())}
@@ -391,7 +450,8 @@ def metrics_document(rec, cfg, timing: dict, ev: dict | None) -> dict:
     doc["baselines"] = {name: e.to_dict()["summary"] for name, e in (ev.get("baselines") or {}).items()}
     doc["vs_selected_member"] = ev.get("vs_selected")
     doc["recompute"] = recompute_command(Path(cfg.out), rec.label, ev["params"], ev.get("returns"),
-                                         ev.get("liquidity"), doc["label_lag"])
+                                         ev.get("liquidity"), doc["label_lag"], ev.get("neutral"))
+    doc["returns_basis"] = basis_document(ev)
     doc["costs"] = costs_document(ens.summary)
     doc["ensemble"]["liquidity_split"]["column"] = ev.get("liquidity")
     if ev.get("tear_sheet") is not None:
@@ -496,7 +556,8 @@ def _key_rows(rec, cfg, metrics: dict, ev: dict, notes) -> list[list[str]]:
     """The key numbers: metric, value, unit (cost rows after the gross Sharpe; vs member and oracle after IC)."""
     s, h = ev["ensemble"].summary, int(rec.horizon)
     rows = [["execution (label lag)", _txt(execution_text(rec)), ""],
-            ["returns realised", _txt(held_returns_text(rec)), ""]]
+            ["returns realised", _txt(held_returns_text(rec)), ""],
+            ["returns basis", _txt(basis_line(ev)), ""]]
     rows += [[lab.format(h=h), _value(notes, s, k, f, scale), unit.format(h=h)]
              for k, lab, f, scale, unit in KEY_NUMBERS]
     costs = costs_document(s)
@@ -521,14 +582,14 @@ def _key_rows(rec, cfg, metrics: dict, ev: dict, notes) -> list[list[str]]:
                               .removesuffix(")") + "; an ingested panel with volume has traded_value_med"),
                  "IC (correlation)"])
     if metrics.get("oracle_ic") is not None:
-        rows.insert(3, ["oracle RankIC / IC of the data (same rows)",
+        rows.insert(4, ["oracle RankIC / IC of the data (same rows)",
                         render.cell(metrics.get("oracle_rank_ic"), "{:+.4f}") + " / "
                         + render.cell(metrics["oracle_ic"], "{:+.4f}")
                         + f" &nbsp;(ensemble / oracle = {render.cell(metrics.get('rank_ic_vs_oracle'), '{:.2f}')} / "
                         f"{render.cell(metrics['ic_vs_oracle'], '{:.2f}')})", "rank correlation / correlation"])
     vs = metrics.get("vs_selected_member")
     if vs:
-        rows.insert(3, [f"vs selected member {_html.escape(vs['member'])} (chosen alone by "
+        rows.insert(4, [f"vs selected member {_html.escape(vs['member'])} (chosen alone by "
                         f"{_html.escape(cfg.select_by)}): daily RankIC difference",
                         f"{render.cell(vs.get('rank_ic_diff'), '{:+.4f}')} (HAC t "
                         f"{render.cell(vs.get('rank_ic_diff_tstat_hac'), '{:+.2f}')}, {vs['hac_lags']} lags, "

@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from crnn_ray.io import write_parquet_atomic
 from crnn_ray.score.config import ScoreConfig
+from crnn_ray.score.exposures import BETA_COLUMN, GROUP_COLUMN, exposure_grids
 from crnn_ray.score.stitch import Part, Record
 from crnn_ray.score.walk_forward import trained_through
 
@@ -94,8 +95,9 @@ def write_labels(out: Path, rec: Record) -> None:
     with 1-day returns also their column (y1), on those rows and on every other cell of the evaluated dates and
     symbols whose return is known (label NaN there): `python -m crnn_ray.evaluate --returns y1` then builds the
     very grids report.evaluate_all evaluates. With a liquidity grid also its column (traded_value_med) on the
-    same rows, for `--liquidity traded_value_med`. The date is date32, declared text for pandas
-    (LABELS_PANDAS_METADATA)."""
+    same rows, for `--liquidity traded_value_med`, and the exposures of neutral returns (`beta`: trailing beta,
+    `group`: the panel's group as codes) for `--returns-basis neutral --beta beta --group group`. The date is
+    date32, declared text for pandas (LABELS_PANDAS_METADATA)."""
     keep = labelled = np.isfinite(rec.label_grid)
     if rec.returns_grid is not None:
         inside = labelled.any(axis=1)[:, None] & labelled.any(axis=0)[None, :]  # evaluate_all's cut
@@ -106,5 +108,9 @@ def write_labels(out: Path, rec: Record) -> None:
         columns[rec.returns_name] = pa.array(rec.returns_grid[rows, stocks], type=pa.float64())
     if rec.liquidity_grid is not None:
         columns[rec.liquidity_name] = pa.array(rec.liquidity_grid[rows, stocks], type=pa.float64())
+    exposures = exposure_grids(rec)  # what neutral returns are residualised against (--beta / --group)
+    for name, key in ((BETA_COLUMN, "beta"), (GROUP_COLUMN, "group")):
+        if exposures.get(key) is not None:
+            columns[name] = pa.array(exposures[key][rows, stocks], type=pa.float64())
     table = pa.table({**_key_columns(rec, rows, stocks), **columns})
     write_parquet_atomic(table, Path(out) / "labels.parquet", metadata={"pandas": LABELS_PANDAS_METADATA})
