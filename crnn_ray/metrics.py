@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from crnn_ray.config import choice, int_at_least, nonneg_number, positive_int, positive_number, setting
+from crnn_ray.config import auto_or, choice, int_at_least, positive_int, positive_number, setting
 from crnn_ray.io import CliError
 
 __all__ = [
@@ -32,6 +32,8 @@ __all__ = [
     "quantile_buckets",
     "evaluate",
     "break_even_bps",
+    "Costs",
+    "BOOKS",
     "liquidity_split",
     "Neutral",
     "neutralize_by_day",
@@ -403,34 +405,35 @@ def _block_stats(sig: np.ndarray, lab: np.ndarray, min_stocks: int, quantiles: i
     if ret is not None:
         with np.errstate(divide="ignore"):
             inv_n = np.where(book, 1.0 / np.maximum(n, 1), 0.0)
-        stats["c_ls"], stats["c_long"] = _book_returns(top, bottom, inv_top, inv_bottom, valid & book[:, None],
-                                                       inv_n, ret, horizon)
+        for name, c in _book_returns(top, bottom, inv_top, inv_bottom, valid & book[:, None], inv_n, ret,
+                                     horizon).items():
+            stats[f"c_{name}"] = c
     return stats
 
 
 def _book_returns(top: np.ndarray, bottom: np.ndarray, inv_top: np.ndarray, inv_bottom: np.ndarray,
                   universe: np.ndarray, inv_n: np.ndarray, ret: np.ndarray, horizon: int) -> tuple[np.ndarray, ...]:
-    """c[d, k] = w_d . r[d + k], k = 0..H-1: what each day's long-short and long books earn on each day held.
+    """{book: c[d, k] = w_d . r[d + k]}, k = 0..H-1: what each day's books earn on each day held.
 
-    w_d: +1/n_top on the top bucket and -1/n_bottom on the bottom one (long-short), or +1/n_top on the top
-    bucket and -1/n_d on every valid pair of the day (long vs the cross-sectional mean); zero on days without
-    a book. A missing return counts 0; days past the end of `ret` earn 0 (never realised). H row-wise dot
-    products over the block (no per-day loop).
+    w_d: +1/n_top on the top bucket and -1/n_bottom on the bottom one ("ls"), +1/n_top on the top bucket and
+    -1/n_d on every valid pair of the day ("long": vs the cross-sectional mean), or +1/n_top on the top bucket
+    alone ("long_only"); zero on days without a book. A missing return counts 0; days past the end of `ret`
+    earn 0 (never realised). Row-wise dot products over the block (no per-day loop).
     """
     n_days = top.shape[0]
     r0 = np.ascontiguousarray(ret, dtype=np.float64)
     r0 = np.where(np.isfinite(r0), r0, 0.0)
-    w_ls = top * inv_top[:, None]
-    w_long = w_ls - universe * inv_n[:, None]
-    w_ls -= bottom * inv_bottom[:, None]
-    c_ls, c_long = np.zeros((n_days, horizon)), np.zeros((n_days, horizon))
+    w_top = top * inv_top[:, None]
+    weights = {"ls": w_top - bottom * inv_bottom[:, None], "long": w_top - universe * inv_n[:, None],
+               "long_only": w_top}
+    out = {name: np.zeros((n_days, horizon)) for name in weights}
     for k in range(horizon):
         m = min(n_days, r0.shape[0] - k)
         if m <= 0:
             break
-        c_ls[:m, k] = np.einsum("ij,ij->i", w_ls[:m], r0[k:k + m])
-        c_long[:m, k] = np.einsum("ij,ij->i", w_long[:m], r0[k:k + m])
-    return c_ls, c_long
+        for name, w in weights.items():
+            out[name][:m, k] = np.einsum("ij,ij->i", w[:m], r0[k:k + m])
+    return out
 
 
 def _lagged_stats(now: dict, before: dict) -> dict:
@@ -447,12 +450,19 @@ def _lagged_stats(now: dict, before: dict) -> dict:
     bb = _row_counts(bottom & prev_bottom)
     a, c, pa, pc = now["n_top"], now["n_bottom"], before["n_top"], before["n_bottom"]
     ia, ic, pia, pic = now["inv_top"], now["inv_bottom"], before["inv_top"], before["inv_bottom"]
-    traded_long = tt * np.abs(ia - pia) + (a - tt) * ia + (pa - tt) * pia
-    traded = (tt * np.abs(ia - pia) + tb * (ia + pic) + bt * (ic + pia) + bb * np.abs(ic - pic)
-              + (a - tt - tb) * ia + (c - bt - bb) * ic + (pa - tt - bt) * pia + (pc - tb - bb) * pic)
+    # buys: raising a long or covering a short; sells: cutting a long or opening / raising a short (a sell tax
+    # is levied on both)
+    up, down = np.maximum(ia - pia, 0.0), np.maximum(pia - ia, 0.0)
+    bought_long = tt * up + (a - tt) * ia
+    sold_long = tt * down + (pa - tt) * pia
+    bought = (tt * up + (a - tt - tb) * ia + tb * (ia + pic) + bb * np.maximum(pic - ic, 0.0)
+              + (pc - tb - bb) * pic)
+    sold = (tt * down + (pa - tt - bt) * pia + bt * (ic + pia) + bb * np.maximum(ic - pic, 0.0)
+            + (c - bt - bb) * ic)
     return {
-        "traded": traded,
-        "traded_long": traded_long,
+        "traded": bought + sold,
+        "traded_long": bought_long + sold_long,
+        "bought": bought, "sold": sold, "bought_long": bought_long, "sold_long": sold_long,
         "new_top": a - tt,
         "new_bottom": c - bb,
         "autocorr": _moment_pearson(now["rank_sig"], before["rank_sig"], now["valid"], before["valid"]),
@@ -641,15 +651,16 @@ def _shift(x: np.ndarray, by: int) -> np.ndarray:
     return out
 
 
-def _realised(day: dict, returns: np.ndarray, horizon: int, cost: float) -> dict[str, np.ndarray]:
+def _realised(day: dict, returns: np.ndarray, horizon: int, costs: Costs) -> dict[str, np.ndarray]:
     """Daily pnl of the overlapping-books strategy: the portfolio of day t is W_t = (1/H) sum_{k<H} w_{t-k}
     (the books formed on days t-H+1..t), its pnl W_t . r[t] (missing returns count 0), its traded notional
-    |W_t - W_{t-1}| = |w_t - w_{t-H}| / H (drift ignored). NaN on days that hold and trade nothing, and on days
-    whose returns are all missing (the outcome is unknown, e.g. the data's last day)."""
+    |W_t - W_{t-1}| = |w_t - w_{t-H}| / H (drift ignored), split into buys and sells for the costs. NaN on
+    days that hold and trade nothing, and on days whose returns are all missing (the outcome is unknown, e.g.
+    the data's last day)."""
     n_days = returns.shape[0]
     book = day["book"]
     pnl = {}
-    for name in ("ls", "long"):
+    for name in BOOKS:
         c = day[f"c_{name}"]
         total = np.zeros(n_days)
         for k in range(min(horizon, n_days)):  # the book of day t - k, in its (k+1)-th day
@@ -658,15 +669,16 @@ def _realised(day: dict, returns: np.ndarray, horizon: int, cost: float) -> dict
     booked = np.cumsum(book.astype(np.int64))
     live = booked - np.concatenate([np.zeros(horizon, dtype=np.int64), booked[:-horizon]])[:n_days]
     turnover = day["traded"] / horizon  # the book formed today replaces the one formed H days ago
-    turnover_long = day["traded_long"] / horizon
     has_return = np.isfinite(returns).any(axis=1)
     realised = ((live > 0) | (turnover > 0)) & has_return
     out = {"turnover_port": np.where(realised, turnover, np.nan),
-           "turnover_port_long": np.where(realised, turnover_long, np.nan)}
-    out["pnl_ls"] = np.where(realised, pnl["ls"], np.nan)
-    out["pnl_long"] = np.where(realised, pnl["long"], np.nan)
-    out["pnl_ls_net"] = out["pnl_ls"] - cost * out["turnover_port"]
-    out["pnl_long_net"] = out["pnl_long"] - cost * out["turnover_port_long"]
+           "turnover_port_long": np.where(realised, day["traded_long"] / horizon, np.nan)}
+    cost = {"ls": costs.of(day["bought"], day["sold"]) / horizon,
+            "long": costs.of(day["bought_long"], day["sold_long"]) / horizon}
+    cost["long_only"] = cost["long"]  # the top leg is the only one traded in both
+    for name in BOOKS:
+        out[f"pnl_{name}"] = np.where(realised, pnl[name], np.nan)
+        out[f"pnl_{name}_net"] = out[f"pnl_{name}"] - np.where(realised, cost[name], np.nan)
     return out
 
 
@@ -674,6 +686,11 @@ def _realised(day: dict, returns: np.ndarray, horizon: int, cost: float) -> dict
 # neutral returns
 # ----------------------------------------------------------------------------------------------------------
 
+#: the cost the scorer and the evaluate command assume unless told (bps per unit traded, each side): a liquid
+#: large-cap book's commission + half spread; a desk sets its market's (docs/metrics.md, "Costs")
+DEFAULT_COST_BPS = 10.0
+#: the signal smoothings (days) the scorer's turnover control chooses among on the selection split
+SMOOTH_DAYS = (1, 2, 3, 5, 10)
 #: what IC, RankIC, quantiles and pnl are measured on (EvaluationConfig.returns_basis)
 RETURNS_BASES = ("neutral", "total")
 #: days of a trailing beta, and the fewest of them with a return a beta needs
@@ -817,6 +834,72 @@ class Evaluation:
 NO_LIQUIDITY: dict[str, Any] = {"available": False, "note": "n/a (no liquidity column)"}
 
 
+#: the books every evaluation forms: long-short, long against the day's cross-section, long-only (the top
+#: bucket alone, a book of its own where shorting is scarce)
+BOOKS = ("ls", "long", "long_only")
+
+
+@dataclass(frozen=True)
+class Costs:
+    """Trading costs in bps of traded notional, per side: `buy` on buys (raising a long, covering a short),
+    `sell` on sells (cutting a long, opening or raising a short), so a sell tax -- levied on short sales too
+    in most markets that have one -- is `sell` minus `buy`. A plain number is both sides."""
+
+    buy: float = 0.0
+    sell: float = 0.0
+
+    @classmethod
+    def of_setting(cls, value: Any) -> Costs:
+        """A number (both sides), {"buy": b, "sell": s}, "buy=5,sell=25" or a Costs; CliError otherwise."""
+        if isinstance(value, Costs):
+            costs = value
+        elif isinstance(value, dict) or (isinstance(value, str) and "=" in value):
+            pairs = value if isinstance(value, dict) else dict(
+                part.split("=", 1) for part in value.replace(" ", "").split(",") if part)
+            unknown = sorted(set(map(str, pairs)) - {"buy", "sell"})
+            if unknown or not pairs:
+                raise CliError(f"cost_bps: expected a number or {{buy: .., sell: ..}}, got {value!r}")
+            try:
+                costs = cls(float(pairs.get("buy", 0.0)), float(pairs.get("sell", 0.0)))
+            except (TypeError, ValueError):
+                raise CliError(f"cost_bps: expected numbers for buy and sell, got {value!r}") from None
+        else:
+            try:
+                flat = float(value)
+            except (TypeError, ValueError):
+                raise CliError(f"cost_bps: expected a number >= 0 or {{buy: .., sell: ..}}, got {value!r}") from None
+            costs = cls(flat, flat)
+        if not all(math.isfinite(x) and x >= 0 for x in (costs.buy, costs.sell)):
+            raise CliError(f"cost_bps: expected finite costs >= 0 on each side, got buy {costs.buy:g}, sell {costs.sell:g}")
+        return costs
+
+    @property
+    def mean(self) -> float:
+        """The cost of one unit traded when buys and sells balance (they do for a book that rolls over)."""
+        return 0.5 * (self.buy + self.sell)
+
+    def of(self, bought: np.ndarray, sold: np.ndarray) -> np.ndarray:
+        """The cost, as a return, of trading `bought` and `sold` notional."""
+        return 1e-4 * (self.buy * np.asarray(bought, dtype=np.float64) + self.sell * np.asarray(sold, dtype=np.float64))
+
+    def setting(self) -> float | dict:
+        """The JSON form: a number when both sides are equal, else {"buy": .., "sell": ..}."""
+        return float(self.buy) if self.buy == self.sell else {"buy": float(self.buy), "sell": float(self.sell)}
+
+    def describe(self) -> str:
+        if self.buy == self.sell:
+            return f"{self.buy:g} bps per unit traded"
+        return f"{self.buy:g} bps on buys, {self.sell:g} bps on sells (a {self.sell - self.buy:g} bps sell tax)"
+
+
+def cost_setting(c, value: Any, key: str) -> Any:
+    """EvaluationConfig's check of `cost_bps`: a number, {buy, sell} or "buy=5,sell=25"; its JSON form."""
+    try:
+        return Costs.of_setting(value).setting()
+    except CliError as exc:
+        raise c.fail(key, str(exc).removeprefix("cost_bps: ")) from None
+
+
 def break_even_bps(pnl: np.ndarray, turnover: np.ndarray) -> float:
     """The cost, in bps per unit of traded notional, at which the summed net pnl is zero:
     1e4 * mean(pnl) / mean(turnover) over the days where both are finite.
@@ -883,7 +966,7 @@ def evaluate(
     label: Any,
     *,
     quantiles: int = 5,
-    cost_bps: float = 0.0,
+    cost_bps: float | dict | Costs = 0.0,
     min_stocks: int = 10,
     horizon: int = 1,
     periods_per_year: float = 252,
@@ -916,8 +999,7 @@ def evaluate(
         raise CliError(f"quantiles must be an integer >= 2, got {quantiles}")
     if int(horizon) != horizon or horizon < 1:
         raise CliError(f"horizon must be an integer >= 1, got {horizon}")
-    if not (math.isfinite(cost_bps) and cost_bps >= 0):
-        raise CliError(f"cost_bps must be a finite number >= 0, got {cost_bps}")
+    costs = Costs.of_setting(cost_bps)
     if not (math.isfinite(periods_per_year) and periods_per_year > 0):
         raise CliError(f"periods_per_year must be > 0, got {periods_per_year}")
     quantiles, horizon = int(quantiles), int(horizon)
@@ -952,14 +1034,17 @@ def evaluate(
     q_mean_over_days = np.array([_mean(q_means[:, q]) for q in range(quantiles)])  # Q values, not days
 
     # books: long-short = +1 spread equally over the top bucket, -1 over the bottom one; long = the top bucket
+    # against the day's cross-section; long-only = the top bucket alone (its own return: a book of its own
+    # where shorting is scarce)
     ls = np.where(book, (q_means[:, -1] - q_means[:, 0]) / horizon, np.nan)
     long = np.where(book, (q_means[:, -1] - cs_mean) / horizon, np.nan)
+    long_only = np.where(book, q_means[:, -1] / horizon, np.nan)
     # one H-th of the capital is re-formed each day, replacing the book formed H days earlier
     turnover = np.where(book, day["traded"] / horizon, np.nan)
     turnover_long = np.where(book, day["traded_long"] / horizon, np.nan)
-    cost = cost_bps * 1e-4
-    ls_net = ls - cost * turnover
-    long_net = long - cost * turnover_long
+    cost_ls = np.where(book, costs.of(day["bought"], day["sold"]) / horizon, np.nan)
+    cost_long = np.where(book, costs.of(day["bought_long"], day["sold_long"]) / horizon, np.nan)
+    ls_net, long_net, long_only_net = ls - cost_ls, long - cost_long, long_only - cost_long
     # alphalens quantile_turnover: share of today's top (bottom) names not in the bucket `horizon` days ago
     with np.errstate(invalid="ignore", divide="ignore"):
         turnover_top = np.where(book, day["new_top"] / q_counts[:, -1], np.nan)
@@ -970,10 +1055,11 @@ def evaluate(
     signal_autocorr = day["autocorr"]
 
     # the daily pnl series the Sharpe / vol / drawdown / curves come from (docs/metrics.md, "Which daily pnl")
-    booked = {"ls": ls, "long": long, "ls_net": ls_net, "long_net": long_net}
+    booked = {"ls": ls, "long": long, "long_only": long_only, "ls_net": ls_net, "long_net": long_net,
+              "long_only_net": long_only_net}
     perf_booked = {name: _perf(x, periods_per_year) for name, x in booked.items()}
     if method == "realised":
-        series = _realised(day, returns, horizon, cost)
+        series = _realised(day, returns, horizon, costs)
         perf = {name: _perf(series[f"pnl_{name}"], periods_per_year) for name in booked}
     else:
         # daily: the booked series is the daily one; non_overlapping: each book's H-day return is realised on
@@ -985,15 +1071,15 @@ def evaluate(
             perf = {name: {**_perf_offsets(x * horizon, periods_per_year, horizon),
                            "total": perf_booked[name]["total"]} for name, x in booked.items()}
     perf_ls, perf_long, perf_ls_net, perf_long_net = (perf[k] for k in ("ls", "long", "ls_net", "long_net"))
-    cum_ls = np.cumsum(np.nan_to_num(series["pnl_ls"], nan=0.0))
-    cum_long = np.cumsum(np.nan_to_num(series["pnl_long"], nan=0.0))
-    cum_ls_net = np.cumsum(np.nan_to_num(series["pnl_ls_net"], nan=0.0))
+    cum = {name: np.cumsum(np.nan_to_num(series[f"pnl_{name}"], nan=0.0)) for name in booked}
+    cum_ls = cum["ls"]
     # the cost that zeroes the summed net pnl: the net figures' own gross series and traded notional
     if method == "realised":
         gross_turnover = {"ls": (series["pnl_ls"], series["turnover_port"]),
-                          "long": (series["pnl_long"], series["turnover_port_long"])}
+                          "long": (series["pnl_long"], series["turnover_port_long"]),
+                          "long_only": (series["pnl_long_only"], series["turnover_port_long"])}
     else:  # daily / non_overlapping: the net totals are sums of the booked ls_d - cost * turnover_d
-        gross_turnover = {"ls": (ls, turnover), "long": (long, turnover_long)}
+        gross_turnover = {"ls": (ls, turnover), "long": (long, turnover_long), "long_only": (long_only, turnover_long)}
     # t-statistics: plain (independent days), Newey-West with lags >= 2H (overlapping labels) and from
     # non-overlapping days only
     lags = hac_lags(int(use_day.sum()), horizon)
@@ -1020,6 +1106,7 @@ def evaluate(
         "ls_tstat": _ratio(ls_days_mean, ls_days_std) * math.sqrt(n_ls_days),
         "ls_tstat_hac": newey_west_tstat(ls_days, lags),
         "ls_tstat_nonoverlap": nonoverlap_tstat(ls, horizon),
+        "ls_net_tstat_hac": newey_west_tstat(ls_net if method == "non_overlapping" else series["pnl_ls_net"], lags),
         "hac_lags": lags,
         "pnl_method": method,
         "returns_basis": basis,
@@ -1049,15 +1136,30 @@ def evaluate(
         "max_drawdown_long": perf_long["max_drawdown"],
         "ann_return_long_net": perf_long_net["ann_return"],
         "sharpe_long_net": perf_long_net["sharpe"],
+        "pnl_long_only": perf["long_only"]["total"],
+        "pnl_long_only_net": perf["long_only_net"]["total"],
+        "long_only_mean": _mean(long_only),
+        "ann_return_long_only": perf["long_only"]["ann_return"],
+        "ann_vol_long_only": perf["long_only"]["ann_vol"],
+        "sharpe_long_only": perf["long_only"]["sharpe"],
+        "max_drawdown_long_only": perf["long_only"]["max_drawdown"],
+        "ann_return_long_only_net": perf["long_only_net"]["ann_return"],
+        "sharpe_long_only_net": perf["long_only_net"]["sharpe"],
+        "max_drawdown_long_only_net": perf["long_only_net"]["max_drawdown"],
+        "long_only_net_tstat_hac": newey_west_tstat(
+            long_only_net if method == "non_overlapping" else series["pnl_long_only_net"], lags),
         "turnover": _mean(turnover),
         "turnover_long": _mean(turnover_long),
         "turnover_top": _mean(turnover_top),
         "turnover_bottom": _mean(turnover_bottom),
         "signal_autocorr": _mean(signal_autocorr),
         "quantile_spread": float(q_mean_over_days[-1] - q_mean_over_days[0]),
-        "cost_bps": float(cost_bps),
+        "cost_bps": costs.mean,
+        "cost_bps_buy": costs.buy,
+        "cost_bps_sell": costs.sell,
         "break_even_bps": break_even_bps(*gross_turnover["ls"]),
         "break_even_bps_long": break_even_bps(*gross_turnover["long"]),
+        "break_even_bps_long_only": break_even_bps(*gross_turnover["long_only"]),
     }
     summary = {k: (v if isinstance(v, (int, str)) else float(v)) for k, v in summary.items()}
 
@@ -1073,18 +1175,23 @@ def evaluate(
             "ls_net": ls_net,
             "long_net": long_net,
             "turnover_long": turnover_long,
+            "long_only": long_only,
+            "long_only_net": long_only_net,
             "cum_ls": cum_ls,
-            "cum_long": cum_long,
-            "cum_ls_net": cum_ls_net,
+            "cum_long": cum["long"],
+            "cum_ls_net": cum["ls_net"],
+            "cum_long_net": cum["long_net"],
+            "cum_long_only": cum["long_only"],
+            "cum_long_only_net": cum["long_only_net"],
             "drawdown": cum_ls - np.maximum.accumulate(np.maximum(cum_ls, 0.0)),
             **{f"q{q + 1}": q_means[:, q] for q in range(quantiles)},
-            **{k: series[k] for k in ("pnl_ls", "pnl_long", "pnl_ls_net", "pnl_long_net", "turnover_port",
-                                      "turnover_port_long")},
+            **{k: series[k] for k in ("pnl_ls", "pnl_long", "pnl_ls_net", "pnl_long_net", "pnl_long_only",
+                                      "pnl_long_only_net", "turnover_port", "turnover_port_long")},
         }
     )
     params = {
         "quantiles": quantiles,
-        "cost_bps": float(cost_bps),
+        "cost_bps": costs.setting(),
         "min_stocks": min_stocks,
         "horizon": horizon,
         "periods_per_year": float(periods_per_year),
@@ -1353,10 +1460,15 @@ class EvaluationConfig:
     (one field each: the flag, the YAML key and the default cannot disagree)."""
 
     quantiles: int = setting(5, check=int_at_least(2), flag=True, help="number of signal quantile buckets")
-    cost_bps: float = setting(0.0, check=nonneg_number, flag=True, help="cost per unit of traded notional, bps")
+    cost_bps: float | dict = setting(DEFAULT_COST_BPS, check=cost_setting, flag=True,
+                                     help="cost per unit of traded notional, bps: a number (both sides) or per side, "
+                                          "buy=5,sell=25 (YAML {buy: 5, sell: 25}; a sell tax is sell - buy)")
     min_stocks: int = setting(10, check=int_at_least(2), flag=True, help="skip days with fewer valid pairs")
     periods_per_year: float = setting(252, check=positive_number, flag=True, help="annualisation")
     rolling_ic_days: int = setting(20, check=positive_int)  # the report's rolling mean of the daily IC
+    # the scorer's turnover control: "auto" chooses the signal smoothing (mean of the last N days' per-date
+    # z-scores) among SMOOTH_DAYS by net Sharpe on each window's selection split, never on test; N fixes it
+    smooth_days: int | str = setting("auto", check=auto_or(positive_int))
     returns_basis: str = setting("neutral", check=choice(*RETURNS_BASES), flag=True,
                                  help="neutral: IC, RankIC, quantiles and pnl on returns residualised per date "
                                       "against the equal-weight market, trailing beta and group (docs/metrics.md); "

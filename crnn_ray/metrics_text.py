@@ -9,10 +9,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from crnn_ray.metrics import Evaluation
+from crnn_ray.metrics import Costs, Evaluation
 
 __all__ = ["TURNOVER_UNIT", "fmt", "pnl_note", "label_lag_text", "basis_text", "break_even_text", "format_summary",
-           "costs_document", "costs_line", "liquidity_line"]
+           "costs_document", "costs_line", "liquidity_line", "cost_text", "book_verdict", "verdict_line"]
 
 #: what one unit of turnover is, wherever a cost or a break-even is stated (docs/metrics.md, "Turnover")
 TURNOVER_UNIT = ("traded notional per day, buys + sells of both legs, per unit of capital in each leg "
@@ -78,7 +78,7 @@ def format_summary(ev: Evaluation, returns: str | None = None, *, label: str | N
     `liquidity`: the liquidity split by that column)."""
     s, p = ev.summary, ev.params
     lag_line = label_lag_text(label or "label", p["horizon"], label_lag)
-    lines = [*([f"execution: {lag_line}"] if lag_line else []), basis_text(s),
+    lines = [verdict_line(s), *([f"execution: {lag_line}"] if lag_line else []), basis_text(s),
         f"days evaluated {s['n_days']}  skipped {s['n_days_skipped']} (< {p['min_stocks']} valid pairs)  "
         f"mean stocks/day {s['mean_stocks']:.1f}",
         f"RankIC   {s['rank_ic']:+.4f}  ICIR {s['rank_icir']:+.3f}  t {s['rank_ic_tstat']:+.2f}  "
@@ -93,11 +93,16 @@ def format_summary(ev: Evaluation, returns: str | None = None, *, label: str | N
         f"mean daily long-short pnl t {s['ls_tstat']:+.2f}  HAC t {s['ls_tstat_hac']:+.2f}  "
         f"non-overlapping t {fmt(s.get('ls_tstat_nonoverlap'), '{:+.2f}')}",
         f"long (top-mean):  pnl {s['pnl_long']:+.4f}  ann {s['ann_return_long']:+.4f}  sharpe {s['sharpe_long']:+.3f}",
+        f"long-only (top):  pnl {fmt(s.get('pnl_long_only'), '{:+.4f}')}  ann "
+        f"{fmt(s.get('ann_return_long_only'), '{:+.4f}')}  sharpe {fmt(s.get('sharpe_long_only'), '{:+.3f}')}  "
+        f"maxDD {fmt(s.get('max_drawdown_long_only'), '{:+.4f}')}",
         f"turnover ls {s['turnover']:.4f}/day  top {s['turnover_top']:.3f}  bottom {s['turnover_bottom']:.3f}  "
         f"signal autocorr {s['signal_autocorr']:+.3f}",
-        f"net of {p['cost_bps']:g} bps: ls pnl {s['pnl_long_short_net']:+.4f}  sharpe {s['sharpe_net']:+.3f}  "
-        f"long pnl {s['pnl_long_net']:+.4f}  (gross above; {break_even_text(s.get('break_even_bps'))}, "
-        f"long-only {break_even_text(s.get('break_even_bps_long')).removeprefix('break-even ')})",
+        f"net of {cost_text(s)}: ls pnl {s['pnl_long_short_net']:+.4f}  sharpe {s['sharpe_net']:+.3f}  "
+        f"long pnl {s['pnl_long_net']:+.4f}  long-only sharpe {fmt(s.get('sharpe_long_only_net'), '{:+.3f}')}  "
+        f"(gross above; {break_even_text(s.get('break_even_bps'))}, long vs mean "
+        f"{break_even_text(s.get('break_even_bps_long')).removeprefix('break-even ')}, long-only "
+        f"{break_even_text(s.get('break_even_bps_long_only')).removeprefix('break-even ')})",
         "quantile mean label (1=lowest signal): "
         + "  ".join(f"q{q + 1} {v:+.5f}" for q, v in enumerate(ev.quantile_returns)),
     ]
@@ -117,36 +122,88 @@ def _break_even_detail(value: Any, gross_total: Any) -> str:
     return "n/a (no turnover, or no pnl days)"
 
 
+def cost_text(summary: dict) -> str:
+    """The cost assumption in words: `10 bps per unit traded` or `5 bps on buys, 25 bps on sells (...)`."""
+    flat = float(summary.get("cost_bps") or 0.0)
+    buy, sell = summary.get("cost_bps_buy"), summary.get("cost_bps_sell")
+    return Costs(flat, flat).describe() if buy is None or sell is None else Costs(buy, sell).describe()
+
+
 def costs_document(summary: dict) -> dict:
-    """metrics.json's `costs`: the cost assumption, gross beside net, the break-even costs and what they mean."""
+    """metrics.json's `costs`: the cost assumption, gross beside net for each book, the break-even costs and
+    what they mean."""
     cost = float(summary.get("cost_bps") or 0.0)
     return {
         "cost_bps": cost,
-        "cost_unit": f"bps of traded notional: turnover = {TURNOVER_UNIT}",
-        "headline_sharpe": "gross" if cost == 0 else f"gross, with net of {cost:g} bps beside it",
+        "cost_bps_buy": summary.get("cost_bps_buy", cost), "cost_bps_sell": summary.get("cost_bps_sell", cost),
+        "cost_text": cost_text(summary),
+        "cost_unit": f"bps of traded notional, charged per side (buys: raising a long or covering a short; sells: "
+                     f"cutting a long or opening a short); turnover = {TURNOVER_UNIT}",
+        "headline_sharpe": "gross" if cost == 0 else f"gross, with net of {cost_text(summary)} beside it (the "
+                                                     "verdict line states the net one)",
         "sharpe_gross": summary.get("sharpe"), "sharpe_net": summary.get("sharpe_net"),
+        "sharpe_net_tstat_hac": summary.get("ls_net_tstat_hac"),
         "pnl_long_short_gross": summary.get("pnl_long_short"), "pnl_long_short_net": summary.get("pnl_long_short_net"),
         "sharpe_long_gross": summary.get("sharpe_long"), "sharpe_long_net": summary.get("sharpe_long_net"),
+        "sharpe_long_only_gross": summary.get("sharpe_long_only"),
+        "sharpe_long_only_net": summary.get("sharpe_long_only_net"),
+        "sharpe_long_only_net_tstat_hac": summary.get("long_only_net_tstat_hac"),
         "break_even_bps": summary.get("break_even_bps"),
         "break_even_bps_long": summary.get("break_even_bps_long"),
-        "break_even": ("the cost per unit traded at which the summed net long-short pnl is zero: 1e4 x mean "
-                       "daily gross pnl / mean daily turnover over the pnl days; null when the turnover is 0 "
+        "break_even_bps_long_only": summary.get("break_even_bps_long_only"),
+        "turnover": summary.get("turnover"), "turnover_long_only": summary.get("turnover_long"),
+        "break_even": ("the cost per unit traded (both sides alike) at which the summed net pnl is zero: 1e4 x "
+                       "mean daily gross pnl / mean daily turnover over the pnl days; null when the turnover is 0 "
                        "or the gross pnl <= 0"),
         "break_even_text": _break_even_detail(summary.get("break_even_bps"), summary.get("pnl_long_short")),
         "break_even_long_text": _break_even_detail(summary.get("break_even_bps_long"), summary.get("pnl_long")),
+        "break_even_long_only_text": _break_even_detail(summary.get("break_even_bps_long_only"),
+                                                        summary.get("pnl_long_only")),
     }
 
 
 def costs_line(summary: dict) -> str:
-    """One printed line: the cost assumption, gross vs net, and the break-even cost."""
+    """One printed line: the cost assumption, gross vs net of each book, and the break-even costs."""
     c = costs_document(summary)
     head = ("costs: none assumed (evaluation.cost_bps 0): every pnl and Sharpe above is gross"
-            if c["cost_bps"] == 0 else
-            f"costs: {c['cost_bps']:g} bps per unit traded: long-short Sharpe {fmt(c['sharpe_gross'], '{:+.2f}')} "
-            f"gross, {fmt(c['sharpe_net'], '{:+.2f}')} net; pnl {fmt(c['pnl_long_short_gross'], '{:+.4f}')} "
-            f"gross, {fmt(c['pnl_long_short_net'], '{:+.4f}')} net")
-    return (f"{head}; break-even {c['break_even_text']} (long-only {c['break_even_long_text']}); "
-            f"turnover = {TURNOVER_UNIT}")
+            if c["cost_bps"] == 0 and not (c["cost_bps_buy"] or c["cost_bps_sell"]) else
+            f"costs: {c['cost_text']}: long-short Sharpe {fmt(c['sharpe_gross'], '{:+.2f}')} gross, "
+            f"{fmt(c['sharpe_net'], '{:+.2f}')} net; pnl {fmt(c['pnl_long_short_gross'], '{:+.4f}')} gross, "
+            f"{fmt(c['pnl_long_short_net'], '{:+.4f}')} net; long-only Sharpe "
+            f"{fmt(c['sharpe_long_only_gross'], '{:+.2f}')} gross, {fmt(c['sharpe_long_only_net'], '{:+.2f}')} net")
+    return (f"{head}; break-even {c['break_even_text']} (long vs mean {c['break_even_long_text']}, long-only "
+            f"{c['break_even_long_only_text']}); turnover = {TURNOVER_UNIT}")
+
+
+def book_verdict(summary: dict, book: str = "ls") -> str:
+    """`net Sharpe +0.85 (HAC t +1.20), break-even 14.2 bps, turnover 0.47/day` of one book ("ls", "long_only")."""
+    keys = {"ls": ("sharpe_net", "ls_net_tstat_hac", "break_even_bps", "turnover", "pnl_long_short"),
+            "long_only": ("sharpe_long_only_net", "long_only_net_tstat_hac", "break_even_bps_long_only",
+                          "turnover_long", "pnl_long_only")}[book]
+    sharpe, t, be, turnover, gross = (summary.get(k) for k in keys)
+    if isinstance(be, (int, float)) and math.isfinite(be):
+        even = f"break-even {be:.1f} bps"
+    elif isinstance(gross, (int, float)) and math.isfinite(gross) and gross <= 0:
+        even = "no break-even (gross pnl <= 0)"
+    else:
+        even = "no break-even (nothing traded)"
+    return (f"net Sharpe {fmt(sharpe, '{:+.2f}')} (HAC t {fmt(t, '{:+.2f}')}), {even}, turnover "
+            f"{fmt(turnover, '{:.2f}')}/day")
+
+
+def verdict_line(summary: dict, *, name: str = "signal", baseline: tuple[str, dict] | None = None,
+                 control: str | None = None) -> str:
+    """The one line to read first: the long-short and long-only books' net Sharpe at the stated cost with
+    its Newey-West t, break-even cost and turnover, on the stated returns basis; the same for `baseline`
+    (name, summary) when given; `control`: the turnover control used (e.g. "signal smoothed over 3 days,
+    chosen on the selection split")."""
+    basis = str(summary.get("returns_basis") or "total")
+    line = (f"VERDICT {name} at {cost_text(summary)} ({basis} returns"
+            + (f"; {control}" if control else "") + f"): long-short {book_verdict(summary)}; long-only "
+            f"{book_verdict(summary, 'long_only')}")
+    if baseline is not None:
+        line += f" | best baseline {baseline[0]}: long-short {book_verdict(baseline[1])}"
+    return line
 
 
 def liquidity_line(split: dict | None, column: str | None = None) -> str:

@@ -80,10 +80,17 @@ def test_report_says_gross_or_net_the_cost_and_the_break_even(tmp_path, capsys, 
     assert "long-short Sharpe (gross, before costs)" in html and "break-even cost, long-short" in html
     if cost_bps:
         assert "costs: 10 bps per unit traded" in out and f"{s['sharpe_net']:+.2f} net" in out
-        assert "net SR" in out and "long-short Sharpe (net of 10 bps)" in html
+        assert "net SR" in out and "long-short Sharpe (net of 10 bps per unit traded)" in html
+        assert "long-only Sharpe (net of 10 bps per unit traded)" in html
     else:
         assert "costs: none assumed (evaluation.cost_bps 0): every pnl and Sharpe above is gross" in out
         assert "net SR" not in out and "none: every pnl and Sharpe here is gross" in html
+    # the verdict: first in metrics.json, first printed, at the top of the report
+    assert list(doc)[0] == "verdict" and doc["verdict"].startswith(f"VERDICT ensemble at {cost_bps:g} bps per unit")
+    assert f"net Sharpe {s['sharpe_net']:+.2f} (HAC t {s['ls_net_tstat_hac']:+.2f})" in doc["verdict"]
+    assert f"break-even {s['break_even_bps']:.1f} bps, turnover {s['turnover']:.2f}/day" in doc["verdict"]
+    assert "long-only net Sharpe" in doc["verdict"] and out.lstrip("\n").startswith(doc["verdict"])
+    assert html.index("VERDICT ensemble") < html.index("Key numbers")
 
 
 def test_break_even_is_na_with_its_reason_for_a_losing_signal(tmp_path):

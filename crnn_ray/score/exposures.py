@@ -23,11 +23,11 @@ BETA_COLUMN, GROUP_COLUMN = "beta", "group"
 
 
 def exposure_grids(rec) -> dict[str, Any]:
-    """{"beta": float64 [D, S] | None, "group": float64 codes [D, S] (NaN: unknown) | None, "group_column": the
+    """On a stitched Record or a WindowPlan: {"beta": float64 [D, S] | None, "group": float64 codes [D, S] (NaN: unknown) | None, "group_column": the
     panel's column | None} on the record's dates and symbols; None where the panel has no 1-day returns (beta)
     or no `group_column` in its metadata (group). The beta of day t uses the returns known at t only
     (metrics.trailing_beta with the panel's label_lag)."""
-    meta = getattr(rec, "panel_meta", None) or {}
+    meta = getattr(rec, "panel_meta", None) or getattr(getattr(rec, "panel", None), "meta", None) or {}
     path = Path(rec.panel_path)
     out: dict[str, Any] = {"beta": None, "group": None, "group_column": None}
     try:

@@ -171,22 +171,28 @@ def _cum(x) -> np.ndarray:
     return np.cumsum(np.nan_to_num(np.asarray(x, dtype=np.float64), nan=0.0))
 
 
-def pnl_figure(daily: pd.DataFrame, members: dict[str, pd.DataFrame], how: str, cost_bps: float) -> bytes:
-    """Cumulative long-short and long-only pnl of the ensemble (gross; net beside it when a cost is assumed)
-    with each member's long-short pnl, in %; under it the underwater panel (the long-short drawdown)."""
+def pnl_figure(daily: pd.DataFrame, members: dict[str, pd.DataFrame], how: str, cost: str | None,
+               controlled: pd.DataFrame | None = None, control: str | None = None) -> bytes:
+    """Cumulative pnl of the ensemble, in %: the long-short and the long-only books, gross (solid) and net of
+    `cost` (dashed; none when no cost is assumed), the turnover-controlled long-short net (`controlled`, its
+    daily table, with `control` saying how) when it differs, and each member's long-short gross; under it the
+    underwater panel (the long-short drawdown)."""
     plt = pyplot()
     fig = plt.figure(figsize=(FULL / CSS_PX_PER_INCH, 5.9), layout="constrained")
     ax, under = fig.subplots(2, 1, sharex=True, height_ratios=[3.0, 1.2])
     d = _dates(daily)
-    net = cost_bps > 0
     ax.plot(d, 100 * daily["cum_ls"], color="C0", lw=2.2, label="ensemble long-short, gross")
-    if net:
-        ax.plot(d, 100 * daily["cum_ls_net"], color="C0", lw=1.6, ls="--",
-                label=f"ensemble long-short, net of {cost_bps:g} bps")
-    ax.plot(d, 100 * daily["cum_long"], color="C1", lw=2.2, label="ensemble long-only vs the mean, gross")
-    if net:
-        ax.plot(d, 100 * _cum(daily["pnl_long_net"]), color="C1", lw=1.6, ls="--",
-                label=f"ensemble long-only, net of {cost_bps:g} bps")
+    if cost:
+        ax.plot(d, 100 * _cum(daily["pnl_ls_net"]), color="C0", lw=1.6, ls="--",
+                label=f"ensemble long-short, net of {cost}")
+    if "cum_long_only" in daily:
+        ax.plot(d, 100 * daily["cum_long_only"], color="C1", lw=2.2, label="ensemble long-only (top bucket), gross")
+        if cost:
+            ax.plot(d, 100 * _cum(daily["pnl_long_only_net"]), color="C1", lw=1.6, ls="--",
+                    label=f"ensemble long-only, net of {cost}")
+    if controlled is not None:
+        ax.plot(_dates(controlled), 100 * _cum(controlled["pnl_ls_net"]), color="k", lw=1.6, ls="-.",
+                label=f"ensemble long-short, {control}, net" + (f" of {cost}" if cost else ""))
     for i, (name, md) in enumerate(members.items()):
         ax.plot(_dates(md), 100 * md["cum_ls"], lw=0.9, alpha=0.55, color=f"C{(i % 7) + 2}",
                 label=f"{name} long-short")
@@ -194,20 +200,20 @@ def pnl_figure(daily: pd.DataFrame, members: dict[str, pd.DataFrame], how: str, 
     ax.set_title(f"Cumulative pnl ({how})")
     ax.set_ylabel("cumulative pnl, % (summed)")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    _underwater(under, d, daily, cost_bps)
+    _underwater(under, d, daily, cost)
     date_axis(under)
     return png(fig)
 
 
-def _underwater(ax, d, daily: pd.DataFrame, cost_bps: float) -> None:
+def _underwater(ax, d, daily: pd.DataFrame, cost: str | None) -> None:
     """The long-short cumulative pnl below its running peak (from 0), in %: gross, and net with a cost."""
     gross = 100 * daily["drawdown"].to_numpy(np.float64)
     ax.fill_between(d, gross, 0, color="C3", alpha=0.3, lw=0)
     ax.plot(d, gross, color="C3", lw=1, label="long-short drawdown, gross")
-    if cost_bps > 0:
+    if cost:
         cum = _cum(daily["pnl_ls_net"])
         ax.plot(d, 100 * (cum - np.maximum.accumulate(np.maximum(cum, 0.0))), color="k", lw=1, ls="--",
-                label=f"long-short drawdown, net of {cost_bps:g} bps")
+                label=f"long-short drawdown, net of {cost}")
     ax.set_ylim(top=0)
     ax.set_title("Underwater: below the running peak of the long-short cumulative pnl")
     ax.set_ylabel("drawdown, %")

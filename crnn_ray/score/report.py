@@ -16,16 +16,18 @@ import numpy as np
 import pandas as pd
 
 from crnn_ray.io import atomic_path, write_json_atomic
-from crnn_ray.metrics import Neutral, evaluate, hac_lags, neutral_label, newey_west_tstat, nonoverlap_tstat
-from crnn_ray.metrics_text import TURNOVER_UNIT, costs_document, costs_line, fmt, label_lag_text, liquidity_line
+from crnn_ray.metrics import SMOOTH_DAYS, Costs, Neutral, evaluate, hac_lags, neutral_label, newey_west_tstat, nonoverlap_tstat
+from crnn_ray.metrics_text import (TURNOVER_UNIT, book_verdict, cost_text, costs_document, costs_line, fmt,
+                                   label_lag_text, liquidity_line, verdict_line)
 from crnn_ray.score import render
 from crnn_ray.score.ensemble import correlation
 from crnn_ray.score.exposures import BETA_COLUMN, GROUP_COLUMN, exposure_grids
 from crnn_ray.score.render import html_table
+from crnn_ray.score.turnover import choose_smoothing, smoothed_record_signal
 
 __all__ = ["print_plan", "evaluate_all", "metrics_document", "render_figures", "render_html", "write_report",
            "print_evaluation", "recompute_command", "vs_member", "vs_line", "costs_document", "costs_line",
-           "basis_document", "basis_line",
+           "basis_document", "basis_line", "add_turnover_control", "verdict", "best_baseline",
            "liquidity_line", "execution_text", "tear_sheet_stats", "tear_sheet_document", "rank_autocorrelation",
            "monthly_ic"]
 
@@ -35,11 +37,11 @@ SIDE_BY_SIDE = [("rank_ic", "RankIC", "{:+.4f}"), ("ic", "IC", "{:+.4f}"), ("ran
                 ("sharpe", "gross SR", "{:+.2f}"), ("turnover", "turnover", "{:.3f}"),
                 ("break_even_bps", "BE bps", "{:.1f}")]
 #: added to SIDE_BY_SIDE when a cost is assumed
-NET_COLUMN = ("sharpe_net", "net SR", "{:+.2f}")
+NET_COLUMNS = [("sharpe_net", "net SR", "{:+.2f}"), ("sharpe_long_only_net", "LO net SR", "{:+.2f}")]
 
 
 def _side_by_side(s: dict) -> list[tuple[str, str, str]]:
-    return SIDE_BY_SIDE + ([NET_COLUMN] if (s.get("cost_bps") or 0) > 0 else [])
+    return SIDE_BY_SIDE + (NET_COLUMNS if (s.get("cost_bps") or 0) > 0 else [])
 
 
 #: what metrics.json and the report say of a panel made before held returns (no `held_returns` metadata)
@@ -111,6 +113,7 @@ def print_part(part, cfg, walk_forward: bool) -> None:
 def print_evaluation(rec, ev: dict, metrics: dict) -> None:
     columns = _side_by_side(ev["ensemble"].summary)
     head = f"{'':<34}" + "".join(f"{lab:>10}" for _, lab, _ in columns) + f"{'weight':>8}{'valid IC':>10}"
+    print(f"\n{verdict(ev)}")
     print(f"\nevaluation on {rec.label} ({ev['ensemble'].summary['n_days']} days, "
           f"{int(np.isfinite(rec.label_grid).sum())} labelled rows):")
     print(f"execution: {execution_text(rec)}")
@@ -171,7 +174,7 @@ def evaluate_all(rec, ecfg) -> dict | None:
     if known.size == 0 or known.min() == known.max():
         return None
     days, stocks = labelled.any(axis=1), labelled.any(axis=0)
-    params = dict(quantiles=int(ecfg.quantiles), cost_bps=float(ecfg.cost_bps),
+    params = dict(quantiles=int(ecfg.quantiles), cost_bps=Costs.of_setting(ecfg.cost_bps).setting(),
                   min_stocks=int(ecfg.min_stocks), horizon=int(rec.horizon),
                   periods_per_year=float(ecfg.periods_per_year))
     label = rec.label_grid[days][:, stocks]
@@ -225,8 +228,64 @@ def evaluate_all(rec, ecfg) -> dict | None:
                         "beta": BETA_COLUMN if neutral is not None and neutral.beta is not None else None,
                         "group": GROUP_COLUMN if neutral is not None and neutral.group is not None else None,
                         "group_column": exposures.get("group_column")},
-            "total": beside,
+            "total": beside, "scorer": score,
             "tear_sheet": tear_sheet_stats(cut(signal), basis_label, ensemble, params)}
+
+
+# ------------------------------------------------------------------------------------ turnover and verdict
+def add_turnover_control(rec, cfg, ev: dict) -> dict:
+    """ev["turnover_control"]: each window's signal smoothing, chosen on its selection split
+    (turnover.choose_smoothing), and the record's ensemble evaluated with it on the same rows and basis (the
+    plain ensemble when every window keeps N = 1). Done once; needs the score config (it predicts the
+    selection split), so without one (a bare namespace) nothing is chosen."""
+    if "turnover_control" in ev:
+        return ev["turnover_control"]
+    if getattr(cfg, "evaluation", None) is None or not getattr(rec, "parts", None):
+        choices = [{"days": 1, "chosen_on": None, "net_sharpe": {}, "note": "not chosen (no score config)"}]
+    else:
+        choices = [choose_smoothing(cfg, part) for part in rec.parts]
+    smoothed = any(int(c["days"]) > 1 for c in choices)
+    controlled = ev["scorer"](smoothed_record_signal(rec, choices)) if smoothed else ev["ensemble"]
+    ev["turnover_control"] = {"choices": choices, "smoothed": smoothed, "evaluation": controlled}
+    return ev["turnover_control"]
+
+
+def _control_windows(rec, tc: dict) -> list[dict]:
+    """metrics.json's turnover_control.windows: each window's choice, JSON-safe."""
+    parts = getattr(rec, "parts", None) or []
+    out = []
+    for i, c in enumerate(tc["choices"]):
+        window = getattr(parts[i], "window", None) if i < len(parts) else None
+        out.append({**({"window": int(window)} if window is not None else {}), **c,
+                    "net_sharpe": {str(k): v for k, v in c["net_sharpe"].items()}})
+    return out
+
+
+def control_text(tc: dict | None) -> str | None:
+    """`signal smoothed over 3 days (chosen on the selection split by net Sharpe)`, or why not."""
+    if not tc:
+        return None
+    days = sorted({int(c["days"]) for c in tc["choices"]})
+    chosen = any(c.get("chosen_on") for c in tc["choices"])
+    how = "chosen on the selection split by net Sharpe" if chosen else (tc["choices"][0].get("note") or "fixed")
+    if days == [1]:
+        return f"no signal smoothing ({how})"
+    return f"signal smoothed over {'/'.join(map(str, days))} day(s) ({how})"
+
+
+def best_baseline(ev: dict) -> tuple[str, dict] | None:
+    """(name, summary) of the baseline with the best net long-short Sharpe, or None."""
+    rows = [(name, e.summary) for name, e in (ev.get("baselines") or {}).items()]
+    rows = [r for r in rows if math.isfinite(r[1].get("sharpe_net", math.nan))]
+    return max(rows, key=lambda r: r[1]["sharpe_net"]) if rows else None
+
+
+def verdict(ev: dict) -> str:
+    """The one line at the top of the report and the console (metrics_text.verdict_line) for the ensemble
+    as it would trade: with its turnover control, beside the best baseline."""
+    tc = ev.get("turnover_control")
+    summary = (tc or {}).get("evaluation", ev["ensemble"]).summary
+    return verdict_line(summary, name="ensemble", baseline=best_baseline(ev), control=control_text(tc))
 
 
 # ---------------------------------------------------------------------------------- tear-sheet statistics
@@ -312,6 +371,10 @@ def tear_sheet_document(ts: dict) -> dict:
     }
 
 
+#: the figures behind a verdict (metrics.json's turnover_control and best_baseline)
+VERDICT_KEYS = ("sharpe", "sharpe_net", "ls_net_tstat_hac", "break_even_bps", "turnover", "sharpe_long_only",
+                "sharpe_long_only_net", "long_only_net_tstat_hac", "break_even_bps_long_only", "turnover_long",
+                "rank_ic", "ic", "returns_basis", "cost_bps_buy", "cost_bps_sell")
 #: the figures of the other basis printed and written beside the headline ones
 BESIDE_KEYS = ("rank_ic", "rank_ic_tstat_hac", "ic", "ic_tstat_hac", "sharpe", "sharpe_long", "quantile_spread")
 
@@ -381,12 +444,18 @@ def vs_line(vs: dict, select_by: str) -> str:
             f"IC {part('ic')}; {vs['hac_lags']} lags, {vs['n_days']} days)")
 
 
+def _cost_flag(cost: Any) -> str:
+    """--cost-bps's value for a cost setting: `10` or `buy=5,sell=25`."""
+    c = Costs.of_setting(cost)
+    return f"{c.buy:g}" if c.buy == c.sell else f"buy={c.buy:g},sell={c.sell:g}"
+
+
 def recompute_command(out: Path, label: str, params: dict, returns: str | None = None,
                       liquidity: str | None = None, label_lag: int | None = None, neutral: dict | None = None) -> str:
     basis = "neutral" if neutral and str(neutral.get("basis", "total")) != "total" else "total"
     return (f"python -m crnn_ray.evaluate --signals {out / 'signals'} --labels {out / 'labels.parquet'} "
             f"--label {label} --horizon {params['horizon']} --quantiles {params['quantiles']} "
-            f"--cost-bps {params['cost_bps']:g} --min-stocks {params['min_stocks']} "
+            f"--cost-bps {_cost_flag(params['cost_bps'])} --min-stocks {params['min_stocks']} "
             f"--periods-per-year {params['periods_per_year']:g}" + (f" --returns {returns}" if returns else "")
             + (f" --liquidity {liquidity}" if liquidity else "")
             + (f" --label-lag {int(label_lag)}" if label_lag is not None else "")
@@ -396,7 +465,9 @@ def recompute_command(out: Path, label: str, params: dict, returns: str | None =
 
 
 def metrics_document(rec, cfg, timing: dict, ev: dict | None) -> dict:
-    """metrics.json: ensemble (evaluate's JSON keys), members, oracle, correlation, members' info, run."""
+    """metrics.json: the verdict, ensemble (evaluate's JSON keys), turnover control, members, oracle,
+    correlation, members' info, run. It first chooses the turnover control (add_turnover_control: predicts
+    each window's selection split), which the figures, the HTML and the console then show too."""
     panel_oracle = (rec.panel_meta.get("oracle_ic") or {}).get(rec.label) \
         if rec.panel_meta.get("source") == "synth" else None
     doc: dict[str, Any] = {
@@ -426,8 +497,19 @@ def metrics_document(rec, cfg, timing: dict, ev: dict | None) -> dict:
     }
     if ev is None:
         return doc
+    tc = add_turnover_control(rec, cfg, ev)
+    doc = {"verdict": verdict(ev), **doc}
     ens = ev["ensemble"]
     doc["ensemble"] = ens.to_dict()
+    doc["turnover_control"] = {
+        "rule": ("the ensemble signal averaged over its last N days (per-date z-scores); N from "
+                 f"{list(SMOOTH_DAYS)} by the net long-short Sharpe at the stated cost on each window's selection "
+                 "split, never on test"),
+        "windows": _control_windows(rec, tc),
+        "smoothed": tc["smoothed"],
+        "summary": {k: tc["evaluation"].summary.get(k) for k in VERDICT_KEYS}}
+    best = best_baseline(ev)
+    doc["best_baseline"] = None if best is None else {"name": best[0], **{k: best[1].get(k) for k in VERDICT_KEYS}}
     out = Path(cfg.out).resolve()
     doc["ensemble"]["inputs"] = {  # as python -m crnn_ray.evaluate writes them for these files
         "signals": str(out / "signals"), "labels": str(out / "labels.parquet"), "label": rec.label,
@@ -467,13 +549,15 @@ def render_figures(rec, ev: dict, ecfg) -> dict[str, bytes]:
     autocorrelation, member correlation."""
     ens, ts = ev["ensemble"], ev["tear_sheet"]
     s, daily = ens.summary, ens.daily
-    cost = float(s.get("cost_bps") or 0.0)
+    cost = cost_text(s) if (s.get("cost_bps_buy") or s.get("cost_bps_sell") or s.get("cost_bps")) else None
+    tc = ev.get("turnover_control") or {}
     window, h = int(ecfg.rolling_ic_days), int(rec.horizon)
     how = {"realised": f"realised daily pnl of the {h} overlapping {h}-day books, summed",
            "non_overlapping": f"{rec.label} of every {h}th day's book, on its last day held, summed"}
     return {
         "pnl.png": render.pnl_figure(daily, {n: e.daily for n, e in ev["members"].items()},
-                                     how.get(s["pnl_method"], f"{rec.label} per day, summed"), cost),
+                                     how.get(s["pnl_method"], f"{rec.label} per day, summed"), cost,
+                                     tc["evaluation"].daily if tc.get("smoothed") else None, control_text(tc)),
         "quantiles.png": render.quantile_figure(ts["quantile_returns_demeaned_bps"], rec.label),
         "quantile_cum.png": render.quantile_cum_figure(ts["dates"], ts["quantile_demeaned"], h),
         "spread.png": render.spread_figure(ts["dates"], ts["spread_bps"], window, h, ts["spread_mean_bps"],
@@ -561,17 +645,34 @@ def _key_rows(rec, cfg, metrics: dict, ev: dict, notes) -> list[list[str]]:
     rows += [[lab.format(h=h), _value(notes, s, k, f, scale), unit.format(h=h)]
              for k, lab, f, scale, unit in KEY_NUMBERS]
     costs = costs_document(s)
-    cost = costs["cost_bps"]
-    cost_rows = [["cost assumed", _txt(f"{cost:g} bps per unit traded" + (
-        " (none: every pnl and Sharpe here is gross)" if cost == 0 else "")), "bps per unit traded"]]
-    if cost > 0:
-        cost_rows += [[f"long-short Sharpe (net of {cost:g} bps)", _value(notes, s, "sharpe_net", "{:+.2f}"),
+    priced = bool(costs["cost_bps_buy"] or costs["cost_bps_sell"])
+    text = costs["cost_text"]
+    cost_rows = [["cost assumed", _txt(text + ("" if priced else " (none: every pnl and Sharpe here is gross)")),
+                  "bps of traded notional, per side"]]
+    if priced:
+        cost_rows += [[f"long-short Sharpe (net of {text})", _value(notes, s, "sharpe_net", "{:+.2f}"),
                        "annualised"],
-                      [f"long-short pnl (sum, net of {cost:g} bps)",
+                      ["long-short net Sharpe t-stat (Newey-West)", _value(notes, s, "ls_net_tstat_hac", "{:+.2f}"),
+                       "t"],
+                      [f"long-short pnl (sum, net of {text})",
                        _value(notes, s, "pnl_long_short_net", "{:+.2f}", 100), "% (sum of daily pnl)"]]
+    cost_rows += [["long-only Sharpe (top bucket, its own book; gross)", _value(notes, s, "sharpe_long_only", "{:+.2f}"),
+                   "annualised"]]
+    if priced:
+        cost_rows += [[f"long-only Sharpe (net of {text})", _value(notes, s, "sharpe_long_only_net", "{:+.2f}"),
+                       "annualised"]]
     cost_rows += [["break-even cost, long-short", _value(notes, s, "break_even_bps", "{:.1f}"), "bps per unit traded"],
-                  ["break-even cost, long-only", _value(notes, s, "break_even_bps_long", "{:.1f}"),
+                  ["break-even cost, long-only", _value(notes, s, "break_even_bps_long_only", "{:.1f}"),
+                   "bps per unit traded"],
+                  ["break-even cost, long vs the mean", _value(notes, s, "break_even_bps_long", "{:.1f}"),
                    "bps per unit traded"]]
+    tc = ev.get("turnover_control")
+    if tc:
+        ctl = tc["evaluation"].summary
+        cost_rows += [["turnover control", _txt(control_text(tc) or ""), ""],
+                      ["  with it: long-short net Sharpe / break-even / turnover",
+                       f"{render.cell(ctl.get('sharpe_net'), '{:+.2f}')} / {render.cell(ctl.get('break_even_bps'), '{:.1f}')}"
+                       f" bps / {render.cell(ctl.get('turnover'), '{:.2f}')} a day", "annualised / bps / per day"]]
     at = next(i for i, r in enumerate(rows) if r[0].startswith("long-short Sharpe (gross"))
     rows[at + 1:at + 1] = cost_rows
     split = ev["ensemble"].liquidity_split
@@ -601,7 +702,8 @@ def _key_rows(rec, cfg, metrics: dict, ev: dict, notes) -> list[list[str]]:
 def _side_rows(rec, cfg, ev: dict, notes) -> tuple[list[str], list[list[str]]]:
     """The ensemble beside its members and the baselines: header (with units) and rows."""
     s = ev["ensemble"].summary
-    columns = SIDE_BY_SIDE_HTML + ([("sharpe_net", "net SR", "{:+.2f}", 1)] if (s.get("cost_bps") or 0) > 0
+    columns = SIDE_BY_SIDE_HTML + ([("sharpe_net", "net SR", "{:+.2f}", 1), ("sharpe_long_only_net", "LO net SR",
+                                                                        "{:+.2f}", 1)] if (s.get("cost_bps") or 0) > 0
                                    else [])
     dash = render.DASH
 
@@ -673,6 +775,7 @@ th{background:#f4f6f8;text-align:left} td{text-align:right;font-variant-numeric:
 td:first-child{text-align:left} .key td{font-size:14px}
 .key td:last-child{text-align:left;color:#666;white-space:nowrap}
 .txt{text-align:left} .nw{white-space:nowrap} .warn{background:#fff3cd;padding:8px;border:1px solid #e0c36b}
+.verdict{background:#eef5ee;border-left:4px solid #2e7d32;padding:8px 10px;font-size:14px;font-weight:600}
 .row{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}
 img{max-width:100%;height:auto;display:block;margin:6px 0} .small{color:#666;font-size:11px}
 .fn a{text-decoration:none;color:#4a78a8} ol.notes{font-size:12px;color:#444}
@@ -716,7 +819,7 @@ def render_html(rec, cfg, metrics: dict, ev: dict, figures: dict[str, bytes], ex
     warn = "".join(f'<p class="warn">In-sample: {a}..{b} lies inside member {_html.escape(n)}\'s train/valid '
                    f"window (+embargo); these scores are not out-of-sample.</p>"
                    for n, (a, b) in rec.in_sample.items())
-    cost = costs_document(ev["ensemble"].summary)["cost_bps"]
+    cost = costs_document(ev["ensemble"].summary)["cost_text"]
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
         f"<title>Ensemble tear sheet: {_html.escape(name)}</title><style>{CSS}</style></head><body>",
@@ -726,10 +829,11 @@ def render_html(rec, cfg, metrics: dict, ev: dict, figures: dict[str, bytes], ex
         f"({metrics['period']['n_dates']} dates, {metrics['period']['n_rows']:,} rows) &middot; label "
         f"{_html.escape(rec.label)} (horizon {rec.horizon}, label_lag {lag}) "
         f"&middot; data {_html.escape(Path(rec.panel_path).name)}</div>",
+        f"<p class='verdict'>{_html.escape(verdict(ev))}</p>",
         f"<div class='units'>{_html.escape(render.UNITS)}</div>", warn,
         "<h2>Key numbers (ensemble)</h2>", html_table(["metric", "value", "unit"], key_rows, "key"), extra,
         "<h2>Ensemble beside its members</h2>", html_table(side_header, side_rows),
-        f"<p class='small'>pnl and Sharpe gross of costs{'' if cost == 0 else f' (net SR: net of {cost:g} bps)'}; "
+        f"<p class='small'>pnl and Sharpe gross of costs (net SR: net of {_html.escape(cost)}); "
         f"LS / long pnl: summed daily pnl; BE: break-even cost per unit traded (turnover = "
         f"{_html.escape(TURNOVER_UNIT)})</p>",
         *_figures_html(_window(cfg), int(rec.horizon)),
