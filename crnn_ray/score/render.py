@@ -192,7 +192,7 @@ def pnl_figure(daily: pd.DataFrame, members: dict[str, pd.DataFrame], how: str, 
                     label=f"ensemble long-only, net of {cost}")
     if controlled is not None:
         ax.plot(_dates(controlled), 100 * _cum(controlled["pnl_ls_net"]), color="k", lw=1.6, ls="-.",
-                label=f"ensemble long-short, {control}, net" + (f" of {cost}" if cost else ""))
+                label=f"ensemble long-short, {control} (turnover control), net")
     for i, (name, md) in enumerate(members.items()):
         ax.plot(_dates(md), 100 * md["cum_ls"], lw=0.9, alpha=0.55, color=f"C{(i % 7) + 2}",
                 label=f"{name} long-short")

@@ -557,7 +557,9 @@ def render_figures(rec, ev: dict, ecfg) -> dict[str, bytes]:
     return {
         "pnl.png": render.pnl_figure(daily, {n: e.daily for n, e in ev["members"].items()},
                                      how.get(s["pnl_method"], f"{rec.label} per day, summed"), cost,
-                                     tc["evaluation"].daily if tc.get("smoothed") else None, control_text(tc)),
+                                     tc["evaluation"].daily if tc.get("smoothed") else None,
+                                     "smoothed " + "/".join(sorted({str(c["days"]) for c in tc.get("choices", [])}))
+                                     + " days"),
         "quantiles.png": render.quantile_figure(ts["quantile_returns_demeaned_bps"], rec.label),
         "quantile_cum.png": render.quantile_cum_figure(ts["dates"], ts["quantile_demeaned"], h),
         "spread.png": render.spread_figure(ts["dates"], ts["spread_bps"], window, h, ts["spread_mean_bps"],
