@@ -214,6 +214,6 @@ def liquidity_line(split: dict | None, column: str | None = None) -> str:
     return (f"liquidity split{name} (each day's names halved at the median): IC "
             f"{fmt(split['ic_liquid'], '{:+.4f}')} more liquid vs {fmt(split['ic_illiquid'], '{:+.4f}')} less "
             f"liquid (difference {fmt(split['ic_diff'], '{:+.4f}')}, HAC t {fmt(split['ic_diff_tstat_hac'], '{:+.2f}')}"
-            f", {split['n_days']} days); RankIC {fmt(split['rank_ic_liquid'], '{:+.4f}')} vs "
+            f", non-overlapping t {fmt(split.get('ic_diff_tstat_nonoverlap'), '{:+.2f}')}, {split['n_days']} days); RankIC {fmt(split['rank_ic_liquid'], '{:+.4f}')} vs "
             f"{fmt(split['rank_ic_illiquid'], '{:+.4f}')}; names per half {fmt(split['mean_stocks_liquid'], '{:.1f}')}"
             f" vs {fmt(split['mean_stocks_illiquid'], '{:.1f}')}")

@@ -306,7 +306,8 @@ def quantile_cum_figure(dates, demeaned: np.ndarray, horizon: int) -> bytes:
     return png(fig)
 
 
-def spread_figure(dates, spread_bps: np.ndarray, window: int, horizon: int, mean: float, tstat: float) -> bytes:
+def spread_figure(dates, spread_bps: np.ndarray, window: int, horizon: int, mean: float, tstat: float,
+                  tstat_nonoverlap: float | None = None) -> bytes:
     """Top-minus-bottom quantile spread of the label per day (bars) with its rolling mean and a band of
     +/- 2 standard errors of that mean (rolling sd / sqrt(window / horizon): overlapping labels)."""
     fig, ax = figure(FULL, 300)
@@ -320,7 +321,8 @@ def spread_figure(dates, spread_bps: np.ndarray, window: int, horizon: int, mean
                     label="rolling mean ± 2 standard errors")
     ax.plot(d, mean_r, color="C0", lw=1.8, label=f"rolling {window}-day mean")
     ax.axhline(mean, color="k", ls="--", lw=1,
-               label=f"mean {cell(mean, '{:+.1f}')} bps\n(Newey-West t {cell(tstat, '{:+.2f}')})")
+               label=f"mean {cell(mean, '{:+.1f}')} bps\n(Newey-West t {cell(tstat, '{:+.2f}')}, "
+                     f"non-overlapping t {cell(tstat_nonoverlap, '{:+.2f}')})")
     ax.axhline(0, color="k", lw=0.6)
     ax.set_title("Top-minus-bottom quantile spread of the label")
     ax.set_ylabel("top − bottom mean label, bps")

@@ -316,6 +316,7 @@ def tear_sheet_stats(signal: np.ndarray, label: np.ndarray, ens, params: dict) -
             "quantile_returns_demeaned_bps": 1e4 * np.array([_nanmean(demeaned[:, i]) for i in range(quantiles)]),
             "spread_bps": spread, "spread_mean_bps": _nanmean(spread),
             "spread_tstat_hac": newey_west_tstat(spread, lags), "spread_hac_lags": int(lags),
+            "spread_tstat_nonoverlap": nonoverlap_tstat(spread, horizon),
             "rank_autocorr": {lag: rank_autocorrelation(ranks, lag) for lag in range(1, max(horizon, 5) + 1)},
             "monthly_ic": monthly_ic(ens.daily)}
 
@@ -363,7 +364,7 @@ def tear_sheet_document(ts: dict) -> dict:
         "quantile_returns_demeaned": "mean over days of each signal quantile's mean label minus the day's "
                                      "cross-sectional mean label (same rows), bps",
         "spread_bps": {"mean": ts["spread_mean_bps"], "tstat_hac": ts["spread_tstat_hac"],
-                       "hac_lags": ts["spread_hac_lags"],
+                       "hac_lags": ts["spread_hac_lags"], "tstat_nonoverlap": ts.get("spread_tstat_nonoverlap"),
                        "definition": "top minus bottom quantile mean label per day, bps"},
         "signal_rank_autocorr": {str(lag): v for lag, v in ts["rank_autocorr"].items()},
         "monthly_ic": {f"{y}-{m:02d}": float(v) for y, row in monthly.iterrows() for m, v in row.items()
@@ -563,7 +564,7 @@ def render_figures(rec, ev: dict, ecfg) -> dict[str, bytes]:
         "quantiles.png": render.quantile_figure(ts["quantile_returns_demeaned_bps"], rec.label),
         "quantile_cum.png": render.quantile_cum_figure(ts["dates"], ts["quantile_demeaned"], h),
         "spread.png": render.spread_figure(ts["dates"], ts["spread_bps"], window, h, ts["spread_mean_bps"],
-                                           ts["spread_tstat_hac"]),
+                                           ts["spread_tstat_hac"], ts.get("spread_tstat_nonoverlap")),
         "ic_daily.png": render.ic_daily_figure(daily, window, s["ic"]),
         "ic_hist.png": render.ic_hist_figure(daily["ic"].to_numpy(np.float64)),
         "ic_monthly.png": render.ic_monthly_figure(ts["monthly_ic"]),
