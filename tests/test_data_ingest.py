@@ -638,3 +638,18 @@ def test_own_features_added_to_a_panel_file_afterwards(tmp_path):
     p = load_panel(tmp_path / "real_plus.parquet")
     assert p.features[-1] == "my_signal" and p.X.shape == (40, 3, 9)
     np.testing.assert_array_equal(p.X[:, :, -1], np.arange(120.0).reshape(3, 40).T)
+
+
+def test_a_group_column_is_carried_as_text_for_neutral_returns():
+    dates = pd.bdate_range("2022-01-03", periods=12)
+    rows = [(d, s, 10.0 + i + k, 100.0, "tech" if s in "AB" else "energy")
+            for k, s in enumerate("ABC") for i, d in enumerate(dates)]
+    df = pd.DataFrame(rows, columns=["date", "symbol", "close", "volume", "Sector"])
+    out, meta = ingest_ohlcv(df, horizon=3, min_days=1, group="sector")
+    assert meta["group_column"] == "group" and "group" not in meta["features"]
+    assert out.groupby("symbol")["group"].first().to_dict() == {"A": "tech", "B": "tech", "C": "energy"}
+    assert "group_column" not in ingest_ohlcv(df, horizon=3, min_days=1)[1]
+    with pytest.raises(CliError, match="missing column 'industry' \\(group\\)"):
+        ingest_ohlcv(df, horizon=3, min_days=1, group="industry")
+    with pytest.raises(CliError, match="is an OHLCV / key column"):
+        ingest_ohlcv(df, horizon=3, min_days=1, group="close")

@@ -107,6 +107,8 @@ MIN_SYMBOLS = 2
 MIN_LABELLED_DAYS = 5
 #: flag naming each column given explicitly
 EXPLICIT_FLAGS = {"date": "--date-col", "symbol": "--symbol-col", "traded_value": "--traded-value"}
+#: the panel column holding each row's group (IngestOptions.group), named by the metadata's "group_column"
+GROUP = "group"
 #: the traded value (currency) column, kept raw beside the OHLCV when declared (never a feature)
 TRADED_VALUE = "traded_value"
 #: how many (date, symbol) examples a problem or a repair names
@@ -412,6 +414,7 @@ class IngestOptions:
     extra_features: tuple[str, ...] = field(default_factory=tuple)
     min_days: int | None = None
     delisting_return: float = DEFAULT_DELISTING_RETURN
+    group: str | None = None  # a column naming each row's group (sector): neutral returns are taken against it
 
     def needed_days(self) -> tuple[int, str]:
         """(fewest days with a price a file must have, the rule in words)."""
@@ -528,6 +531,23 @@ def extra_columns(columns: list[Any], cols: dict[str, Any], names: tuple[str, ..
                            "twice: rename it in the file")
         out[feat] = col
     return out
+
+
+def group_column(df: pd.DataFrame, cols: dict[str, Any], name: str | None, where: str) -> np.ndarray | None:
+    """The input rows' group (text; a missing value stays missing) from the column `name` names (any case or
+    spelling _normalise_name folds), or None without one; CliError when it is absent or an OHLCV field."""
+    if name is None:
+        return None
+    by_norm: dict[str, Any] = {}
+    for c in df.columns:
+        by_norm.setdefault(_normalise_name(c), c)
+    col = by_norm.get(_normalise_name(str(name).strip()))
+    if col is None:
+        raise CliError(f"{where}: missing column {name!r} (group)")
+    if col in cols.values():
+        raise CliError(f"{where}: group: column {col!r} is an OHLCV / key column, not a group")
+    values = df[col]
+    return np.where(values.isna().to_numpy(), None, values.astype(str).to_numpy()).astype(object)
 
 
 # ---------------------------------------------------------------------------------------------- validation
@@ -898,6 +918,7 @@ class _Stages:
     gaps: np.ndarray
     raw: dict = field(default_factory=dict)
     results: dict = field(default_factory=dict)
+    group: np.ndarray | None = None  # the input rows' group (text), when IngestOptions.group names a column
 
 
 def _table(st: _Stages) -> tuple[pd.DataFrame, list[str], list[str]]:
@@ -920,6 +941,8 @@ def _table(st: _Stages) -> tuple[pd.DataFrame, list[str], list[str]]:
     out["suspect_jump"] = g.cells(r["flags"]["bad_print"]).astype(bool)
     out["price_break"] = g.cells(r["flags"]["breaks"]).astype(bool)
     out[UNIVERSE] = ~g.cells(r["out_of"])
+    if st.group is not None:  # text: no reader takes it for a feature; score.exposures reads it by name
+        out[GROUP] = st.group[g.keep].astype(str)
     aux = [UNIVERSE]
     if r["liquidity"] is not None:
         out[LIQUIDITY] = g.cells(r["liquidity"])
@@ -956,6 +979,7 @@ def _meta(st: _Stages, panel: pd.DataFrame, features: list[str], aux: list[str],
         "labels": [label] + ([RETURNS] if label != RETURNS else []), "horizons": {label: H, RETURNS: 1},
         "label_lag": o.label_lag, "returns": RETURNS, "source": "ingest", "aux_columns": aux,
         "held_returns": held_returns_text(o.delisting_return),
+        **({"group_column": GROUP} if st.group is not None else {}),
         "repairs": {**{kind: int(st.kinds[kind].sum()) for kind, _, _ in REPAIR_KINDS},
                     "calendar_gap": len(st.gaps)},
         "repair_summary": st.repaired, "corporate_actions": _corporate_meta(st),
@@ -993,6 +1017,7 @@ def _prepare(df: pd.DataFrame, opts: IngestOptions, where: str) -> _Stages:
         raise CliError(f"{where}: no rows")
     cols = resolve_columns(list(df.columns), opts.date_col, opts.symbol_col, where, opts.traded_value)
     extras = extra_columns(list(df.columns), cols, opts.extra_features, where)
+    group = group_column(df, cols, opts.group, where)
     if opts.min_traded_value > 0 and "volume" not in cols and TRADED_VALUE not in cols:
         raise CliError(f"{where}: --min-traded-value needs a volume column (none of "
                        f"{', '.join(ALIASES['volume'][:3])}) or --traded-value")
@@ -1012,7 +1037,7 @@ def _prepare(df: pd.DataFrame, opts: IngestOptions, where: str) -> _Stages:
     small = bound_problems(checked.dates[~gone], checked.symbols[~gone], opts)  # what the repairs left
     if small:
         raise CliError(f"{where}: after the repairs: " + "; ".join(small))
-    return _Stages(opts, cols, extras, adjust_col, checked, kinds, gone, repaired, grid, gaps)
+    return _Stages(opts, cols, extras, adjust_col, checked, kinds, gone, repaired, grid, gaps, group=group)
 
 
 def ingest_ohlcv(df: pd.DataFrame, horizon: int = HORIZON, *, options: IngestOptions | None = None,
