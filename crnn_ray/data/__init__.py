@@ -2,9 +2,12 @@
 
 from crnn_ray.data.ingest import ingest_ohlcv
 from crnn_ray.data.panel import (
+    X_DTYPES,
+    NormalisedPanel,
     Panel,
     gather_windows,
     load_panel,
+    normalise_panel,
     normalize_features,
     rank_label,
     read_panel_meta,
@@ -21,6 +24,7 @@ from crnn_ray.data.splits import (
 from crnn_ray.data.synth import synthesize
 
 __all__ = [
+    "NormalisedPanel",
     "Panel",
     "Splits",
     "describe_windows",
@@ -28,6 +32,7 @@ __all__ = [
     "ingest_ohlcv",
     "load_panel",
     "make_splits",
+    "normalise_panel",
     "normalize_features",
     "rank_label",
     "read_panel_meta",
@@ -36,4 +41,5 @@ __all__ = [
     "synthesize",
     "walk_forward_splits",
     "window_key",
+    "X_DTYPES",
 ]
