@@ -9,8 +9,8 @@ of a second per spec.
     step_costs   per spec: seconds per sample of a training step (at the trials' batch size, up to 256) and of
                  inference (512 rows: validation runs large batches); the nets' costs spread further apart at
                  the batch sizes they run than at small probe batches (convgru/m05 vs m01: 1.9x at 256, 1.5x at 64)
-    model_costs  per trial: epochs x training samples x step cost + validations x validation samples x
-                 inference cost
+    model_costs  per trial: epochs x training samples x step cost + (validations x valid samples + the
+                 select samples, scored once) x inference cost
     CostProbe    model_costs in a background thread while Ray starts (timing the specs takes a second or two)
 
 The packs are dealt by these costs in crnn_ray.sweep.placement.
@@ -63,8 +63,9 @@ def step_costs(specs: list[str], n_features: int, lookback: int, batch: int = 25
 
 def model_costs(grid: list[dict], panel, windows: list) -> dict[str, float]:
     """{trial key: estimated seconds} from step_costs and how much data each trial's TrainConfig touches:
-    per epoch min(max_steps_per_epoch x batch, its train rows) training samples, and per validation its valid
-    (or eval_max_days of it) and select rows. Early stopping can only shorten a trial."""
+    per epoch min(max_steps_per_epoch x batch, its train rows) training samples, per validation its valid
+    (or eval_max_days of it) rows, and its select rows once (select_scoring "end"; "best": at most once per
+    validation). Early stopping can only shorten a trial."""
     first = TrainConfig(**grid[0]["train_config"])
     costs = step_costs([t["spec"] for t in grid], panel.X.shape[2], first.lookback, first.batch_size)
     rows_per_day = float(np.asarray(panel.mask).sum(axis=1).mean()) if panel.n_days else 0.0
@@ -77,10 +78,11 @@ def model_costs(grid: list[dict], panel, windows: list) -> dict[str, float]:
         if cfg.max_steps_per_epoch:
             train_rows = min(train_rows, cfg.max_steps_per_epoch * cfg.batch_size)
         valid_days = days("valid") if not cfg.eval_max_days else min(days("valid"), cfg.eval_max_days)
-        eval_rows = (valid_days + days("select")) * rows_per_day
         validations = math.ceil(cfg.epochs / max(1, cfg.eval_every))
+        selects = validations if cfg.select_scoring == "best" else 1
+        eval_rows = (validations * valid_days + selects * days("select")) * rows_per_day
         step, infer = costs[t["spec"]]
-        out[t["key"]] = cfg.epochs * train_rows * step + validations * eval_rows * infer
+        out[t["key"]] = cfg.epochs * train_rows * step + eval_rows * infer
     return out
 
 

@@ -80,7 +80,8 @@ class TrialContext:
 
     experiment: str                         # the sweep's name (prefix of every Train run name)
     experiment_dir: str                     # absolute DIR/NAME
-    panel_refs: list                        # [ObjectRef of the Panel]: a list so Tune does not resolve it
+    panel_refs: list                        # [ObjectRef of the NormalisedPanel (share_panel), or of a Panel]: a
+                                            # list so Tune does not resolve it
     splits: dict                            # Splits fields: {"train": (lo, hi), "valid", "select", "test", "embargo"}
     placement: Placement
     max_failures: int = 2
@@ -92,15 +93,33 @@ class TrialContext:
 
     def splits_of(self, trial: dict):
         """The Splits one model trains on: its walk-forward window's, else the sweep's one split."""
-        from crnn_ray.data import Splits
+        return _splits(self.splits if trial.get("window") is None or not self.window_splits
+                       else self.window_splits[int(trial["window"])])
 
-        fields = self.splits if trial.get("window") is None or not self.window_splits \
-            else self.window_splits[int(trial["window"])]
-        return Splits(**{k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in fields.items()})
+    def all_splits(self) -> list:
+        """Every window's Splits (the sweep's one split when it has no walk-forward)."""
+        return [_splits(fields) for fields in (self.window_splits or [self.splits])]
 
     @property
     def train_storage(self) -> str:
         return str(Path(self.experiment_dir) / "train")
+
+
+def _splits(fields: dict):
+    from crnn_ray.data import Splits  # deferred: the Tune trainable imports this module and stays lean
+
+    return Splits(**{k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in fields.items()})
+
+
+def share_panel(panel, windows: list, label: str, clip: float, x_dtype: str) -> list:
+    """[ObjectRef of the panel normalised once] for TrialContext.panel_refs: the driver normalises it (one
+    vectorised pass) with the fingerprint of each window's data, and puts it in the object store once; every
+    model of every pack then reads it zero-copy on its node (Ray copies an object to a node once) and slices
+    the days its window needs. The raw features stay with the driver: a node holds 1 x X, not a raw and a
+    normalised copy per model (docs/data.md, "One normalised panel")."""
+    from crnn_ray.data import normalise_panel  # deferred: as _splits
+
+    return [ray.put(normalise_panel(panel, clip=clip, x_dtype=x_dtype, windows=windows, labels=[label]))]
 
 
 def run_name(experiment: str, trial_key: str) -> str:
@@ -235,7 +254,7 @@ def train_worker(loop_config: dict) -> None:
     # cpu_quota false: the seed report's setting, torch free to use every core of the node
     quota = apply_cpu_quota(p.threads if p.cpu_quota else (os.cpu_count() or 1))
     ray_compat.quiet_train_report_log()
-    panel = ray.get(ctx.panel_refs[0])
+    panel = _normalised_panel(ray.get(ctx.panel_refs[0]), ctx, pack_models(pack)[0])
     device = ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")
     dealt = pack_models(pack)
     run_dir = Path(ctx.train_storage) / run_name(ctx.experiment, pack["key"])
@@ -260,6 +279,19 @@ def train_worker(loop_config: dict) -> None:
         _stop_sweep(exc, trial, run_dir, where)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _normalised_panel(panel, ctx: TrialContext, trial: dict):
+    """The shared NormalisedPanel as it is; a raw Panel (a driver that put one) normalised here, once for the
+    whole pack rather than once per model, with the pack's training config (clip and x_dtype are not grid axes,
+    so every model of a sweep shares them)."""
+    from crnn_ray.data import NormalisedPanel, normalise_panel
+    from crnn_ray.train import TrainConfig
+
+    if isinstance(panel, NormalisedPanel):
+        return panel
+    cfg = TrainConfig(**trial["train_config"])
+    return normalise_panel(panel, clip=cfg.clip, x_dtype=cfg.x_dtype, windows=ctx.all_splits(), labels=[cfg.label])
 
 
 def _train_model(trial: dict, state: "PackState", ctx: TrialContext, panel, device, workdir: Path, sampler,

@@ -1,9 +1,15 @@
 """train_one: one model, one device, one readable loop — no Ray.
 
 The sweep wraps this function inside a Ray Train worker; a unit test, a benchmark or a GPU box without Ray
-calls it directly. Data path: the panel is normalised once, the feature cube X [D, S, F], the labels and the
-train / valid sample indices go to the device once, and every batch is a set of (day, stock) windows gathered
-on the device — samples x lookback is never materialised for the whole set.
+calls it directly. Data path: the features are normalised once per panel (crnn_ray.data.normalise_panel: the
+sweep shares one normalised cube per node, read zero-copy; a plain Panel is normalised here, on the window's days
+only), the window's days of the cube [days, S, F], the labels and the sample indices go to the device once, and
+every batch is a set of (day, stock) windows gathered on the device — samples x lookback is never materialised
+for the whole set.
+
+Validation: the valid part (it chooses the epoch) is scored every validated epoch; the select part (it only
+ranks runs) once, with the weights the valid part chose (cfg.select_scoring), in batches of cfg.eval_batch
+rows under torch.inference_mode.
 
 Determinism: model init under torch.manual_seed(seed); the shuffling order of epoch e comes from a CPU
 torch.Generator seeded from (seed, e, the run's identity: spec + hyperparameters); torch.manual_seed(seed * 1000 + e) at the start of epoch e fixes
@@ -19,6 +25,7 @@ import math
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -50,6 +57,7 @@ class TrainResult:
     checkpoint_dir: Path | None
     params: int
     samples_per_s: float  # mean training throughput over the epochs this call ran
+    setup_s: float = 0.0  # this call's data set-up: the window's normalised features, labels, indices, fingerprint
 
 
 def train_one(
@@ -65,8 +73,12 @@ def train_one(
     sampler=None,
     meta_extra: dict | None = None,
 ) -> TrainResult:
-    """Train `spec` on `panel` (train split), validate on the valid (and select) split every cfg.eval_every
-    epochs and at the last (the valid part on cfg.eval_max_days evenly spaced days when set), checkpoint each epoch.
+    """Train `spec` on `panel` (train split), validate on the valid split every cfg.eval_every epochs and at the
+    last (on cfg.eval_max_days evenly spaced days when set), score the select split with the best epoch's weights
+    (cfg.select_scoring), checkpoint each epoch.
+
+    `panel`: a crnn_ray.data.NormalisedPanel (normalised once for many models; its clip and x_dtype must be the
+    config's) or a plain Panel, normalised here on the days this window reads.
 
     on_epoch(metrics, checkpoint_dir) is called after every epoch with a full checkpoint directory (it may be
     deleted once the call returns). A NaN/inf loss, gradient or prediction, or (loss "mse") an epoch's mean
@@ -77,14 +89,16 @@ def train_one(
     device = torch.device(device)
     meta_extra = dict(meta_extra or {})
     tag = meta_extra.get("variant_id") or spec
+    t_setup = time.perf_counter()
     meta_extra["seen_data"] = _seen_data(panel, splits, cfg)
     data = _TrainData.build(spec, panel, splits, cfg, device)
+    setup_s = time.perf_counter() - t_setup
     # what a constant prediction's mse is: the scale of the finite-explosion rule (mse only; see _loss_explosion)
     target_var = _target_variance(data) if cfg.loss == "mse" and cfg.max_loss_ratio is not None else None
 
     # ---- model + optimizer (init under the seed) ------------------------------------------------------
     torch.manual_seed(cfg.seed)
-    model = build_model(spec, panel.X.shape[2], cfg.lookback).to(device)
+    model = build_model(spec, len(panel.features), cfg.lookback).to(device)
     params = int(count_params(model))
     # the weights' scale at initialisation: the "ic" loss's explosion rule (see _weight_explosion)
     init_rms = _weight_rms(model) if cfg.loss == "ic" and cfg.max_weight_growth is not None else None
@@ -108,7 +122,7 @@ def train_one(
         if finished or start_epoch > cfg.epochs:
             status = state["status"] if state["status"] != "running" else "ok"
             return TrainResult(status, state.get("reason", ""), stopper.best_epoch, stopper.best_metrics, history,
-                               Path(resume_from), params, 0.0)
+                               Path(resume_from), params, 0.0, setup_s)
 
     workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="crnn_train_"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -127,7 +141,7 @@ def train_one(
         diverged = diverged or exploded
         t_valid = time.perf_counter()
         validated = not diverged and _validates(cfg, epoch)
-        summary, bad_prediction = _validate(forward, model, data, cfg, epoch) if validated else ({}, "")
+        summary, bad_prediction = _validate(forward, model, data, cfg, epoch, ("valid",)) if validated else ({}, "")
         diverged = diverged or bad_prediction
         valid_s = time.perf_counter() - t_valid if validated else 0.0
         metrics = {
@@ -137,7 +151,8 @@ def train_one(
             "samples_per_s": samples_per_s,
             "epoch_s": 0.0,
             "train_s": t_valid - t0,  # training steps (+ the divergence checks)
-            "valid_s": valid_s,       # predicting and scoring the valid and select parts (0 when skipped)
+            "valid_s": valid_s,       # predicting and scoring the valid part (0 when skipped), and the select
+                                      # part where it was scored (select_scoring)
             "params": params,
         }
 
@@ -155,6 +170,13 @@ def train_one(
                 status, reason, finished_by = "ok", f"completed {epoch} epochs", "epochs"
         if stopper.best_epoch == epoch:
             stopper.best_metrics = metrics
+        selected = None  # the epoch whose weights scored the select part now
+        if _scores_select(cfg, data, stopper, epoch, status):
+            t_select = time.perf_counter()
+            selected, bad_prediction = stopper.best_epoch, _score_select(forward, model, data, cfg, stopper, epoch)
+            if bad_prediction:
+                status, reason, finished_by = "diverged", bad_prediction, "diverged"
+            metrics["valid_s"] += time.perf_counter() - t_select
         metrics["best_epoch"] = stopper.best_epoch
         metrics.update({f"best_{name}": stopper.best_metrics.get(name, math.nan) for name in VALID_METRICS})
         metrics["status"], metrics["reason"] = status, reason
@@ -182,7 +204,7 @@ def train_one(
                        params, status, reason, tag, meta_extra),
         )
         print(_epoch_line(tag, metrics, cfg.epochs, data.eval_parts["valid"].budget if validated else None,
-                          None if validated or diverged else cfg.eval_every), flush=True)
+                          None if validated or diverged else cfg.eval_every, selected), flush=True)
         if on_epoch is not None:
             on_epoch(dict(metrics), checkpoint_dir)
         if previous_dir is not None and previous_dir != checkpoint_dir:
@@ -200,6 +222,7 @@ def train_one(
         checkpoint_dir=checkpoint_dir,
         params=params,
         samples_per_s=float(np.mean(rates)) if rates else 0.0,
+        setup_s=setup_s,
     )
 
 
@@ -208,11 +231,11 @@ def train_one(
 
 @dataclass
 class _EvalPart:
-    """One part of the data the model is scored on each epoch (valid: chooses the epoch; select: ranks runs)."""
+    """One part of the data the model is scored on (valid: chooses the epoch; select: ranks runs)."""
 
-    rows: torch.Tensor              # (day, stock) of its samples on the device, sorted by day
+    rows: torch.Tensor              # (day, stock) of its samples on the device, sorted by day (window days)
     index: np.ndarray               # the same on the host
-    lo: int                         # its first day
+    lo: int                         # its first day (window days)
     label: np.ndarray               # raw label [days of the part, S]
     dates: np.ndarray
     returns: np.ndarray | None = None  # 1-day forward returns [days of the part, S]: realised pnl (H > 1)
@@ -221,24 +244,24 @@ class _EvalPart:
 
 @dataclass
 class _TrainData:
-    """The run's data on the device: normalised once, moved once, gathered by index every batch."""
+    """The run's data on the device: the window's days of the normalised features, moved once, gathered by index
+    every batch. Day indices here count from the window's first day (`first_day` on the panel)."""
 
-    X: torch.Tensor                 # normalised features [D, S, F]
-    y: torch.Tensor                 # training target [D, S] (ranked label, or the raw label)
+    X: torch.Tensor                 # normalised features [window days, S, F] (cfg.x_dtype; batches are made float32)
+    y: torch.Tensor                 # training target [window days, S] (ranked label, or the raw label)
     train_rows: torch.Tensor        # (day, stock) of every training sample, sorted by day
     day_starts: np.ndarray          # first training row of each training day (the "ic" loss's whole-day batches)
     day_counts: np.ndarray
     eval_parts: dict                # "valid" (and "select" when the splits have one) -> _EvalPart
     horizon: int
     identity: int                   # run_identity(spec, cfg): enters the data order
+    first_day: int = 0              # the panel day of the window's day 0
 
     @classmethod
     def build(cls, spec: str, panel, splits, cfg: TrainConfig, device: torch.device) -> "_TrainData":
-        from crnn_ray.data import normalize_features, rank_label, sample_index  # deferred: see the imports
+        from crnn_ray.data import NormalisedPanel, normalize_features, rank_label, sample_index  # deferred: see the imports
 
         raw_label = panel.label(cfg.label)  # CliError naming the label when absent
-        X = normalize_features(panel.X, panel.mask, clip=cfg.clip).astype(np.float32, copy=False)
-        target = rank_label(raw_label) if cfg.rank_label else raw_label
         rows = {}
         for part in [p for p in ("train", "valid", "select") if getattr(splits, p, None) is not None]:
             lo, hi = getattr(splits, part)
@@ -246,6 +269,15 @@ class _TrainData:
             if len(rows[part]) == 0:
                 raise CliError(f"{part} split {[lo, hi]} has no sample with lookback {cfg.lookback} "
                                f"and label {cfg.label!r}")
+        # the days this window reads: its first sample's lookback .. its last sample (rows are sorted by day)
+        first = min(int(r[0, 0]) for r in rows.values()) - cfg.lookback + 1
+        days = slice(first, max(int(r[-1, 0]) for r in rows.values()) + 1)
+        if isinstance(panel, NormalisedPanel):
+            X = _shared_cube(panel, cfg)[days]  # a view: nothing copied on a CPU
+        else:  # per-date normalisation: the window's days alone give the same values
+            X = normalize_features(panel.X[days], panel.mask[days], clip=cfg.clip, dtype=cfg.x_dtype)
+        target = rank_label(raw_label[days]) if cfg.rank_label else raw_label[days]
+        rows = {part: r - np.array([first, 0]) for part, r in rows.items()}
         day_starts, day_counts = _day_segments(rows["train"][:, 0])
         eval_parts = {}
         returns = panel.returns() if hasattr(panel, "returns") else None  # None: evaluate's fallback pnl
@@ -253,19 +285,37 @@ class _TrainData:
             lo, hi = (int(d) for d in getattr(splits, part))
             index, budget = rows[part], None
             if part == "valid" and cfg.eval_max_days is not None:  # select ranks runs: always whole
-                days = np.unique(index[:, 0])
-                chosen = days[budget_days(len(days), cfg.eval_max_days)]
+                scored = np.unique(index[:, 0])
+                chosen = scored[budget_days(len(scored), cfg.eval_max_days)]
                 index = np.ascontiguousarray(index[np.isin(index[:, 0], chosen)])
-                budget = (len(chosen), len(days))
-            eval_parts[part] = _EvalPart(torch.from_numpy(index).to(device), index, lo,
+                budget = (len(chosen), len(scored))
+            eval_parts[part] = _EvalPart(torch.from_numpy(index).to(device), index, lo - first,
                                          raw_label[lo:hi + 1], panel.dates[lo:hi + 1],
                                          None if returns is None else returns[lo:hi + 1], budget)
         return cls(
-            X=torch.from_numpy(np.ascontiguousarray(X)).to(device),
-            y=torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32)).to(device),
+            X=_tensor(X, cfg.x_dtype).to(device),
+            y=_tensor(np.ascontiguousarray(target, dtype=np.float32)).to(device),
             train_rows=torch.from_numpy(rows["train"]).to(device),
             day_starts=day_starts, day_counts=day_counts, eval_parts=eval_parts,
-            horizon=_horizon(panel, cfg.label), identity=run_identity(spec, cfg))
+            horizon=_horizon(panel, cfg.label), identity=run_identity(spec, cfg), first_day=first)
+
+
+def _shared_cube(panel, cfg: TrainConfig) -> np.ndarray:
+    """The normalised panel's cube, once it is the one this config asks for."""
+    if (float(panel.clip), panel.x_dtype) != (float(cfg.clip), cfg.x_dtype):
+        raise CliError(f"the shared normalised panel has clip {panel.clip:g}, x_dtype {panel.x_dtype}; this run asks "
+                       f"for clip {cfg.clip:g}, x_dtype {cfg.x_dtype} (normalise_panel with the training config's)")
+    return panel.Z
+
+
+def _tensor(array: np.ndarray, x_dtype: str = "float32") -> torch.Tensor:
+    """A CPU tensor over `array` without a copy, also when the array is read-only (Ray's object store hands out
+    read-only arrays): training only ever reads X and y, so torch's warning about writing to one does not apply.
+    bfloat16 arrives as its uint16 bits (crnn_ray.data.X_DTYPES)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+    return tensor.view(torch.bfloat16) if x_dtype == "bfloat16" else tensor
 
 
 @dataclass
@@ -339,7 +389,7 @@ def _train_epoch(model, forward, optimizer, data: _TrainData, cfg: TrainConfig, 
     steps, n_samples, diverged = 0, 0, ""
     for step, (lo, hi, seg) in enumerate(order.batches):
         rows = data.train_rows[order.perm_dev[lo:hi]]
-        pred = forward(gather_windows(data.X, rows[:, 0], rows[:, 1], cfg.lookback))
+        pred = forward(gather_windows(data.X, rows[:, 0], rows[:, 1], cfg.lookback).float())
         loss = _loss(cfg.loss, pred, data.y[rows[:, 0], rows[:, 1]], seg)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -396,12 +446,14 @@ def _loss_explosion(train_loss: float, target_var: float | None, max_ratio: floa
 def _seen_data(panel, splits, cfg: TrainConfig) -> dict:
     """Which data chose this model -- its train part's first day to its selection (else valid) part's last --
     and their fingerprint: the scorer checks a panel against it (crnn_ray.data.panel.seen_data_fingerprint)."""
-    from crnn_ray.data.panel import seen_data_fingerprint  # deferred: see the imports
+    from crnn_ray.data.panel import NormalisedPanel, seen_data_fingerprint, seen_span  # deferred: see the imports
 
-    dates = splits.dates(panel.dates)
-    first, last = dates["train"][0], (dates.get("select") or dates["valid"])[1]
-    return {"first": first, "last": last,
-            "fingerprint": seen_data_fingerprint(panel, first, last, list(panel.features), cfg.label)}
+    first, last = seen_span(splits, panel.dates)
+    if isinstance(panel, NormalisedPanel):  # taken from the raw features before they were left behind
+        fingerprint = panel.fingerprint(first, last, cfg.label)
+    else:
+        fingerprint = seen_data_fingerprint(panel, first, last, list(panel.features), cfg.label)
+    return {"first": first, "last": last, "fingerprint": fingerprint}
 
 
 def _weight_rms(model: torch.nn.Module) -> float:
@@ -424,21 +476,52 @@ def _weight_explosion(model: torch.nn.Module, init_rms: float | None, max_growth
     return f"weights' RMS grew {growth:.3g} x since initialisation by epoch {epoch} (bound: max_weight_growth {max_growth:g})"
 
 
-def _validate(forward, model, data: _TrainData, cfg: TrainConfig, epoch: int) -> tuple[dict, str]:
-    """evaluate() summaries of this epoch's predictions per eval part ({"valid": ..., "select": ...}), or
+def _validate(forward, model, data: _TrainData, cfg: TrainConfig, epoch: int,
+              parts: tuple[str, ...]) -> tuple[dict, str]:
+    """evaluate() summaries of the model's predictions on `parts` ({"valid": ...} or {"select": ...}), or
     ({}, reason) when a prediction is non-finite."""
     from crnn_ray.metrics import evaluate  # deferred: see the imports
 
     summaries = {}
-    for name, part in data.eval_parts.items():
-        signal = _predict(forward, model, data.X, part.rows, part.lo, len(part.dates), cfg.lookback,
-                          cfg.eval_batch_size)
+    batch = cfg.eval_batch(data.X.device.type)
+    for name in parts:
+        part = data.eval_parts[name]
+        signal = _predict(forward, model, data.X, part.rows, part.lo, len(part.dates), cfg.lookback, batch)
         if not np.isfinite(signal[part.index[:, 0] - part.lo, part.index[:, 1]]).all():
             return {}, f"non-finite {name} predictions at epoch {epoch}" if name != "valid" else \
                 f"non-finite validation predictions at epoch {epoch}"
         summaries[name] = evaluate(signal, part.label, horizon=data.horizon, dates=part.dates,
                                    returns=part.returns).summary
     return summaries, ""
+
+
+def _scores_select(cfg: TrainConfig, data: _TrainData, stopper: "EarlyStopping", epoch: int, status: str) -> bool:
+    """Whether the select part is scored at this epoch: there is one and a best epoch, and this is the end
+    (select_scoring "end") or that best epoch ("best")."""
+    if "select" not in data.eval_parts or stopper.best_epoch is None:
+        return False
+    return status != "running" if cfg.select_scoring == "end" else stopper.best_epoch == epoch
+
+
+def _score_select(forward, model, data: _TrainData, cfg: TrainConfig, stopper: "EarlyStopping", epoch: int) -> str:
+    """Score the select part with the best epoch's weights into the best epoch's metrics (select_*: what its
+    report and trials.parquet carry as best_select_*); the model keeps its own weights. A reason when a
+    prediction is non-finite, else ""."""
+    best = stopper.best_epoch
+    own = None if best == epoch else _cpu_copy(model.state_dict())
+    if own is not None:
+        model.load_state_dict(stopper.best_state)
+    try:
+        summary, bad = _validate(forward, model, data, cfg, best, ("select",))
+    finally:
+        if own is not None:
+            model.load_state_dict(own)
+    if bad:
+        return f"{bad} (the best epoch's weights, scored at epoch {epoch})"
+    for m in METRICS.values():
+        if m.part == "select":
+            stopper.best_metrics[m.name] = _finite_or_nan(summary["select"].get(m.summary_key))
+    return ""
 
 
 # ---- helpers ------------------------------------------------------------------------------------------------
@@ -526,16 +609,16 @@ def _mean_daily_pearson(pred: torch.Tensor, target: torch.Tensor, day: torch.Ten
     return (ic * weight).sum() / weight.sum().clamp_min(1.0)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def _predict(forward, model, X_dev, valid_dev, day_lo, n_days, lookback, batch_size) -> np.ndarray:
-    """Predictions over the valid samples scattered into [Dv, S] (NaN where there is no sample)."""
+    """Predictions over a part's samples scattered into [days of the part, S] (NaN where there is no sample)."""
     from crnn_ray.data import gather_windows  # deferred: see the imports
 
     model.eval()
     out = torch.full((n_days, X_dev.shape[1]), math.nan, dtype=torch.float32, device=X_dev.device)
     for lo in range(0, len(valid_dev), batch_size):
         rows = valid_dev[lo : lo + batch_size]
-        pred = forward(gather_windows(X_dev, rows[:, 0], rows[:, 1], lookback))
+        pred = forward(gather_windows(X_dev, rows[:, 0], rows[:, 1], lookback).float())
         out[rows[:, 0] - day_lo, rows[:, 1]] = pred.reshape(-1).float()
     return out.cpu().numpy()
 
@@ -583,7 +666,7 @@ def _meta(spec, panel, splits, cfg, horizon, epoch, best_epoch, best_metrics, pa
         "spec": spec,
         "variant_id": tag,
         "features": list(panel.features),
-        "n_features": int(panel.X.shape[2]),
+        "n_features": len(panel.features),
         "lookback": cfg.lookback,
         "label": cfg.label,
         "horizon": horizon,
@@ -606,9 +689,10 @@ def _meta(spec, panel, splits, cfg, horizon, epoch, best_epoch, best_metrics, pa
 
 
 def _epoch_line(tag: str, m: dict, epochs: int, budget: tuple[int, int] | None = None,
-                skipped_every: int | None = None) -> str:
+                skipped_every: int | None = None, selected: int | None = None) -> str:
     """One line per epoch. `budget`: (days scored, days) of the valid part under eval_max_days;
-    `skipped_every`: the eval_every that left this epoch unvalidated."""
+    `skipped_every`: the eval_every that left this epoch unvalidated; `selected`: the epoch whose weights
+    scored the select part at this one."""
     loss = m["train_loss"]
     loss = f"{loss:.5f}" if not abs(loss) >= 1e4 else f"{loss:.3g}"  # an exploded loss: 6.88e+08
     line = f"[{tag}] epoch {m['epoch']}/{epochs} loss {loss} "
@@ -618,8 +702,9 @@ def _epoch_line(tag: str, m: dict, epochs: int, budget: tuple[int, int] | None =
         days = f" ({budget[0]} of {budget[1]} days)" if budget and budget[0] < budget[1] else ""
         line += (f"valid{days} IC {m['valid_ic']:+.4f} RankIC {m['valid_rank_ic']:+.4f} ICIR "
                  f"{m['valid_icir']:+.3f} pnl {m['valid_pnl_long_short']:+.4f} long {m['valid_pnl_long']:+.4f}")
-    if math.isfinite(m.get("select_ic", math.nan)):
-        line += f" | select IC {m['select_ic']:+.4f} RankIC {m['select_rank_ic']:+.4f}"
+    if selected is not None:
+        line += (f" | select (epoch {selected}) IC {m['best_select_ic']:+.4f} "
+                 f"RankIC {m['best_select_rank_ic']:+.4f}")
     epoch_s, valid_s = m["epoch_s"], m.get("valid_s", 0.0)
     share = f" ({100 * valid_s / epoch_s:.0f} %)" if epoch_s > 0 else ""
     line += (f" samples/s {m['samples_per_s']:,.0f} ({epoch_s:.1f}s: train {m.get('train_s', 0.0):.1f}s "
