@@ -697,6 +697,8 @@ RETURNS_BASES = ("neutral", "total")
 BETA_DAYS, BETA_MIN_DAYS = 60, 20
 #: the beta of a name without BETA_MIN_DAYS of history: the market's own
 BETA_FILL = 1.0
+#: the fewest names per regressor a day needs for its group dummies (then its beta) to join the fit
+NAMES_PER_REGRESSOR = 5
 
 
 @dataclass
@@ -748,9 +750,11 @@ def trailing_beta(returns: Any, lag: int = 0, days: int = BETA_DAYS, min_days: i
 
 
 def neutralize_by_day(y: Any, beta: Any = None, group: Any = None) -> np.ndarray:
-    """Residual of y per day (row) from an equal-weight OLS on the day's finite entries: on a constant, or on
-    one dummy per group when `group` is given (NaN group: a group of its own), plus `beta` when given (a NaN
-    beta reads as BETA_FILL). NaN stays NaN. Blocks of days, one small normal-equation solve per day."""
+    """Residual of y per day (row) from an equal-weight OLS on the day's finite entries: on a constant, one
+    dummy per group when `group` is given (NaN group: a group of its own), and `beta` when given (a NaN beta
+    reads as BETA_FILL). A day with fewer than NAMES_PER_REGRESSOR names per regressor leaves the groups out
+    (then the beta): on a thin cross-section a dozen dummies would absorb much of any signal's own spread.
+    NaN stays NaN. Blocks of days, one small least-squares solve per day (pinv: collinear columns are fine)."""
     y = _as_panel(y, "y").astype(np.float64)
     valid = np.isfinite(y)
     n_days, n_stocks = y.shape
@@ -760,7 +764,7 @@ def neutralize_by_day(y: Any, beta: Any = None, group: Any = None) -> np.ndarray
         if b.shape != y.shape:
             raise CliError(f"beta shape {b.shape} != {y.shape}")
         b = np.where(np.isfinite(b), b, BETA_FILL)
-    codes, n_groups = None, 1
+    codes, n_groups = None, 0
     if group is not None:
         g = _as_panel(group, "group").astype(np.float64)
         if g.shape != y.shape:
@@ -770,19 +774,28 @@ def neutralize_by_day(y: Any, beta: Any = None, group: Any = None) -> np.ndarray
         codes = np.full(y.shape, len(values), dtype=np.int64)
         codes[known] = inverse
         n_groups = len(values) + 1
-    k = n_groups + (b is not None)
+    k = 1 + n_groups + (b is not None)  # constant, group dummies, beta
+    n_valid = _row_counts(valid)
+    present = np.zeros(n_days, dtype=np.int64)  # groups with a name on the day
+    if codes is not None:
+        hit = np.zeros((n_days, n_groups), dtype=bool)
+        d_idx, s_idx = np.nonzero(valid)
+        hit[d_idx, codes[d_idx, s_idx]] = True
+        present = hit.sum(axis=1)
+    use_beta = n_valid >= NAMES_PER_REGRESSOR * 2 if b is not None else np.zeros(n_days, dtype=bool)
+    use_group = n_valid >= NAMES_PER_REGRESSOR * (present + use_beta)
     out = np.full(y.shape, np.nan)
     step = max(1, (1 << 20) // max(1, n_stocks * k))
     for lo in range(0, n_days, step):
         hi = min(n_days, lo + step)
         ok = valid[lo:hi]
         X = np.zeros((hi - lo, n_stocks, k))
-        if codes is None:
-            X[..., 0] = 1.0
-        else:
-            np.put_along_axis(X, codes[lo:hi, :, None], 1.0, axis=2)
+        X[..., 0] = 1.0
+        if codes is not None:
+            np.put_along_axis(X, 1 + codes[lo:hi, :, None], 1.0, axis=2)
+            X[~use_group[lo:hi], :, 1:1 + n_groups] = 0.0
         if b is not None:
-            X[..., -1] = b[lo:hi]
+            X[..., -1] = b[lo:hi] * use_beta[lo:hi, None]
         X *= ok[..., None]
         y0 = np.where(ok, y[lo:hi], 0.0)
         xtx = np.einsum("dsk,dsl->dkl", X, X)

@@ -53,6 +53,13 @@ def test_neutralize_by_day_is_per_day_least_squares():
         np.testing.assert_allclose(got[np.isfinite(got)], want[np.isfinite(want)], atol=1e-10)
     # the market alone: each day's values minus their mean
     np.testing.assert_allclose(neutralize_by_day(y), y - np.nanmean(y, axis=1, keepdims=True), atol=1e-12)
+    # a thin day (12 names, 5 groups + beta: fewer than 5 names per regressor) leaves the groups out, then the
+    # beta (8 names): a dozen dummies on a dozen names would absorb any signal's own spread
+    thin = np.full((2, 60), np.nan)
+    thin[0, :12], thin[1, :8] = rng.normal(size=12), rng.normal(size=8)
+    got = neutralize_by_day(thin, beta[:2], group[:2])
+    np.testing.assert_allclose(got[0, :12], lstsq_residuals(thin[:1], beta[:1], None)[0, :12], atol=1e-10)
+    np.testing.assert_allclose(got[1, :8], thin[1, :8] - thin[1, :8].mean(), atol=1e-12)
 
 
 def test_trailing_beta_uses_only_returns_known_at_the_decision():
