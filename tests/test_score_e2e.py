@@ -101,11 +101,20 @@ def test_outputs_agree_with_evaluate_and_show_oracle(experiment, scored, tmp_pat
     html = (out / "report.html").read_text()
     for fig in ("pnl.png", "ic_daily.png", "ic_hist.png", "quantiles.png", "turnover.png", "correlation.png"):
         assert f"figures/{fig}" in html and (out / "figures" / fig).read_bytes()[:4] == b"\x89PNG"
-    assert "oracle IC" in html and "Sweep leaderboard" in html and names[0] in html
+    assert "oracle RankIC / IC" in html and "Sweep leaderboard" in html and names[0] in html
+    # the verdict first; every held return realised, the returns basis and the oracle's RankIC stated
+    assert list(metrics)[:2] == ["schema_version", "verdict"] and metrics["verdict"].startswith("VERDICT ensemble at ")
+    assert html.index("VERDICT ensemble") < html.index("Key numbers")
+    assert metrics["held_returns"].startswith("every held move realised")
+    assert metrics["returns_basis"]["basis"] == metrics["ensemble"]["summary"]["returns_basis"] \
+        == "neutral (equal-weight market + trailing beta + group)" and "rank_ic" in metrics["returns_basis"]["total_returns"]
+    assert metrics["rank_ic_vs_oracle"] == pytest.approx(metrics["ensemble"]["summary"]["rank_ic"] / metrics["oracle_rank_ic"])
+    assert metrics["turnover_control"]["windows"][0]["days"] in (1, 2, 3, 5, 10)
     labels = pd.read_parquet(out / "labels.parquet")
     # the label and the 1-day forward returns that realise the pnl (a held name's return is kept on rows whose
     # H-day label is already unknown)
-    assert list(labels.columns) == ["date", "symbol", "y5", "y1"] and labels[["y5", "y1"]].notna().any(axis=1).all()
+    assert list(labels.columns) == ["date", "symbol", "y5", "y1", "beta", "group"]
+    assert labels[["y5", "y1"]].notna().any(axis=1).all()
 
 
 def test_evaluate_takes_label_horizon_and_lag_from_the_signals_metadata(scored, tmp_path, capsys):
@@ -398,8 +407,8 @@ def test_report_has_baselines_and_the_selected_member_comparison(experiment, sco
     assert set(metrics["baselines"]) == set(BASELINES)
     assert metrics["baselines"]["ridge"]["n_days"] == metrics["ensemble"]["summary"]["n_days"]
     vs = metrics["vs_selected_member"]
-    trials = pd.read_parquet(experiment / "trials.parquet").sort_values(["select_ic", "trial_id"],
-                                                                        ascending=[False, True])
+    trials = pd.read_parquet(experiment / "trials.parquet").sort_values(["select_rank_ic", "trial_id"],
+                                                                        ascending=[False, True])  # the default
     assert vs["trial_id"] == trials["trial_id"].iloc[0] and vs["in_ensemble"]
     assert vs["ic_member"] == metrics["members"][vs["member"]]["summary"]["ic"]
     assert vs["ic_ensemble"] == metrics["ensemble"]["summary"]["ic"]
