@@ -83,7 +83,7 @@ def format_summary(ev: Evaluation, returns: str | None = None, *, label: str | N
         f"mean stocks/day {s['mean_stocks']:.1f}",
         f"RankIC   {s['rank_ic']:+.4f}  ICIR {s['rank_icir']:+.3f}  t {s['rank_ic_tstat']:+.2f}  "
         f"HAC t {s['rank_ic_tstat_hac']:+.2f}  non-overlapping t {fmt(s.get('rank_ic_tstat_nonoverlap'), '{:+.2f}')}"
-        f"  (ICIR not annualised; Newey-West {s['hac_lags']} lags; non-overlapping: every {p['horizon']}th day)",
+        f"  (ICIR not annualised; Newey-West {s['hac_lags']} lags; non-overlapping: one day in {p['horizon']})",
         f"IC       {s['ic']:+.4f}  ICIR {s['icir']:+.3f}  t {s['ic_tstat']:+.2f}  HAC t {s['ic_tstat_hac']:+.2f}"
         f"  non-overlapping t {fmt(s.get('ic_tstat_nonoverlap'), '{:+.2f}')}  (Pearson)",
         pnl_note(ev, returns),
