@@ -4,6 +4,7 @@ and load_panel reading a Parquet file column by column, never as a pandas frame.
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -182,3 +183,23 @@ def test_parquet_errors_stay_one_line(synth_panel, tmp_path):
     (tmp_path / "junk.parquet").write_bytes(b"not parquet")
     with pytest.raises(CliError, match="not a readable Parquet file"):
         load_panel(tmp_path / "junk.parquet")
+
+
+def test_the_fingerprint_is_the_hash_of_the_seen_data_whatever_the_chunks(synth_panel, monkeypatch):
+    """The streamed fingerprint hashes the same bytes as its definition (checkpoints written before it match)."""
+    p = load_panel(synth_panel[0])
+    first, last = str(p.dates[30]), str(p.dates[200])
+    for features in (p.features, p.features[2:5], [p.features[4], p.features[0]]):
+        lo, hi = 30, 201
+        cols = [p.features.index(f) for f in features]
+        values, target = p.X[lo:hi][:, :, cols], p.labels["y5"][lo:hi]
+        present = np.isfinite(values).any(axis=(0, 2)) | np.isfinite(target).any(axis=0)
+        digest = hashlib.blake2b(digest_size=8)
+        digest.update(p.dates[lo:hi].astype("datetime64[D]").astype(np.int64).tobytes())
+        digest.update("\x00".join(map(str, p.symbols[present])).encode())
+        digest.update(np.ascontiguousarray(values[:, present], dtype=np.float32).tobytes())
+        digest.update(np.ascontiguousarray(target[:, present], dtype=np.float32).tobytes())
+        assert seen_data_fingerprint(p, first, last, features, "y5") == digest.hexdigest()
+        monkeypatch.setattr(panel_module, "NORM_CHUNK_BYTES", p.n_stocks * 4 * 3)  # a few days per chunk
+        assert seen_data_fingerprint(p, first, last, features, "y5") == digest.hexdigest()
+        monkeypatch.undo()

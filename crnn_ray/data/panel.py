@@ -196,18 +196,30 @@ def seen_data_fingerprint(panel: "Panel", first: str, last: str, features: list[
     """A hash of the data a model saw: the dates first..last, the symbols with a row there, their `features`
     and `label`, exactly as loaded. Checkpoints record it (with the two dates), so a scorer handed another
     market under the same path (an experiment re-run on other data, a copy whose panel was swapped) refuses,
-    while a panel that only grew (new days, new listings) still matches: neither changes the seen part."""
+    while a panel that only grew (new days, new listings) still matches: neither changes the seen part.
+
+    Read in chunks of days (the hash is fed the same bytes in the same order): no copy of the whole range."""
     lo = int(np.searchsorted(panel.dates, np.datetime64(first, "D"), side="left"))
     hi = int(np.searchsorted(panel.dates, np.datetime64(last, "D"), side="right"))
     cols = [panel.features.index(f) for f in features]
-    values, target = panel.X[lo:hi][:, :, cols], panel.label(label)[lo:hi]
+    every = cols == list(range(panel.X.shape[2]))
+    target = panel.label(label)[lo:hi]
+    step = max(1, NORM_CHUNK_BYTES // max(1, panel.X.shape[1] * len(cols) * 4))
+    chunks = [slice(d, min(d + step, hi)) for d in range(lo, hi, step)]
+
+    def values(days: slice) -> np.ndarray:
+        return panel.X[days] if every else panel.X[days][:, :, cols]
+
     # the symbols with a value there (whatever else was loaded: the mask depends on the features read)
-    present = np.isfinite(values).any(axis=(0, 2)) | np.isfinite(target).any(axis=0)
+    present = np.isfinite(target).any(axis=0)
+    for days in chunks:
+        present |= np.isfinite(values(days)).any(axis=(0, 2))
     digest = hashlib.blake2b(digest_size=8)
     digest.update(panel.dates[lo:hi].astype("datetime64[D]").astype(np.int64).tobytes())
     digest.update("\x00".join(map(str, panel.symbols[present])).encode())
-    digest.update(np.ascontiguousarray(values[:, present], dtype=np.float32).tobytes())
-    digest.update(np.ascontiguousarray(target[:, present], dtype=np.float32).tobytes())
+    for days in chunks:
+        digest.update(np.ascontiguousarray(values(days)[:, present], dtype=np.float32))
+    digest.update(np.ascontiguousarray(target[:, present], dtype=np.float32))
     return digest.hexdigest()
 
 

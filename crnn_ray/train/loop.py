@@ -624,7 +624,12 @@ def _predict(forward, model, X_dev, valid_dev, day_lo, n_days, lookback, batch_s
 
 
 def _sorted_by_day(index: np.ndarray) -> np.ndarray:
-    index = np.asarray(index, dtype=np.int64).reshape(-1, 2)
+    """(day, stock) rows in (day, stock) order; sample_index's already are (a check, not a sort: millions of rows
+    at a full-size panel)."""
+    index = np.ascontiguousarray(index, dtype=np.int64).reshape(-1, 2)
+    day_step, stock_step = np.diff(index[:, 0]), np.diff(index[:, 1])
+    if bool(np.all((day_step > 0) | ((day_step == 0) & (stock_step > 0)))):
+        return index
     return np.ascontiguousarray(index[np.lexsort((index[:, 1], index[:, 0]))])
 
 
