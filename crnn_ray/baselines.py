@@ -33,6 +33,7 @@ import numpy as np
 
 from crnn_ray.data import gather_windows, normalize_features, sample_index
 from crnn_ray.data import rank_label as _rank_label  # the name rank_label is baseline_signals' flag
+from crnn_ray.data.labels import training_label
 
 __all__ = ["BASELINES", "LGBM_MAX_ROUNDS", "LGBM_PARAMS", "LGBM_PATIENCE", "LGBM_ROUNDS", "REVERSAL_DAYS",
            "RIDGE_ALPHA", "baseline_signals", "fit_ridge", "fit_ridge_moments", "second_order"]
@@ -183,7 +184,7 @@ def baseline_signals(panel, train: tuple[int, int], label: str, lookback: int, *
     cells = np.argwhere(scorable)
     out: dict[str, np.ndarray] = {}
 
-    raw_label = panel.label(label)
+    raw_label = training_label(panel, label)  # the fits' target: jump days masked (as the nets' training rows)
     X = normalize_features(panel.X, panel.mask, clip=clip)
     n_feat = X.shape[2]
     rows = sample_index(panel.mask, raw_label, lookback, *train)

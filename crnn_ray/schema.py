@@ -56,8 +56,9 @@ STOPPING_METRICS: tuple[str, ...] = tuple(m.name for m in METRICS.values() if m.
 SELECT_METRICS: tuple[str, ...] = tuple(m.name for m in METRICS.values() if m.select)
 #: metrics with `<name>_mean` / `<name>_std` leaderboard columns
 LEADERBOARD_METRICS: tuple[str, ...] = tuple(m.name for m in METRICS.values() if m.leaderboard)
-#: the honest default for ranking variants and choosing members
-DEFAULT_RANK_METRIC = "select_ic"
+#: the honest default for ranking variants and choosing members: rank first (Pearson rewards volatility tilts,
+#: docs/metrics.md), on the selection part (the valid part chose each run's epoch)
+DEFAULT_RANK_METRIC = "select_rank_ic"
 
 
 def selection_twin(name: str) -> str:

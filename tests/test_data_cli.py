@@ -69,6 +69,31 @@ def test_ingest_writes_a_loadable_panel(tmp_path, capsys):
     assert p.meta["source"] == "ingest" and p.mask[25:].all()
 
 
+def test_ingest_delisting_return_and_group_flags_reach_the_panel(tmp_path, capsys):
+    """--delisting-return books its return on the last close of a name that stops trading; --group keeps the
+    named column as the panel's group (the scorer's neutral returns take it)."""
+    src = tmp_path / "ohlcv.csv"
+    df = _ohlcv_csv(src)
+    df["Sector"] = df["Ticker"].map({"AAA": "tech", "BBB": "tech", "CCC": "energy"})
+    last = df["TradeDate"].unique()[29]
+    df = df[(df["Ticker"] != "CCC") | (df["TradeDate"] <= last)]  # CCC stops trading after day 29
+    df.to_csv(src, index=False)
+    panels = {}
+    for ret in ("0", "-1"):
+        out = tmp_path / f"p{ret}.parquet"
+        rc = main(["ingest", "--ohlcv", str(src), "--out", str(out), "--horizon", "3", "--date-col", "TradeDate",
+                   "--delisting-return", ret, "--group", "Sector"])
+        assert rc == 0, capsys.readouterr().err
+        panels[ret] = pd.read_parquet(out)
+    kept, lost = (p.assign(date=pd.to_datetime(p["date"])).set_index(["symbol", "date"]).sort_index()
+                  for p in (panels["0"], panels["-1"]))
+    # label_lag 1: y1 of the day before the last close is the move from the last close on: the delisting's
+    day = pd.Timestamp(df["TradeDate"].unique()[28])
+    assert kept.loc[("CCC", day), "y1"] == 0.0 and lost.loc[("CCC", day), "y1"] == -1.0
+    assert lost.loc[("CCC", day), "y3"] == -1.0 and kept.loc[("AAA", day), "y1"] == lost.loc[("AAA", day), "y1"]
+    assert set(panels["0"]["group"]) == {"tech", "energy"}
+
+
 @pytest.mark.parametrize("edit, match", [
     (lambda df: df.drop(columns=["close"]), "missing column 'close'"),
     (lambda df: pd.concat([df, df.iloc[[2]]]), r"duplicate \(date, symbol\) row\(s\), first: \(2023-01-04, AAA\)"),

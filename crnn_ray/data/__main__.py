@@ -11,6 +11,7 @@ import numpy as np
 from crnn_ray import defaults
 from crnn_ray.data.ingest import (
     DEFAULT_LABEL_LAG,
+    DEFAULT_DELISTING_RETURN,
     DEFAULT_LIQUIDITY_WINDOW,
     DEFAULT_MAX_DOWN,
     DEFAULT_MAX_GAP_DAYS,
@@ -38,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--preset", default="easy", choices=["easy", "realistic"],
                    help="easy: the quickstart market (oracle IC ~0.155); realistic: oracle IC ~0.04, fat-tailed "
                    "shocks, stronger sectors (docs/data.md)")
+    s.add_argument("--delisting-return", type=float, default=DEFAULT_DELISTING_RETURN,
+                   help="return booked on a listed name's last close when it stops trading (default %(default)s: "
+                   "it realises its last price; -1: a total loss)")
     s.add_argument("--out", required=True, help="output panel .parquet")
     i = sub.add_parser("ingest", help="turn a long OHLCV table (CSV / Parquet) into a panel",
                        description="Validate, repair and adjust a vendor's long OHLCV table, then write a panel of "
@@ -90,6 +94,12 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--max-stale-share", type=float, default=None,
                    help="universe: out when more than this share of the window's days have an unchanged close or "
                    "zero volume; default off")
+    i.add_argument("--delisting-return", type=float, default=DEFAULT_DELISTING_RETURN,
+                   help="return booked on a name's last close when it stops trading before the panel ends "
+                   "(default %(default)s: it realises its last price; e.g. -0.3 for a typical delisting)")
+    i.add_argument("--group", default=None, metavar="COLUMN",
+                   help="a column naming each row's group (sector, industry): the scorer's neutral returns are "
+                   "also taken against it (docs/metrics.md)")
     n = sub.add_parser("inspect", help="print a panel's shape, coverage and metadata")
     n.add_argument("path")
     return p
@@ -111,7 +121,8 @@ def ingest_options(args: argparse.Namespace) -> IngestOptions:
         max_jump=args.max_jump, adjust=not args.no_adjust, strict=args.strict, min_price=args.min_price,
         min_traded_value=args.min_traded_value, liquidity_window=args.liquidity_window,
         max_stale_share=args.max_stale_share, max_gap_days=args.max_gap_days, traded_value=args.traded_value,
-        extra_features=args.extra_features, min_days=args.min_days)
+        extra_features=args.extra_features, min_days=args.min_days, delisting_return=args.delisting_return,
+        group=args.group)
 
 
 def _out_path(path: str) -> Path:
@@ -174,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.cmd == "synth":
         out = _out_path(args.out)
-        df, meta = synthesize(args.symbols, args.days, args.seed, horizon=args.horizon, preset=args.preset)
+        df, meta = synthesize(args.symbols, args.days, args.seed, horizon=args.horizon, preset=args.preset,
+                              delisting_return=args.delisting_return)
         save_panel(df, out, meta)
         print(summary(df, meta))
         print(f"wrote {out}")

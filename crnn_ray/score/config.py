@@ -18,7 +18,7 @@ from crnn_ray.config import (Checker, add_flags, auto_or, boolean, choice, flag_
                              section, setting, text)
 from crnn_ray.io import ArgumentParser, CliError
 from crnn_ray.metrics import EvaluationConfig
-from crnn_ray.schema import SELECT_METRICS
+from crnn_ray.schema import DEFAULT_RANK_METRIC, SELECT_METRICS
 from crnn_ray.score.ensemble import METHODS
 from crnn_ray.tracking import TrackingConfig
 
@@ -32,7 +32,7 @@ SELECTIONS = ("top_k", "greedy")
 DEFAULT_CONFIG_FILE = Path(__file__).resolve().parents[2] / "configs" / "score" / "default.yaml"
 #: members are ranked by RankIC on the selection split: a Pearson IC rewards a volatility or beta tilt (a
 #: trailing-volatility signal's IC rivals the planted oracle's on the realistic market; its RankIC is ~0)
-DEFAULT_SELECT_BY = "select_rank_ic"
+DEFAULT_SELECT_BY = DEFAULT_RANK_METRIC
 
 
 @dataclass

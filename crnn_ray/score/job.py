@@ -56,6 +56,8 @@ def _score(cfg: ScoreConfig) -> dict:
         print(f"stitched: {len(parts)} window(s), {rec.period[0]}..{rec.period[1]}, {rec.n_dates} out-of-sample "
               f"dates, {rec.n_rows:,} rows, {len(rec.columns)} model line(s)", flush=True)
     evaluation = rep.evaluate_all(rec, cfg.evaluation)   # None when labels are absent
+    if evaluation:  # each window's signal smoothing, chosen on its selection split (predicts that split)
+        rep.add_turnover_control(rec, cfg, evaluation)
     timing = {"path": "+".join(sorted({p.path for p in parts})), "seconds": float(sum(p.timing["seconds"] for p in parts))}
     metrics = rep.metrics_document(rec, cfg, timing, evaluation)
     table, figures, html = None, {}, None

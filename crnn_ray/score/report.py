@@ -467,8 +467,8 @@ def recompute_command(out: Path, label: str, params: dict, returns: str | None =
 
 def metrics_document(rec, cfg, timing: dict, ev: dict | None) -> dict:
     """metrics.json: the verdict, ensemble (evaluate's JSON keys), turnover control, members, oracle,
-    correlation, members' info, run. It first chooses the turnover control (add_turnover_control: predicts
-    each window's selection split), which the figures, the HTML and the console then show too."""
+    correlation, members' info, run. The turnover control is chosen before (job.py calls add_turnover_control,
+    which predicts each window's selection split); called without it, it is chosen here, once."""
     panel_oracle = (rec.panel_meta.get("oracle_ic") or {}).get(rec.label) \
         if rec.panel_meta.get("source") == "synth" else None
     doc: dict[str, Any] = {
