@@ -12,6 +12,7 @@ before the first prediction, so a bad checkpoint leaves no output behind.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from crnn_ray.data import load_panel, normalize_features
 from crnn_ray.data.panel import seen_data_fingerprint
 from crnn_ray.data.ingest import LIQUIDITY
 from crnn_ray.io import CliError
+from crnn_ray.metrics import daily_rank_ic
 from crnn_ray.score.config import ScoreConfig
 from crnn_ray.score.ensemble import member_weights
 from crnn_ray.score.predict import build_member_model, member_payload
@@ -96,6 +98,7 @@ class WindowPlan(ScoredRows):
     selected: Member | None = None                   # ranked first by select_by (in members or extra)
     selection: dict = field(default_factory=dict)    # the rule and, for greedy, its trace on the selection split
     baselines: dict = field(default_factory=dict)    # name -> signal [D, S] (crnn_ray.baselines) on the grid
+    baseline_select: dict = field(default_factory=dict)  # name -> mean daily RankIC on the selection part
     # a per-cell liquidity measure float64 [D, S] (ingested panels' traded_value_med), aligned like label_grid
     liquidity_grid: np.ndarray | None = None
     liquidity_name: str | None = None
@@ -324,8 +327,8 @@ def build_plan(cfg: ScoreConfig, units: list[Unit], extra: list[Member], scope: 
     grids = _grids(panel, panel_path, label, scored, first, day_hi, int(members[0].meta.get("horizon") or 1))
     unit_weights, note = member_weights(cfg.method, [u.valid_ic for u in units])
     weights = np.array([w / len(u.members) for u, w in zip(units, unit_weights) for _ in u.members])
-    baselines = _baseline_grids(panel, members[0], label, first, day_hi) \
-        if split is None and grids["label_grid"] is not None else {}
+    baselines, baseline_select = _baseline_grids(panel, members[0], label, first, day_hi) \
+        if split is None and grids["label_grid"] is not None else ({}, {})
     groups, k = [], 0
     for u in units:
         groups.append(list(range(k, k + len(u.members))))
@@ -336,6 +339,7 @@ def build_plan(cfg: ScoreConfig, units: list[Unit], extra: list[Member], scope: 
         panel_path=panel_path, label=label, period=(str(panel.dates[first]), str(panel.dates[day_hi])),
         in_sample=in_sample, weights=weights, weight_note=note, units=units, unit_weights=unit_weights,
         groups=groups, extra=list(extra), selection=selection or {}, baselines=baselines,
+        baseline_select=baseline_select,
         selected=None if selected is None else next(m for m in members if m.trial_id == selected.trial_id),
         label_lag=int(panel.label_lag), **grids)
 
@@ -406,20 +410,32 @@ def _read_oracle(panel, panel_path: Path, label: str) -> np.ndarray | None:
     return grid
 
 
-def _baseline_grids(panel, member: Member, label: str, lo: int, hi: int) -> dict[str, np.ndarray]:
-    """crnn_ray.baselines' signals on the panel days lo..hi, fitted on `member`'s train split (one sweep's
-    members share it) with its clip / lookback / rank_label; {} (with a note) when they cannot be fitted."""
-    tr = member.meta["splits"]["train"]
-    a = int(np.searchsorted(panel.dates, np.datetime64(str(tr[0]), "D"), side="left"))
-    b = int(np.searchsorted(panel.dates, np.datetime64(str(tr[1]), "D"), side="right")) - 1
+def _baseline_grids(panel, member: Member, label: str, lo: int, hi: int) -> tuple[dict[str, np.ndarray], dict]:
+    """(crnn_ray.baselines' signals on the panel days lo..hi, {name: its mean daily RankIC on `member`'s selection
+    part}), fitted on `member`'s train split (one sweep's members share it) with its clip / lookback /
+    rank_label. The selection figures choose the best baseline ex ante (never on the scored days); ({}, {}) with
+    a note when they cannot be fitted."""
+    splits = member.meta["splits"]
+    day = lambda d, side: int(np.searchsorted(panel.dates, np.datetime64(str(d), "D"), side=side))  # noqa: E731
+    a, b = day(splits["train"][0], "left"), day(splits["train"][1], "right") - 1
     if b <= a or label not in panel.labels:
-        print(f"note: baselines skipped (train split {tr[0]}..{tr[1]} or label {label} not in the panel)")
-        return {}
+        print(f"note: baselines skipped (train split {splits['train'][0]}..{splits['train'][1]} or label {label} "
+              "not in the panel)")
+        return {}, {}
+    chooser = splits.get("select") or splits.get("valid")
+    s_lo, s_hi = (day(chooser[0], "left"), day(chooser[1], "right") - 1) if chooser else (lo, lo - 1)
     clip = float((member.meta.get("normalisation") or {}).get("clip", 5.0))
     try:
         grids = baseline_signals(panel, (a, b), label, member.lookback, clip=clip,
-                                 rank_label=bool(member.meta.get("rank_label", True)), days=(lo, hi))
+                                 rank_label=bool(member.meta.get("rank_label", True)),
+                                 days=(min(lo, s_lo) if s_hi >= s_lo else lo, hi))
     except Exception as exc:  # a report extra: never stops the scoring
         print(f"note: baselines skipped ({type(exc).__name__}: {str(exc)[:120]})")
-        return {}
-    return {name: g[lo:hi + 1] for name, g in grids.items()}
+        return {}, {}
+    chosen_on = {}
+    if s_hi >= s_lo:
+        truth = panel.label(label)[s_lo:s_hi + 1]
+        for name, g in grids.items():
+            ic = daily_rank_ic(g[s_lo:s_hi + 1], truth)
+            chosen_on[name] = float(ic[np.isfinite(ic)].mean()) if np.isfinite(ic).any() else math.nan
+    return {name: g[lo:hi + 1] for name, g in grids.items()}, chosen_on

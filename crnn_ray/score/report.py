@@ -10,6 +10,7 @@ from __future__ import annotations
 import html as _html
 import math
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -24,10 +25,12 @@ from crnn_ray.score.ensemble import correlation
 from crnn_ray.score.exposures import BETA_COLUMN, GROUP_COLUMN, exposure_grids
 from crnn_ray.score.render import html_table
 from crnn_ray.score.turnover import choose_smoothing, smoothed_record_signal
+from crnn_ray.score.verdict import PICK, paired_rows
 
 __all__ = ["print_plan", "evaluate_all", "metrics_document", "render_figures", "render_html", "write_report",
            "print_evaluation", "recompute_command", "vs_member", "vs_line", "costs_document", "costs_line",
            "basis_document", "basis_line", "add_turnover_control", "verdict", "best_baseline",
+           "vs_best_baseline", "baseline_lines", "baseline_html",
            "liquidity_line", "execution_text", "tear_sheet_stats", "tear_sheet_document", "rank_autocorrelation",
            "monthly_ic"]
 
@@ -142,6 +145,8 @@ def print_evaluation(rec, ev: dict, metrics: dict) -> None:
     print(liquidity_line(ev["ensemble"].liquidity_split, ev.get("liquidity")))
     if ev.get("vs_selected"):
         print(vs_line(ev["vs_selected"], metrics["select_by"]))
+    for line in baseline_lines(metrics.get("vs_best_baseline")):
+        print(line)
     if metrics.get("oracle_ic") is not None:
         print(f"ensemble test RankIC {ev['ensemble'].summary['rank_ic']:+.4f} vs the data's oracle RankIC "
               f"{fmt(metrics.get('oracle_rank_ic'), '{:+.4f}')} (ratio {fmt(metrics.get('rank_ic_vs_oracle'), '{:.2f}')}); "
@@ -217,12 +222,20 @@ def evaluate_all(rec, ecfg) -> dict | None:
         chosen = chosen or score(preds[..., k].astype(np.float64))
         vs = vs_member(ensemble, chosen, rec.selected, rec.horizon)
         vs["in_ensemble"] = k < len(rec.members)
+    pick = None
+    if getattr(rec, "pick_grid", None) is not None:  # walk-forward: each window's ex-ante single pick, stitched
+        pick = score(rec.pick_grid.astype(np.float64))
+        picks = "; ".join(f"w{w:02d} {name}" for w, name in rec.picks)
+        vs = vs_member(ensemble, pick, SimpleNamespace(name=f"ex-ante pick ({picks})", trial_id=PICK,
+                                                         select_value=math.nan), rec.horizon)
+        vs.update(in_ensemble=None, picks=[{"window": w, "line": name} for w, name in rec.picks])
     # the other basis beside the headline one: what the total returns say (or, with total headline, nothing)
     beside = score(signal, basis=None) if neutral is not None else None
     basis_label = label if neutral is None else neutral_label(cut(signal), label, neutral)
     return {"ensemble": ensemble, "members": members, "oracle": oracle, "correlation": correlation(grids),
             "params": params, "returns": rec.returns_name if returns is not None else None,
-            "baselines": baselines, "vs_selected": vs,
+            "baselines": baselines, "vs_selected": vs, "pick": pick,
+            "baseline_select": dict(getattr(rec, "baseline_select", None) or {}),
             "liquidity": rec.liquidity_name if liquidity is not None else None,
             "neutral": {"basis": ensemble.summary["returns_basis"],
                         "beta": BETA_COLUMN if neutral is not None and neutral.beta is not None else None,
@@ -274,10 +287,66 @@ def control_text(tc: dict | None) -> str | None:
 
 
 def best_baseline(ev: dict) -> tuple[str, dict] | None:
-    """(name, summary) of the baseline with the best net long-short Sharpe, or None."""
-    rows = [(name, e.summary) for name, e in (ev.get("baselines") or {}).items()]
-    rows = [r for r in rows if math.isfinite(r[1].get("sharpe_net", math.nan))]
-    return max(rows, key=lambda r: r[1]["sharpe_net"]) if rows else None
+    """(name, summary) of the baseline chosen ex ante: the best mean daily RankIC on the selection part (each
+    window's, averaged; plan._baseline_grids), never a test figure. None without baselines or selection figures."""
+    chosen = {n: v for n, v in (ev.get("baseline_select") or {}).items()
+              if n in (ev.get("baselines") or {}) and math.isfinite(v)}
+    if not chosen:
+        return None
+    name = max(chosen, key=chosen.get)
+    return name, ev["baselines"][name].summary
+
+
+def vs_best_baseline(rec, ev: dict) -> dict | None:
+    """Every net (a static record's members; a walk-forward record's variants, mean over seeds each day), the
+    ex-ante pick and the ensemble against the best baseline (chosen on the selection split): the paired daily
+    RankIC difference, its Newey-West t and the non-overlapping t (verdict.paired_rows)."""
+    best = best_baseline(ev)
+    if best is None:
+        return None
+    series = {"ENSEMBLE": ev["ensemble"]}
+    if ev.get("pick") is not None:
+        series[PICK] = ev["pick"]
+    lines = {}
+    for m in rec.members:
+        lines.setdefault(m.variant_id if rec.walk_forward else m.name, []).append(ev["members"][m.name])
+    daily = {name: _rank_ic_series([e]) for name, e in series.items()}
+    daily.update({name: _rank_ic_series(es) for name, es in lines.items()})
+    rows = paired_rows(daily, _rank_ic_series([ev["baselines"][best[0]]]), int(rec.horizon))
+    return {"baseline": best[0], "chosen_by": "mean daily RankIC on the selection part (each window's, averaged)",
+            "baseline_select_rank_ic": ev["baseline_select"][best[0]], "metric": "rank_ic", "rows": rows}
+
+
+def baseline_lines(doc: dict | None) -> list[str]:
+    """The printed comparison with the best baseline: a heading line, then one line per net, pick, ensemble."""
+    if not doc:
+        return []
+    out = [f"vs best baseline {doc['baseline']} (chosen ex ante: selection-part RankIC "
+           f"{fmt(doc['baseline_select_rank_ic'], '{:+.4f}')}): daily RankIC difference, HAC t, non-overlapping t"]
+    for r in doc["rows"]:
+        out.append(f"  {r['name']:<36}{fmt(r['diff'], '{:+.4f}'):>9}{fmt(r['tstat_hac'], '{:+.2f}'):>8}"
+                   f"{fmt(r['tstat_nonoverlap'], '{:+.2f}'):>8}  ({r['n_days']} days)")
+    return out
+
+
+def baseline_html(doc: dict | None) -> str:
+    """The report's section: every net, the ex-ante pick and the ensemble against the best baseline."""
+    if not doc:
+        return ""
+    rows = [[_html.escape(r["name"]), render.cell(r["diff"], "{:+.4f}"), render.cell(r["tstat_hac"], "{:+.2f}"),
+             render.cell(r["tstat_nonoverlap"], "{:+.2f}"), str(r["n_days"])] for r in doc["rows"]]
+    return (f"<h2>Against the best baseline: {_html.escape(doc['baseline'])}</h2><p class='small'>chosen ex ante, "
+            f"by its mean daily RankIC on the selection part ({render.cell(doc['baseline_select_rank_ic'], '{:+.4f}')}"
+            "), never on these dates; the paired daily RankIC difference (net minus baseline) on the days both "
+            "have, its Newey–West t and the non-overlapping t</p>"
+            + html_table(["", "RankIC − baseline", "HAC t", "non-overlapping t", "days"], rows))
+
+
+def _rank_ic_series(evaluations: list) -> pd.Series:
+    """Daily RankIC by date, the mean over `evaluations` (a variant's seeds) each day."""
+    cols = [pd.Series(e.daily["rank_ic"].to_numpy(np.float64), index=pd.to_datetime(e.daily["date"]))
+            for e in evaluations]
+    return pd.concat(cols, axis=1).mean(axis=1, skipna=True) if len(cols) > 1 else cols[0]
 
 
 def verdict(ev: dict) -> str:
@@ -510,7 +579,10 @@ def metrics_document(rec, cfg, timing: dict, ev: dict | None) -> dict:
         "smoothed": tc["smoothed"],
         "summary": {k: tc["evaluation"].summary.get(k) for k in VERDICT_KEYS}}
     best = best_baseline(ev)
-    doc["best_baseline"] = None if best is None else {"name": best[0], **{k: best[1].get(k) for k in VERDICT_KEYS}}
+    doc["best_baseline"] = None if best is None else {
+        "name": best[0], "chosen_by": "mean daily RankIC on the selection part (each window's, averaged), not test",
+        "select_rank_ic": ev["baseline_select"][best[0]], **{k: best[1].get(k) for k in VERDICT_KEYS}}
+    doc["vs_best_baseline"] = vs_best_baseline(rec, ev)
     out = Path(cfg.out).resolve()
     doc["ensemble"]["inputs"] = {  # as python -m crnn_ray.evaluate writes them for these files
         "signals": str(out / "signals"), "labels": str(out / "labels.parquet"), "label": rec.label,
@@ -834,7 +906,8 @@ def render_html(rec, cfg, metrics: dict, ev: dict, figures: dict[str, bytes], ex
         f"&middot; data {_html.escape(Path(rec.panel_path).name)}</div>",
         f"<p class='verdict'>{_html.escape(verdict(ev))}</p>",
         f"<div class='units'>{_html.escape(render.UNITS)}</div>", warn,
-        "<h2>Key numbers (ensemble)</h2>", html_table(["metric", "value", "unit"], key_rows, "key"), extra,
+        "<h2>Key numbers (ensemble)</h2>", html_table(["metric", "value", "unit"], key_rows, "key"),
+        baseline_html(metrics.get("vs_best_baseline")), extra,
         "<h2>Ensemble beside its members</h2>", html_table(side_header, side_rows),
         f"<p class='small'>pnl and Sharpe gross of costs (net SR: net of {_html.escape(cost)}); "
         f"LS / long pnl: summed daily pnl; BE: break-even cost per unit traded (turnover = "

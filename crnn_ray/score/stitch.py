@@ -76,6 +76,7 @@ class Record(ScoredRows):
     liquidity_grid: np.ndarray | None
     liquidity_name: str | None
     baselines: dict
+    baseline_select: dict                            # name -> mean over windows of its selection-part RankIC
     panel_meta: dict
     panel_path: Path
     period: tuple[str, str]
@@ -86,6 +87,10 @@ class Record(ScoredRows):
     units: list = field(default_factory=list)        # (static) select.Unit of the ensemble
     unit_weights: np.ndarray | None = None
     selected: Column | None = None                   # (static) the column selection would pick alone
+    # (walk-forward) the ex-ante single pick: in each window the line selection ranked first by select_by on
+    # that window's selection part, its predictions stitched [D, S]; picks: (window, line) in order
+    pick_grid: np.ndarray | None = None
+    picks: list = field(default_factory=list)
 
     @property
     def members(self) -> list[Column]:
@@ -183,10 +188,27 @@ def stitch(parts: list[Part], walk_forward: bool, exp_dir: Path) -> Record:
         for k, m in enumerate(p.plan.predicted):
             grid[..., trial_column[m.trial_id]] = p.preds[..., k]
         stacked.append(grid)
+    preds = np.concatenate(stacked)
+    picks = _ex_ante_picks(parts, trial_column, columns, preds) if walk_forward else {}
     return Record(parts=parts, walk_forward=walk_forward, columns=columns, n_members=n_members,
-                  trial_column=trial_column,
-                  preds=np.concatenate(stacked), signal=np.concatenate([p.signal for p in parts]),
-                  **_stitched_grids(plans), **_stitched_choices(plans, walk_forward, columns))
+                  trial_column=trial_column, preds=preds, signal=np.concatenate([p.signal for p in parts]),
+                  **_stitched_grids(plans), **_stitched_choices(plans, walk_forward, columns), **picks)
+
+
+def _ex_ante_picks(parts: list[Part], trial_column: dict, columns: list[Column], preds: np.ndarray) -> dict:
+    """The walk-forward reference selection gives without hindsight: in each window the line ranked first on that
+    window's selection part (plan.selected), its predictions over that window's dates. Empty when a window has no
+    pick (no eligible trial ranked)."""
+    if any(p.plan.selected is None for p in parts):
+        return {}
+    grid = np.full(preds.shape[:2], np.nan, dtype=np.float32)
+    start, picks = 0, []
+    for p in parts:
+        k = trial_column[p.plan.selected.trial_id]
+        grid[start:start + len(p.plan.dates)] = preds[start:start + len(p.plan.dates), :, k]
+        picks.append((p.window, columns[k].name))
+        start += len(p.plan.dates)
+    return {"pick_grid": grid, "picks": picks}
 
 
 def _stitched_grids(plans: list[WindowPlan]) -> dict[str, Any]:
@@ -202,6 +224,9 @@ def _stitched_grids(plans: list[WindowPlan]) -> dict[str, Any]:
             "returns_grid": _concat([p.returns_grid for p in plans]), "returns_name": first.returns_name,
             "liquidity_grid": _concat([p.liquidity_grid for p in plans]), "liquidity_name": first.liquidity_name,
             "baselines": {n: np.concatenate([p.baselines[n] for p in plans]) for n in first.baselines if n in common},
+            "baseline_select": {n: float(np.nanmean([p.baseline_select.get(n, math.nan) for p in plans]))
+                                for n in first.baselines if n in common
+                                and any(np.isfinite(p.baseline_select.get(n, math.nan)) for p in plans)},
             "panel_meta": first.panel.meta, "panel_path": first.panel_path,
             "period": (first.period[0], plans[-1].period[1])}
 

@@ -22,12 +22,16 @@ import math
 import numpy as np
 import pandas as pd
 
-from crnn_ray.metrics import hac_lags
+from crnn_ray.metrics import hac_lags, newey_west_tstat, nonoverlap_tstat
 from crnn_ray.multiple_testing import (deflated_sharpe, hac_tstats, holm, paired_test, pbo_cscv, romano_wolf,
                                       t_pvalue)
 from crnn_ray.zoo import family_of, load_zoo
 
-__all__ = ["default_bases", "ablation_verdict", "selection_overfit", "VERDICT_ALPHA", "BOOTSTRAPS"]
+__all__ = ["default_bases", "ablation_verdict", "selection_overfit", "paired_rows", "PICK", "VERDICT_ALPHA",
+           "BOOTSTRAPS"]
+
+#: the walk-forward record's ex-ante single pick (each window's line ranked first on its selection part)
+PICK = "PICK (ex ante)"
 
 #: family-wise level of the verdict
 VERDICT_ALPHA = 0.05
@@ -84,6 +88,21 @@ def ablation_verdict(daily: pd.DataFrame, *, horizon: int, bases: dict[str, str]
     return table.sort_values(["family", "diff"], ascending=[True, False], kind="stable").reset_index(drop=True), info
 
 
+def paired_rows(series: dict[str, pd.Series], reference: pd.Series, horizon: int) -> list[dict]:
+    """Each named daily series against `reference` on the days both have: mean daily difference, Newey–West t
+    (hac_lags for H-day labels) and the non-overlapping t, one row per name."""
+    rows = []
+    for name, x in series.items():
+        both = x.astype(np.float64) - reference.astype(np.float64).reindex(x.index)
+        diff = both.dropna()
+        n = int(len(diff))
+        rows.append({"name": name, "diff": float(diff.mean()) if n else math.nan,
+                     "tstat_hac": newey_west_tstat(diff.to_numpy(), hac_lags(n, horizon)) if n > 2 else math.nan,
+                     "tstat_nonoverlap": nonoverlap_tstat(both.to_numpy(), horizon) if n > 2 else math.nan,
+                     "n_days": n})
+    return rows
+
+
 def selection_overfit(daily_rank_ic: pd.DataFrame, pick_pnl: pd.Series | None, line_pnl: pd.DataFrame | None,
                       *, horizon: int) -> dict:
     """{"pbo": CSCV of picking the best variant by RankIC, "deflated_sharpe": of the ex-ante pick's daily pnl}.
@@ -107,6 +126,6 @@ def selection_overfit(daily_rank_ic: pd.DataFrame, pick_pnl: pd.Series | None, l
         sharpes = sharpes[np.isfinite(sharpes)]
         if x.size >= 10 and len(sharpes) >= 2:
             res = deflated_sharpe(x, n_trials=len(sharpes), sharpe_var=float(np.var(sharpes.to_numpy(), ddof=1)))
-            out["deflated_sharpe"] = {k: (float(v) if isinstance(v, (float, np.floating)) else v)
+            out["deflated_sharpe"] = {k: (int(v) if isinstance(v, (int, np.integer)) else float(v))
                                       for k, v in res.items()}
     return out

@@ -25,6 +25,7 @@ from crnn_ray.io import CliError, atomic_path, write_parquet_atomic
 from crnn_ray.metrics import hac_lags, newey_west_tstat, nonoverlap_tstat
 from crnn_ray.score.render import FULL, date_axis, figure, figure_tag, html_table, png
 from crnn_ray.score.stitch import Part, Record
+from crnn_ray.score.verdict import PICK, ablation_verdict, selection_overfit
 
 __all__ = ["walk_forward_document", "walk_forward_table", "walk_forward_markdown", "walk_forward_figures",
            "walk_forward_html", "write_walk_forward", "trained_through"]
@@ -54,13 +55,45 @@ def _window_doc(rec: Record, part: Part, ev: dict | None) -> dict:
 
 
 def walk_forward_document(rec: Record, ev: dict | None, reference: str | None) -> tuple[dict, pd.DataFrame | None]:
-    """(metrics.json's `walk_forward`: windows, reference, leaderboard; the leaderboard table or None)."""
+    """(metrics.json's `walk_forward`: windows, reference, leaderboard, the ablation verdict and the overfitting
+    of picking the best; the leaderboard table or None)."""
     windows = [_window_doc(rec, p, ev) for p in rec.parts]
     if not ev:
         return {"windows": windows, "n_windows": len(rec.parts)}, None
+    named = reference is not None
     table, reference = walk_forward_table(rec, ev, reference)
-    return {"windows": windows, "reference": reference, "leaderboard": _records(table),
+    daily = pd.DataFrame({v: d["rank_ic"] for v, d in _variant_series(rec, ev).items()})
+    ablation, info = ablation_verdict(daily, horizon=int(rec.horizon))
+    return {"windows": windows, "reference": reference,
+            "reference_kind": ("named with --reference (chosen after seeing the test figures, it uses hindsight)"
+                               if named else "ex ante: each window's line ranked first on its selection part"
+                               if reference == PICK else "the ensemble (no ex-ante pick in some window)"),
+            "leaderboard": _records(table), "ablation": {**info, "rows": _records(ablation)},
+            "overfitting": selection_overfit(daily, *_pick_pnl(rec, ev), horizon=int(rec.horizon)),
             "n_windows": len(rec.parts), "n_dates": rec.n_dates, "period": list(rec.period)}, table
+
+
+def _variant_series(rec: Record, ev: dict) -> dict[str, pd.DataFrame]:
+    """{variant: daily [ic, rank_ic], each day the mean over the variant's seeds (model lines)}."""
+    groups: dict[str, list] = {}
+    for m in rec.members:
+        groups.setdefault(m.variant_id, []).append(m)
+    out = {}
+    for variant, ms in groups.items():
+        daily = [_daily(ev["members"][m.name]) for m in ms]
+        mean = pd.concat([d["ic"] for d in daily], axis=1).mean(axis=1, skipna=True).to_frame("ic")
+        mean["rank_ic"] = pd.concat([d["rank_ic"] for d in daily], axis=1).mean(axis=1, skipna=True)
+        out[variant] = mean
+    return out
+
+
+def _pick_pnl(rec: Record, ev: dict) -> tuple[pd.Series | None, pd.DataFrame | None]:
+    """(the ex-ante pick's daily net long-short pnl, every model line's): what the deflated Sharpe judges."""
+    if ev.get("pick") is None:
+        return None, None
+    col = "pnl_ls_net" if "pnl_ls_net" in ev["pick"].daily else "pnl_ls"
+    series = lambda e: pd.Series(e.daily[col].to_numpy(np.float64), index=pd.to_datetime(e.daily["date"]))  # noqa: E731
+    return series(ev["pick"]), pd.DataFrame({m.name: series(ev["members"][m.name]) for m in rec.members})
 
 
 # ---------------------------------------------------------------------------------------------- leaderboard
@@ -83,23 +116,22 @@ def walk_forward_table(rec: Record, ev: dict, reference: str | None = None):
     that series (lags hac_lags(n, H)) with the non-overlapping t beside; pnl and Sharpe are the mean over seeds of
     each seed's realised figures. `rank_ic_diff` (`ic_diff`) is the daily RankIC (IC) minus the reference's on
     the same days, with its Newey-West t: a difference in skill stated with a standard error. The reference
-    defaults to the top variant by RankIC (so each row reads "how far behind")."""
+    defaults to the ex-ante pick (PICK: each window's line ranked first on its selection part, stitched), so each
+    row reads "against what selection alone would have traded"; the top variant by test RankIC would be hindsight."""
     horizon = int(rec.horizon)
     groups: dict[str, list] = {}
     for m in rec.members:
         groups.setdefault(m.variant_id, []).append(m)
-    series: dict[str, tuple[pd.DataFrame, list[dict], str, int]] = {}
-    for variant, ms in groups.items():
-        daily = [_daily(ev["members"][m.name]) for m in ms]
-        mean = pd.concat([d["ic"] for d in daily], axis=1).mean(axis=1, skipna=True).to_frame("ic")
-        mean["rank_ic"] = pd.concat([d["rank_ic"] for d in daily], axis=1).mean(axis=1, skipna=True)
-        series[variant] = (mean, [ev["members"][m.name].summary for m in ms], "variant", len(ms))
+    series: dict[str, tuple[pd.DataFrame, list[dict], str, int]] = {
+        variant: (daily, [ev["members"][m.name].summary for m in groups[variant]], "variant", len(groups[variant]))
+        for variant, daily in _variant_series(rec, ev).items()}
     series["ENSEMBLE"] = (_daily(ev["ensemble"]), [ev["ensemble"].summary], "ensemble", 1)
+    if ev.get("pick") is not None:
+        series[PICK] = (_daily(ev["pick"]), [ev["pick"].summary], "pick", 1)
     for name, e in (ev.get("baselines") or {}).items():
         series[f"baseline/{name}"] = (_daily(e), [e.summary], "baseline", 1)
-    variants = [v for v in series if series[v][2] == "variant"]
-    if reference is None:
-        reference = max(variants, key=lambda v: _nanmean(series[v][0]["rank_ic"]), default="ENSEMBLE")
+    if reference is None:  # ex ante: what selection would have picked in each window (never the test's best)
+        reference = PICK if PICK in series else "ENSEMBLE"
     elif reference not in series:
         raise CliError(f"--reference {reference!r}: not a variant, ENSEMBLE or baseline of this record "
                        f"(have {', '.join(series)})")
@@ -128,7 +160,7 @@ def walk_forward_table(rec: Record, ev: dict, reference: str | None = None):
             row[f"ic_w{w:02d}"] = _nanmean(ic[(ic.index >= a) & (ic.index <= b)])
         rows.append(row)
     table = pd.DataFrame(rows)
-    order = {"variant": 0, "ensemble": 1, "baseline": 2}
+    order = {"variant": 0, "ensemble": 1, "pick": 1, "baseline": 2}
     table["_k"] = table["kind"].map(order)
     table = table.sort_values(["_k", "rank_ic"], ascending=[True, False], kind="stable").drop(columns="_k")
     return table.reset_index(drop=True), reference
@@ -171,7 +203,46 @@ def walk_forward_markdown(table: pd.DataFrame, doc: dict) -> str:
             _f(r.ic_tstat_hac, "{:+.2f}"), _f(r.pnl_long_short, "{:+.4f}"), _f(r.sharpe, "{:+.2f}"),
             "(reference)" if r.name == doc["reference"] else _f(r.rank_ic_diff, "{:+.4f}"),
             _f(r.rank_ic_diff_tstat_hac, "{:+.2f}"), *[_f(getattr(r, c), "{:+.3f}") for c in wcols]]) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + ["", *verdict_markdown(doc)]) + "\n"
+
+
+def verdict_markdown(doc: dict) -> list[str]:
+    """The ablation verdict's table and the overfitting lines (walk_forward.md and the console)."""
+    ab, over = doc.get("ablation") or {}, doc.get("overfitting") or {}
+    out = ["## Ablation verdict: each variant against its family's model 1", ""]
+    if not ab.get("rows"):
+        out.append(ab.get("note") or "no comparison")
+    else:
+        out += [f"Paired daily RankIC difference (variant − base; pooled over the windows, mean over seeds each day), "
+                f"Newey–West t ({ab['hac_lags']} lags); p one-sided (does it beat its base), then corrected for the "
+                f"{ab['n_comparisons']} comparisons at once: {ab['correction']}; beats base: Romano–Wolf p ≤ "
+                f"{ab['alpha']:g}. Common days: {ab['n_days']}.", "",
+                "| variant | base | RankIC diff | HAC t | p | p Holm | p Romano–Wolf | beats base |",
+                "|---|---|---:|---:|---:|---:|---:|---|"]
+        for r in ab["rows"]:
+            out.append(f"| `{r['variant']}` | `{r['base']}` | {_f(r['diff'], '{:+.4f}')} | {_f(r['tstat_hac'], '{:+.2f}')} "
+                       f"| {_f(r['p_value'], '{:.3f}')} | {_f(r['p_holm'], '{:.3f}')} | "
+                       f"{_f(r['p_romano_wolf'], '{:.3f}')} | {'yes' if r['beats_base'] else 'no'}"
+                       + (" (uncorrected: yes)" if r["beats_base_uncorrected"] and not r["beats_base"] else "")
+                       + " |")
+    out += ["", *overfitting_lines(over)]
+    return out
+
+
+def overfitting_lines(over: dict) -> list[str]:
+    """`pick the best`: PBO (CSCV) and the deflated Sharpe of the ex-ante pick, as lines."""
+    pbo = over.get("pbo") or {}
+    lines = [("probability of backtest overfitting of picking the best variant by RankIC: "
+              + (f"{pbo['pbo']:.2f} (CSCV, {pbo['n_splits']} blocks, {pbo['n_combinations']} combinations, "
+                 f"{pbo['n_variants']} variants, {pbo['n_days']} days; 0.5 = no better than chance)"
+                 if math.isfinite(pbo.get("pbo", math.nan)) else pbo.get("note", "n/a")))]
+    ds = over.get("deflated_sharpe")
+    if ds:
+        lines.append(f"deflated Sharpe of the ex-ante pick (daily net long-short pnl): Sharpe {ds['sharpe']:+.3f} per "
+                     f"day against {ds['sr0']:+.3f}, the best of {ds['n_trials']} skill-less lines' expected "
+                     f"maximum: DSR {ds['dsr']:.2f} (probability its true Sharpe beats that; against 0: "
+                     f"{ds['psr']:.2f})")
+    return lines
 
 
 def write_walk_forward(out: Path, table: pd.DataFrame, doc: dict) -> None:
@@ -259,5 +330,27 @@ def walk_forward_html(doc: dict, table: pd.DataFrame | None) -> str:
                   f"{_html.escape(str(doc['reference']))}'s, Newey-West t; w00…: mean daily IC per window</p>",
                   html_table(["name", "seeds", "OOS RankIC", "RankIC t", "RankIC t (non-overlap)", "IC", "IC t",
                               "LS pnl, %", "Sharpe", f"RankIC − {doc['reference']}", "diff t",
-                              *[c[3:] for c in wcols]], body)]
+                              *[c[3:] for c in wcols]], body),
+                  f"<p class='small'>reference: {_html.escape(str(doc.get('reference_kind', '')))}</p>",
+                  _verdict_html(doc)]
+    return "\n".join(parts)
+
+
+def _verdict_html(doc: dict) -> str:
+    ab = doc.get("ablation") or {}
+    parts = ["<h2>Ablation verdict</h2>"]
+    if not ab.get("rows"):
+        parts.append(f"<p class='small'>{_html.escape(ab.get('note') or 'no comparison')}</p>")
+    else:
+        parts.append(f"<p class='small'>each variant against its family's model 1: the paired daily RankIC "
+                     f"difference pooled over the windows (mean over seeds), Newey–West t ({ab['hac_lags']} lags), "
+                     f"one-sided p, corrected for the {ab['n_comparisons']} comparisons at once "
+                     f"({_html.escape(ab['correction'])}); beats base: Romano–Wolf p ≤ {ab['alpha']:g}</p>")
+        parts.append(html_table(["variant", "base", "RankIC diff", "HAC t", "p", "p Holm", "p Romano–Wolf",
+                                 "beats base"],
+                                [[_html.escape(r["variant"]), _html.escape(r["base"]), _f(r["diff"], "{:+.4f}"),
+                                  _f(r["tstat_hac"], "{:+.2f}"), _f(r["p_value"], "{:.3f}"), _f(r["p_holm"], "{:.3f}"),
+                                  _f(r["p_romano_wolf"], "{:.3f}"), "yes" if r["beats_base"] else "no"]
+                                 for r in ab["rows"]]))
+    parts += [f"<p class='small'>{_html.escape(line)}</p>" for line in overfitting_lines(doc.get("overfitting") or {})]
     return "\n".join(parts)
