@@ -7,7 +7,7 @@ CNN1d: the recurrence is sequential); one timed forward and backward pass of eac
 of a second per spec.
 
     step_costs   per spec: seconds per sample of a training step (at the trials' batch size, up to 256) and of
-                 inference (512 rows: validation runs large batches); the nets' costs spread further apart at
+                 inference (the CPU eval batch, EVAL_BATCH["cpu"] rows); the nets' costs spread further apart at
                  the batch sizes they run than at small probe batches (convgru/m05 vs m01: 1.9x at 256, 1.5x at 64)
     model_costs  per trial: epochs x training samples x step cost + (validations x valid samples + the
                  select samples, scored once) x inference cost
@@ -26,9 +26,10 @@ import numpy as np
 import torch
 
 from crnn_ray.train import TrainConfig
+from crnn_ray.train.config import EVAL_BATCH
 from crnn_ray.zoo import build_model
 
-MAX_TRAIN_BATCH, INFER_BATCH = 256, 512
+MAX_TRAIN_BATCH, INFER_BATCH = 256, EVAL_BATCH["cpu"]
 
 
 def step_costs(specs: list[str], n_features: int, lookback: int, batch: int = 256,
