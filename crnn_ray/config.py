@@ -169,17 +169,19 @@ def section(cls: type) -> Check:
 # ------------------------------------------------------------------------------------------------- schemas
 def setting(default: Any = dataclasses.MISSING, *, check: Check | None = None, yaml_key: str | None = None,
             sweep: bool = False, default_factory: Any = dataclasses.MISSING, help: str | None = None,
-            flag: bool = False, yaml: bool = True, required: bool = False, metavar: str | None = None) -> Any:
+            flag: bool = False, yaml: bool = True, required: bool = False, metavar: str | None = None,
+            switch: bool = False) -> Any:
     """A dataclass field with its check.
 
     yaml_key: where the field lives in YAML when that differs from its name (a dotted path such as
     "early_stopping.metric" nests it). sweep: a sweep config may give a list of values (one grid axis).
     flag: the field is also the command-line flag `--field-name` (add_flags), with `help` and the field's
     default as its help default; yaml=False: a command-line flag only (not a YAML key); required: the flag
-    must be given.
+    must be given. switch: a true / false / "auto" setting whose flag works like a boolean's (`--x`, `--no-x`)
+    and also takes a value (`--x auto`).
     """
     meta = {"check": check, "yaml_key": yaml_key, "sweep": sweep, "help": help, "flag": flag, "yaml": yaml,
-            "required": required, "metavar": metavar}
+            "required": required, "metavar": metavar, "switch": switch}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -313,9 +315,25 @@ def add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
             doc += f" (default: {default_text(f)})"
         if isinstance(_default(f), bool):
             kw["action"] = argparse.BooleanOptionalAction
+        elif f.metadata.get("switch"):
+            kw.update(nargs="?", const=True, type=_switch_value, metavar="{true,false,auto}")
+            parser.add_argument("--no-" + flag_name(f)[2:], dest=f.name, action="store_const", const=False,
+                                default=argparse.SUPPRESS, help=f"= {flag_name(f)} false")
         elif f.metadata.get("metavar"):
             kw["metavar"] = f.metadata["metavar"]
         parser.add_argument(flag_name(f), help=doc.strip(), **kw)
+
+
+def _switch_value(text_: str) -> Any:
+    """A switch flag's value: true / false (yes / no, 1 / 0) or auto."""
+    word = text_.strip().lower()
+    if word == "auto":
+        return "auto"
+    if word in ("true", "yes", "1", "on"):
+        return True
+    if word in ("false", "no", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true, false or auto, got {text_!r}")
 
 
 def flag_values(cls: type, args: argparse.Namespace, source: str = "command line") -> dict[str, Any]:

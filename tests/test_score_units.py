@@ -238,7 +238,7 @@ def test_score_help_defaults_are_the_dataclass_defaults_and_the_codes():
         stated = re.search(r"\(default: ([^)]*)\)$", " ".join(helps[flag_name(f)].split())).group(1)
         assert stated == default_text(f), f.name
         assert value_text(getattr(run, f.name)) == stated, f.name
-    assert "(default: select_rank_ic)" in helps["--select-by"] and "(default: off)" in helps["--seed-average"]
+    assert "(default: select_rank_ic)" in helps["--select-by"] and "(default: auto)" in helps["--seed-average"]
     # flags override the file; each flag goes through its field's check
     assert config_from_args(["--experiment", "e", "--out", "o", "--top-k", "3", "--seed-average",
                              "--ray"]).top_k == 3

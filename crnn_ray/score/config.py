@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from crnn_ray.config import (Checker, add_flags, auto_or, boolean, choice, flag_values, load_yaml,
                              nonneg_int, nonneg_number, optional, path as path_value, positive_int, positive_number, read_section,
@@ -74,9 +75,9 @@ class ScoreConfig:
                              help=f"validation metric that ranks trials: {', '.join(SELECT_METRICS)}")
     method: str = setting("mean", check=choice(*METHODS), flag=True,
                           help=f"how member z-scores combine: {' | '.join(METHODS)}")
-    seed_average: bool = setting(False, check=boolean, flag=True,
-                                 help="average the seeds of one (variant, hparams) into one unit before selecting "
-                                      "and combining")
+    seed_average: Any = setting("auto", check=auto_or(boolean), flag=True, switch=True,
+                                help="average the seeds of one (variant, hparams) into one unit before selecting "
+                                     "and combining: true | false | auto (on when a variant has 2+ seeds)")
     selection: str = setting("top_k", check=choice(*SELECTIONS), flag=True,
                              help="top_k: the K best units by --select-by; greedy: forward selection on the "
                                   "selection split with a correlation penalty")

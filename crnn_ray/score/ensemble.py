@@ -18,33 +18,55 @@ import math
 
 import numpy as np
 import pandas as pd
+from scipy.optimize import nnls
 
 from crnn_ray.io import CliError
 from crnn_ray.metrics import daily_ic, scaled_ranks, zscore_by_day
 
-__all__ = ["METHODS", "member_weights", "standardise", "ensemble_signal", "correlation", "unit_standardised",
+__all__ = ["METHODS", "member_weights", "stack_weights", "standardise", "ensemble_signal", "correlation", "unit_standardised",
            "ensemble_units", "greedy_select"]
 
-METHODS = ("mean", "ic_weighted", "rank_mean")
+#: mean: equal weights; ic_weighted: max(selection figure, 0); rank_mean: equal weights on scaled ranks; stack:
+#: non-negative least squares of the selection split's label on the units' z-scores (stack_weights)
+METHODS = ("mean", "ic_weighted", "rank_mean", "stack")
 
 
-def member_weights(method: str, valid_ics: list[float]) -> tuple[np.ndarray, str | None]:
-    """Weights per member and a note when ic_weighted had to fall back to equal weights."""
-    k = len(valid_ics)
+def member_weights(method: str, select_values: list[float]) -> tuple[np.ndarray, str | None]:
+    """Weights per unit and a note when ic_weighted had to fall back to equal weights. ic_weighted weighs by
+    max(selection figure, 0): the split that chose nothing (the valid split chose each run's epoch, so its
+    figure is a maximum over epochs). `stack` weights come from stack_weights, fitted on the selection split."""
+    k = len(select_values)
     if method not in METHODS:
         raise CliError(f"--method {method!r}: unknown (choose from {', '.join(METHODS)})")
     if method != "ic_weighted":
         return np.full(k, 1.0 / k), None
-    ic = np.array([v if v is not None and math.isfinite(v) else 0.0 for v in valid_ics], dtype=np.float64)
+    ic = np.array([v if v is not None and math.isfinite(v) else 0.0 for v in select_values], dtype=np.float64)
     clipped = np.clip(ic, 0.0, None)
     if clipped.sum() <= 0:
-        return np.full(k, 1.0 / k), "every member's valid IC is <= 0: ic_weighted falls back to equal weights"
+        return np.full(k, 1.0 / k), "every unit's selection figure is <= 0: ic_weighted falls back to equal weights"
     return clipped / clipped.sum(), None
+
+
+def stack_weights(unit_z: np.ndarray, label: np.ndarray, min_stocks: int = 10) -> tuple[np.ndarray, str | None]:
+    """Stacking: non-negative weights w (summing to 1) minimising sum over the selection split's rows of
+    (label z-score - unit_z @ w)^2, the label standardised per date like the units (scipy's NNLS on the days
+    with >= min_stocks rows). Non-negative: a unit is never shorted (a negative weight on a model that earns on
+    its own is an overfit of the selection days). Equal weights, with a note, when every weight is 0."""
+    k = unit_z.shape[-1]
+    rows = np.isfinite(label) & np.isfinite(unit_z).all(axis=-1)
+    rows &= (rows.sum(axis=1) >= int(min_stocks))[:, None]
+    if rows.sum() < k + 2:
+        return np.full(k, 1.0 / k), "stack: too few selection rows to fit: equal weights"
+    y = zscore_by_day(np.where(rows, label, np.nan))[rows]
+    w, _ = nnls(unit_z[rows].astype(np.float64), y.astype(np.float64))
+    if not np.isfinite(w).all() or w.sum() <= 0:
+        return np.full(k, 1.0 / k), "stack: every NNLS weight is 0: equal weights"
+    return w / w.sum(), None
 
 
 def standardise(preds: np.ndarray, method: str) -> np.ndarray:
     """[D, S, K] per-day z-scores of each member (rank_mean: scaled ranks); 0 where a row is not scored."""
-    per_day = scaled_ranks if method == "rank_mean" else zscore_by_day
+    per_day = scaled_ranks if method == "rank_mean" else zscore_by_day  # stack: z-scores, like mean
     out = np.stack([per_day(np.ascontiguousarray(preds[..., k], dtype=np.float64))
                     for k in range(preds.shape[-1])], axis=-1)
     return np.nan_to_num(out, nan=0.0, copy=False)

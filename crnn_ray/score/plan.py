@@ -325,7 +325,10 @@ def build_plan(cfg: ScoreConfig, units: list[Unit], extra: list[Member], scope: 
     if len(grid_days) == 0:
         raise CliError(f"{panel_path}: no row with all features finite in {panel.dates[first]}..{panel.dates[day_hi]}")
     grids = _grids(panel, panel_path, label, scored, first, day_hi, int(members[0].meta.get("horizon") or 1))
-    unit_weights, note = member_weights(cfg.method, [u.valid_ic for u in units])
+    if cfg.method == "stack" and (selection or {}).get("stack_weights"):  # fitted on the selection split
+        unit_weights, note = np.asarray(selection["stack_weights"], dtype=np.float64), selection.get("stack_note")
+    else:
+        unit_weights, note = member_weights(cfg.method, [u.select_value for u in units])
     weights = np.array([w / len(u.members) for u, w in zip(units, unit_weights) for _ in u.members])
     baselines, baseline_select = _baseline_grids(panel, members[0], label, first, day_hi) \
         if split is None and grids["label_grid"] is not None else ({}, {})
