@@ -90,6 +90,8 @@ BAD = [
     ({"resources": {"models_per_trial": 0}}, "bad.yaml: resources.models_per_trial: expected"),
     ({"resources": {"models_per_trial": 3}, "scheduler": {"type": "asha"}},
      "bad.yaml: resources.models_per_trial: 3 models per Train run cannot run under scheduler.type asha"),
+    ({"training": {"select_scoring": "end"}, "scheduler": {"type": "asha"}},
+     "bad.yaml: training.select_scoring: end scores the select part after the last epoch, which a trial pruned"),
     ({"sedes": [0]}, "bad.yaml: sedes: unknown key"),
 ]
 
@@ -297,6 +299,8 @@ def test_asha_scheduler_prunes_on_the_epoch_axis(tmp_path):
     assert sched._max_t == 6  # the last epoch: every report is an epoch's (no separate summary report)
     assert isinstance(_scheduler(load_config(SWEEPS / "tiny.yaml")), FIFOScheduler)
     assert cfg.models_per_trial == 1 and load_config(SWEEPS / "tiny.yaml").models_per_trial == "auto"
+    # a pruned trial never reaches its last epoch: the select part is scored at each new best one
+    assert cfg.training.select_scoring == "best" and load_config(SWEEPS / "tiny.yaml").training.select_scoring == "end"
     with pytest.raises(CliError, match=r"scheduler\.grace_period: 9 exceeds training\.epochs \(6\)"):
         doc["scheduler"]["grace_period"] = 9
         load_config(write_yaml(tmp_path / "asha.yaml", doc))

@@ -240,6 +240,11 @@ def parse_config(raw: Any, *, source: str = "config.yaml", default_name: str = "
     if scheduler.type == "asha" and resources.models_per_trial not in ("auto", 1):
         raise c.fail("resources.models_per_trial", f"{resources.models_per_trial} models per Train run cannot run "
                      "under scheduler.type asha (it prunes whole trials): use 1 or auto (auto is 1 under asha)")
+    if scheduler.type == "asha":  # a pruned trial never reaches its end: score select at each new best epoch
+        if (raw.get("training") or {}).get("select_scoring") == "end":
+            raise c.fail("training.select_scoring", "end scores the select part after the last epoch, which a "
+                         "trial pruned by scheduler.type asha never reaches: use best (the default under asha)")
+        training = dataclasses.replace(training, select_scoring="best")
     if scheduler.type == "asha" and scheduler.grace_period > training.epochs:
         raise c.fail("scheduler.grace_period", f"{scheduler.grace_period} exceeds training.epochs "
                      f"({training.epochs}): nothing would be pruned")

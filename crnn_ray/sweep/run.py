@@ -46,7 +46,8 @@ from crnn_ray.sweep.experiment import (Prepared, describe_panel, plan_generation
                                        resolve_experiment, write_experiment)
 from crnn_ray.sweep.monitor import MonitorCallback, NoTrialBoards, SweepMonitor, model_params, watching
 from crnn_ray.sweep.placement import PackPlan, PackQueue, PackQueues, ledger_path, plan_packs
-from crnn_ray.sweep.trial import SweepStorageError, TrialContext, TrialProgress, started_models, trial_driver
+from crnn_ray.sweep.trial import (SweepStorageError, TrialContext, TrialProgress, share_panel, started_models,
+                                  trial_driver)
 from crnn_ray.tracking import Tracker
 
 # the stages' entry points stay importable from here too (`from crnn_ray.sweep.run import prepare_experiment`)
@@ -195,13 +196,15 @@ def _pack_queue(cfg: SweepConfig, exp_dir: Path, plan: PackPlan, probe, resume: 
 
 
 def _trainable(cfg: SweepConfig, exp_dir: Path, prep: Prepared, plan: PackPlan, started: bool, queue):
-    """The Tune trainable: trial_driver with what every trial shares (the panel put once in the object store:
-    trials on a node share its copy), holding no CPU, only the driver's memory."""
+    """The Tune trainable: trial_driver with what every trial shares (the panel normalised once and put once in
+    the object store: trials on a node share its copy), holding no CPU, only the driver's memory."""
     placement = plan.placement
     ctx = TrialContext(
         experiment=cfg.name,
         experiment_dir=str(exp_dir),
-        panel_refs=[ray.put(prep.panel)],  # read once; trials on a node share the object store copy
+        # normalised once (every window's days), put once: every model on a node reads it zero-copy
+        panel_refs=share_panel(prep.panel, prep.windows, cfg.data.label, clip=float(cfg.training.clip),
+                               x_dtype=str(cfg.training.x_dtype)),
         splits={k: v for k, v in asdict(prep.splits).items()},
         placement=placement,
         max_failures=cfg.fault_tolerance.max_failures,
