@@ -38,6 +38,7 @@ bench: venv
 	$(BIN)/python bench/zoo_bench.py
 	$(BIN)/python bench/quota_bench.py
 	$(BIN)/python bench/score_bench.py
+	$(BIN)/python bench/scale_bench.py
 
 clean:
 	rm -rf $(STORAGE) .pytest_cache

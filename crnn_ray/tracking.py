@@ -93,6 +93,7 @@ class Tracker:
         self.models: dict[str, str] = {}      # model key -> run id
         self.last_step: dict[str, int] = {}   # run id -> last epoch logged
         self.ended: set[str] = set()
+        self.artifacts = True                 # whether files may be logged as artifacts (see _open)
         if self.enabled:
             self._call(self._open, name)
 
@@ -118,12 +119,15 @@ class Tracker:
             self.exp_dir.mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(tracking_uri=self.uri)
         found = self.client.get_experiment_by_name(name)
+        default_store = self.uri == tracking_uri(self.exp_dir)
+        own = (self.exp_dir / ARTIFACTS_DIR).as_uri()
         if found is not None:
             self.experiment_id = found.experiment_id
+            # a copied or moved experiment's store still names the original folder for its artifacts: they
+            # would be written there, outside this experiment; the files are named by tag instead
+            self.artifacts = not default_store or found.artifact_location == own
         else:
-            default_store = self.uri == tracking_uri(self.exp_dir)
-            self.experiment_id = self.client.create_experiment(
-                name, artifact_location=(self.exp_dir / ARTIFACTS_DIR).as_uri() if default_store else None)
+            self.experiment_id = self.client.create_experiment(name, artifact_location=own if default_store else None)
 
     def _find(self, tags: dict[str, str]) -> list:
         where = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
@@ -179,10 +183,11 @@ class Tracker:
     def _end_parent(self, status: str, metrics: dict, artifacts: list) -> None:
         if self.parent_id is None:
             return
-        self._log(self.parent_id, metrics=metrics)
-        for path in artifacts:
-            if Path(path).is_file():
-                self.client.log_artifact(self.parent_id, str(path))
+        files = [Path(p) for p in artifacts if Path(p).is_file()]
+        tags = {} if self.artifacts else {f"crnn_ray.file.{p.name}": str(p.resolve()) for p in files}
+        self._log(self.parent_id, metrics=metrics, tags=tags)
+        for path in files if self.artifacts else []:
+            self.client.log_artifact(self.parent_id, str(path))
         self.client.set_terminated(self.parent_id, status)
 
     # ---- model runs -----------------------------------------------------------------------------------------

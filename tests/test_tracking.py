@@ -245,3 +245,23 @@ def test_statuses_map_to_mlflow(tmp_path, status, expected):
     tracker.end_model("t000", status)
     _, runs = runs_of(tmp_path, "exp")
     assert next(r for r in runs if r.info.run_name == "t000").info.status == expected
+
+
+def test_a_copied_experiment_never_writes_into_the_original_folder(tmp_path):
+    import shutil
+
+    first = Tracker(tmp_path / "a", "exp")
+    first.start_parent("score", "score")
+    report = tmp_path / "a" / "report.html"
+    report.write_text("<html></html>")
+    first.end_parent("FINISHED", {}, [report])
+    assert (tmp_path / "a" / "mlartifacts").is_dir()
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    shutil.rmtree(tmp_path / "a" / "mlartifacts")
+    again = Tracker(tmp_path / "b", "exp")
+    again.start_parent("score", "score")
+    again.end_parent("FINISHED", {}, [tmp_path / "b" / "report.html"])
+    assert not (tmp_path / "a" / "mlartifacts").exists()  # the store names a's folder: nothing is written there
+    client, runs = runs_of(tmp_path / "b", "exp")
+    newest = max(runs, key=lambda r: r.info.start_time)
+    assert newest.data.tags["crnn_ray.file.report.html"] == str((tmp_path / "b" / "report.html").resolve())
