@@ -190,7 +190,12 @@ def test_status_line_counts_models_and_gives_an_eta_from_the_measured_rate(tmp_p
     line = monitor.status_line()
     # in 60 s this run did 1 of 3 epochs of one model (1/3 of a model's work); 2 - 1/3 models' work remain
     assert line.startswith("[sweep] 1/3 models done (1 ok), 1 running, 1m00s elapsed, ETA 5m00s"), line
+    monitor.pack_started("p0")
+    monitor.pack_started("p1")  # a pack whose model has not reported an epoch yet still runs it
+    assert ", 2 running," in monitor.status_line()
+    monitor.pack_ended("p1")
     monitor.report(report("t000", 3, "ok"))
+    monitor.pack_ended("p0")
     monitor.report({"trial_key": "t001", "status": "failed", "reason": "boom"})
     printed = capsys.readouterr().out.splitlines()
     assert printed[-1].startswith("[sweep] 3/3 models done (2 ok, 1 failed), 0 running") and "ETA" not in printed[-1]

@@ -69,6 +69,7 @@ class SweepMonitor:
         self.weights = _weights(self.grid, costs)
         self.done: dict[str, str] = {k: s for k, s in (done or {}).items() if k in self.grid}
         self.epochs: dict[str, int] = {}    # model key -> last epoch reported (running models)
+        self.packs: set[str] = set()          # Tune trials (packs) running: each trains one model at a time
         self.tracker, self.tensorboard = tracker, tensorboard
         self.writers: dict = {}
         self.t0 = time.monotonic()
@@ -97,6 +98,12 @@ class SweepMonitor:
             self._close_board(key)
             self.print_status()
 
+    def pack_started(self, key: str) -> None:
+        self.packs.add(key)
+
+    def pack_ended(self, key: str) -> None:
+        self.packs.discard(key)
+
     def tick(self) -> None:
         if time.monotonic() - self.last_line >= self.every_s:
             self.print_status()
@@ -121,7 +128,7 @@ class SweepMonitor:
         eta = self.eta_s()
         left = len(self.grid) - len(self.done)
         return (f"[sweep] {len(self.done)}/{len(self.grid)} models done" + (f" ({detail})" if detail else "")
-                + f", {len(self.epochs)} running, {duration(time.monotonic() - self.t0)} elapsed"
+                + f", {max(len(self.epochs), len(self.packs))} running, {duration(time.monotonic() - self.t0)} elapsed"
                 + ("" if left == 0 else f", ETA {duration(eta)}" if eta is not None and math.isfinite(eta)
                    else ", ETA after the first epoch"))
 
@@ -172,6 +179,18 @@ class MonitorCallback(tune.Callback):
     def on_step_end(self, iteration, trials, **info):
         if _ACTIVE:
             _ACTIVE[-1].tick()
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        if _ACTIVE:
+            _ACTIVE[-1].pack_started(trial.trial_id)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if _ACTIVE:
+            _ACTIVE[-1].pack_ended(trial.trial_id)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        if _ACTIVE:
+            _ACTIVE[-1].pack_ended(trial.trial_id)
 
 
 class NoTrialBoards(TBXLoggerCallback):
