@@ -65,7 +65,7 @@ def test_defaults_fill_a_minimal_config():
     assert cfg.data.synth == {} and cfg.data.label == "y5" and cfg.data.lookback == 20
     assert cfg.training.epochs >= 1 and cfg.training.loss == "mse" and cfg.seeds == [0]
     assert cfg.resources.gpus_per_trial == "auto" and cfg.resources.cpus_per_trial == 1
-    assert cfg.scheduler.type == "fifo" and cfg.schedule_metric == "valid_ic"
+    assert cfg.scheduler.type == "fifo" and cfg.schedule_metric == "valid_rank_ic"  # RankIC first
     assert parse_config({"variants": ["cnn1d/m01"], "seeds": 3}).seeds == [0, 1, 2]
 
 

@@ -42,7 +42,7 @@ class TrainConfig:
     rank_label: bool = setting(True, check=boolean)
     clip: float = setting(5.0, check=positive_number)
     grad_clip: float | None = setting(1.0, check=optional(positive_number), sweep=True)
-    early_stopping_metric: str = setting("valid_ic", check=choice(*STOPPING_METRICS),
+    early_stopping_metric: str = setting("valid_rank_ic", check=choice(*STOPPING_METRICS),
                                          yaml_key="early_stopping.metric")
     patience: int = setting(3, check=positive_int, yaml_key="early_stopping.patience")
     max_steps_per_epoch: int | None = setting(None, check=optional(positive_int))
