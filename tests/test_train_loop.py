@@ -120,12 +120,51 @@ def test_a_finished_run_extended_with_more_epochs_matches_a_longer_run(small, tm
     assert one.status == "ok" and one.reason == "completed 1 epochs"
     more = train_one(SPEC, panel, splits, _cfg(epochs=3), workdir=tmp_path / "more", resume_from=one.checkpoint_dir)
     # epoch 1 of the short run was its last ("ok"); everything numeric is identical
-    strip = lambda hs: [{k: v for k, v in h.items() if k not in ("status", "reason")} for h in _comparable(hs)]
+    strip = lambda hs: [{k: v for k, v in h.items() if k not in ("status", "reason", "finished_by")}
+                        for h in _comparable(hs)]
     assert strip(more.history) == strip(full.history)
     _assert_same_weights(more.checkpoint_dir / "last.pt", full.checkpoint_dir / "last.pt")
     # resuming a run that is already complete trains nothing
     again = train_one(SPEC, panel, splits, _cfg(epochs=3), workdir=tmp_path / "again", resume_from=more.checkpoint_dir)
     assert len(again.history) == 3 and again.checkpoint_dir == more.checkpoint_dir
+
+
+def test_samples_seen_counts_every_epoch_across_a_resume_and_finished_by_marks_the_last(small, tmp_path):
+    """Each epoch's metrics count the run's progress: samples_seen grows by the epoch's samples and a resumed
+    run carries it on (also from a checkpoint written before it was kept: recounted from the epochs' orders),
+    train_rows is the train split's sample count, finished_by is set on the last epoch only."""
+    panel, splits = small
+    cfg = _cfg(epochs=3, max_steps_per_epoch=None)  # every epoch steps through the whole train split
+    train_rows = len(sample_index(panel.mask, panel.label(cfg.label), cfg.lookback, *splits.train))
+    full = train_one(SPEC, panel, splits, cfg, workdir=tmp_path / "full")
+    assert [h["train_rows"] for h in full.history] == [train_rows] * 3
+    assert [h["samples_seen"] for h in full.history] == [train_rows, 2 * train_rows, 3 * train_rows]
+    assert [h["finished_by"] for h in full.history] == [None, None, "epochs"]
+
+    # a capped epoch steps max_steps_per_epoch batches: fewer samples than the split holds
+    capped = train_one(SPEC, panel, splits, _cfg(epochs=2, max_steps_per_epoch=3), workdir=tmp_path / "capped")
+    assert [h["samples_seen"] for h in capped.history] == [3 * 64, 6 * 64] and 3 * 64 < train_rows
+
+    saved = tmp_path / "saved"
+
+    def crash_after_first_epoch(metrics, checkpoint_dir):
+        shutil.copytree(checkpoint_dir, saved)
+        raise RuntimeError("worker lost")
+
+    with pytest.raises(RuntimeError, match="worker lost"):
+        train_one(SPEC, panel, splits, cfg, workdir=tmp_path / "crashed", on_epoch=crash_after_first_epoch)
+    assert torch.load(saved / "state.pt", weights_only=True)["samples_seen"] == train_rows
+    resumed = train_one(SPEC, panel, splits, cfg, workdir=tmp_path / "resumed", resume_from=saved)
+    assert _comparable(resumed.history) == _comparable(full.history)
+
+    # a checkpoint from before samples_seen was kept (neither its train state nor its history has it)
+    state = torch.load(saved / "state.pt", weights_only=True)
+    del state["samples_seen"]
+    for h in state["history"]:
+        del h["samples_seen"]
+    torch.save(state, saved / "state.pt")
+    legacy = train_one(SPEC, panel, splits, cfg, workdir=tmp_path / "legacy", resume_from=saved)
+    assert [h["samples_seen"] for h in legacy.history[1:]] == [2 * train_rows, 3 * train_rows]
 
 
 @pytest.mark.parametrize("how", ["overflowing label", "huge learning rate"])
@@ -142,6 +181,7 @@ def test_divergence_is_reported_not_raised(small, tmp_path, how):
     assert result.status == "diverged"
     assert "non-finite" in result.reason and f"epoch {result.history[-1]['epoch']}" in result.reason
     assert reports[-1]["status"] == "diverged" and reports[-1]["reason"] == result.reason
+    assert [r["finished_by"] for r in reports] == [None] * (len(reports) - 1) + ["diverged"]
     assert len(result.history) < cfg.epochs or how == "huge learning rate"
     meta, _ = load_checkpoint(result.checkpoint_dir)
     assert meta["status"] == "diverged"
@@ -226,6 +266,7 @@ def test_early_stopping_stops_after_patience(small, tmp_path):
     assert result.status == "ok" and "early stopped at epoch 3" in result.reason
     assert len(result.history) == 3 and result.best_epoch == 1
     assert [h["status"] for h in result.history] == ["running", "running", "ok"]
+    assert [h["finished_by"] for h in result.history] == [None, None, "early_stopping"]
     again = train_one(flat, panel, splits, _cfg(lr=1e-30, epochs=10, patience=2), resume_from=result.checkpoint_dir,
                       workdir=tmp_path / "again")
     assert len(again.history) == 3  # an early-stopped run is over
@@ -256,6 +297,12 @@ def test_ic_loss_batches_whole_days_and_trains(small, tmp_path):
     result = train_one(SPEC, panel, splits, _cfg(loss="ic", epochs=2, batch_size=80), workdir=tmp_path / "w")
     assert result.status == "ok"
     assert all(-1.0 <= h["train_loss"] <= 1.0 and math.isfinite(h["valid_ic"]) for h in result.history)
+    # its batch bounds are numpy ints: the history keeps Python numbers, so the checkpoint loads (weights_only)
+    # and the run resumes
+    more = train_one(SPEC, panel, splits, _cfg(loss="ic", epochs=3, batch_size=80), workdir=tmp_path / "more",
+                     resume_from=result.checkpoint_dir)
+    assert [h["epoch"] for h in more.history] == [1, 2, 3]
+    assert all(type(h[k]) in (int, float) for h in more.history for k in ("samples_per_s", "samples_seen"))
 
 
 def test_bad_config_and_label_are_one_line_errors(small):
@@ -338,6 +385,7 @@ def test_a_finite_loss_explosion_is_diverged_with_its_ratio(small, tmp_path):
     assert math.isfinite(last["train_loss"]) and float(m.group(1)) == pytest.approx(last["train_loss"], rel=0.05)
     assert math.isnan(last["valid_ic"])  # not validated: a diverged epoch has no metrics
     assert reports[-1]["status"] == "diverged" and reports[-1]["reason"] == result.reason
+    assert [r["finished_by"] for r in reports] == [None] * (len(reports) - 1) + ["diverged"]
     assert load_checkpoint(result.checkpoint_dir)[0]["status"] == "diverged"
     again = train_one(spec, panel, splits, cfg, workdir=tmp_path / "again", resume_from=result.checkpoint_dir)
     assert again.status == "diverged" and len(again.history) == len(result.history)  # final, like NaN

@@ -81,149 +81,265 @@ def train_one(
     config's) or a plain Panel, normalised here on the days this window reads.
 
     on_epoch(metrics, checkpoint_dir) is called after every epoch with a full checkpoint directory (it may be
-    deleted once the call returns). A NaN/inf loss, gradient or prediction, or (loss "mse") an epoch's mean
+    deleted once the call returns). Besides the scores and timings, an epoch's metrics count the run's progress:
+    samples_seen (training samples stepped so far, a resumed run's earlier epochs included), train_rows (the
+    train split's samples: one full epoch) and finished_by (None, then "early_stopping", "epochs" or "diverged"). A NaN/inf loss, gradient or prediction, or (loss "mse") an epoch's mean
     loss above cfg.max_loss_ratio x the target variance, ends training with status "diverged" and the
     reason; it is reported, never raised.
     """
     cfg.validate()
     device = torch.device(device)
     meta_extra = dict(meta_extra or {})
-    tag = meta_extra.get("variant_id") or spec
     t_setup = time.perf_counter()
     meta_extra["seen_data"] = _seen_data(panel, splits, cfg)
     data = _TrainData.build(spec, panel, splits, cfg, device)
     setup_s = time.perf_counter() - t_setup
-    # what a constant prediction's mse is: the scale of the finite-explosion rule (mse only; see _loss_explosion)
-    target_var = _target_variance(data) if cfg.loss == "mse" and cfg.max_loss_ratio is not None else None
 
     # ---- model + optimizer (init under the seed) ------------------------------------------------------
     torch.manual_seed(cfg.seed)
     model = build_model(spec, len(panel.features), cfg.lookback).to(device)
-    params = int(count_params(model))
-    # the weights' scale at initialisation: the "ic" loss's explosion rule (see _weight_explosion)
-    init_rms = _weight_rms(model) if cfg.loss == "ic" and cfg.max_weight_growth is not None else None
+    run = RunState.start(spec, panel, splits, cfg, data, model, meta_extra=meta_extra, on_epoch=on_epoch,
+                         setup_s=setup_s)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     forward = torch.compile(model) if cfg.compile else model
-    stopper = EarlyStopping(cfg.early_stopping_metric, cfg.patience, _cpu_copy(model.state_dict()))
-    history: list[dict] = []
     start_epoch = 1
 
     if resume_from is not None:
-        meta, best_state, last_state, state = load_train_state(resume_from)
-        if meta["spec"] != spec:
-            raise CliError(f"{Path(resume_from) / 'meta.json'}: checkpoint is for spec {meta['spec']!r}, not {spec!r}")
-        model.load_state_dict(last_state)
+        state = resume_run(run, model, resume_from)
         optimizer.load_state_dict(state["optimizer"])
-        history = list(state["history"])
-        stopper.load_state_dict(state["early_stopping"], best_state, history)
         start_epoch = int(state["epoch"]) + 1
-        # a run that diverged or early-stopped is over; one that used up its epochs continues when cfg has more
-        finished = state["status"] == "diverged" or state.get("finished_by") == "early_stopping"
-        if finished or start_epoch > cfg.epochs:
-            status = state["status"] if state["status"] != "running" else "ok"
-            return TrainResult(status, state.get("reason", ""), stopper.best_epoch, stopper.best_metrics, history,
-                               Path(resume_from), params, 0.0, setup_s)
+        if run.status != "running":
+            return run.train_result()
 
-    workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="crnn_train_"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    run.workdir = new_workdir(workdir)
     if sampler is not None:
         sampler.sample()  # start the CPU-use window at the first epoch
-    status, reason, finished_by, rates = "running", "", None, []
-    checkpoint_dir: Path | None = None
-    previous_dir: Path | None = None
 
     for epoch in range(start_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
         torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout stream of this epoch
-        train_loss, samples_per_s, diverged = _train_epoch(model, forward, optimizer, data, cfg, epoch, device)
-        exploded = "" if diverged else (_loss_explosion(train_loss, target_var, cfg.max_loss_ratio, epoch)
-                                        or _weight_explosion(model, init_rms, cfg.max_weight_growth, epoch))
-        diverged = diverged or exploded
-        t_valid = time.perf_counter()
-        validated = not diverged and _validates(cfg, epoch)
-        summary, bad_prediction = _validate(forward, model, data, cfg, epoch, ("valid",)) if validated else ({}, "")
-        diverged = diverged or bad_prediction
-        valid_s = time.perf_counter() - t_valid if validated else 0.0
-        metrics = {
-            "epoch": epoch,
-            "train_loss": train_loss if exploded or not diverged else math.nan,  # an explosion's is finite
-            **{m.name: _finite_or_nan(summary.get(m.part, {}).get(m.summary_key)) for m in METRICS.values()},
-            "samples_per_s": samples_per_s,
-            "epoch_s": 0.0,
-            "train_s": t_valid - t0,  # training steps (+ the divergence checks)
-            "valid_s": valid_s,       # predicting and scoring the valid part (0 when skipped), and the select
-                                      # part where it was scored (select_scoring)
-            "params": params,
-        }
-
-        # ---- early stopping / status ---------------------------------------------------------------------
-        if diverged:
-            status, reason, finished_by = "diverged", diverged, "diverged"
-        else:
-            if validated:  # an epoch without validation neither improves nor uses up patience
-                stopper.update(metrics, epoch, model)
-            if stopper.done:
-                status, finished_by = "ok", "early_stopping"
-                reason = (f"early stopped at epoch {epoch}: no {cfg.early_stopping_metric} gain for "
-                          f"{stopper.bad_epochs} epochs")
-            elif epoch == cfg.epochs:
-                status, reason, finished_by = "ok", f"completed {epoch} epochs", "epochs"
-        if stopper.best_epoch == epoch:
-            stopper.best_metrics = metrics
-        selected = None  # the epoch whose weights scored the select part now
-        if _scores_select(cfg, data, stopper, epoch, status):
-            t_select = time.perf_counter()
-            selected, bad_prediction = stopper.best_epoch, _score_select(forward, model, data, cfg, stopper, epoch)
-            if bad_prediction:
-                status, reason, finished_by = "diverged", bad_prediction, "diverged"
-            metrics["valid_s"] += time.perf_counter() - t_select
-        metrics["best_epoch"] = stopper.best_epoch
-        metrics.update({f"best_{name}": stopper.best_metrics.get(name, math.nan) for name in VALID_METRICS})
-        metrics["status"], metrics["reason"] = status, reason
-        if sampler is not None:
-            # `threads` is torch's intra-op quota (what the CPU quota sets); the OS count (Ray's threads
-            # included) is `os_threads`, the same keys the sweep reports
-            sample = sampler.sample()
-            metrics.update(cpu_percent=sample["cpu_percent"], threads=torch.get_num_threads(),
-                           os_threads=sample["threads"])
-        metrics["epoch_s"] = time.perf_counter() - t0
-        history.append(metrics)
-        rates.append(samples_per_s)
-
-        # ---- checkpoint + report -------------------------------------------------------------------------
-        checkpoint_dir = workdir / f"checkpoint_{epoch:04d}"
-        write_checkpoint(
-            checkpoint_dir,
-            # no valid epoch yet: the last weights stand in for the best
-            best_state=stopper.best_state if stopper.best_epoch is not None else model.state_dict(),
-            last_state=model.state_dict(),
-            train_state={"epoch": epoch, "optimizer": optimizer.state_dict(), "rng": _rng_states(),
-                         "early_stopping": stopper.state_dict(), "history": history, "status": status,
-                         "reason": reason, "finished_by": finished_by, "config": asdict(cfg)},
-            meta=_meta(spec, panel, splits, cfg, data.horizon, epoch, stopper.best_epoch, stopper.best_metrics,
-                       params, status, reason, tag, meta_extra),
-        )
-        print(_epoch_line(tag, metrics, cfg.epochs, data.eval_parts["valid"].budget if validated else None,
-                          None if validated or diverged else cfg.eval_every, selected), flush=True)
-        if on_epoch is not None:
-            on_epoch(dict(metrics), checkpoint_dir)
-        if previous_dir is not None and previous_dir != checkpoint_dir:
-            shutil.rmtree(previous_dir, ignore_errors=True)  # keep only the newest checkpoint on disk
-        previous_dir = checkpoint_dir
+        steps = _train_epoch(model, forward, optimizer, data, cfg, epoch, device)
+        status = close_epoch(run, model, forward, epoch, steps, started=t0, optimizer_state=optimizer.state_dict,
+                             rng_state=_rng_states, sample=sampler.sample if sampler is not None else None)
         if status != "running":
             break
+    return run.train_result()
 
-    return TrainResult(
-        status=status if status != "running" else "ok",
-        reason=reason,
-        best_epoch=stopper.best_epoch,
-        best_metrics=stopper.best_metrics,
-        history=history,
-        checkpoint_dir=checkpoint_dir,
-        params=params,
-        samples_per_s=float(np.mean(rates)) if rates else 0.0,
-        setup_s=setup_s,
+
+# ---- one run's state, and the end of its epochs (train_one's and a stacked member's) ---------------------
+
+
+@dataclass
+class EpochSteps:
+    """What one epoch's training steps left, for close_epoch: train_one's _train_epoch returns it, a stacked
+    member's comes from its round."""
+
+    train_loss: float   # mean loss over the steps taken
+    samples: int        # training samples stepped (the rows of the batches taken)
+    seconds: float      # the steps' wall time: samples_per_s = samples / seconds
+    diverged: str = ""  # the first non-finite loss or gradient norm as a reason; ""
+
+
+@dataclass
+class RunState:
+    """One run's state from epoch to epoch: what close_epoch reads and updates. train_one keeps one; a stacked
+    member is one (stacked._Run), so both end their epochs by the same code."""
+
+    spec: str
+    panel: object
+    splits: object
+    cfg: TrainConfig
+    data: _TrainData
+    tag: str                            # the epoch line's and the checkpoint's name: variant_id, else the spec
+    meta_extra: dict
+    params: int
+    stopper: EarlyStopping
+    target_var: float | None = None     # the "mse" explosion rule's scale (_loss_explosion); None: off
+    init_rms: float | None = None       # the "ic" explosion rule's scale (_weight_explosion); None: off
+    on_epoch: Callable[[dict, Path], None] | None = None
+    workdir: Path | None = None
+    history: list = field(default_factory=list)
+    samples_seen: int = 0               # training samples stepped over all epochs so far, a resume's included
+    rates: list = field(default_factory=list)  # samples/s of the epochs this call trained
+    status: str = "running"
+    reason: str = ""
+    checkpoint_dir: Path | None = None  # the newest checkpoint (a finished run resumed: the one it resumed)
+    previous_dir: Path | None = None    # the checkpoint this call wrote last (removed when the next is written)
+    setup_s: float = 0.0
+
+    @classmethod
+    def start(cls, spec: str, panel, splits, cfg: TrainConfig, data: _TrainData, model: torch.nn.Module, *,
+              meta_extra: dict, on_epoch=None, setup_s: float = 0.0, **extra) -> RunState:
+        """A run at its first epoch, `model` freshly initialised (the explosion rules' scales and the early
+        stopper's stand-in weights are taken from it)."""
+        return cls(
+            spec=spec, panel=panel, splits=splits, cfg=cfg, data=data,
+            tag=meta_extra.get("variant_id") or spec, meta_extra=meta_extra, params=int(count_params(model)),
+            stopper=EarlyStopping(cfg.early_stopping_metric, cfg.patience, _cpu_copy(model.state_dict())),
+            # what a constant prediction's mse is: the scale of the finite-explosion rule (mse only)
+            target_var=_target_variance(data) if cfg.loss == "mse" and cfg.max_loss_ratio is not None else None,
+            # the weights' scale at initialisation: the "ic" loss's explosion rule
+            init_rms=_weight_rms(model) if cfg.loss == "ic" and cfg.max_weight_growth is not None else None,
+            on_epoch=on_epoch, setup_s=setup_s, **extra)
+
+    def train_result(self) -> TrainResult:
+        return TrainResult(
+            status=self.status if self.status != "running" else "ok",
+            reason=self.reason,
+            best_epoch=self.stopper.best_epoch,
+            best_metrics=self.stopper.best_metrics,
+            history=self.history,
+            checkpoint_dir=self.checkpoint_dir,
+            params=self.params,
+            samples_per_s=float(np.mean(self.rates)) if self.rates else 0.0,
+            setup_s=self.setup_s,
+        )
+
+
+def new_workdir(workdir: str | Path | None) -> Path:
+    """The run's checkpoint folder (a fresh temporary one when None), created."""
+    path = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="crnn_train_"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def resume_run(run: RunState, model: torch.nn.Module, resume_from: str | Path) -> dict:
+    """Load checkpoint `resume_from` into `run` and `model` (last weights, history, early stopping, samples
+    seen) and return its train state: the optimizer state in it is the caller's to load (torch's AdamW or a
+    stack row). A run that is over -- diverged, early-stopped, or out of cfg.epochs -- gets its status, reason
+    and checkpoint_dir, so the caller returns run.train_result(); one that used up its epochs goes on when cfg
+    has more."""
+    meta, best_state, last_state, state = load_train_state(resume_from)
+    if meta["spec"] != run.spec:
+        raise CliError(f"{Path(resume_from) / 'meta.json'}: checkpoint is for spec {meta['spec']!r}, "
+                       f"not {run.spec!r}")
+    model.load_state_dict(last_state)
+    run.history = list(state["history"])
+    run.stopper.load_state_dict(state["early_stopping"], best_state, run.history)
+    done = int(state["epoch"])
+    run.samples_seen = (int(state["samples_seen"]) if state.get("samples_seen") is not None
+                        else _recount_samples(run.cfg, run.data, done))
+    finished = state["status"] == "diverged" or state.get("finished_by") == "early_stopping"
+    if finished or done + 1 > run.cfg.epochs:
+        run.status = state["status"] if state["status"] != "running" else "ok"
+        run.reason = state.get("reason", "")
+        run.checkpoint_dir = Path(resume_from)
+    return state
+
+
+def _recount_samples(cfg: TrainConfig, data: _TrainData, epochs: int) -> int:
+    """Training samples of epochs 1..epochs, for a checkpoint written before samples_seen was kept: each epoch's
+    batches are a function of (seed, epoch, run identity), so its order tells them again."""
+    cpu = torch.device("cpu")
+    return sum(int(hi - lo) for epoch in range(1, epochs + 1)
+               for lo, hi, _ in _epoch_order(cfg, epoch, data.day_starts, data.day_counts, cpu, data.identity).batches)
+
+
+def close_epoch(run: RunState, model: torch.nn.Module, forward, epoch: int, steps: EpochSteps, *,
+                started: float | None, optimizer_state: Callable[[], dict], rng_state: Callable[[], dict],
+                sample: Callable[[], dict] | None = None) -> str:
+    """The end of epoch `epoch` of `run`, whose weights after it are in `model` (`forward`: the model or its
+    compiled self): explosion checks, validation, early stopping and status, the select part, the epoch's
+    metrics into the history, checkpoint, epoch line, on_epoch, the previous checkpoint removed. Returns the
+    run's status ("running" while it goes on).
+
+    The callers differ only in what they pass: `started`, the perf_counter at which train_one began the epoch
+    (train_s and epoch_s are timed from it: the whole epoch); None for a stacked member, whose train_s is its
+    round's (steps.seconds, every member trained in it) and epoch_s that plus its own validation.
+    `optimizer_state` / `rng_state` give what the checkpoint keeps (torch's AdamW and global RNG, or a stack
+    row's and the member's generator); `sample` takes the CPU-use sample (train_one's sampler now, a stack's
+    round's).
+    """
+    cfg, data, stopper = run.cfg, run.data, run.stopper
+    # a Python int: the "ic" loss's batch bounds are numpy ints, and a numpy scalar in the history would make
+    # state.pt unloadable under torch.load(weights_only=True), i.e. the run unresumable
+    samples = int(steps.samples)
+    samples_per_s = samples / steps.seconds if steps.seconds > 0 else 0.0
+    run.samples_seen += samples
+    diverged = steps.diverged
+    exploded = "" if diverged else (_loss_explosion(steps.train_loss, run.target_var, cfg.max_loss_ratio, epoch)
+                                    or _weight_explosion(model, run.init_rms, cfg.max_weight_growth, epoch))
+    diverged = diverged or exploded
+    t_valid = time.perf_counter()
+    validated = not diverged and _validates(cfg, epoch)
+    summary, bad_prediction = _validate(forward, model, data, cfg, epoch, ("valid",)) if validated else ({}, "")
+    diverged = diverged or bad_prediction
+    valid_s = time.perf_counter() - t_valid if validated else 0.0
+    metrics = {
+        "epoch": epoch,
+        "train_loss": steps.train_loss if exploded or not diverged else math.nan,  # an explosion's is finite
+        **{m.name: _finite_or_nan(summary.get(m.part, {}).get(m.summary_key)) for m in METRICS.values()},
+        "samples_per_s": samples_per_s,
+        "samples_seen": run.samples_seen,      # training samples stepped so far, over all epochs of the run
+        "train_rows": len(data.train_rows),    # training samples in the train split (one full epoch)
+        "epoch_s": 0.0,
+        # training steps (+ the divergence checks); a stacked member: its round's, every member trained in them
+        "train_s": t_valid - started if started is not None else steps.seconds,
+        "valid_s": valid_s,       # predicting and scoring the valid part (0 when skipped), and the select
+                                  # part where it was scored (select_scoring)
+        "params": run.params,
+    }
+
+    # ---- early stopping / status ---------------------------------------------------------------------
+    status, reason, finished_by = "running", "", None
+    if diverged:
+        status, reason, finished_by = "diverged", diverged, "diverged"
+    else:
+        if validated:  # an epoch without validation neither improves nor uses up patience
+            stopper.update(metrics, epoch, model)
+        if stopper.done:
+            status, finished_by = "ok", "early_stopping"
+            reason = (f"early stopped at epoch {epoch}: no {cfg.early_stopping_metric} gain for "
+                      f"{stopper.bad_epochs} epochs")
+        elif epoch == cfg.epochs:
+            status, reason, finished_by = "ok", f"completed {epoch} epochs", "epochs"
+    if stopper.best_epoch == epoch:
+        stopper.best_metrics = metrics
+    selected = None  # the epoch whose weights scored the select part now
+    if _scores_select(cfg, data, stopper, epoch, status):
+        t_select = time.perf_counter()
+        selected, bad_prediction = stopper.best_epoch, _score_select(forward, model, data, cfg, stopper, epoch)
+        if bad_prediction:
+            status, reason, finished_by = "diverged", bad_prediction, "diverged"
+        metrics["valid_s"] += time.perf_counter() - t_select
+    metrics["best_epoch"] = stopper.best_epoch
+    metrics.update({f"best_{name}": stopper.best_metrics.get(name, math.nan) for name in VALID_METRICS})
+    metrics["status"], metrics["reason"], metrics["finished_by"] = status, reason, finished_by
+    if sample is not None:
+        # `threads` is torch's intra-op quota (what the CPU quota sets); the OS count (Ray's threads
+        # included) is `os_threads`, the same keys the sweep reports
+        taken = sample()
+        metrics.update(cpu_percent=taken["cpu_percent"], threads=torch.get_num_threads(),
+                       os_threads=taken["threads"])
+    now = time.perf_counter()
+    metrics["epoch_s"] = now - started if started is not None else steps.seconds + (now - t_valid)
+    run.history.append(metrics)
+    run.rates.append(samples_per_s)
+    run.status, run.reason = status, reason
+
+    # ---- checkpoint + report -------------------------------------------------------------------------
+    checkpoint_dir = run.workdir / f"checkpoint_{epoch:04d}"
+    last_state = model.state_dict()
+    write_checkpoint(
+        checkpoint_dir,
+        # no valid epoch yet: the last weights stand in for the best
+        best_state=stopper.best_state if stopper.best_epoch is not None else last_state,
+        last_state=last_state,
+        train_state={"epoch": epoch, "optimizer": optimizer_state(), "rng": rng_state(),
+                     "early_stopping": stopper.state_dict(), "history": run.history, "status": status,
+                     "reason": reason, "finished_by": finished_by, "samples_seen": run.samples_seen,
+                     "config": asdict(cfg)},
+        meta=_meta(run.spec, run.panel, run.splits, cfg, data.horizon, epoch, stopper.best_epoch,
+                   stopper.best_metrics, run.params, status, reason, run.tag, run.meta_extra),
     )
+    print(_epoch_line(run.tag, metrics, cfg.epochs, data.eval_parts["valid"].budget if validated else None,
+                      None if validated or diverged else cfg.eval_every, selected), flush=True)
+    if run.on_epoch is not None:
+        run.on_epoch(dict(metrics), checkpoint_dir)
+    if run.previous_dir is not None and run.previous_dir != checkpoint_dir:
+        shutil.rmtree(run.previous_dir, ignore_errors=True)  # keep only the newest checkpoint on disk
+    run.previous_dir = run.checkpoint_dir = checkpoint_dir
+    return status
 
 
 # ---- the parts of the loop ------------------------------------------------------------------------------
@@ -371,8 +487,9 @@ def _validates(cfg: TrainConfig, epoch: int) -> bool:
 
 
 def _train_epoch(model, forward, optimizer, data: _TrainData, cfg: TrainConfig, epoch: int,
-                 device: torch.device) -> tuple[float, float, str]:
-    """One pass over this epoch's batches: (mean train loss, samples/s, divergence reason or "").
+                 device: torch.device) -> EpochSteps:
+    """One pass over this epoch's batches: its mean train loss, the samples stepped, the seconds they took and
+    the divergence reason ("" when none).
 
     Each step's loss and gradient norm are written into device buffers; the host looks at them only every
     DIVERGENCE_CHECK_STEPS steps and at the end, so an ordinary step never waits for the device.
@@ -405,8 +522,7 @@ def _train_epoch(model, forward, optimizer, data: _TrainData, cfg: TrainConfig, 
         torch.cuda.synchronize(device)
     train_s = time.perf_counter() - t0
     loss_values = losses[:steps].double().cpu().numpy()
-    return (float(np.mean(loss_values)) if steps else math.nan,
-            n_samples / train_s if train_s > 0 else 0.0, diverged)
+    return EpochSteps(float(np.mean(loss_values)) if steps else math.nan, n_samples, train_s, diverged)
 
 
 def _divergence(losses: torch.Tensor, norms: torch.Tensor, epoch: int) -> str:

@@ -21,8 +21,8 @@ each member's own, exactly as train_one does it:
   allowed because the buffers are batched too), and batch statistics are each member's own batch;
 - early stopping, divergence, validation, the select part, metrics, checkpoints (train_one's layout, its
   AdamW state dict included, so train_one can resume a stacked member and the scorer loads it) and on_epoch
-  reports: per member, through train_one's own helpers. A finished member leaves the stack (its rows are
-  dropped); the others go on.
+  reports: per member, through train_one's own end of an epoch (loop.close_epoch: a member's _Run is a
+  loop.RunState). A finished member leaves the stack (its rows are dropped); the others go on.
 
 Equal to train_one up to float rounding (vmapped convolutions accumulate in another order): see
 tests/test_train_stacked.py and docs/training.md, "Stacked members".
@@ -33,12 +33,10 @@ from __future__ import annotations
 import copy
 import functools
 import math
-import shutil
-import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -47,33 +45,23 @@ from torch import nn
 from torch.func import functional_call
 
 from crnn_ray.io import CliError
-from crnn_ray.schema import METRICS, VALID_METRICS
-from crnn_ray.train.checkpoint import load_train_state, write_checkpoint
 from crnn_ray.train.config import TrainConfig
 from crnn_ray.train.loop import (
     DIVERGENCE_CHECK_STEPS,
-    EarlyStopping,
+    EpochSteps,
+    RunState,
     TrainResult,
-    _cpu_copy,
     _divergence,
-    _epoch_line,
     _epoch_order,
-    _finite_or_nan,
     _loss,
-    _loss_explosion,
-    _meta,
-    _score_select,
-    _scores_select,
     _seen_data,
-    _target_variance,
     _TrainData,
-    _validate,
-    _validates,
-    _weight_explosion,
-    _weight_rms,
+    close_epoch,
+    new_workdir,
+    resume_run,
     run_identity,
 )
-from crnn_ray.zoo import build_model, count_params
+from crnn_ray.zoo import build_model
 
 # crnn_ray.data (pandas, pyarrow) is imported where it is used, as in loop.py: `import crnn_ray.train` stays light.
 
@@ -394,28 +382,14 @@ def count_aten_ops(fn: Callable[[], object], repeats: int = 2) -> dict:
 
 
 @dataclass
-class _Run:
-    """One member's training state (what train_one keeps in locals)."""
+class _Run(RunState):
+    """One member's run: train_one's per-run state (RunState, which close_epoch ends each epoch of) and the
+    stack's own per member."""
 
-    member: StackMember
-    cfg: TrainConfig
-    tag: str
-    meta_extra: dict
-    data: object
-    identity: int
-    params: int
-    target_var: float | None
-    init_rms: float | None
-    stopper: EarlyStopping
-    history: list
-    epoch: int                          # the next epoch to train
-    generator: torch.Generator
-    workdir: Path | None = None
+    identity: int = 0                   # run_identity(spec, cfg): its data order (its window's data may be shared)
+    epoch: int = 1                      # the next epoch to train
+    generator: torch.Generator | None = None  # its dropout stream (train_one's global one)
     result: TrainResult | None = None
-    rates: list | None = None
-    setup_s: float = 0.0                # its data set-up (shared windows: the first member pays the build)
-    checkpoint_dir: Path | None = None
-    previous_dir: Path | None = None
     # this round (epoch)
     batches: list | None = None
     order_rows: torch.Tensor | None = None
@@ -478,7 +452,7 @@ def train_stacked(spec: str, panel, members: Sequence[StackMember], *, device: s
         sample = sampler.sample() if sampler is not None else None
         for row, run in enumerate(live):
             scratch.load_state_dict(stack.member_state(row))
-            _close_epoch(run, spec, panel, stack, row, scratch, forward, train_s, sample)
+            _close_epoch(run, stack, row, scratch, forward, train_s, sample)
         keep = [row for row, run in enumerate(live) if run.result is None]
         if len(keep) < len(live):
             stack.keep(keep)
@@ -491,43 +465,25 @@ def _start(spec: str, panel, member: StackMember, device: torch.device, cache: d
     t_setup = time.perf_counter()
     cfg = member.cfg
     meta_extra = dict(member.meta_extra or {})
-    tag = meta_extra.get("variant_id") or spec
     meta_extra["seen_data"] = _seen_data(panel, member.splits, cfg)
     key = (member.splits, tuple((f.name, getattr(cfg, f.name)) for f in fields(cfg) if f.name not in TRAINING_ONLY))
     if key not in cache:  # members of one window share its data on the device
         cache[key] = _TrainData.build(spec, panel, member.splits, cfg, device)
     data = cache[key]
     setup_s = time.perf_counter() - t_setup
-    target_var = _target_variance(data) if cfg.loss == "mse" and cfg.max_loss_ratio is not None else None
     torch.manual_seed(cfg.seed)
     model = build_model(spec, n_features, cfg.lookback).to(device)
-    init_rms = _weight_rms(model) if cfg.loss == "ic" and cfg.max_weight_growth is not None else None
-    run = _Run(member=member, cfg=cfg, tag=tag, meta_extra=meta_extra, data=data,
-               identity=run_identity(spec, cfg), params=int(count_params(model)), target_var=target_var,
-               init_rms=init_rms, stopper=EarlyStopping(cfg.early_stopping_metric, cfg.patience,
-                                                        _cpu_copy(model.state_dict())),
-               history=[], epoch=1, generator=torch.Generator(device=device), rates=[], setup_s=setup_s)
+    run = _Run.start(spec, panel, member.splits, cfg, data, model, meta_extra=meta_extra, on_epoch=member.on_epoch,
+                     setup_s=setup_s, identity=run_identity(spec, cfg), generator=torch.Generator(device=device))
     opt_state = None
     if member.resume_from is not None:
-        meta, best_state, last_state, state = load_train_state(member.resume_from)
-        if meta["spec"] != spec:
-            raise CliError(f"{Path(member.resume_from) / 'meta.json'}: checkpoint is for spec {meta['spec']!r}, "
-                           f"not {spec!r}")
-        model.load_state_dict(last_state)
+        state = resume_run(run, model, member.resume_from)
         opt_state = state["optimizer"]
-        run.history = list(state["history"])
-        run.stopper.load_state_dict(state["early_stopping"], best_state, run.history)
         run.epoch = int(state["epoch"]) + 1
-        finished = state["status"] == "diverged" or state.get("finished_by") == "early_stopping"
-        if finished or run.epoch > cfg.epochs:
-            status = state["status"] if state["status"] != "running" else "ok"
-            run.result = TrainResult(status, state.get("reason", ""), run.stopper.best_epoch,
-                                     run.stopper.best_metrics, run.history, Path(member.resume_from), run.params,
-                                     0.0, setup_s)
+        if run.status != "running":
+            run.result = run.train_result()
     if run.result is None:
-        run.workdir = (Path(member.workdir) if member.workdir is not None
-                       else Path(tempfile.mkdtemp(prefix="crnn_train_")))
-        run.workdir.mkdir(parents=True, exist_ok=True)
+        run.workdir = new_workdir(member.workdir)
     return run, model, opt_state
 
 
@@ -632,85 +588,16 @@ def _batch(stack: StackedModule, live: list[_Run], rows: list[int], step: int, s
                       masks=stack.dropout_masks(size, [r.generator for r in runs]))
 
 
-def _close_epoch(run: _Run, spec: str, panel, stack: StackedModule, row: int, model: nn.Module, forward,
-                 train_s: float, sample: dict | None) -> None:
-    """train_one's end of an epoch for one member whose weights are loaded in `model`: explosion checks,
-    validation, early stopping, the select part, metrics, checkpoint, epoch line, on_epoch."""
-    cfg, data, stopper, epoch = run.cfg, run.data, run.stopper, run.epoch
-    samples_per_s = run.samples / train_s if train_s > 0 else 0.0
-    diverged = run.diverged
-    exploded = "" if diverged else (_loss_explosion(run.train_loss, run.target_var, cfg.max_loss_ratio, epoch)
-                                    or _weight_explosion(model, run.init_rms, cfg.max_weight_growth, epoch))
-    diverged = diverged or exploded
-    t_valid = time.perf_counter()
-    validated = not diverged and _validates(cfg, epoch)
-    summary, bad_prediction = _validate(forward, model, data, cfg, epoch, ("valid",)) if validated else ({}, "")
-    diverged = diverged or bad_prediction
-    valid_s = time.perf_counter() - t_valid if validated else 0.0
-    metrics = {
-        "epoch": epoch,
-        "train_loss": run.train_loss if exploded or not diverged else math.nan,
-        **{m.name: _finite_or_nan(summary.get(m.part, {}).get(m.summary_key)) for m in METRICS.values()},
-        "samples_per_s": samples_per_s,
-        "epoch_s": 0.0,
-        "train_s": train_s,  # the round's training steps: every member of the stack trained in them
-        "valid_s": valid_s,
-        "params": run.params,
-    }
-    status, reason, finished_by = "running", "", None
-    if diverged:
-        status, reason, finished_by = "diverged", diverged, "diverged"
-    else:
-        if validated:
-            stopper.update(metrics, epoch, model)
-        if stopper.done:
-            status, finished_by = "ok", "early_stopping"
-            reason = (f"early stopped at epoch {epoch}: no {cfg.early_stopping_metric} gain for "
-                      f"{stopper.bad_epochs} epochs")
-        elif epoch == cfg.epochs:
-            status, reason, finished_by = "ok", f"completed {epoch} epochs", "epochs"
-    if stopper.best_epoch == epoch:
-        stopper.best_metrics = metrics
-    selected = None
-    if _scores_select(cfg, data, stopper, epoch, status):
-        t_select = time.perf_counter()
-        selected, bad_prediction = stopper.best_epoch, _score_select(forward, model, data, cfg, stopper, epoch)
-        if bad_prediction:
-            status, reason, finished_by = "diverged", bad_prediction, "diverged"
-        metrics["valid_s"] += time.perf_counter() - t_select
-    metrics["best_epoch"] = stopper.best_epoch
-    metrics.update({f"best_{name}": stopper.best_metrics.get(name, math.nan) for name in VALID_METRICS})
-    metrics["status"], metrics["reason"] = status, reason
-    if sample is not None:
-        metrics.update(cpu_percent=sample["cpu_percent"], threads=torch.get_num_threads(),
-                       os_threads=sample["threads"])
-    metrics["epoch_s"] = train_s + (time.perf_counter() - t_valid)
-    run.history.append(metrics)
-    run.rates.append(samples_per_s)
-
-    checkpoint_dir = run.workdir / f"checkpoint_{epoch:04d}"
-    last_state = model.state_dict()
-    write_checkpoint(
-        checkpoint_dir,
-        best_state=stopper.best_state if stopper.best_epoch is not None else last_state,
-        last_state=last_state,
-        train_state={"epoch": epoch, "optimizer": stack.optimizer_state(row, model),
-                     "rng": {"torch": run.generator.get_state()}, "early_stopping": stopper.state_dict(),
-                     "history": run.history, "status": status, "reason": reason, "finished_by": finished_by,
-                     "config": asdict(cfg)},
-        meta=_meta(spec, panel, run.member.splits, cfg, data.horizon, epoch, stopper.best_epoch,
-                   stopper.best_metrics, run.params, status, reason, run.tag, run.meta_extra),
-    )
-    print(_epoch_line(run.tag, metrics, cfg.epochs, data.eval_parts["valid"].budget if validated else None,
-                      None if validated or diverged else cfg.eval_every, selected), flush=True)
-    if run.member.on_epoch is not None:
-        run.member.on_epoch(dict(metrics), checkpoint_dir)
-    if run.previous_dir is not None and run.previous_dir != checkpoint_dir:
-        shutil.rmtree(run.previous_dir, ignore_errors=True)
-    run.previous_dir = run.checkpoint_dir = checkpoint_dir
+def _close_epoch(run: _Run, stack: StackedModule, row: int, model: nn.Module, forward, train_s: float,
+                 sample: dict | None) -> None:
+    """train_one's end of an epoch (close_epoch) for the member in stack row `row`, its weights loaded in
+    `model`: its round's training as its steps, its optimizer state from the stack, its own dropout generator as
+    the RNG state; it leaves with its TrainResult once finished."""
+    steps = EpochSteps(run.train_loss, run.samples, train_s, run.diverged)
+    status = close_epoch(run, model, forward, run.epoch, steps, started=None,
+                         optimizer_state=functools.partial(stack.optimizer_state, row, model),
+                         rng_state=lambda: {"torch": run.generator.get_state()},
+                         sample=None if sample is None else (lambda: sample))
     run.epoch += 1
     if status != "running":
-        run.result = TrainResult(status=status, reason=reason, best_epoch=stopper.best_epoch,
-                                 best_metrics=stopper.best_metrics, history=run.history,
-                                 checkpoint_dir=checkpoint_dir, params=run.params,
-                                 samples_per_s=float(np.mean(run.rates)) if run.rates else 0.0, setup_s=run.setup_s)
+        run.result = run.train_result()
