@@ -324,3 +324,23 @@ def test_check_looks_at_the_data_path_without_reading_the_data(tmp_path, capsys)
     other = write_yaml(tmp_path / "other.yaml", doc)
     assert main(["--config", str(other), "--check"]) == 2
     assert "error: other.yaml: data.label: 'y15' is not a label of nowhere.parquet" in capsys.readouterr().err
+
+
+def test_rows_say_what_each_net_saw_and_the_leaderboard_says_when_they_are_undertrained():
+    from crnn_ray.sweep.leaderboard import trial_row, training_note
+
+    grid = {"key": "t000", "variant_id": "cnn1d/m01", "spec": "cnn1d(c5s1*3)", "seed": 0}
+    capped = [{"epoch": 3, "status": "ok", "reason": "completed 3 epochs", "samples_seen": 19_200,
+               "train_rows": 48_000, "finished_by": "epochs"}]
+    stopped = [{"epoch": 7, "status": "ok", "reason": "early stopped", "samples_seen": 336_000,
+                "train_rows": 48_000, "finished_by": "early_stopping"}]
+    row = trial_row(grid, capped, None, "cnn1d")
+    assert (row["samples_seen"], row["train_rows"], row["finished_by"]) == (19_200, 48_000, "epochs")
+    assert row["passes"] == pytest.approx(0.4)
+    old = trial_row(grid, [{"epoch": 1, "status": "ok"}], None, "cnn1d")  # a report from before the keys
+    assert old["samples_seen"] == -1 and math.isnan(old["passes"]) and old["finished_by"] == ""
+    rows = lambda reports: pd.DataFrame([trial_row(grid, r, None, "cnn1d") for r in reports],  # noqa: E731
+                                        columns=TRIAL_COLUMNS)
+    note = training_note(rows([capped, capped, stopped]))
+    assert note.startswith("undertrained: 2 of 3 models stopped at the epoch cap") and "0.40x" in note
+    assert training_note(rows([stopped, stopped, capped])) is None

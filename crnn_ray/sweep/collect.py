@@ -18,7 +18,7 @@ import pandas as pd
 
 from crnn_ray.sweep.config import SweepConfig
 from crnn_ray.sweep.leaderboard import (baseline_rows, build_leaderboard, leaderboard_markdown, trial_row,
-                                        trials_frame, write_results)
+                                        training_note, trials_frame, write_results)
 from crnn_ray.sweep.placement import pack_models
 from crnn_ray.sweep.trial import STORAGE_ERROR, read_pack_file, read_reports, unusable
 from crnn_ray.zoo import family_of, load_zoo
@@ -224,12 +224,16 @@ def collect(cfg: SweepConfig, exp_dir: Path, grid: list[dict], results, baseline
                                    f"{int(trials.status.isin(['ok', 'pruned']).sum())} ranked, "
                                    f"{int((trials.status == 'diverged').sum())} diverged, "
                                    f"{int((trials.status == 'failed').sum())} failed.")
+    note = training_note(trials)
+    if note:
+        md += f"\n{note}\n"
     write_results(exp_dir, trials, lb, md)
     for _, r in trials.iterrows():
         ic = "" if math.isnan(r.valid_ic) else (
             f" valid IC {r.valid_ic:+.4f}" + ("" if math.isnan(r.select_ic) else f", select IC {r.select_ic:+.4f}")
             + f" (epoch {r.best_epoch})")
+        seen = f"; {r.passes:.2f} passes over its training rows" if math.isfinite(r.passes) else ""
         print(f"  {r.trial_id} {r.variant_id} seed {r.seed}: {r.status}{ic}"
-              f"{' — ' + r.reason if r.reason else ''}", flush=True)
+              f"{' — ' + r.reason if r.reason else ''}{seen}", flush=True)
     print(md, flush=True)
     return SweepOutcome(exp_dir, trials, lb)

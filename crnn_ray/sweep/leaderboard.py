@@ -30,6 +30,9 @@ TRIAL_COLUMNS = [
     # walk-forward: the trial's window (0 for a static split) and its model line (the same variant, seed and
     # hyperparameters in every window: `t005` of `w03-t005`)
     "window", "line",
+    # what the net saw: training samples stepped, the train split's samples, their ratio (passes over the
+    # training rows), and what ended it: early_stopping | epochs (the cap) | diverged | "" (pruned, failed)
+    "samples_seen", "train_rows", "passes", "finished_by",
 ]
 LEADERBOARD_COLUMNS = [
     "variant_id", "spec", "family", "n_seeds", "n_ok", "status",
@@ -104,7 +107,31 @@ def trial_row(trial: dict, reports: list[dict], error: str | None, family: str,
         "resumed_from_epoch": _int(last.get("resumed_from_epoch"), 0),
         "window": int(trial.get("window") or 0),
         "line": str(trial.get("line") or trial["key"]),
+        **_seen(last),
     }
+
+
+def _seen(last: dict) -> dict:
+    """samples_seen, train_rows, passes (their ratio) and finished_by of a model's last report."""
+    seen, rows = _int(last.get("samples_seen"), -1), _int(last.get("train_rows"), -1)
+    return {"samples_seen": seen, "train_rows": rows,
+            "passes": seen / rows if seen >= 0 and rows > 0 else math.nan,
+            "finished_by": str(last.get("finished_by") or "")}
+
+
+def training_note(trials: pd.DataFrame) -> str | None:
+    """One line when the nets were stopped by the epoch cap before the data stopped them (undertrained):
+    `undertrained: 6 of 6 models stopped at the epoch cap, not by early stopping; they saw 0.40 of their
+    training rows on average (median passes 0.40)`; None when early stopping ended most of them."""
+    done = trials[trials["finished_by"].isin(["early_stopping", "epochs"])]
+    capped = done[done["finished_by"] == "epochs"]
+    if done.empty or len(capped) * 2 < len(done):
+        return None
+    passes = capped["passes"].dropna()
+    seen = (f"; they saw {passes.median():.2f}x their training rows (median passes; "
+            f"{int((passes < 1).sum())} of {len(passes)} saw fewer than all of them once)") if len(passes) else ""
+    return (f"undertrained: {len(capped)} of {len(done)} models stopped at the epoch cap (training.epochs), not by "
+            f"early stopping{seen}")
 
 
 def _mean(rows: list[dict], key: str) -> float:
