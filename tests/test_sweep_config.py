@@ -344,3 +344,17 @@ def test_rows_say_what_each_net_saw_and_the_leaderboard_says_when_they_are_under
     note = training_note(rows([capped, capped, stopped]))
     assert note.startswith("undertrained: 2 of 3 models stopped at the epoch cap") and "0.40x" in note
     assert training_note(rows([stopped, stopped, capped])) is None
+
+
+def test_stacks_group_consecutive_models_of_one_spec_up_to_the_size():
+    from crnn_ray.sweep.placement import Placement
+    from crnn_ray.sweep.trial import _stacks
+
+    t = lambda key, spec, lookback=20: {"key": key, "spec": spec, "train_config": {"lookback": lookback}}  # noqa: E731
+    trials = [t("a", "x"), t("b", "x"), t("c", "x"), t("d", "y"), t("e", "x", 10), t("f", "x", 10)]
+    keys = lambda groups: [[m["key"] for m in g] for g in groups]  # noqa: E731
+    assert keys(_stacks(iter(trials), 2)) == [["a", "b"], ["c"], ["d"], ["e", "f"]]
+    assert keys(_stacks(iter(trials), 1)) == [[m["key"]] for m in trials]
+    p = Placement(cpus_per_trial=1, gpus_per_trial=0, max_concurrent_trials=1)
+    assert p.stack_size("cpu") == 1 and p.stack_size("cuda") == 8
+    assert Placement(1, 1, 1, stack=4).stack_size("cpu") == 4

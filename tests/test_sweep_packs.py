@@ -96,3 +96,26 @@ def test_a_diverging_model_does_not_stop_its_pack(kill_t001, tmp_path):
     assert rows.loc["t000", "status"] == "diverged" and "non-finite" in rows.loc["t000", "reason"]
     assert rows.loc["t001", "status"] == "ok" and math.isfinite(rows.loc["t001", "valid_ic"])
     assert outcome.n_ranked == 1 and (tmp_path / "runs" / "div" / rows.loc["t001", "checkpoint"]).is_dir()
+
+
+def test_a_stacked_pack_matches_its_one_model_runs(single_and_packed, kill_t001, tmp_path):
+    """resources.stack_size 3: the pack's three seeds of one spec train as one vmapped stack (one Train run),
+    each model keeping its own row, reports and checkpoint, equal to its one-model run up to float rounding."""
+    root, single, _ = single_and_packed
+    (kill_t001 / "killed-t001").write_text("no kill in this sweep")
+    stacked = _sweep(tmp_path, "stacked", 3, resources={"cpus_per_trial": 1, "models_per_trial": 3, "stack_size": 3})
+    a, b = single.trials.set_index("trial_id"), stacked.trials.set_index("trial_id")
+    assert (b.status == "ok").all() and list(b.index) == ["t000", "t001", "t002"]
+    reports = read_results_json(tmp_path / "runs" / "stacked" / "tune" / "p000")
+    # one round per epoch: every model's epoch 1 before any epoch 2 (one after another would be t000 1, t000 2, ...)
+    assert [(r["trial_key"], r["epoch"]) for r in reports] == [
+        ("t000", 1), ("t001", 1), ("t002", 1), ("t000", 2), ("t001", 2), ("t002", 2)]
+    for key in ("t000", "t001", "t002"):
+        assert b.loc[key, "best_epoch"] == a.loc[key, "best_epoch"]
+        for metric in ("valid_ic", "valid_rank_ic", "select_rank_ic"):
+            assert b.loc[key, metric] == pytest.approx(a.loc[key, metric], abs=1e-4), (key, metric)
+        wa = torch.load(root / "runs" / "single" / a.loc[key, "checkpoint"] / "best.pt", weights_only=True)
+        wb = torch.load(tmp_path / "runs" / "stacked" / b.loc[key, "checkpoint"] / "best.pt", weights_only=True)
+        assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-4) for k in wa), key
+    # tiny.yaml caps an epoch at 10 steps of 256: the rows say the nets saw 2 x 2,560 of their training rows
+    assert (b.finished_by == "epochs").all() and (b.samples_seen == 2 * b.train_rows.clip(upper=10 * 256)).all()

@@ -73,6 +73,9 @@ class ResourcesConfig:
     cpu_quota: bool = setting(True, check=boolean)  # false: torch may use every core (the seed's setting)
     # models one Train run trains one after another (a "pack"): "auto" fills the concurrent slots evenly
     models_per_trial: Any = setting("auto", check=auto_or(positive_int))
+    # models of one spec (seeds, settings that keep the shapes, windows of one line) a worker trains as one
+    # stacked module (crnn_ray.train.train_stacked): "auto" = 1 on a CPU, 8 on a GPU (placement.STACK_AUTO)
+    stack_size: Any = setting("auto", check=auto_or(positive_int))
     # the largest grid a sweep accepts (windows x variants x hyperparameter combinations x seeds): a typo in a
     # list can ask for millions of trials, which would hang while the grid is built
     max_trials: int = setting(100_000, check=positive_int)

@@ -24,7 +24,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import ray
 import yaml
@@ -37,6 +37,13 @@ if TYPE_CHECKING:  # annotations only: the config module loads torch, which the 
 
 
 # ------------------------------------------------------------------------------------------------ placement
+#: resources.stack_size "auto" per device type. CPU: 1 (measured: a stack is slower there, docs/training.md,
+#: "Stacked members"). CUDA: 8 — not yet measured on a GPU (bench/gpu_check.sh --sections 3 measures it); a
+#: stack launches about as many kernels as one model (measured on CPU with torch.profiler), which is what a
+#: launch-bound GPU step pays for
+STACK_AUTO = {"cpu": 1, "cuda": 8}
+
+
 @dataclass
 class Placement:
     """What each trial asks the cluster for, decided once from the config and the cluster."""
@@ -47,6 +54,13 @@ class Placement:
     cpu_quota: bool = True
     driver_memory_mb: int = 1536
     cluster: str = ""                       # one line: what the cluster offers
+    stack: Any = "auto"                     # resources.stack_size: models of one spec trained as one stack
+
+    def stack_size(self, device_type: str) -> int:
+        """Models of one spec a worker trains as one stacked module: resources.stack_size, `auto` being
+        STACK_AUTO[device type] (1 on a CPU, where a vmapped stack measured 0.54-0.63x the throughput of the same
+        models in turn for the recurrent nets; more on a GPU, where one small model's step is launch-bound)."""
+        return int(STACK_AUTO.get(device_type, 1) if self.stack == "auto" else self.stack)
 
     @property
     def use_gpu(self) -> bool:
@@ -139,7 +153,8 @@ def plan_placement(resources, n_trials: int, nodes: list[dict], node_types: list
                + (f", autoscaler node types: {len(node_types)}" if node_types else ""))
     return Placement(cpus_per_trial=cpus, gpus_per_trial=float(gpus), max_concurrent_trials=concurrent,
                      cpu_quota=bool(getattr(resources, "cpu_quota", True)),
-                     driver_memory_mb=int(resources.driver_memory_mb), cluster=cluster)
+                     driver_memory_mb=int(resources.driver_memory_mb), cluster=cluster,
+                     stack=getattr(resources, "stack_size", "auto"))
 
 
 # -------------------------------------------------------------------------------------------------- packs

@@ -47,6 +47,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import ray
 import ray.train
@@ -267,12 +268,20 @@ def train_worker(loop_config: dict) -> None:
             state = PackState.restore(Path(given) if given else None, workdir, dealt, run_dir,
                                       str(checkpoint.path) if checkpoint is not None else "")
         sampler = CpuSampler()
-        for i, trial in enumerate(_pack_order(state, ctx.queue, pack["key"])):
-            if len(dealt) > 1 or ctx.queue is not None:
-                taken = " (taken over: no pack had started it)" if trial["key"] in state.stolen_keys else ""
-                print(f"[pack {pack['key']}] model {i + 1} ({len(dealt)} dealt): {trial['key']} "
-                      f"{trial['variant_id']} seed {trial['seed']}{taken}", flush=True)
-            _train_model(trial, state, ctx, panel, device, workdir, sampler, where)
+        i = 0
+        for group in _stacks(_pack_order(state, ctx.queue, pack["key"]), p.stack_size(device.type)):
+            for trial in group:
+                i += 1
+                if len(dealt) > 1 or ctx.queue is not None:
+                    taken = " (taken over: no pack had started it)" if trial["key"] in state.stolen_keys else ""
+                    print(f"[pack {pack['key']}] model {i} ({len(dealt)} dealt): {trial['key']} "
+                          f"{trial['variant_id']} seed {trial['seed']}{taken}"
+                          + (f" (stacked: {len(group)} models of one spec)" if len(group) > 1 else ""), flush=True)
+            trial = group[0]
+            if len(group) > 1:
+                _train_stack(group, state, ctx, panel, device, workdir, sampler, where)
+            else:
+                _train_model(trial, state, ctx, panel, device, workdir, sampler, where)
     except OSError as exc:
         if exc.errno not in DISK_ERRNOS:
             raise
@@ -294,12 +303,37 @@ def _normalised_panel(panel, ctx: TrialContext, trial: dict):
     return normalise_panel(panel, clip=cfg.clip, x_dtype=cfg.x_dtype, windows=ctx.all_splits(), labels=[cfg.label])
 
 
-def _train_model(trial: dict, state: "PackState", ctx: TrialContext, panel, device, workdir: Path, sampler,
-                 where: dict) -> None:
-    """One model of the pack: train_one from where it stopped, a report and a pack checkpoint per epoch; a
-    model that raises gets one `failed` report (the pack goes on), a disk error propagates (_stop_sweep)."""
-    from crnn_ray.train import TrainConfig, train_one
+def _stacks(trials, size: int):
+    """The pack's models in order, as groups to train together: up to `size` consecutive models of one spec and
+    lookback (a stack: crnn_ray.train.train_stacked); size 1 gives one model at a time."""
+    group: list[dict] = []
+    for trial in trials:
+        if group and (len(group) >= size or _stack_key(trial) != _stack_key(group[0])):
+            yield group
+            group = []
+        group.append(trial)
+    if group:
+        yield group
 
+
+def _stack_key(trial: dict) -> tuple:
+    return trial["spec"], trial["train_config"].get("lookback")
+
+
+@dataclass
+class _ModelRun:
+    """What the pack gives one model's training: where it resumes, its epoch hook (a report and a pack
+    checkpoint per epoch), its metadata, and the stamp its reports carry."""
+
+    trial: dict
+    tag: str
+    resume_dir: Path | None
+    stamp: dict
+    on_epoch: Any
+    meta_extra: dict
+
+
+def _model_run(trial: dict, state: "PackState", ctx: TrialContext, workdir: Path, where: dict) -> _ModelRun:
     key, tag = trial["key"], f"[{trial['variant_id']}] {trial['key']}"
     resume_dir, resumed_from = state.resume.get(key, (None, 0))
     if key in state.lines:
@@ -315,27 +349,74 @@ def _train_model(trial: dict, state: "PackState", ctx: TrialContext, panel, devi
         reports.append(metrics)
         _report(metrics, state.stage(workdir, key, checkpoint_dir, metrics.get("status") != "running"), state.run_dir)
 
-    try:
-        result = train_one(
-            trial["spec"], panel, ctx.splits_of(trial), TrainConfig(**trial["train_config"]), device=device,
-            resume_from=resume_dir, on_epoch=on_epoch, workdir=workdir / "run" / key,
-            sampler=sampler, meta_extra={"variant_id": trial["variant_id"], "trial_id": key,
-                                         "experiment": ctx.experiment,
-                                         **({"window": int(trial["window"]), "line": trial["line"]}
-                                            if trial.get("window") is not None else {})})
-    except Exception as exc:  # noqa: BLE001 - one model's failure must not end its pack
-        if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
-            raise
-        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
-        print(f"{tag}: failed: {reason}", flush=True)
-        state.failed[key] = reason
-        _report({**stamp, "status": "failed", "reason": reason, "report_t": time.time()},
-                state.stage(workdir, key, None, True), state.run_dir)
-        return
+    meta_extra = {"variant_id": trial["variant_id"], "trial_id": key, "experiment": ctx.experiment,
+                  **({"window": int(trial["window"]), "line": trial["line"]} if trial.get("window") is not None
+                     else {})}
+    return _ModelRun(trial, tag, resume_dir, stamp, on_epoch, meta_extra)
+
+
+def _failed(run: _ModelRun, exc: Exception, state: "PackState", workdir: Path) -> None:
+    """A model that raised: one `failed` report (the pack goes on); a disk error propagates (_stop_sweep)."""
+    if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
+        raise exc
+    key = run.trial["key"]
+    reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+    print(f"{run.tag}: failed: {reason}", flush=True)
+    state.failed[key] = reason
+    _report({**run.stamp, "status": "failed", "reason": reason, "report_t": time.time()},
+            state.stage(workdir, key, None, True), state.run_dir)
+
+
+def _finished(run: _ModelRun, result, state: "PackState", workdir: Path) -> None:
+    key = run.trial["key"]
     if result.checkpoint_dir is not None and key not in state.over:
         # resumed into an already finished run (train_one reports nothing then): carry it as it is
         state.keep(workdir, key, result.checkpoint_dir)
     shutil.rmtree(workdir / "run" / key, ignore_errors=True)
+
+
+def _train_model(trial: dict, state: "PackState", ctx: TrialContext, panel, device, workdir: Path, sampler,
+                 where: dict) -> None:
+    """One model of the pack: train_one from where it stopped, a report and a pack checkpoint per epoch; a
+    model that raises gets one `failed` report (the pack goes on), a disk error propagates (_stop_sweep)."""
+    from crnn_ray.train import TrainConfig, train_one
+
+    run = _model_run(trial, state, ctx, workdir, where)
+    try:
+        result = train_one(trial["spec"], panel, ctx.splits_of(trial), TrainConfig(**trial["train_config"]),
+                           device=device, resume_from=run.resume_dir, on_epoch=run.on_epoch,
+                           workdir=workdir / "run" / trial["key"], sampler=sampler, meta_extra=run.meta_extra)
+    except Exception as exc:  # noqa: BLE001 - one model's failure must not end its pack
+        _failed(run, exc, state, workdir)
+        return
+    _finished(run, result, state, workdir)
+
+
+def _train_stack(group: list[dict], state: "PackState", ctx: TrialContext, panel, device, workdir: Path, sampler,
+                 where: dict) -> None:
+    """Models of one spec trained as one stacked module (resources.stack_size: one vmapped step for all of them;
+    each keeps its own data order, early stopping, reports and checkpoints, exactly as train_one would). When
+    the stack itself raises, its unfinished models are trained one at a time instead, from where the pack had
+    resumed them (epochs the stack reported are trained and reported again)."""
+    from crnn_ray.train import StackMember, TrainConfig, train_stacked
+
+    runs = [_model_run(t, state, ctx, workdir, where) for t in group]
+    members = [StackMember(TrainConfig(**t["train_config"]), ctx.splits_of(t), workdir=workdir / "run" / t["key"],
+                           meta_extra=r.meta_extra, resume_from=r.resume_dir, on_epoch=r.on_epoch)
+               for t, r in zip(group, runs)]
+    try:
+        results = train_stacked(group[0]["spec"], panel, members, device=device, sampler=sampler)
+    except Exception as exc:  # noqa: BLE001 - the stack's failure must not end its models
+        if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
+            raise
+        print(f"[stack {', '.join(t['key'] for t in group)}] {type(exc).__name__}: {str(exc)[:160]}; training "
+              "its models one at a time", flush=True)
+        for t in group:
+            if t["key"] not in state.over:
+                _train_model(t, state, ctx, panel, device, workdir, sampler, where)
+        return
+    for run, result in zip(runs, results):
+        _finished(run, result, state, workdir)
 
 
 def _stop_sweep(exc: OSError, trial: dict | None, run_dir: Path, stamp: dict) -> None:
