@@ -195,6 +195,28 @@ def write_yaml(path: Path, doc: dict) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a module (`pytestmark = pytest.mark.usefixtures("one_torch_thread")`): bit-equal
+    comparisons of two training paths need one reduction order, and two suites share the 2 CPUs."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def saved_panel(directory: Path, n_symbols: int, n_days: int, seed: int):
+    """A synthetic market written as a panel file in `directory` and loaded back (what the sweep trains on)."""
+    from crnn_ray.data import load_panel, save_panel, synthesize
+
+    df, meta = synthesize(n_symbols=n_symbols, n_days=n_days, seed=seed)
+    path = Path(directory) / "panel.parquet"
+    save_panel(df, path, meta)
+    return load_panel(path)
+
+
 def tiny_config(**overrides) -> dict:
     """configs/sweeps/tiny.yaml as a dict, with top-level sections updated (shallowly) by `overrides`."""
     import yaml

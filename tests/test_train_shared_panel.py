@@ -12,31 +12,23 @@ import numpy as np
 import pytest
 import torch
 
-from crnn_ray.data import NormalisedPanel, load_panel, normalise_panel, save_panel, synthesize, walk_forward_splits
+from conftest import saved_panel
+from crnn_ray.data import NormalisedPanel, normalise_panel, walk_forward_splits
 from crnn_ray.io import CliError
 from crnn_ray.sweep.placement import Placement
 from crnn_ray.sweep.trial import TrialContext, _normalised_panel, share_panel
 from crnn_ray.train import TrainConfig, train_one
 from crnn_ray.train.loop import _TrainData
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SPEC = "cnn1d(c3s1+batchnorm+relu+dropout+avgpool)"
 TIMING_KEYS = {"samples_per_s", "epoch_s", "train_s", "valid_s"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def market(tmp_path_factory):
-    df, meta = synthesize(n_symbols=50, n_days=240, seed=2)
-    path = tmp_path_factory.mktemp("shared") / "panel.parquet"
-    save_panel(df, path, meta)
-    panel = load_panel(path)
+    panel = saved_panel(tmp_path_factory.mktemp("shared"), 50, 240, 2)
     windows = walk_forward_splits(panel.dates, {"train": 80, "valid": 40, "select": 0.5, "step": 30,
                                                 "windows": "all"}, panel.horizon("y5"))
     return panel, windows

@@ -13,11 +13,14 @@ import math
 import pytest
 import torch
 
-from crnn_ray.data import load_panel, make_splits, save_panel, synthesize, walk_forward_splits
+from conftest import saved_panel
+from crnn_ray.data import make_splits, walk_forward_splits
 from crnn_ray.train import TrainConfig, load_checkpoint, train_one
 from crnn_ray.train.loop import _train_epoch, _TrainData
 from crnn_ray.train.stacked import StackedModule, StackMember, _start, _train_round, count_aten_ops, train_stacked
 from crnn_ray.zoo import build_model, resolve_variants
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TIMING_KEYS = {"samples_per_s", "epoch_s", "train_s", "valid_s", "cpu_percent", "threads", "os_threads"}
 #: float tolerance of a stacked member against train_one: vmapped kernels sum in another order
@@ -27,20 +30,9 @@ ATOL, RTOL = 1e-5, 1e-4
 DROPOUT_CNN = "cnn1d(c3s1+relu+batchnorm+dropout+c3s2+featuredropout+avgpool)"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    df, meta = synthesize(n_symbols=40, n_days=100, seed=0)
-    path = tmp_path_factory.mktemp("stacked") / "panel.parquet"
-    save_panel(df, path, meta)
-    panel = load_panel(path)
+    panel = saved_panel(tmp_path_factory.mktemp("stacked"), 40, 100, 0)
     return panel, make_splits(panel.dates, {"fractions": [0.6, 0.2, 0.2], "select": 0.4}, panel.horizon("y5"))
 
 

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import saved_panel
 import crnn_ray.train.loop as loop
-from crnn_ray.data import gather_windows, load_panel, make_splits, normalize_features, sample_index, save_panel, synthesize
+from crnn_ray.data import gather_windows, make_splits, normalize_features, sample_index
 from crnn_ray.io import CliError
 from crnn_ray.metrics import evaluate
 from crnn_ray.schema import METRICS
@@ -21,24 +22,15 @@ from crnn_ray.train import TrainConfig, train_one
 from crnn_ray.train.config import EVAL_BATCH
 from crnn_ray.zoo import build_model
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SPEC = "cnn1d(c3s1+batchnorm+relu+dropout+avgpool)"
 SELECT = [m for m in METRICS.values() if m.part == "select"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    df, meta = synthesize(n_symbols=40, n_days=160, seed=4)
-    path = tmp_path_factory.mktemp("valid") / "panel.parquet"
-    save_panel(df, path, meta)
-    panel = load_panel(path)
+    panel = saved_panel(tmp_path_factory.mktemp("valid"), 40, 160, 4)
     return panel, make_splits(panel.dates, {"fractions": [0.6, 0.2, 0.2], "select": 0.5}, panel.horizon("y5"))
 
 
