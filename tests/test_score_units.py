@@ -351,15 +351,17 @@ def _greedy_market(seed=0, days=60, stocks=50):
 
 
 def test_greedy_selection_prefers_diverse_units_and_stops_when_ic_stops_rising():
+    from scipy.stats import spearmanr
+
     from crnn_ray.metrics import zscore_by_day
     from crnn_ray.score.ensemble import greedy_select
 
     units, label = _greedy_market()
     z = np.stack([zscore_by_day(units[..., k]) for k in range(units.shape[-1])], axis=-1)
 
-    def ic(idx):  # plain per-day Pearson loop
+    def ic(idx):  # plain per-day Spearman loop (RankIC first)
         s = z[..., idx].mean(-1)
-        return float(np.mean([np.corrcoef(s[d], label[d])[0, 1] for d in range(len(s))]))
+        return float(np.mean([spearmanr(s[d], label[d])[0] for d in range(len(s))]))
 
     def corr(a, b):
         return float(np.mean([np.corrcoef(z[d, :, a], z[d, :, b])[0, 1] for d in range(len(z))]))

@@ -21,7 +21,7 @@ import pandas as pd
 from scipy.optimize import nnls
 
 from crnn_ray.io import CliError
-from crnn_ray.metrics import daily_ic, scaled_ranks, zscore_by_day
+from crnn_ray.metrics import daily_rank_ic, scaled_ranks, zscore_by_day
 
 __all__ = ["METHODS", "member_weights", "stack_weights", "standardise", "ensemble_signal", "correlation", "unit_standardised",
            "ensemble_units", "greedy_select"]
@@ -119,7 +119,8 @@ def greedy_select(unit_z: np.ndarray, label: np.ndarray, top_k: int, corr_penalt
 
     `unit_z` [D, S, U] holds the units' per-date standardised signals (NaN where not scored), ordered by the
     selection metric, best first; `label` [D, S]. Start from unit 0; at each step every unit not yet in whose
-    addition raises the mean daily IC of the equal-weight ensemble (mean of the chosen units' z) is scored
+    addition raises the mean daily RankIC of the equal-weight ensemble (mean of the chosen units' z; RankIC
+    first, as everywhere: docs/metrics.md) is scored
     ic(chosen + u) - corr_penalty * mean correlation of u with the chosen units (mean daily cross-sectional
     Pearson, `correlation`); the best score joins (ties: the better-ranked unit). Stop at top_k units or when
     no unit raises the IC.
@@ -128,7 +129,7 @@ def greedy_select(unit_z: np.ndarray, label: np.ndarray, top_k: int, corr_penalt
     corr = correlation({i: unit_z[..., i] for i in range(n_units)}).to_numpy()
 
     def ic(idx: list[int]) -> float:
-        daily = daily_ic(unit_z[..., idx].mean(axis=-1), label, min_stocks)
+        daily = daily_rank_ic(unit_z[..., idx].mean(axis=-1), label, min_stocks)
         return float(np.nanmean(daily)) if np.isfinite(daily).any() else -math.inf
 
     chosen = [0]
