@@ -48,7 +48,8 @@ def test_real_ohlcv_ingest_sweep_score(tmp_path):
     assert "label      y5 (close t+1 -> t+6, label_lag 1): present on" in ingest
     panel = load_panel(panel_path)
     assert panel.label_lag == 1 and panel.label_span("y5") == 6 and panel.X.shape == (300, 12, 8)
-    assert set(panel.aux) == {"universe", "traded_value_med"}
+    # the jump flags ride along: they mask training targets only (data.labels.training_label)
+    assert set(panel.aux) == {"universe", "traded_value_med", "suspect_jump", "price_break"}
 
     config = tmp_path / "real.yaml"
     config.write_text(yaml.safe_dump({

@@ -188,9 +188,10 @@ def test_ensemble_equals_hand_computation(experiment, scored, method, tmp_path, 
     metrics = json.loads((out / "metrics.json").read_text())
     names = list(metrics["weights"])
     trials = pd.read_parquet(experiment / "trials.parquet").set_index("trial_id")
-    valid_ic = np.array([trials.loc[metrics["member_info"][n]["trial_id"], "valid_ic"] for n in names])
+    # ic_weighted weighs by the selection figure (select_by: the split that chose nothing), not valid_ic
+    chosen = np.array([trials.loc[metrics["member_info"][n]["trial_id"], metrics["select_by"]] for n in names])
     if method == "ic_weighted":
-        weights = np.clip(valid_ic, 0, None) / np.clip(valid_ic, 0, None).sum()
+        weights = np.clip(chosen, 0, None) / np.clip(chosen, 0, None).sum()
     else:
         weights = np.full(len(names), 1.0 / len(names))
     assert np.allclose([metrics["weights"][n] for n in names], weights)

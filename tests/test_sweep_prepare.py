@@ -68,7 +68,7 @@ def test_usage_errors_are_one_line_and_exit_2(capsys):
     assert score_main(["--experiment", "x", "--out", "y", "--method", "bogus"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: python -m crnn_ray.score: --method: expected one of mean, ic_weighted, rank_mean, "
-                          "got 'bogus'") and err.count("\n") == 1
+                          "stack, got 'bogus'") and err.count("\n") == 1
     assert sweep_main(["--config", "x.yaml", "--resume", "--overwrite"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: python -m crnn_ray.sweep: argument --overwrite: not allowed with argument --resume")

@@ -557,7 +557,7 @@ def metrics_document(rec, cfg, timing: dict, ev: dict | None) -> dict:
         "in_sample": rec.in_sample,
         "weights": {m.name: float(w) for m, w in zip(rec.members, rec.weights)},
         "weight_note": rec.weight_note,
-        "seed_average": bool(rec.selection.get("seed_average", False)),  # as resolved ("auto": by the seeds)
+        "seed_average": bool((rec.selection or {}).get("seed_average", False)),  # as resolved ("auto": by the seeds)
         "selection": rec.selection or {"rule": "top_k"},
         "units": {u.name: {**u.info(), "weight": float(w)}
                   for u, w in zip(rec.units or [],

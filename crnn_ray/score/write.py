@@ -44,7 +44,7 @@ def signals_metadata(rec: Record, part: Part, cfg: ScoreConfig) -> dict:
                 "label_lag": int(plan.label_lag),
                 "members": [{"name": m.name, "trial_id": m.trial_id, "spec": m.spec, "seed": m.seed,
                              "weight": float(w), "valid_ic": m.valid_ic} for m, w in zip(plan.members, plan.weights)],
-                "in_sample": sorted(plan.in_sample), "seed_average": bool(plan.selection.get("seed_average", False)),
+                "in_sample": sorted(plan.in_sample), "seed_average": bool((plan.selection or {}).get("seed_average", False)),
                 "selection": cfg.selection,
                 "units": [{"name": u.name, "members": [m.name for m in u.members], "weight": float(w)}
                           for u, w in zip(plan.units, plan.unit_weights)]}
