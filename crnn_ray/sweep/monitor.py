@@ -128,7 +128,8 @@ class SweepMonitor:
         eta = self.eta_s()
         left = len(self.grid) - len(self.done)
         return (f"[sweep] {len(self.done)}/{len(self.grid)} models done" + (f" ({detail})" if detail else "")
-                + f", {max(len(self.epochs), len(self.packs))} running, {duration(time.monotonic() - self.t0)} elapsed"
+                + f", {min(max(len(self.epochs), len(self.packs)), left)} running, "
+                f"{duration(time.monotonic() - self.t0)} elapsed"
                 + ("" if left == 0 else f", ETA {duration(eta)}" if eta is not None and math.isfinite(eta)
                    else ", ETA after the first epoch"))
 
