@@ -207,14 +207,21 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-def saved_panel(directory: Path, n_symbols: int, n_days: int, seed: int):
-    """A synthetic market written as a panel file in `directory` and loaded back (what the sweep trains on)."""
-    from crnn_ray.data import load_panel, save_panel, synthesize
+def synth_file(directory: Path, n_symbols: int, n_days: int, seed: int) -> tuple[Path, object, dict]:
+    """A synthetic market written as `directory`/panel.parquet: (its path, the long frame, the metadata)."""
+    from crnn_ray.data import save_panel, synthesize
 
     df, meta = synthesize(n_symbols=n_symbols, n_days=n_days, seed=seed)
     path = Path(directory) / "panel.parquet"
     save_panel(df, path, meta)
-    return load_panel(path)
+    return path, df, meta
+
+
+def saved_panel(directory: Path, n_symbols: int, n_days: int, seed: int):
+    """A synthetic market written as a panel file in `directory` and loaded back (what the sweep trains on)."""
+    from crnn_ray.data import load_panel
+
+    return load_panel(synth_file(directory, n_symbols, n_days, seed)[0])
 
 
 def tiny_config(**overrides) -> dict:

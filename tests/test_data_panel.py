@@ -6,17 +6,14 @@ import pytest
 import torch
 from scipy.stats import rankdata
 
-from crnn_ray.data import (gather_windows, load_panel, normalize_features, rank_label, sample_index, save_panel,
-                           synthesize)
+from conftest import synth_file
+from crnn_ray.data import (gather_windows, load_panel, normalize_features, rank_label, sample_index, save_panel)
 from crnn_ray.io import CliError
 
 
 @pytest.fixture(scope="module")
 def panel_file(tmp_path_factory):
-    df, meta = synthesize(40, 120, seed=3)
-    path = tmp_path_factory.mktemp("panel") / "panel.parquet"
-    save_panel(df, path, meta)
-    return path, df, meta
+    return synth_file(tmp_path_factory.mktemp("panel"), 40, 120, 3)
 
 
 def test_round_trip_scatters_every_row(panel_file):

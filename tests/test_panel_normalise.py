@@ -14,8 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from conftest import synth_file
 from crnn_ray.data import (NormalisedPanel, load_panel, make_splits, normalise_panel, normalize_features, save_panel,
-                           synthesize, walk_forward_splits)
+                           walk_forward_splits)
 from crnn_ray.data import panel as panel_module
 from crnn_ray.data.panel import normalize_features_nanmedian, seen_data_fingerprint, seen_span
 from crnn_ray.io import CliError
@@ -82,10 +83,7 @@ def test_storage_dtypes_round_the_float32_values():
 
 @pytest.fixture(scope="module")
 def synth_panel(tmp_path_factory):
-    df, meta = synthesize(60, 260, seed=1)
-    path = tmp_path_factory.mktemp("norm") / "panel.parquet"
-    save_panel(df, path, meta)
-    return path, df, meta
+    return synth_file(tmp_path_factory.mktemp("norm"), 60, 260, 1)
 
 
 def test_normalise_panel_keeps_what_training_needs_and_fingerprints_each_window(synth_panel):
