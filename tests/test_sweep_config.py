@@ -355,6 +355,19 @@ def test_stacks_group_consecutive_models_of_one_spec_up_to_the_size():
     keys = lambda groups: [[m["key"] for m in g] for g in groups]  # noqa: E731
     assert keys(_stacks(iter(trials), 2)) == [["a", "b"], ["c"], ["d"], ["e", "f"]]
     assert keys(_stacks(iter(trials), 1)) == [[m["key"]] for m in trials]
+    # a full group is handed over before the next model is asked for (asking claims it from the PackQueue)
+    asked = []
+
+    def claiming():
+        for m in trials:
+            asked.append(m["key"])
+            yield m
+
+    for group in _stacks(claiming(), 1):
+        assert asked[-1] == group[-1]["key"]
+    asked.clear()
+    for group in _stacks(claiming(), 2):
+        assert asked[-1] in (group[-1]["key"], *[m["key"] for m in trials[trials.index(group[-1]) + 1:][:1]])
     p = Placement(cpus_per_trial=1, gpus_per_trial=0, max_concurrent_trials=1)
     assert p.stack_size("cpu") == 1 and p.stack_size("cuda") == 8
     assert Placement(1, 1, 1, stack=4).stack_size("cpu") == 4

@@ -305,13 +305,18 @@ def _normalised_panel(panel, ctx: TrialContext, trial: dict):
 
 def _stacks(trials, size: int):
     """The pack's models in order, as groups to train together: up to `size` consecutive models of one spec and
-    lookback (a stack: crnn_ray.train.train_stacked); size 1 gives one model at a time."""
+    lookback (a stack: crnn_ray.train.train_stacked); size 1 gives one model at a time. A full group is handed
+    over before the next model is asked for: asking claims it (PackQueue), and a model claimed early could not
+    be taken over by an idle pack."""
     group: list[dict] = []
     for trial in trials:
-        if group and (len(group) >= size or _stack_key(trial) != _stack_key(group[0])):
+        if group and _stack_key(trial) != _stack_key(group[0]):
             yield group
             group = []
         group.append(trial)
+        if len(group) >= size:
+            yield group
+            group = []
     if group:
         yield group
 
