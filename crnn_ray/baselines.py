@@ -159,7 +159,8 @@ def _fit_lgbm(X: np.ndarray, rows: np.ndarray, target: np.ndarray, valid_rows: n
 def baseline_signals(panel, train: tuple[int, int], label: str, lookback: int, *, clip: float = 5.0,
                      rank_label: bool = True, days: tuple[int, int] | None = None,
                      valid: tuple[int, int] | None = None, which: Iterable[str] | None = None,
-                     num_threads: int | None = None, info: dict | None = None) -> dict[str, np.ndarray]:
+                     num_threads: int | None = None, info: dict | None = None,
+                     normalised: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """{baseline name: signal [D, S]} over the panel's days (only `days` = (lo, hi) filled when given).
 
     A cell is filled where the nets could score it too: the day has `lookback` days of history, the row is
@@ -185,7 +186,9 @@ def baseline_signals(panel, train: tuple[int, int], label: str, lookback: int, *
     out: dict[str, np.ndarray] = {}
 
     raw_label = training_label(panel, label)  # the fits' target: jump days masked (as the nets' training rows)
-    X = normalize_features(panel.X, panel.mask, clip=clip)
+    # `normalised`: the caller's normalize_features(panel.X, panel.mask, clip) of the whole panel (per date, so the
+    # same for every window: a walk-forward caller normalises once, not once per window)
+    X = normalize_features(panel.X, panel.mask, clip=clip) if normalised is None else normalised
     n_feat = X.shape[2]
     rows = sample_index(panel.mask, raw_label, lookback, *train)
     y_all = _rank_label(raw_label) if rank_label else raw_label

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from crnn_ray.data import normalize_features
 from crnn_ray.sweep.config import SweepConfig
 from crnn_ray.sweep.leaderboard import (baseline_rows, build_leaderboard, leaderboard_markdown, trial_row,
                                         training_note, trials_frame, write_results)
@@ -44,8 +45,9 @@ def baselines_for(cfg: SweepConfig, panel, windows: list) -> list[dict]:
     """Leaderboard rows of the ridge and reversal baselines on the nets' valid / select rows (walk-forward:
     fitted in each window, their figures averaged over the windows like the nets')."""
     t = cfg.training
-    per_window = [baseline_rows(panel, w, cfg.data.label, cfg.data.lookback, float(t.clip), bool(t.rank_label))
-                  for w in windows]
+    normalised = normalize_features(panel.X, panel.mask, clip=float(t.clip))  # per date: once for every window
+    per_window = [baseline_rows(panel, w, cfg.data.label, cfg.data.lookback, float(t.clip), bool(t.rank_label),
+                                normalised) for w in windows]
     if len(per_window) == 1:
         return per_window[0]
     rows = []

@@ -209,9 +209,13 @@ def build_leaderboard(trials: pd.DataFrame, zoo: dict, rank_metric: str = "selec
     return lb.reset_index(drop=True)
 
 
-def baseline_rows(panel, splits, label: str, lookback: int, clip: float, rank_label: bool) -> list[dict]:
-    """Leaderboard rows (status "baseline") for crnn_ray.baselines on the same valid / select rows as the nets."""
-    signals = baseline_signals(panel, splits.train, label, lookback, clip=clip, rank_label=rank_label)
+def baseline_rows(panel, splits, label: str, lookback: int, clip: float, rank_label: bool,
+                  normalised: np.ndarray | None = None) -> list[dict]:
+    """Leaderboard rows (status "baseline") for crnn_ray.baselines on the same valid / select rows as the nets,
+    predicted on those days only (`normalised`: the panel's features normalised once, shared by every window)."""
+    parts = [p for p in (splits.valid, getattr(splits, "select", None)) if p is not None]
+    signals = baseline_signals(panel, splits.train, label, lookback, clip=clip, rank_label=rank_label,
+                               days=(min(p[0] for p in parts), max(p[1] for p in parts)), normalised=normalised)
     raw = panel.label(label)
     horizon = panel.horizon(label) if hasattr(panel, "horizon") else 1
     returns = panel.returns() if hasattr(panel, "returns") else None  # the realised pnl of the H live books
