@@ -31,12 +31,13 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from crnn_ray.data import gather_windows, normalize_features, sample_index
+from crnn_ray.data import NormalisedPanel, gather_windows, normalize_features, sample_index
 from crnn_ray.data import rank_label as _rank_label  # the name rank_label is baseline_signals' flag
 from crnn_ray.data.labels import training_label
 
 __all__ = ["BASELINES", "LGBM_MAX_ROUNDS", "LGBM_PARAMS", "LGBM_PATIENCE", "LGBM_ROUNDS", "REVERSAL_DAYS",
-           "RIDGE_ALPHA", "baseline_signals", "fit_ridge", "fit_ridge_moments", "second_order"]
+           "RIDGE_ALPHA", "baseline_signals", "fit_ridge", "fit_ridge_moments", "normalised_features",
+           "second_order"]
 
 #: every baseline baseline_signals can return, in the order it returns them
 BASELINES = ("ridge", "reversal", "ridge2", "ridge_window", "lgbm")
@@ -156,6 +157,23 @@ def _fit_lgbm(X: np.ndarray, rows: np.ndarray, target: np.ndarray, valid_rows: n
     return lgb.train(params, train, num_boost_round=LGBM_ROUNDS), LGBM_ROUNDS
 
 
+def normalised_features(panel, clip: float) -> np.ndarray:
+    """The features the baselines fit on: normalize_features of a raw Panel, or a NormalisedPanel's own Z (as
+    float32) when it was normalised with this clip."""
+    if not isinstance(panel, NormalisedPanel):
+        return normalize_features(panel.X, panel.mask, clip=clip)
+    if float(panel.clip) != float(clip):
+        raise ValueError(f"the normalised panel has clip {panel.clip:g}, the baselines ask for {clip:g}")
+    return panel.features_float32()
+
+
+def _raw_feature(panel, name: str) -> np.ndarray:
+    """A raw feature column [D, S] (a NormalisedPanel keeps the ones it was asked to: keep_raw)."""
+    if isinstance(panel, NormalisedPanel):
+        return panel.raw_feature(name)
+    return panel.X[:, :, panel.features.index(name)]
+
+
 def baseline_signals(panel, train: tuple[int, int], label: str, lookback: int, *, clip: float = 5.0,
                      rank_label: bool = True, days: tuple[int, int] | None = None,
                      valid: tuple[int, int] | None = None, which: Iterable[str] | None = None,
@@ -176,7 +194,7 @@ def baseline_signals(panel, train: tuple[int, int], label: str, lookback: int, *
     if unknown:
         raise ValueError(f"unknown baseline(s) {unknown} (have {', '.join(BASELINES)})")
     info = {} if info is None else info
-    n_days = panel.X.shape[0]
+    n_days = panel.n_days
     lo, hi = (0, n_days - 1) if days is None else (int(days[0]), int(days[1]))
     scorable = np.zeros(panel.mask.shape, dtype=bool)
     first = max(lo, int(lookback) - 1)
@@ -187,8 +205,9 @@ def baseline_signals(panel, train: tuple[int, int], label: str, lookback: int, *
 
     raw_label = training_label(panel, label)  # the fits' target: jump days masked (as the nets' training rows)
     # `normalised`: the caller's normalize_features(panel.X, panel.mask, clip) of the whole panel (per date, so the
-    # same for every window: a walk-forward caller normalises once, not once per window)
-    X = normalize_features(panel.X, panel.mask, clip=clip) if normalised is None else normalised
+    # same for every window: a walk-forward caller normalises once, not once per window); a NormalisedPanel
+    # (the sweep driver's shared copy) brings its own
+    X = normalised if normalised is not None else normalised_features(panel, clip)
     n_feat = X.shape[2]
     rows = sample_index(panel.mask, raw_label, lookback, *train)
     y_all = _rank_label(raw_label) if rank_label else raw_label
@@ -220,7 +239,7 @@ def baseline_signals(panel, train: tuple[int, int], label: str, lookback: int, *
             if "ret1" not in panel.features:
                 info[name] = {"skipped": "the panel has no ret1 feature"}
                 continue
-            ret1 = panel.X[:, :, panel.features.index("ret1")].astype(np.float64)
+            ret1 = _raw_feature(panel, "ret1").astype(np.float64)
             past = np.full_like(ret1, np.nan)
             csum = np.cumsum(np.nan_to_num(ret1, nan=0.0), axis=0)
             k = REVERSAL_DAYS

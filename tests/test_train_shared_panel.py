@@ -53,6 +53,11 @@ def _read_only(n: NormalisedPanel) -> NormalisedPanel:
                                labels={k: _frozen(v) for k, v in n.labels.items()})
 
 
+def _copy(panel):
+    """The panel with its own features (normalise_panel(consume=True) overwrites them)."""
+    return dataclasses.replace(panel, X=panel.X.copy())
+
+
 def _comparable(history):
     return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in h.items() if k not in TIMING_KEYS}
             for h in history]
@@ -127,9 +132,14 @@ def test_the_worker_normalises_a_raw_panel_once_for_its_pack(market, tmp_path):
 
 
 def test_one_put_is_read_zero_copy_by_the_workers(market, ray_local):
-    """share_panel puts the normalised panel once; a Ray worker builds its data on it without a copy."""
+    """share_panel puts the normalised panel once; a Ray worker builds its data on it without a copy. The
+    driver keeps no copy either: its raw features are consumed, its view maps the object store's."""
     panel, windows = market
-    [ref] = share_panel(panel, windows, "y5", clip=5.0, x_dtype="float32")
+    own = _copy(panel)
+    [ref], view = share_panel(own, windows, "y5", clip=5.0, x_dtype="float32")
+    assert own.X is None and not view.Z.flags.writeable            # the driver's view: the object store's pages
+    np.testing.assert_array_equal(view.raw_feature("ret1"), panel.X[:, :, 0])  # kept raw for the reversal baseline
+    assert ray_local.get(ref).raw == {}                            # ... on the driver only
 
     @ray_local.remote(num_cpus=1)
     def build(refs, spec, splits, cfg):  # everything it uses comes as an argument or from crnn_ray
@@ -143,3 +153,68 @@ def test_one_put_is_read_zero_copy_by_the_workers(market, ray_local):
     writeable, shares, X, first = ray_local.get(build.remote([ref], SPEC, windows[0], _cfg()))
     assert not writeable and shares                                # the object store's pages, read in place
     np.testing.assert_array_equal(X, normalise_panel(panel).Z[first:first + len(X)])
+
+
+def test_the_driver_normalises_over_its_raw_features(market):
+    """consume=True: float32 z-scores written over the raw features (no second X on the driver), the same values
+    and fingerprints; the raw columns asked for are kept; half storage goes to a new, smaller array."""
+    panel, windows = market
+    want = normalise_panel(panel, clip=5.0, windows=windows, labels=["y5"])
+    own = _copy(panel)
+    buffer = own.X
+    got = normalise_panel(own, clip=5.0, windows=windows, labels=["y5"], consume=True, keep_raw=["ret1", "nope"])
+    assert own.X is None and np.shares_memory(got.Z, buffer)
+    np.testing.assert_array_equal(got.Z, want.Z)
+    assert got.fingerprints == want.fingerprints and list(got.raw) == ["ret1"]
+    np.testing.assert_array_equal(got.raw_feature("ret1"), panel.X[:, :, panel.features.index("ret1")])
+    with pytest.raises(CliError, match="kept no raw 'char_a'"):
+        got.raw_feature("char_a")
+    for x_dtype in ("float16", "bfloat16"):
+        half = normalise_panel(_copy(panel), x_dtype=x_dtype, consume=True)
+        np.testing.assert_array_equal(half.Z, normalise_panel(panel, x_dtype=x_dtype).Z)
+        data = _TrainData.build(SPEC, half, windows[0], _cfg(x_dtype=x_dtype), torch.device("cpu"))
+        decoded = half.features_float32()[data.first_day:data.first_day + len(data.X)]
+        np.testing.assert_array_equal(decoded, data.X.float().numpy())  # what training reads, as float32
+
+
+def test_the_baselines_read_the_shared_copy(market):
+    """The sweep's baselines on the driver's NormalisedPanel (z-scores + the raw ret1) equal them on the raw panel."""
+    from crnn_ray.baselines import baseline_signals
+
+    panel, windows = market
+    shared = _read_only(normalise_panel(_copy(panel), windows=windows, labels=["y5"], consume=True,
+                                        keep_raw=["ret1"]))
+    which = ["ridge", "reversal", "ridge2"]
+    w = windows[0]
+    want = baseline_signals(panel, w.train, "y5", 10, which=which, days=(w.valid[0], w.select[1]))
+    got = baseline_signals(shared, w.train, "y5", 10, which=which, days=(w.valid[0], w.select[1]))
+    assert sorted(got) == sorted(want) == sorted(which)
+    for name in which:
+        np.testing.assert_array_equal(got[name], want[name])
+    with pytest.raises(ValueError, match="clip 5, the baselines ask for 3"):
+        baseline_signals(shared, w.train, "y5", 10, clip=3.0, which=which)
+
+
+def test_flagged_jumps_leave_the_training_target_not_the_scored_parts(market):
+    """A label spanning a flagged jump is no training sample (data.labels.training_label), on the raw and the
+    shared panel alike; the valid and select parts keep it: they are scored on every held return."""
+    from crnn_ray.data.labels import jump_mask
+
+    panel, windows = market
+    splits, cfg = windows[0], _cfg()
+    flags = np.zeros(panel.mask.shape, dtype=bool)
+    flags[splits.train[0] + 30, :10] = True                        # jumps inside the train part ...
+    flags[splits.valid[0] + 3, :10] = True                         # ... and inside the valid part
+    flagged = dataclasses.replace(panel, aux={"price_break": flags})
+    masked = jump_mask(flags, panel.horizon("y5"), panel.label_lag)
+    plain = _TrainData.build(SPEC, panel, splits, cfg, torch.device("cpu"))
+    expected = {tuple(r) for r in plain.train_rows.numpy() + [plain.first_day, 0] if not masked[r[0], r[1]]}
+    assert 0 < len(expected) < len(plain.train_rows)
+    for source in (flagged, normalise_panel(flagged, windows=windows, labels=["y5"])):
+        data = _TrainData.build(SPEC, source, splits, cfg, torch.device("cpu"))
+        got = data.train_rows.numpy() + [data.first_day, 0]
+        assert {tuple(r) for r in got} == expected
+        y = data.y.numpy()
+        assert np.isnan(y[np.nonzero(masked[data.first_day:data.first_day + len(y)])]).all()
+        for part in ("valid", "select"):
+            np.testing.assert_array_equal(data.eval_parts[part].index, plain.eval_parts[part].index)

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from crnn_ray.data.labels import FLAG_COLUMNS
 from crnn_ray.io import CliError, write_parquet_atomic
 from crnn_ray.metrics import scaled_ranks
 
@@ -135,6 +136,25 @@ class NormalisedPanel(_CrossSection):
     forward_returns: np.ndarray | None = None
     #: (first date, last date, label) -> seen_data_fingerprint of the raw panel
     fingerprints: dict = field(default_factory=dict)
+    #: the jump flags of the raw panel's `aux` (data.labels.FLAG_COLUMNS): what training_label masks targets with
+    aux: dict = field(default_factory=dict)
+    #: raw feature columns [D, S] kept beside Z (normalise_panel's keep_raw): the driver's baselines read the raw
+    #: ret1 (the reversal signal sums raw returns); the workers' shared copy carries none
+    raw: dict = field(default_factory=dict)
+
+    def raw_feature(self, name: str) -> np.ndarray:
+        """A raw feature column [D, S] kept by normalise_panel(keep_raw=...)."""
+        if name not in self.raw:
+            raise CliError(f"the normalised panel kept no raw {name!r} column (keep_raw={sorted(self.raw)})")
+        return self.raw[name]
+
+    def features_float32(self) -> np.ndarray:
+        """Z as float32 (Z itself when stored so; a decoded copy for float16 / bfloat16 storage)."""
+        if self.x_dtype == "float32":
+            return self.Z
+        if self.x_dtype == "bfloat16":
+            return (self.Z.astype(np.uint32) << 16).view(np.float32)
+        return self.Z.astype(np.float32)
 
     def fingerprint(self, first: str, last: str, label: str) -> str:
         """seen_data_fingerprint of the raw panel for these dates and label (taken by normalise_panel)."""
@@ -152,19 +172,35 @@ def seen_span(splits, dates: np.ndarray) -> tuple[str, str]:
 
 
 def normalise_panel(panel: Panel, clip: float = 5.0, x_dtype: str = "float32", windows: list | tuple = (),
-                    labels: list[str] | None = None) -> NormalisedPanel:
+                    labels: list[str] | None = None, *, consume: bool = False,
+                    keep_raw: list[str] | tuple = ()) -> NormalisedPanel:
     """The panel's features normalised once (normalize_features), with the fingerprint of what each of
-    `windows` (Splits) saw for each of `labels` (None: every label loaded): what every model trains from."""
-    Z = normalize_features(panel.X, panel.mask, clip=clip, dtype=x_dtype)
+    `windows` (Splits) saw for each of `labels` (None: every label loaded): what every model trains from.
+
+    consume=True is the driver's path to 2 x X (docs/data.md, "One normalised panel"): the raw features are
+    not needed once normalised, so float32 storage is written over `panel.X` itself (other storages into a new,
+    smaller array) and `panel.X` is set to None (a later reader of the raw features fails loudly instead of
+    reading z-scores). `keep_raw`: feature columns kept raw beside Z (`raw`), copied before they are overwritten.
+    """
     fingerprints = {}
-    for splits in windows:
+    for splits in windows:  # hashes of the raw values: taken before they are normalised away
         first, last = seen_span(splits, panel.dates)
         for label in panel.labels if labels is None else labels:
             fingerprints[(first, last, label)] = seen_data_fingerprint(panel, first, last, list(panel.features),
                                                                       label)
+    raw = {name: np.array(panel.X[:, :, panel.features.index(name)], dtype=np.float32)
+           for name in keep_raw if name in panel.features}
+    X = panel.X
+    in_place = (consume and x_dtype == "float32" and isinstance(X, np.ndarray) and X.dtype == np.float32
+                and X.flags.c_contiguous and X.flags.writeable)
+    Z = normalize_features(X, panel.mask, clip=clip, dtype=x_dtype, out=X if in_place else None)
+    if consume:
+        panel.X = None
+    del X
     return NormalisedPanel(Z=Z, mask=panel.mask, labels=panel.labels, dates=panel.dates, symbols=panel.symbols,
                            features=list(panel.features), clip=float(clip), x_dtype=x_dtype, meta=dict(panel.meta),
-                           forward_returns=panel.forward_returns, fingerprints=fingerprints)
+                           forward_returns=panel.forward_returns, fingerprints=fingerprints, raw=raw,
+                           aux={c: panel.aux[c] for c in FLAG_COLUMNS if c in (getattr(panel, "aux", None) or {})})
 
 
 # ----------------------------------------------------------------------------------------------- load / save
@@ -555,7 +591,8 @@ X_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
 NORM_CHUNK_BYTES = 32 << 20
 
 
-def normalize_features(X: np.ndarray, mask: np.ndarray, clip: float = 5.0, dtype: str = "float32") -> np.ndarray:
+def normalize_features(X: np.ndarray, mask: np.ndarray, clip: float = 5.0, dtype: str = "float32",
+                       out: np.ndarray | None = None) -> np.ndarray:
     """Per-date, per-feature robust z-score over the valid stocks, clipped to +-clip; invalid -> 0.0.
 
     Robust (median / MAD) because daily cross-sections have fat tails; when MAD is 0 (many ties) the
@@ -565,13 +602,17 @@ def normalize_features(X: np.ndarray, mask: np.ndarray, clip: float = 5.0, dtype
     stocks with NaN last and its median read at the middle of its valid count, then the same for the absolute
     deviations: the values of normalize_features_nanmedian (the definition; np.nanmedian loops in Python per
     column past 600 stocks), at ~7 chunks of extra memory instead of ~4 x X. `dtype` is the storage of the
-    result (X_DTYPES; "bfloat16" as uint16 bits).
+    result (X_DTYPES; "bfloat16" as uint16 bits). `out`: where to write it, X itself included (each chunk is
+    copied before its days are overwritten): normalising in place needs no second X.
     """
     if dtype not in X_DTYPES:
         raise CliError(f"x_dtype {dtype!r}: expected one of {', '.join(X_DTYPES)}")
     X, mask = np.asarray(X), np.asarray(mask, dtype=bool)
     D, S, F = X.shape
-    out = np.empty((D, S, F), dtype=X_DTYPES[dtype])
+    if out is None:
+        out = np.empty((D, S, F), dtype=X_DTYPES[dtype])
+    elif out.shape != X.shape or out.dtype != X_DTYPES[dtype]:
+        raise ValueError(f"out: {out.dtype} {out.shape}, expected {np.dtype(X_DTYPES[dtype])} {X.shape}")
     step = max(1, NORM_CHUNK_BYTES // max(1, S * F * 4))
     for lo in range(0, D, step):
         z = _robust_z(X[lo:lo + step], mask[lo:lo + step], clip)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from crnn_ray.data import normalize_features
+from crnn_ray.baselines import normalised_features
 from crnn_ray.sweep.config import SweepConfig
 from crnn_ray.sweep.leaderboard import (baseline_rows, build_leaderboard, leaderboard_markdown, trial_row,
                                         training_note, trials_frame, write_results)
@@ -45,7 +45,9 @@ def baselines_for(cfg: SweepConfig, panel, windows: list) -> list[dict]:
     """Leaderboard rows of the ridge and reversal baselines on the nets' valid / select rows (walk-forward:
     fitted in each window, their figures averaged over the windows like the nets')."""
     t = cfg.training
-    normalised = normalize_features(panel.X, panel.mask, clip=float(t.clip))  # per date: once for every window
+    # per date, so once for every window: the driver's shared NormalisedPanel brings it (share_panel), a raw
+    # panel is normalised here
+    normalised = normalised_features(panel, float(t.clip))
     per_window = [baseline_rows(panel, w, cfg.data.label, cfg.data.lookback, float(t.clip), bool(t.rank_label),
                                 normalised) for w in windows]
     if len(per_window) == 1:

@@ -68,7 +68,7 @@ def model_costs(grid: list[dict], panel, windows: list) -> dict[str, float]:
     (or eval_max_days of it) rows, and its select rows once (select_scoring "end"; "best": at most once per
     validation). Early stopping can only shorten a trial."""
     first = TrainConfig(**grid[0]["train_config"])
-    costs = step_costs([t["spec"] for t in grid], panel.X.shape[2], first.lookback, first.batch_size)
+    costs = step_costs([t["spec"] for t in grid], len(panel.features), first.lookback, first.batch_size)
     rows_per_day = float(np.asarray(panel.mask).sum(axis=1).mean()) if panel.n_days else 0.0
     out = {}
     for t in grid:

@@ -84,7 +84,11 @@ def _run(log: ConsoleLog, config_path, storage, name, resume: bool, overwrite: b
         log.attach(exp_dir / "sweep.log", append=resume)
         print(plan.describe(cfg, newest), flush=True)
         queue = _pack_queue(cfg, exp_dir, plan, probe, resume)
-        trainable = _trainable(cfg, exp_dir, prep, plan, started, queue)
+        # normalised once (every window's days), put once: every model on a node reads it zero-copy; the raw
+        # features are consumed, and from here on the driver's panel (the baselines') maps the shared copy too
+        panel_refs, prep.panel = share_panel(prep.panel, prep.windows, cfg.data.label,
+                                             clip=float(cfg.training.clip), x_dtype=str(cfg.training.x_dtype))
+        trainable = _trainable(cfg, exp_dir, prep, plan, started, queue, panel_refs)
         tracker = _tracker(cfg, exp_dir, grid, prep)
         monitor = SweepMonitor(grid, exp_dir, costs=probe.result() if probe is not None else None,
                                done=_done_on_disk(cfg, exp_dir, grid) if resume else None, tracker=tracker,
@@ -113,7 +117,7 @@ def _tracker(cfg: SweepConfig, exp_dir: Path, grid: list[dict], prep: Prepared) 
     tracker.start_parent("sweep", cfg.name, params={
         "config": str(cfg.source), "models": len(grid), "variants": len(cfg.resolved_variants),
         "seeds": ",".join(map(str, cfg.seeds)), "label": cfg.data.label, "lookback": cfg.data.lookback,
-        "windows": len(prep.windows), "features": prep.panel.X.shape[2]},
+        "windows": len(prep.windows), "features": len(prep.panel.features)},
         tags={"crnn_ray.git_commit": git["commit"], "crnn_ray.git_dirty": git["dirty"]})
     if tracker.enabled:
         print(f"tracking: MLflow {tracker.uri} (experiment {cfg.name!r}); TensorBoard "
@@ -195,16 +199,15 @@ def _pack_queue(cfg: SweepConfig, exp_dir: Path, plan: PackPlan, probe, resume: 
     return ray.remote(num_cpus=0)(PackQueues).remote(queues)
 
 
-def _trainable(cfg: SweepConfig, exp_dir: Path, prep: Prepared, plan: PackPlan, started: bool, queue):
+def _trainable(cfg: SweepConfig, exp_dir: Path, prep: Prepared, plan: PackPlan, started: bool, queue,
+               panel_refs: list):
     """The Tune trainable: trial_driver with what every trial shares (the panel normalised once and put once in
     the object store: trials on a node share its copy), holding no CPU, only the driver's memory."""
     placement = plan.placement
     ctx = TrialContext(
         experiment=cfg.name,
         experiment_dir=str(exp_dir),
-        # normalised once (every window's days), put once: every model on a node reads it zero-copy
-        panel_refs=share_panel(prep.panel, prep.windows, cfg.data.label, clip=float(cfg.training.clip),
-                               x_dtype=str(cfg.training.x_dtype)),
+        panel_refs=panel_refs,
         splits={k: v for k, v in asdict(prep.splits).items()},
         placement=placement,
         max_failures=cfg.fault_tolerance.max_failures,

@@ -112,15 +112,25 @@ def _splits(fields: dict):
     return Splits(**{k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in fields.items()})
 
 
-def share_panel(panel, windows: list, label: str, clip: float, x_dtype: str) -> list:
-    """[ObjectRef of the panel normalised once] for TrialContext.panel_refs: the driver normalises it (one
-    vectorised pass) with the fingerprint of each window's data, and puts it in the object store once; every
-    model of every pack then reads it zero-copy on its node (Ray copies an object to a node once) and slices
-    the days its window needs. The raw features stay with the driver: a node holds 1 x X, not a raw and a
-    normalised copy per model (docs/data.md, "One normalised panel")."""
+def share_panel(panel, windows: list, label: str, clip: float, x_dtype: str) -> tuple[list, Any]:
+    """([ObjectRef of the panel normalised once] for TrialContext.panel_refs, the driver's zero-copy view of it).
+
+    The driver normalises the panel (one vectorised pass, over its own raw features: `panel.X` is consumed and
+    set to None) with the fingerprint of each window's data, and puts it in the object store once; every model of
+    every pack then reads it zero-copy on its node (Ray copies an object to a node once) and slices the days its
+    window needs. The driver keeps no copy either: its view (baselines, the leaderboard) maps the same object, plus
+    the raw ret1 column the reversal baseline sums. Peak on the driver's node: 2 x X while the put copies, 1 x X
+    after (docs/data.md, "One normalised panel")."""
     from crnn_ray.data import normalise_panel  # deferred: as _splits
 
-    return [ray.put(normalise_panel(panel, clip=clip, x_dtype=x_dtype, windows=windows, labels=[label]))]
+    normalised = normalise_panel(panel, clip=clip, x_dtype=x_dtype, windows=windows, labels=[label], consume=True,
+                                 keep_raw=["ret1"])
+    raw, normalised.raw = normalised.raw, {}  # the workers never read raw columns
+    ref = ray.put(normalised)
+    del normalised  # the driver's own normalised copy: the object store's is the one left
+    view = ray.get(ref)
+    view.raw = raw
+    return [ref], view
 
 
 def run_name(experiment: str, trial_key: str) -> str:

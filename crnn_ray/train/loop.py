@@ -47,6 +47,7 @@ from crnn_ray.zoo import build_model, count_params
 #: never waits for the device on an ordinary step; a diverged epoch is caught within this many steps)
 DIVERGENCE_CHECK_STEPS = 50
 
+
 @dataclass
 class TrainResult:
     status: str  # "ok" (finished / early-stopped) or "diverged"
@@ -376,12 +377,17 @@ class _TrainData:
     @classmethod
     def build(cls, spec: str, panel, splits, cfg: TrainConfig, device: torch.device) -> "_TrainData":
         from crnn_ray.data import NormalisedPanel, normalize_features, rank_label, sample_index  # deferred: see the imports
+        from crnn_ray.data.labels import training_label
 
         raw_label = panel.label(cfg.label)  # CliError naming the label when absent
+        # the target trains without the moves the data flags as jumps; the valid / select parts are scored on
+        # every held return, as the scorer scores them (data.labels)
+        fit_label = training_label(panel, cfg.label)
         rows = {}
         for part in [p for p in ("train", "valid", "select") if getattr(splits, p, None) is not None]:
             lo, hi = getattr(splits, part)
-            rows[part] = _sorted_by_day(sample_index(panel.mask, raw_label, cfg.lookback, lo, hi))
+            label = fit_label if part == "train" else raw_label
+            rows[part] = _sorted_by_day(sample_index(panel.mask, label, cfg.lookback, lo, hi))
             if len(rows[part]) == 0:
                 raise CliError(f"{part} split {[lo, hi]} has no sample with lookback {cfg.lookback} "
                                f"and label {cfg.label!r}")
@@ -392,7 +398,7 @@ class _TrainData:
             X = _shared_cube(panel, cfg)[days]  # a view: nothing copied on a CPU
         else:  # per-date normalisation: the window's days alone give the same values
             X = normalize_features(panel.X[days], panel.mask[days], clip=cfg.clip, dtype=cfg.x_dtype)
-        target = rank_label(raw_label[days]) if cfg.rank_label else raw_label[days]
+        target = rank_label(fit_label[days]) if cfg.rank_label else fit_label[days]
         rows = {part: r - np.array([first, 0]) for part, r in rows.items()}
         day_starts, day_counts = _day_segments(rows["train"][:, 0])
         eval_parts = {}
