@@ -149,3 +149,44 @@ def test_eval_batch_per_device_and_inference_mode(small, tmp_path, monkeypatch):
     assert {c[2] for c in calls} == {EVAL_BATCH["cpu"]}
     assert (False, True) in modes and (True, False) in modes       # eval under inference mode, training not
     assert all(inference for training, inference in modes if not training)
+
+
+@pytest.mark.parametrize("variant", ["convgru/m05", "convlstm/m4", "convlstm/m6"])
+def test_recurrent_validation_computes_each_cells_gates_once_with_the_same_values(variant, monkeypatch):
+    """A recurrent net's validation runs its first layer's input pipeline once per (day, stock) cell of a block
+    (the windows of a part overlap), not once per window and step: the per-window forward's predictions (to the
+    last bit's rounding), also when a small block budget cuts the part into groups of stocks and blocks of days."""
+    from crnn_ray.zoo import load_zoo
+
+    torch.manual_seed(0)
+    L, n_days, n_stocks = 20, 70, 40
+    X = torch.randn(n_days, n_stocks, 8)
+    keep = torch.rand(n_days, n_stocks) > 0.2                      # absent rows: holes in the part
+    keep[:L + 5] = False
+    rows = torch.nonzero(keep)                                     # (day, stock), sorted by day
+    model = build_model(load_zoo()[variant].spec, 8, L)
+    model.train()                                                  # _predict switches to eval itself
+    computed = []
+    first_gates = model.first_gates
+    monkeypatch.setattr(model, "first_gates", lambda cells: computed.append(len(cells)) or first_gates(cells))
+
+    def windows_one_by_one(x):  # not the model itself: the per-window path
+        return model(x)
+
+    lo = L + 5
+    want = loop._predict(windows_one_by_one, model, X, rows, lo, n_days - lo, L, 64)
+    assert computed == []
+    got = loop._predict(model, model, X, rows, lo, n_days - lo, L, 64)
+    # the same ops on the same values, the input pipeline's convs in other batch sizes: a CPU kernel's sums
+    # may then round differently in the last bit (1 ulp: ~1e-8 here)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    assert np.isfinite(got[keep[lo:].numpy()]).all() and np.isnan(got[~keep[lo:].numpy()]).all()
+    assert sum(computed) - 1 == (n_days - lo + L - 1) * n_stocks   # each cell once (+1: the probe cell)
+    assert sum(computed) < len(rows) * L / 10                      # the per-window forward: len(rows) x L
+
+    cell_bytes = (sum(p.numel() for p in [first_gates(X[0, :1])])) * 4
+    monkeypatch.setattr(loop, "GATE_BLOCK_BYTES", cell_bytes * (2 * L - 1) * 7)  # groups of 7 stocks, few days
+    computed.clear()
+    got = loop._predict(model, model, X, rows, lo, n_days - lo, L, 64)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    assert len(computed) > 1 + 6 * 2                               # several stock groups x day blocks

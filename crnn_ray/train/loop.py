@@ -46,6 +46,8 @@ from crnn_ray.zoo import build_model, count_params
 #: steps between the host's looks at the on-device divergence record (nanoGPT's log_interval idea: the loop
 #: never waits for the device on an ordinary step; a diverged epoch is caught within this many steps)
 DIVERGENCE_CHECK_STEPS = 50
+#: bytes of first-layer input gates one validation block holds (_predict_by_cells)
+GATE_BLOCK_BYTES = 64 * 2**20
 
 
 @dataclass
@@ -738,11 +740,49 @@ def _predict(forward, model, X_dev, valid_dev, day_lo, n_days, lookback, batch_s
 
     model.eval()
     out = torch.full((n_days, X_dev.shape[1]), math.nan, dtype=torch.float32, device=X_dev.device)
+    if forward is model and hasattr(model, "first_gates") and len(valid_dev):
+        _predict_by_cells(model, X_dev, valid_dev, day_lo, lookback, batch_size, out)
+        return out.cpu().numpy()
     for lo in range(0, len(valid_dev), batch_size):
         rows = valid_dev[lo : lo + batch_size]
         pred = forward(gather_windows(X_dev, rows[:, 0], rows[:, 1], lookback).float())
         out[rows[:, 0] - day_lo, rows[:, 1]] = pred.reshape(-1).float()
     return out.cpu().numpy()
+
+
+def _predict_by_cells(model, X_dev, rows, day_lo, lookback, batch_size, out) -> None:
+    """_predict for a net whose first layer reads one day at a time (the recurrent nets: first_gates /
+    from_first_gates): a part's windows overlap, so each (day, stock) cell's input gates are computed once
+    for a block of consecutive days (plus the lookback before it) instead of once per window it is in (L times).
+
+    The same values as forward() (tests/test_train_validation.py); a block holds at most GATE_BLOCK_BYTES of
+    gates, so a wide panel goes in groups of stocks. `rows` (window days, stocks) are sorted by day.
+    """
+    from crnn_ray.data import gather_windows  # deferred: see the imports
+
+    L, n_stocks = int(lookback), X_dev.shape[1]
+    one = model.first_gates(X_dev[0, :1].float())                      # one cell's gates: [1, gates*C, P]
+    cell_bytes = one.numel() * one.element_size()
+    group = max(1, min(n_stocks, GATE_BLOCK_BYTES // (cell_bytes * (2 * L - 1))))  # >= L days of one group fit
+    span = max(1, GATE_BLOCK_BYTES // (cell_bytes * group) - (L - 1))  # scored days per block
+    for s0 in range(0, n_stocks, group):
+        part = rows[(rows[:, 1] >= s0) & (rows[:, 1] < s0 + group)] if group < n_stocks else rows
+        if not len(part):
+            continue
+        first, last = int(part[0, 0]), int(part[-1, 0])
+        bounds = torch.searchsorted(part[:, 0].contiguous(),
+                                    torch.arange(first, last + span + 1, span, device=part.device))
+        for b, d0 in enumerate(range(first, last + 1, span)):
+            block = part[int(bounds[b]):int(bounds[b + 1])]
+            if not len(block):
+                continue
+            base, end = d0 - L + 1, int(block[-1, 0]) + 1                 # the days the block's windows read
+            cells = X_dev[base:end, s0:s0 + group].float()
+            gates = model.first_gates(cells.reshape(-1, cells.shape[-1])).reshape(*cells.shape[:2], *one.shape[1:])
+            for lo in range(0, len(block), batch_size):
+                r = block[lo:lo + batch_size]
+                pred = model.from_first_gates(gather_windows(gates, r[:, 0] - base, r[:, 1] - s0, L))
+                out[r[:, 0] - day_lo, r[:, 1]] = pred.reshape(-1).float()
 
 
 def _sorted_by_day(index: np.ndarray) -> np.ndarray:

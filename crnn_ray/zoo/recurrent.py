@@ -112,10 +112,16 @@ class ConvRecurrentLayer(nn.Module):
     def forward(self, x: torch.Tensor, keep_sequence: bool = True) -> torch.Tensor:
         b, steps, c_in, p = x.shape
         gi = self.input_transform(x.reshape(b * steps, c_in, p)).reshape(b, steps, self.gates * self.hidden, p)
+        return self.recur(gi, keep_sequence)
+
+    def recur(self, gi: torch.Tensor, keep_sequence: bool = True) -> torch.Tensor:
+        """The recurrence over input gates gi [B, L, gates*C, P] (the input pipeline's output) -> [B, L, C, P]
+        (or only the last step, [B, 1, C, P])."""
+        b, steps, _, p = gi.shape
         # unbind once: indexing gi[:, t] per step would make autograd build a full-size zero gradient per step
         gi_steps = gi.unbind(1)
-        h = x.new_zeros(b, self.hidden, p)
-        c = x.new_zeros(b, self.hidden, p)
+        h = gi.new_zeros(b, self.hidden, p)
+        c = gi.new_zeros(b, self.hidden, p)
         outs = []
         for t in range(steps):
             h, c = self.step(gi_steps[t], self._hidden_gates(h), h, c)
@@ -168,6 +174,26 @@ class ConvRecurrentNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.readout(self.sequence(x, keep_sequence=False)[:, -1]).squeeze(-1)
+
+    # -- prediction over many overlapping windows: each day's input gates once ----------------------------
+    # The first layer's input pipeline sees one day's feature vector at a time, so over windows that overlap
+    # (every stock of consecutive days) it can run once per (day, stock) cell instead of once per window and
+    # step: `first_gates` over the cells, then `from_first_gates` over each window's gathered gates. The same
+    # ops on the same values as forward(); only the batches the pipeline runs in differ.
+
+    def first_gates(self, cells: torch.Tensor) -> torch.Tensor:
+        """The first layer's input gates of N cells' feature vectors [N, F] -> [N, gates*C, P]."""
+        x = layout_input(cells[:, None, :, None], self.layouts[0])  # [N, 1, C_in, P]
+        n, _, c_in, p = x.shape
+        return self.layers[0].input_transform(x.reshape(n, c_in, p))
+
+    def from_first_gates(self, gi: torch.Tensor) -> torch.Tensor:
+        """forward() from the first layer's input gates of each window [B, L, gates*C, P] -> [B]."""
+        last = len(self.layers) - 1
+        h = self.layers[0].recur(gi, keep_sequence=last > 0)
+        for i in range(1, last + 1):
+            h = self.layers[i](layout_input(h, self.layouts[i]), keep_sequence=i < last)
+        return self.readout(h.flatten(2)[:, -1]).squeeze(-1)
 
 
 # -- the families: the recurrent grammar with a GRU or an LSTM cell ---------------------------------------
