@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -248,7 +250,7 @@ def test_score_help_defaults_are_the_dataclass_defaults_and_the_codes():
         config_from_args(["--experiment", "e", "--out", "o", "--method", "median"])
 
 
-def test_auto_path_keeps_small_jobs_in_process():
+def test_auto_path_keeps_small_jobs_and_one_machine_in_process(monkeypatch):
     from types import SimpleNamespace
 
     from crnn_ray.score.config import ScoreConfig
@@ -261,8 +263,18 @@ def test_auto_path_keeps_small_jobs_in_process():
 
     assert choose_path(plan(2, 500), "auto", cfg)[0] == "in_process"   # few dates
     assert choose_path(plan(9, 10), "auto", cfg)[0] == "in_process"    # few rows
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    ray = sys.modules.get("ray")
+    if ray is not None:  # another test's Ray may still be up in this process: the question is about none
+        monkeypatch.setattr(ray, "is_initialized", lambda: False)
     path, why = choose_path(plan(9, 500), "auto", cfg)
-    assert path == "ray" and "4,500 rows > 100" in why
+    assert path == "in_process" and "4,500 rows on this machine alone" in why
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")  # a cluster to join (e.g. under `ray job submit`)
+    path, why = choose_path(plan(9, 500), "auto", cfg)
+    assert path == "ray" and "4,500 rows > 100 on a Ray cluster" in why
+    monkeypatch.delenv("RAY_ADDRESS")
+    assert choose_path(plan(9, 500), "auto", dataclasses.replace(cfg, ray=dataclasses.replace(
+        cfg.ray, address="auto")))[0] == "ray"
     assert choose_path(plan(9, 500), "in_process", cfg) == ("in_process", "forced")
     with pytest.raises(CliError, match="path 'gpu' unknown"):
         choose_path(plan(1, 1), "gpu", cfg)

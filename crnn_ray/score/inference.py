@@ -10,6 +10,7 @@ only on the Ray Data path (a GPU box without Ray scores in-process).
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import numpy as np
@@ -26,7 +27,14 @@ __all__ = ["choose_path", "predict_in_process", "predict_ray", "predict_rows"]
 
 
 def choose_path(plan: WindowPlan, requested: str, cfg: ScoreConfig) -> tuple[str, str]:
-    """(path, why): a forced path, or in-process for small jobs (Ray Data's start-up costs seconds)."""
+    """(path, why): a forced path; else in-process for small jobs (Ray Data's start-up costs seconds) and for
+    jobs on this machine alone; Ray Data for large jobs with a Ray cluster to spread over.
+
+    On one machine both paths run the same predictor on the same cores, and Ray Data adds its executor, the
+    actors' start and the batches' trips through the object store: at ~1M rows on one 2-CPU node it reached
+    0.74-0.81 of the members' forward-pass bound where in-process reached 0.99 (bench/score_bench.py,
+    docs/scoring.md). It pays where the cluster has more CPUs or GPUs than this process can use.
+    """
     if requested not in ("auto", "in_process", "ray"):
         raise CliError(f"score config: path {requested!r} unknown (auto | in_process | ray)")
     if requested != "auto":
@@ -37,7 +45,20 @@ def choose_path(plan: WindowPlan, requested: str, cfg: ScoreConfig) -> tuple[str
         return "in_process", f"auto: {n_days} dates <= in_process_max_days {max_days}"
     if n_rows <= max_rows:
         return "in_process", f"auto: {n_rows:,} rows <= in_process_max_rows {max_rows:,}"
-    return "ray", f"auto: {n_days} dates > {max_days} and {n_rows:,} rows > {max_rows:,}"
+    if not _has_cluster(cfg):
+        return "in_process", (f"auto: {n_rows:,} rows on this machine alone (no Ray cluster to join: ray.address "
+                              "and RAY_ADDRESS unset), where in-process runs at the forward-pass bound and Ray Data "
+                              "below it")
+    return "ray", f"auto: {n_days} dates > {max_days} and {n_rows:,} rows > {max_rows:,} on a Ray cluster"
+
+
+def _has_cluster(cfg: ScoreConfig) -> bool:
+    """A Ray cluster to spread the job over: an address to join, or a Ray this process is already connected to
+    (a notebook's, a test's). Ray is not imported for the question."""
+    if cfg.ray.address or os.environ.get("RAY_ADDRESS"):
+        return True
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and hasattr(ray, "is_initialized") and ray.is_initialized())
 
 
 def _predictor_kwargs(plan: WindowPlan, cfg: ScoreConfig) -> dict:
