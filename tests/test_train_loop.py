@@ -546,3 +546,17 @@ def test_an_ic_loss_explosion_is_diverged_by_the_weights_growth(small, tmp_path)
     off = train_one(spec, panel, splits, _cfg(lr=1e3, epochs=1, max_steps_per_epoch=6, loss="ic",
                                              max_weight_growth=None), workdir=tmp_path / "off")
     assert off.status == "ok"
+
+
+def test_compile_takes_a_mode_and_a_stack_compiles_with_its_members_mode():
+    """training.compile: false / true / a torch.compile mode (reduce-overhead: CUDA graphs of the GPU step); a pack's
+    stack takes its members' mode; anything else is one line naming the key."""
+    from crnn_ray.train.stacked import stack_compile_mode
+
+    assert TrainConfig().validate().compile_mode() is None
+    assert TrainConfig(compile=True).validate().compile_mode() == "default"
+    assert TrainConfig(compile="reduce-overhead").validate().compile_mode() == "reduce-overhead"
+    assert stack_compile_mode([TrainConfig(), TrainConfig(compile="reduce-overhead")]) == "reduce-overhead"
+    assert stack_compile_mode([TrainConfig(), TrainConfig()]) is None
+    with pytest.raises(CliError, match="'compile'.*expected one of default, reduce-overhead"):
+        TrainConfig.from_dict({"compile": "fast"})

@@ -27,6 +27,10 @@ def _above_one(c: Checker, value, key: str) -> float:
 #: eval_batch_size "auto" per device type (TrainConfig.eval_batch)
 EVAL_BATCH = {"cpu": 256, "cuda": 8192}
 
+#: torch.compile's modes (`compile` also takes true / false)
+_compile_mode = choice("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 @dataclass
 class TrainConfig:
     """Everything that shapes one training run besides the model spec and the data."""
@@ -63,13 +67,19 @@ class TrainConfig:
     # validate (valid and select) every N epochs and always at the last epoch; the others report NaN metrics
     eval_every: int = setting(1, check=positive_int)
     seed: int = setting(0, check=nonneg_int)
-    compile: bool = setting(False, check=boolean)
+    # torch.compile: false (eager), true (its default mode) or a mode name, e.g. "reduce-overhead" (CUDA graphs
+    # of the fixed-shape GPU step); a pack's stack of members compiles its vmapped step with it (docs/training.md)
+    compile: bool | str = setting(False, check=lambda c, v, k: v if isinstance(v, bool) else _compile_mode(c, v, k))
     # "mse": an epoch whose mean train loss exceeds this many times the training target's variance (what a
     # constant prediction scores) ends the run "diverged"; null: no bound (docs/training.md, "Divergence")
     max_loss_ratio: float | None = setting(100.0, check=optional(_above_one))
     # "ic": the loss is scale-free and bounded, so a blow-up (say lr 1e3) shows in the weights instead: an epoch
     # that leaves their RMS above this many times its value at initialisation ends the run "diverged"; null: none
     max_weight_growth: float | None = setting(100.0, check=optional(_above_one))
+
+    def compile_mode(self) -> str | None:
+        """The torch.compile mode `compile` asks for (None: eager)."""
+        return None if self.compile is False else "default" if self.compile is True else str(self.compile)
 
     def validate(self) -> "TrainConfig":
         """Check (and normalise, e.g. "1e-3" -> 0.001) every field; CliError naming the first bad key."""

@@ -104,7 +104,7 @@ def train_one(
     run = RunState.start(spec, panel, splits, cfg, data, model, meta_extra=meta_extra, on_epoch=on_epoch,
                          setup_s=setup_s)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    forward = torch.compile(model) if cfg.compile else model
+    forward = torch.compile(model, mode=cfg.compile_mode()) if cfg.compile_mode() else model
     start_epoch = 1
 
     if resume_from is not None:

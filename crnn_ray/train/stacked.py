@@ -399,6 +399,11 @@ class _Run(RunState):
     train_loss: float = math.nan
 
 
+def stack_compile_mode(configs: Sequence[TrainConfig]) -> str | None:
+    """The torch.compile mode of a stack: its members' `compile` (the first one asking for a mode; None: eager)."""
+    return next((mode for mode in (cfg.compile_mode() for cfg in configs) if mode), None)
+
+
 def train_stacked(spec: str, panel, members: Sequence[StackMember], *, device: str | torch.device = "cpu",
                   sampler=None, compile_mode: str | None = None) -> list[TrainResult]:
     """Train `members` (one spec, one lookback) as one stacked module; one TrainResult per member, in order,
@@ -437,13 +442,14 @@ def train_stacked(spec: str, panel, members: Sequence[StackMember], *, device: s
     order = sorted(range(len(live)), key=lambda j: (first[id(live[j].data)], j))
     live, models = [live[j] for j in order], [models[j] for j in order]
     optimizer_states = [optimizer_states[j] for j in order]
+    compile_mode = compile_mode or stack_compile_mode([r.cfg for r in live])
     stack = StackedModule(models, (members[0].cfg.lookback, n_features), [r.cfg.lr for r in live],
                           [r.cfg.weight_decay for r in live], [r.cfg.grad_clip for r in live], device, compile_mode)
     scratch = models[0]  # a lone model: each member's weights are loaded into it to validate and checkpoint
     for row, (model, opt_state) in enumerate(zip(models, optimizer_states)):
         if opt_state is not None:
             stack.load_member(row, model.state_dict(), opt_state, model)
-    forward = torch.compile(scratch) if any(r.cfg.compile for r in live) else scratch
+    forward = torch.compile(scratch, mode=compile_mode) if compile_mode else scratch
     del models
     if sampler is not None:
         sampler.sample()  # start the CPU-use window at the first round
