@@ -455,3 +455,34 @@ def test_predictor_worker_threads_give_the_same_bits_and_restore_torch_threads()
     assert torch.get_num_threads() == threads
     assert np.array_equal(a, b) and np.isfinite(a).all()
     assert (many.member_seconds > 0).all() and many.workers == 3
+
+
+def test_a_scoring_run_loads_its_panel_once_and_normalises_it_once_for_the_baselines(tmp_path):
+    """Every window of a walk-forward (and each window's selection-split plans) shares one loaded panel, not one
+    copy each, and the baselines' normalised features once per clip; a rewritten file is read again."""
+    import os
+
+    from conftest import synth_file
+    from crnn_ray.data import load_panel, normalize_features, save_panel
+    from crnn_ray.score import plan as plan_mod
+
+    path, df, meta = synth_file(tmp_path, 20, 80, 1)
+    features = list(meta["features"])[:3]
+    plan_mod.release_panels()
+    first = plan_mod._load_once(path, features)
+    assert plan_mod._load_once(path, features) is first             # the next window's plan: the same copy
+    assert plan_mod._load_once(path, features[:2]) is not first     # other columns: another load
+    panel = plan_mod._load_once(path, features)
+    z = plan_mod._normalised_once(panel, 5.0)
+    assert plan_mod._normalised_once(panel, 5.0) is z and plan_mod._normalised_once(panel, 3.0) is not z
+    np.testing.assert_array_equal(z, normalize_features(load_panel(path, features=features).X, panel.mask, clip=5.0))
+    assert plan_mod._normalised_once(load_panel(path, features=features), 5.0) is None  # not the run's panel
+    save_panel(df.iloc[: len(df) // 2], path, meta)                  # rewritten: read again
+    os.utime(path, ns=(1, 1))
+    again = plan_mod._load_once(path, features)
+    assert again is not panel and len(again.dates) < len(panel.dates)
+    plan_mod.release_panels()
+    assert plan_mod._load_once(path, features) is not again
+    plan_mod.release_panels()
+    with pytest.raises(CliError, match="no such file"):
+        plan_mod._load_once(tmp_path / "missing.parquet", features)

@@ -26,7 +26,7 @@ from crnn_ray.score.choose import choose_units
 from crnn_ray.score.config import ScoreConfig
 from crnn_ray.score.ensemble import ensemble_units
 from crnn_ray.score.inference import choose_path, predict_rows
-from crnn_ray.score.plan import Scope, plan_window, scopes
+from crnn_ray.score.plan import Scope, plan_window, release_panels, scopes
 from crnn_ray.score.stitch import Part, Record, stitch
 from crnn_ray.score.walk_forward import (walk_forward_document, walk_forward_figures, walk_forward_html,
                                          walk_forward_markdown, write_walk_forward)
@@ -42,7 +42,10 @@ METRICS_SCHEMA_VERSION = 1
 def run_score(cfg: ScoreConfig) -> dict:
     """The whole scoring command; returns the metrics dict it wrote (or would have, without labels)."""
     with console_log() as log:
-        metrics = _score(cfg)
+        try:
+            metrics = _score(cfg)
+        finally:
+            release_panels()  # the one copy of the panel every window's plan shared
         _keep(cfg, log, metrics)
     return metrics
 

@@ -293,6 +293,41 @@ def _scored_days(panel, members: list[Member], scope: Scope, other_panel: bool) 
     return lo, hi
 
 
+#: the panel a scoring run reads, loaded once (_load_once): {"key", "panel", "normalised": {clip: features}}
+_LOADED: dict = {}
+
+
+def _load_once(path: Path, features: list[str]):
+    """load_panel, once per scoring run: a walk-forward's windows (and each window's selection-split plans) share
+    one copy of the panel instead of loading one each, and every window's plan keeps its panel until the record
+    is stitched, so W windows held W copies. Keyed by the file's path, size and mtime and the features (a
+    rewritten file is read again); job.run_score releases it at the end (release_panels)."""
+    if not path.is_file():
+        return load_panel(path, features=features)  # its one-line error
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size, tuple(features))
+    if _LOADED.get("key") != key:
+        _LOADED.clear()
+        _LOADED.update(key=key, panel=load_panel(path, features=features), normalised={})
+    return _LOADED["panel"]
+
+
+def _normalised_once(panel, clip: float) -> np.ndarray | None:
+    """The loaded panel's features normalised for the baselines, once per clip for every window (per date, so
+    the same cube serves them all); None for a panel _load_once did not load (baseline_signals normalises it)."""
+    if _LOADED.get("panel") is not panel:
+        return None
+    cache = _LOADED["normalised"]
+    if clip not in cache:
+        cache[clip] = normalize_features(panel.X, panel.mask, clip=clip)
+    return cache[clip]
+
+
+def release_panels() -> None:
+    """Drop the panel _load_once keeps (the end of a scoring run)."""
+    _LOADED.clear()
+
+
 def build_plan(cfg: ScoreConfig, units: list[Unit], extra: list[Member], scope: Scope, *, split: str | None = None,
                selected: Member | None = None, selection: dict | None = None) -> WindowPlan:
     """Load the members of `units` and `extra`, load and slice the panel, check look-ahead, lay out the rows
@@ -303,7 +338,7 @@ def build_plan(cfg: ScoreConfig, units: list[Unit], extra: list[Member], scope: 
     load_members([m for m in members if m.state_dict is None])
     label, features = _common_label(members), _features(members)
     panel_path = _panel_path(members, cfg)
-    panel = load_panel(panel_path, features=features)
+    panel = _load_once(panel_path, features)
     if cfg.data is None:  # --data: another panel on purpose (the daily job's); its history may be restated
         _check_seen_data(panel, panel_path, members)
     day_lo, day_hi = (_selection_days(panel, members, split) if split else
@@ -431,6 +466,7 @@ def _baseline_grids(panel, member: Member, label: str, lo: int, hi: int) -> tupl
     try:
         grids = baseline_signals(panel, (a, b), label, member.lookback, clip=clip,
                                  rank_label=bool(member.meta.get("rank_label", True)),
+                                 normalised=_normalised_once(panel, clip),
                                  days=(min(lo, s_lo) if s_hi >= s_lo else lo, hi))
     except Exception as exc:  # a report extra: never stops the scoring
         print(f"note: baselines skipped ({type(exc).__name__}: {str(exc)[:120]})")
